@@ -1,0 +1,459 @@
+//! The one config file, as serde types. Every struct denies unknown keys so a
+//! typo is an error that names the key instead of a silently ignored setting.
+//!
+//! Loading never touches the network; `check` (see [`check`]) adds the
+//! filesystem and environment probes.
+
+pub mod check;
+mod duration;
+
+pub use duration::{parse_duration, DurationError, HumanDuration};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: OneOrMany,
+    pub admin_listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub server: ServerSection,
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub usage: UsageConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Directory relative paths in the file are resolved against (the file's
+    /// own directory's parent when the file sits in `conf/`, see [`Config::load`]).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `listen: addr` or `listen: [addr, addr]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn addrs(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Pingora `ServerConf` keys we pass through. Only the ones an operator of this
+/// gateway needs; anything else is rejected rather than half-supported.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// Pingora's default is 300 s of unconditional sleep; ours is short.
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+    #[serde(default = "default_shutdown_timeout")]
+    pub graceful_shutdown_timeout_seconds: u64,
+    #[serde(default)]
+    pub error_log: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default = "default_true")]
+    pub daemon_wait_for_ready: bool,
+    #[serde(default)]
+    pub work_stealing: Option<bool>,
+    #[serde(default)]
+    pub upstream_keepalive_pool_size: Option<usize>,
+    #[serde(default)]
+    pub listener_tasks_per_fd: Option<usize>,
+    /// `json` or `text` for the operational log on stderr / error_log.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_threads() -> usize {
+    2
+}
+fn default_pid_file() -> String {
+    "/tmp/tollgate.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/tollgate_upgrade.sock".into()
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_shutdown_timeout() -> u64 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            threads: default_threads(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+            grace_period_seconds: default_grace(),
+            graceful_shutdown_timeout_seconds: default_shutdown_timeout(),
+            error_log: None,
+            user: None,
+            group: None,
+            daemon_wait_for_ready: true,
+            work_stealing: None,
+            upstream_keepalive_pool_size: None,
+            listener_tasks_per_fd: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub issuer: String,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: HumanDuration,
+    #[serde(default)]
+    pub claims: ClaimsConfig,
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+    #[serde(default)]
+    pub signing_kid: Option<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default = "default_ttl")]
+    pub default_ttl: HumanDuration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_jwks_refresh() -> HumanDuration {
+    HumanDuration::from_secs(600)
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_ttl() -> HumanDuration {
+    HumanDuration::from_secs(86_400)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    #[serde(default)]
+    pub kid: Option<String>,
+    pub public_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsConfig {
+    #[serde(default = "claim_sub")]
+    pub sub: String,
+    #[serde(default = "claim_role")]
+    pub role: String,
+    #[serde(default = "claim_tier")]
+    pub tier: String,
+}
+
+fn claim_sub() -> String {
+    "sub".into()
+}
+fn claim_role() -> String {
+    "role".into()
+}
+fn claim_tier() -> String {
+    "tier".into()
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        Self {
+            sub: claim_sub(),
+            role: claim_role(),
+            tier: claim_tier(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    FailClosed,
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_tier")]
+    pub default_tier: String,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_client_timeout")]
+    pub client_timeout: HumanDuration,
+}
+
+fn default_tier() -> String {
+    "user".into()
+}
+fn default_max_tokens() -> u64 {
+    4096
+}
+fn default_max_body() -> usize {
+    10 * 1024 * 1024
+}
+fn default_client_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            default_tier: default_tier(),
+            tiers: BTreeMap::new(),
+            default_max_tokens: default_max_tokens(),
+            max_body_bytes: default_max_body(),
+            client_timeout: default_client_timeout(),
+        }
+    }
+}
+
+/// Every limit is optional; an absent one is unlimited.
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default)]
+    pub usd_per_day: Option<f64>,
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Anthropic,
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    pub routes: Vec<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    #[serde(default = "default_provider_timeout")]
+    pub timeout_seconds: u64,
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_provider_timeout() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfig {
+    #[serde(default = "default_log_path")]
+    pub log_path: String,
+    #[serde(default = "default_drain")]
+    pub drain_on_disconnect: HumanDuration,
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+}
+
+fn default_log_path() -> String {
+    "-".into()
+}
+fn default_drain() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            log_path: default_log_path(),
+            drain_on_disconnect: default_drain(),
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub input: f64,
+    #[serde(default)]
+    pub output: f64,
+    #[serde(default)]
+    pub cache_read: f64,
+    #[serde(default)]
+    pub cache_write: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_true")]
+    pub per_user_labels: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            per_user_labels: true,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses the file. Relative paths inside it are resolved
+    /// against the working directory, like every other CLI tool; `resolve`
+    /// makes them absolute so a daemonized process (which changes directory)
+    /// still finds them.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        cfg.base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Ok(cfg)
+    }
+
+    /// Parses YAML text. The error message names the offending key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_yaml_ng::from_str::<Config>(text).map_err(|e| e.to_string())
+    }
+
+    /// A path from the config, resolved against the directory it was loaded from.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../conf/tollgate.yaml");
+
+    #[test]
+    fn example_config_parses() {
+        let cfg = Config::parse(EXAMPLE).expect("conf/tollgate.yaml parses");
+        assert!(!cfg.providers.is_empty());
+        assert_eq!(cfg.limits.default_tier, "user");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = EXAMPLE.replace("leeway_seconds:", "leway_seconds:");
+        let err = Config::parse(&text).unwrap_err();
+        assert!(err.contains("leway_seconds"), "{err}");
+    }
+
+    #[test]
+    fn listen_accepts_list() {
+        let text = EXAMPLE.replacen(
+            "listen: 127.0.0.1:8080",
+            "listen: [127.0.0.1:8080, 127.0.0.1:8082]",
+            1,
+        );
+        let cfg = Config::parse(&text).expect("parses");
+        assert_eq!(cfg.listen.addrs().len(), 2);
+    }
+}

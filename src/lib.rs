@@ -1,0 +1,15 @@
+//! tollgate: an LLM egress gateway on Pingora.
+//!
+//! The modules follow one request's path: `config` → `identity` → `limits`
+//! (through `store`) → `providers` → `proxy` → `usage` → `sinks`.
+
+pub mod admin;
+pub mod config;
+pub mod identity;
+pub mod limits;
+pub mod providers;
+pub mod proxy;
+pub mod server;
+pub mod sinks;
+pub mod store;
+pub mod usage;
