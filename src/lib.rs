@@ -4,9 +4,11 @@
 //! (through `store`) → `providers` → `proxy` → `usage` → `sinks`.
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod identity;
 pub mod limits;
+pub mod oplog;
 pub mod providers;
 pub mod proxy;
 pub mod server;

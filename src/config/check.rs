@@ -1,1 +1,243 @@
-//! check
+//! `tollgate check`: every problem a config has, found at once, each naming
+//! what is wrong and where. Used as a deploy gate; `serve` refuses to start
+//! on the same errors.
+
+use super::Config;
+use crate::providers::{load_credential, upstream_base_url};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl Problem {
+    fn error(message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            message: message.into(),
+        }
+    }
+    fn warning(message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            message: message.into(),
+        }
+    }
+}
+
+/// Loads and checks a config file. A file that does not parse yields that
+/// one problem (nothing else can be checked without its structure).
+pub fn check_file(path: &Path) -> (Option<Config>, Vec<Problem>) {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let problems = check(&cfg);
+            (Some(cfg), problems)
+        }
+        Err(e) => (None, vec![Problem::error(e.to_string())]),
+    }
+}
+
+pub fn check(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_listeners(cfg, &mut out);
+    let resolve = |p: &Path| cfg.path(p);
+    for msg in crate::identity::check_keys(&cfg.identity, &resolve) {
+        out.push(Problem::error(format!("identity: {msg}")));
+    }
+    if let Some(url) = &cfg.identity.jwks_url {
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.parse::<http::Uri>().is_err()
+        {
+            out.push(Problem::error(format!(
+                "identity.jwks_url: invalid URL {url:?}"
+            )));
+        }
+    }
+    check_store(cfg, &mut out);
+    check_limits(cfg, &mut out);
+    check_providers(cfg, &mut out);
+    check_usage(cfg, &mut out);
+    out
+}
+
+fn check_listeners(cfg: &Config, out: &mut Vec<Problem>) {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    let mut addrs: Vec<(&str, String)> = cfg
+        .listen
+        .addrs()
+        .into_iter()
+        .map(|a| ("listen", a))
+        .collect();
+    addrs.extend(cfg.admin_listen.iter().map(|a| ("admin_listen", a.clone())));
+    addrs.extend(
+        cfg.metrics_listen
+            .iter()
+            .map(|a| ("metrics_listen", a.clone())),
+    );
+    for (key, addr) in addrs {
+        if addr.parse::<SocketAddr>().is_err() {
+            out.push(Problem::error(format!(
+                "{key}: {addr:?} is not an address of the form host-ip:port"
+            )));
+        }
+        if let Some(other) = seen.insert(addr.clone(), key) {
+            out.push(Problem::error(format!(
+                "{key}: {addr} is already used by {other}"
+            )));
+        }
+    }
+    if cfg.listen.addrs().is_empty() {
+        out.push(Problem::error("listen: at least one address is required"));
+    }
+    if cfg.server.threads == 0 {
+        out.push(Problem::error("server.threads must be at least 1"));
+    }
+}
+
+fn check_store(cfg: &Config, out: &mut Vec<Problem>) {
+    if let Some(url) = &cfg.store.redis_url {
+        let ok = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "redis-sentinel://",
+        ]
+        .iter()
+        .any(|p| url.starts_with(p));
+        if !ok {
+            out.push(Problem::error(
+                "store.redis_url: must start with redis://, rediss://, redis-cluster:// or redis-sentinel://",
+            ));
+        }
+    }
+}
+
+fn check_limits(cfg: &Config, out: &mut Vec<Problem>) {
+    let l = &cfg.limits;
+    if !l.tiers.contains_key(&l.default_tier) {
+        out.push(Problem::warning(format!(
+            "limits.default_tier {:?} is not in limits.tiers: callers without a tier are unlimited",
+            l.default_tier
+        )));
+    }
+    for (name, t) in &l.tiers {
+        if t.usd_per_day.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            out.push(Problem::error(format!(
+                "limits.tiers.{name}.usd_per_day must be a non-negative number"
+            )));
+        }
+        if t.models.as_ref().is_some_and(|m| m.is_empty()) {
+            out.push(Problem::warning(format!(
+                "limits.tiers.{name}.models is empty: the tier may call no model"
+            )));
+        }
+    }
+    if l.max_body_bytes == 0 {
+        out.push(Problem::error("limits.max_body_bytes must be positive"));
+    }
+    if l.client_timeout.as_duration().is_zero() {
+        out.push(Problem::error("limits.client_timeout must be positive"));
+    }
+}
+
+fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
+    if cfg.providers.is_empty() {
+        out.push(Problem::error(
+            "providers: at least one provider is required",
+        ));
+    }
+    let mut routes: HashMap<&str, &str> = HashMap::new();
+    for p in &cfg.providers {
+        let n = &p.name;
+        if let Err(reason) = upstream_base_url(&p.base_url) {
+            out.push(Problem::error(format!(
+                "provider {n}: invalid base_url {:?}: {reason}",
+                p.base_url
+            )));
+        }
+        match (&p.api_key_env, &p.api_key_file) {
+            (Some(_), Some(_)) => out.push(Problem::error(format!(
+                "provider {n}: set only one of api_key_env and api_key_file"
+            ))),
+            _ => {
+                if let Err(e) = load_credential(p, cfg) {
+                    out.push(Problem::error(e.to_string()));
+                }
+            }
+        }
+        if p.routes.is_empty() {
+            out.push(Problem::error(format!("provider {n}: routes is empty")));
+        }
+        for r in &p.routes {
+            if !r.starts_with('/') {
+                out.push(Problem::error(format!(
+                    "provider {n}: route {r:?} must start with /"
+                )));
+            }
+            if let Some(other) = routes.insert(r.as_str(), n.as_str()) {
+                out.push(Problem::error(format!(
+                    "provider {n}: route {r} is already served by {other}"
+                )));
+            }
+        }
+        if p.connect_timeout_seconds == 0 || p.timeout_seconds == 0 {
+            out.push(Problem::error(format!(
+                "provider {n}: timeouts must be at least 1 second"
+            )));
+        }
+        if let Some(ca) = &p.tls_ca_file {
+            if let Err(e) = std::fs::read(cfg.path(ca)) {
+                out.push(Problem::error(format!(
+                    "provider {n}: cannot read tls_ca_file {}: {}",
+                    cfg.path(ca).display(),
+                    e.kind()
+                )));
+            }
+        }
+    }
+}
+
+fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {
+    let u = &cfg.usage;
+    if u.log_path != "-" {
+        let path = cfg.path(Path::new(&u.log_path));
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::PathBuf::from(".")
+        } else {
+            dir
+        };
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {
+                if m.permissions().readonly() {
+                    out.push(Problem::error(format!(
+                        "usage.log_path: directory {} is read-only",
+                        dir.display()
+                    )));
+                }
+            }
+            _ => out.push(Problem::error(format!(
+                "usage.log_path: directory {} does not exist",
+                dir.display()
+            ))),
+        }
+    }
+    for (model, p) in &u.prices {
+        let vals = [p.input, p.output, p.cache_read, p.cache_write];
+        if vals.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            out.push(Problem::error(format!(
+                "usage.prices.{model}: prices must be non-negative numbers"
+            )));
+        }
+    }
+}

@@ -11,7 +11,9 @@ use std::time::Duration;
 pub struct HumanDuration(pub Duration);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {0:?}: expected a number followed by ms, s, m, h or d (e.g. 30s, 5m, 24h)")]
+#[error(
+    "invalid duration {0:?}: expected a number followed by ms, s, m, h or d (e.g. 30s, 5m, 24h)"
+)]
 pub struct DurationError(pub String);
 
 /// Parses `30s`, `5m`, `24h`, `500ms`, `2d` or a bare number of seconds.

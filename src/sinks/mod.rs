@@ -1,1 +1,8 @@
-//! sinks
+//! Where finished requests go: the usage log (one JSON line per proxied
+//! request) and the Prometheus metrics.
+
+pub mod metrics;
+pub mod usage_log;
+
+pub use metrics::{InflightGuard, Metrics, TokenCounts};
+pub use usage_log::{watch_sighup, LogLine, UsageLog, UsageLogError};

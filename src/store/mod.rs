@@ -1,1 +1,225 @@
-//! store
+//! Shared state behind one interface: limit counters, reservations,
+//! revocations and per-day usage totals. `memory` is the zero-setup default;
+//! a Redis implementation serves several replicas. The store holds no policy:
+//! callers pass the limits to enforce, the store applies them atomically.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryStore;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Which limit refused a request; also the `limit` label of
+/// `tollgate_rate_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Requests,
+    Concurrent,
+    Tokens,
+    Budget,
+}
+
+impl LimitKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests",
+            LimitKind::Concurrent => "concurrent",
+            LimitKind::Tokens => "tokens",
+            LimitKind::Budget => "budget",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub limit: LimitKind,
+    /// Whole seconds, at least 1, until the request would be admitted.
+    pub retry_after_secs: u64,
+    /// Which configured limit, for the error message.
+    pub detail: &'static str,
+}
+
+/// Request-count limits checked before anything goes upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmitLimits {
+    pub requests_per_minute: Option<u64>,
+    pub max_concurrent: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted; when `slot_held` the caller must `release_slot` exactly once.
+    Admitted {
+        remaining_requests: Option<u64>,
+        slot_held: bool,
+    },
+    Refused(Refusal),
+}
+
+/// Token and dollar limits, reserved as a worst case and settled later.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetLimits {
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub usd_per_day: Option<f64>,
+}
+
+impl BudgetLimits {
+    pub fn is_unlimited(&self) -> bool {
+        self.tokens_per_minute.is_none()
+            && self.tokens_per_day.is_none()
+            && self.usd_per_day.is_none()
+    }
+}
+
+/// What a reservation holds, so settling can undo exactly that.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reservation {
+    pub tokens: u64,
+    pub usd: f64,
+    /// Unix milliseconds when reserved: settling adjusts the windows it was
+    /// counted in, not the current ones.
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reserved {
+    Reserved {
+        reservation: Reservation,
+        remaining_tokens_minute: Option<u64>,
+    },
+    Refused(Refusal),
+}
+
+/// Per subject, per UTC day totals (what `GET /admin/usage` returns).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DayTotals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl DayTotals {
+    pub fn add(&mut self, o: &DayTotals) {
+        self.requests = self.requests.saturating_add(o.requests);
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .saturating_add(o.cache_creation_input_tokens);
+        self.cache_read_input_tokens = self
+            .cache_read_input_tokens
+            .saturating_add(o.cache_read_input_tokens);
+        self.cost_usd += o.cost_usd;
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap liveness probe for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts a request against its sliding 60 s window and takes a
+    /// concurrency slot, atomically: a refused request consumes neither.
+    async fn admit(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        limits: AdmitLimits,
+    ) -> Result<Admission, StoreError>;
+
+    async fn release_slot(&self, sub: &str) -> Result<(), StoreError>;
+
+    /// Reserves a worst case against every budget at once, or nothing.
+    async fn reserve(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        tokens: u64,
+        usd: f64,
+        limits: BudgetLimits,
+    ) -> Result<Reserved, StoreError>;
+
+    /// Replaces a reservation by what was really used.
+    async fn settle(
+        &self,
+        sub: &str,
+        reservation: Reservation,
+        actual_tokens: u64,
+        actual_usd: f64,
+    ) -> Result<(), StoreError>;
+
+    async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<(), StoreError>;
+    /// Revokes every token of `sub` with `iat <= at_secs`.
+    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<(), StoreError>;
+    async fn is_revoked(&self, jti: &str, sub: &str, iat: Option<u64>) -> Result<bool, StoreError>;
+
+    async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError>;
+    async fn usage(&self, sub: &str, day: &str) -> Result<DayTotals, StoreError>;
+
+    /// Reservations taken and not yet settled, over all subjects (tests and
+    /// the property that every reservation is released).
+    async fn inflight_reservations(&self) -> Result<u64, StoreError>;
+
+    /// Everything a finished request does to the store, in one call so a
+    /// networked store can make it one round trip: release the concurrency
+    /// slot, settle the reservation, add the day's totals.
+    async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
+        let mut first_err = None;
+        if done.slot_held {
+            if let Err(e) = self.release_slot(done.sub).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(r) = done.reservation {
+            if let Err(e) = self
+                .settle(done.sub, r, done.actual_tokens, done.actual_usd)
+                .await
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some((day, totals)) = done.totals {
+            if let Err(e) = self.add_usage(done.sub, day, totals).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// See [`Store::finish`].
+#[derive(Debug, Clone, Copy)]
+pub struct Finish<'a> {
+    pub sub: &'a str,
+    pub slot_held: bool,
+    pub reservation: Option<Reservation>,
+    pub actual_tokens: u64,
+    pub actual_usd: f64,
+    /// Day key (`YYYY-MM-DD`) and totals to add; `None` for a request that
+    /// was refused before reaching a provider.
+    pub totals: Option<(&'a str, &'a DayTotals)>,
+}
+
+/// The store the config asks for. Never blocks on the network: a Redis store
+/// connects in the background and reports errors per call until it answers.
+pub async fn connect(
+    cfg: &crate::config::StoreConfig,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    match &cfg.redis_url {
+        None => Ok(std::sync::Arc::new(MemoryStore::new())),
+        Some(_) => anyhow::bail!("store.redis_url: the Redis store is not available in this build"),
+    }
+}

@@ -1,0 +1,344 @@
+//! Admin endpoints. Errors use the Anthropic error shape (they belong to no
+//! provider).
+
+use crate::app::App;
+use crate::config::ProviderKind;
+use crate::identity::{self, Identity};
+use crate::limits::{now_ms, utc_day_string, valid_day};
+use crate::providers::errors::{error_body, ErrorKind};
+use pingora::protocols::http::ServerSession;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A revocation by bare `jti` outlives any token we would issue or accept.
+const JTI_REVOCATION_SECS: u64 = 400 * 86_400;
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+fn ok(v: serde_json::Value) -> Reply {
+    Reply {
+        status: 200,
+        body: v.to_string().into_bytes(),
+    }
+}
+
+fn err(status: u16, kind: ErrorKind, msg: &str) -> Reply {
+    Reply {
+        status,
+        body: error_body(ProviderKind::Anthropic, kind, msg),
+    }
+}
+
+pub async fn handle(app: &App, s: &mut ServerSession) -> Reply {
+    let method = s.req_header().method.clone();
+    let path = s.req_header().uri.path().to_string();
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/healthz") => ok(json!({"status": "ok"})),
+        ("GET", "/readyz") => match app.store.ping().await {
+            Ok(()) => ok(json!({"status": "ready"})),
+            Err(e) => {
+                app.metrics.store_error("ping");
+                log::warn!("readiness: {e}");
+                err(503, ErrorKind::Api, "store unavailable")
+            }
+        },
+        ("POST", "/admin/tokens") => match admin_request(app, s).await {
+            Ok(r) => issue_token(app, r),
+            Err(reply) => reply,
+        },
+        ("POST", "/admin/revoke") => match admin_request(app, s).await {
+            Ok(r) => revoke(app, r).await,
+            Err(reply) => reply,
+        },
+        ("GET", "/admin/usage") => match admin_request(app, s).await {
+            Ok(r) => usage(app, r).await,
+            Err(reply) => reply,
+        },
+        (_, "/healthz" | "/readyz" | "/admin/tokens" | "/admin/revoke" | "/admin/usage") => {
+            err(405, ErrorKind::InvalidRequest, "method not allowed")
+        }
+        _ => err(404, ErrorKind::NotFound, "not found"),
+    }
+}
+
+/// An authenticated admin call: who made it, its body and query.
+struct AdminRequest {
+    admin: Arc<Identity>,
+    body: Vec<u8>,
+    query: Option<String>,
+}
+
+/// Authenticates an admin call: no token 401, a valid non-admin token 403.
+async fn admin_request(app: &App, s: &mut ServerSession) -> Result<AdminRequest, Reply> {
+    let id =
+        match identity::credential(&s.req_header().headers).and_then(|t| app.verifier.verify(t)) {
+            Ok(id) => id,
+            Err(e) => {
+                app.metrics.auth_failure(e.reason());
+                return Err(err(401, ErrorKind::Authentication, e.message()));
+            }
+        };
+    match app.store.is_revoked(&id.jti, &id.sub, id.iat).await {
+        Ok(false) => {}
+        Ok(true) => return Err(err(403, ErrorKind::Permission, "token revoked")),
+        Err(e) => {
+            app.metrics.store_error("revocation");
+            log::warn!("admin: revocation check failed: {e}");
+            return Err(err(503, ErrorKind::Api, "store unavailable"));
+        }
+    }
+    if !id.roles.iter().any(|r| r == "admin") {
+        return Err(err(403, ErrorKind::Permission, "admin role required"));
+    }
+    Ok(AdminRequest {
+        admin: id,
+        body: read_body(s).await?,
+        query: s.req_header().uri.query().map(str::to_string),
+    })
+}
+
+async fn read_body(s: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+    let mut body = Vec::new();
+    loop {
+        match s.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                    return Err(err(413, ErrorKind::RequestTooLarge, "body too large"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(err(400, ErrorKind::InvalidRequest, "cannot read body")),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    sub: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+fn issue_token(app: &App, r: AdminRequest) -> Reply {
+    let (admin, body) = (r.admin, r.body.as_slice());
+    {
+        let Some(signer) = &app.signer else {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                "token issuance needs identity.private_key in the config",
+            );
+        };
+        let req: TokenRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return err(
+                    400,
+                    ErrorKind::InvalidRequest,
+                    &format!("invalid body: {e}"),
+                )
+            }
+        };
+        if req.sub.is_empty() || req.sub.chars().any(char::is_control) {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                "sub must be a non-empty string without control characters",
+            );
+        }
+        if req
+            .role
+            .as_deref()
+            .is_some_and(|r| r.chars().any(char::is_control))
+        {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                "role must not contain control characters",
+            );
+        }
+        let ttl = req
+            .ttl_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(app.default_ttl);
+        if ttl.is_zero() || ttl.as_secs() > JTI_REVOCATION_SECS {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                "ttl_seconds must be between 1 and 400 days",
+            );
+        }
+        match signer.issue(&req.sub, req.role.as_deref(), ttl) {
+            Ok(t) => {
+                log::info!(
+                    "admin {}: issued token {} for {}",
+                    admin.sub,
+                    t.jti,
+                    req.sub
+                );
+                ok(json!({
+                    "access_token": t.token,
+                    "token_type": "bearer",
+                    "expires_in": t.exp.saturating_sub(t.iat),
+                    "jti": t.jti,
+                }))
+            }
+            Err(e) => {
+                log::error!("admin: token issuance failed: {e:#}");
+                err(500, ErrorKind::Api, "token issuance failed")
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+async fn revoke(app: &App, r: AdminRequest) -> Reply {
+    let (admin, body) = (r.admin, r.body.as_slice());
+    {
+        let req: RevokeRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return err(
+                    400,
+                    ErrorKind::InvalidRequest,
+                    &format!("invalid body: {e}"),
+                )
+            }
+        };
+        let now = now_ms() / 1000;
+        let (result, reply) = match (req.jti, req.sub) {
+            (Some(jti), None) if !jti.is_empty() => (
+                app.store.revoke_jti(&jti, now + JTI_REVOCATION_SECS).await,
+                json!({"status": "revoked", "jti": jti}),
+            ),
+            (None, Some(sub)) if !sub.is_empty() => (
+                app.store.revoke_sub(&sub, now).await,
+                json!({"status": "revoked", "sub": sub, "issued_at_or_before": now}),
+            ),
+            _ => {
+                return err(
+                    400,
+                    ErrorKind::InvalidRequest,
+                    "give exactly one of jti or sub",
+                )
+            }
+        };
+        match result {
+            Ok(()) => {
+                log::info!("admin {}: revoked {reply}", admin.sub);
+                ok(reply)
+            }
+            Err(e) => {
+                app.metrics.store_error("revoke");
+                log::warn!("admin: revocation failed: {e}");
+                err(503, ErrorKind::Api, "store unavailable")
+            }
+        }
+    }
+}
+
+fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str> {
+    q?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// Minimal percent-decoding for the `sub` parameter (e-mail addresses).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn usage(app: &App, r: AdminRequest) -> Reply {
+    let q = r.query.as_deref();
+    {
+        let Some(sub) = query_param(q, "sub")
+            .and_then(percent_decode)
+            .filter(|s| !s.is_empty())
+        else {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                "query parameter sub is required",
+            );
+        };
+        let day = match query_param(q, "day") {
+            Some(d) if valid_day(d) => d.to_string(),
+            Some(_) => return err(400, ErrorKind::InvalidRequest, "day must be YYYY-MM-DD"),
+            None => utc_day_string(now_ms()),
+        };
+        match app.store.usage(&sub, &day).await {
+            Ok(t) => ok(json!({
+                "sub": sub,
+                "day": day,
+                "requests": t.requests,
+                "input_tokens": t.input_tokens,
+                "output_tokens": t.output_tokens,
+                "cache_creation_input_tokens": t.cache_creation_input_tokens,
+                "cache_read_input_tokens": t.cache_read_input_tokens,
+                "cost_usd": t.cost_usd,
+            })),
+            Err(e) => {
+                app.metrics.store_error("usage");
+                log::warn!("admin: usage read failed: {e}");
+                err(503, ErrorKind::Api, "store unavailable")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = Some("sub=alice%40example.com&day=2026-11-28");
+        assert_eq!(query_param(q, "day"), Some("2026-11-28"));
+        assert_eq!(
+            query_param(q, "sub").and_then(percent_decode).as_deref(),
+            Some("alice@example.com")
+        );
+        assert_eq!(query_param(q, "x"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}

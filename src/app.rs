@@ -1,0 +1,88 @@
+//! Everything a request needs, built once from the config and shared by the
+//! proxy and admin services.
+
+use crate::config::{Config, OnError};
+use crate::identity::{Signer, Verifier};
+use crate::limits::Tiers;
+use crate::providers::Router;
+use crate::sinks::{Metrics, UsageLog};
+use crate::store::{MemoryStore, Store, StoreError};
+use crate::usage::{Pricing, UsageRecord};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct App {
+    pub verifier: Verifier,
+    pub signer: Option<Signer>,
+    pub router: Router,
+    pub tiers: Tiers,
+    pub store: Arc<dyn Store>,
+    /// Set when the store is in-process, for its periodic sweep.
+    pub memory_store: Option<Arc<MemoryStore>>,
+    pub pricing: Pricing,
+    pub usage_log: UsageLog<UsageRecord>,
+    pub metrics: Metrics,
+    pub on_error: OnError,
+    pub max_body_bytes: usize,
+    pub default_max_tokens: u64,
+    pub client_timeout: Duration,
+    pub drain_on_disconnect: Duration,
+    pub default_ttl: Duration,
+}
+
+impl App {
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Arc<Self>> {
+        let resolve = |p: &std::path::Path| cfg.path(p);
+        let verifier = Verifier::from_config(&cfg.identity, &resolve)
+            .context("cannot load the identity verification keys")?;
+        let signer = match &cfg.identity.private_key {
+            Some(_) => Some(
+                Signer::from_config(&cfg.identity, &resolve)
+                    .context("cannot load identity.private_key")?,
+            ),
+            None => None,
+        };
+        let router = Router::from_config(cfg)?;
+        let memory = Arc::new(MemoryStore::new());
+        let store: Arc<dyn Store> = memory.clone();
+        let usage_log = UsageLog::new(&cfg.usage.log_path)
+            .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
+        let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
+        Ok(Arc::new(Self {
+            verifier,
+            signer,
+            router,
+            tiers: Tiers::new(&cfg.limits),
+            store,
+            memory_store: Some(memory),
+            pricing: Pricing::new(&cfg.usage.prices),
+            usage_log,
+            metrics,
+            on_error: cfg.store.on_error,
+            max_body_bytes: cfg.limits.max_body_bytes,
+            default_max_tokens: cfg.limits.default_max_tokens,
+            client_timeout: cfg.limits.client_timeout.as_duration(),
+            drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
+            default_ttl: cfg.identity.default_ttl.as_duration(),
+        }))
+    }
+
+    /// Applies `store.on_error` to a failed store call: `Ok(())` lets the
+    /// request go on (fail_open), `Err` refuses it (fail_closed). Either way
+    /// the failure is counted.
+    pub fn store_failed(&self, op: &str, e: &StoreError) -> Result<(), ()> {
+        self.metrics.store_error(op);
+        log::warn!("store {op} failed: {e}");
+        match self.on_error {
+            OnError::FailOpen => Ok(()),
+            OnError::FailClosed => Err(()),
+        }
+    }
+}
+
+impl crate::sinks::LogLine for UsageRecord {
+    fn write_line(&self, out: &mut Vec<u8>) {
+        self.write_json_line(out);
+    }
+}

@@ -1,0 +1,88 @@
+//! Command line: parsing and dispatch only.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "LLM egress gateway: verified identity, per-user limits, credential swap, exact usage records",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway
+    Serve {
+        /// Config file (YAML)
+        #[arg(short = 'c', long = "conf")]
+        config: PathBuf,
+        /// Run in the background (fork; writes server.pid_file)
+        #[arg(short = 'd', long)]
+        daemon: bool,
+        /// Take over the listeners of a running instance (graceful upgrade)
+        #[arg(short = 'u', long)]
+        upgrade: bool,
+    },
+    /// Validate a config: files readable, keys parse, env vars present, URLs valid.
+    /// Prints every problem; exits 1 on any error, 0 when clean
+    Check {
+        #[arg(short = 'c', long = "conf")]
+        config: PathBuf,
+    },
+    /// Write a signing key pair (private.pem mode 0600, public.pem) into DIR
+    Keygen {
+        /// Directory to create the keys in (created if missing)
+        #[arg(long)]
+        dir: PathBuf,
+        /// Key algorithm: RS256 (2048-bit), ES256 or EdDSA
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        /// Key id to print for the config's `keys` list
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Issue or revoke identity tokens
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Sign a token with identity.private_key and print it
+    Issue {
+        #[arg(short = 'c', long = "conf")]
+        config: PathBuf,
+        /// Subject (the user or service the token identifies)
+        #[arg(long)]
+        sub: String,
+        /// Role claim (selects the limits tier, e.g. user, admin)
+        #[arg(long)]
+        role: Option<String>,
+        /// Lifetime, e.g. 30m, 24h (default: identity.default_ttl)
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Revoke one token (--jti) or every token of a subject issued up to now (--sub)
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct RevokeArgs {
+    #[arg(short = 'c', long = "conf", required = true)]
+    pub config: PathBuf,
+    /// Token id to revoke
+    #[arg(long, group = "target")]
+    pub jti: Option<String>,
+    /// Subject whose tokens issued up to now are revoked
+    #[arg(long, group = "target")]
+    pub sub: Option<String>,
+}

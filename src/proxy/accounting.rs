@@ -1,0 +1,162 @@
+//! The end of a request: its usage record, metrics, budget settlement and
+//! the release of everything it held. Runs exactly once per request, from
+//! Pingora's `logging` hook, whatever the outcome.
+
+use super::ctx::Ctx;
+use crate::app::App;
+use crate::limits::{now_ms, utc_day_string};
+use crate::sinks::TokenCounts;
+use crate::store::DayTotals;
+use crate::usage::{Metered, Usage, UsageRecord};
+
+pub struct Outcome<'a> {
+    pub path: &'a str,
+    /// The status the client saw when the upstream never answered.
+    pub fallback_status: u16,
+    pub client_disconnected: bool,
+}
+
+pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
+    if ctx.finished {
+        return;
+    }
+    ctx.finished = true;
+    ctx.inflight = None;
+    let sub = ctx
+        .identity
+        .as_ref()
+        .map(|i| i.sub.clone())
+        .unwrap_or_default();
+    if ctx.slot_held {
+        ctx.slot_held = false;
+        if let Err(e) = app.store.release_slot(&sub).await {
+            app.metrics.store_error("release");
+            log::warn!(
+                "request {}: releasing the concurrency slot failed: {e}",
+                ctx.request_id
+            );
+        }
+    }
+    let provider = ctx
+        .provider
+        .as_ref()
+        .map(|p| p.name.as_str())
+        .unwrap_or("none");
+    let status = ctx.status.unwrap_or(out.fallback_status);
+    if !ctx.proxied || ctx.refusal.is_some() {
+        app.metrics
+            .request_refused(provider, ctx.model().unwrap_or(""), status, &sub);
+        if let Some(r) = ctx.reservation.take() {
+            settle(app, ctx, &sub, r, &Usage::default(), 0.0).await;
+        }
+        return;
+    }
+
+    let metered = ctx.meter.as_mut().map(|m| m.finish()).unwrap_or(Metered {
+        usage: Usage::default(),
+        usage_seen: false,
+        complete: false,
+        model: None,
+        stream_error: false,
+    });
+    let upstream_answered = ctx.ttfb.is_some();
+    let complete = if !upstream_answered || !ctx.response_done {
+        false
+    } else if (200..300).contains(&status) {
+        metered.complete
+    } else {
+        // A provider error carries no billable usage: having read all of it
+        // is all there is to see.
+        !metered.stream_error
+    };
+    let model = ctx
+        .model()
+        .map(str::to_string)
+        .or_else(|| metered.model.clone());
+    let model_str = model.as_deref().unwrap_or("");
+    let u = metered.usage;
+    let cost = app.pricing.cost(model_str, &u);
+    let id = ctx.identity.clone();
+    let elapsed = ctx.started.elapsed();
+    let record = UsageRecord {
+        ts: UsageRecord::now_rfc3339(),
+        request_id: ctx.request_id.clone(),
+        sub: sub.clone(),
+        role: id.as_ref().and_then(|i| i.role.clone()),
+        tier: ctx
+            .tier
+            .as_ref()
+            .map(|t| t.name.clone())
+            .unwrap_or_default(),
+        jti: id.as_ref().map(|i| i.jti.clone()).unwrap_or_default(),
+        provider: provider.to_string(),
+        model: model.clone(),
+        path: out.path.to_string(),
+        status,
+        stream: ctx.info.as_ref().is_some_and(|i| i.stream),
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_creation_input_tokens: u.cache_creation_input_tokens,
+        cache_read_input_tokens: u.cache_read_input_tokens,
+        cost_usd: cost,
+        duration_ms: elapsed.as_millis() as u64,
+        ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
+        client_disconnected: out.client_disconnected || ctx.client_gone,
+        usage_complete: complete,
+    };
+    app.usage_log.send(record).await;
+    app.metrics.request_finished(
+        provider,
+        model_str,
+        status,
+        &sub,
+        TokenCounts {
+            input: u.input_tokens,
+            output: u.output_tokens,
+            cache_read: u.cache_read_input_tokens,
+            cache_creation: u.cache_creation_input_tokens,
+        },
+        cost,
+        elapsed,
+        ctx.ttfb,
+    );
+    let totals = DayTotals {
+        requests: 1,
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_creation_input_tokens: u.cache_creation_input_tokens,
+        cache_read_input_tokens: u.cache_read_input_tokens,
+        cost_usd: cost,
+    };
+    if let Err(e) = app
+        .store
+        .add_usage(&sub, &utc_day_string(now_ms()), &totals)
+        .await
+    {
+        app.metrics.store_error("usage");
+        log::warn!(
+            "request {}: recording daily totals failed: {e}",
+            ctx.request_id
+        );
+    }
+    if let Some(r) = ctx.reservation.take() {
+        settle(app, ctx, &sub, r, &u, cost).await;
+    }
+}
+
+async fn settle(
+    app: &App,
+    ctx: &Ctx,
+    sub: &str,
+    r: crate::store::Reservation,
+    u: &Usage,
+    cost: f64,
+) {
+    if let Err(e) = app.store.settle(sub, r, u.total(), cost).await {
+        app.metrics.store_error("settle");
+        log::warn!(
+            "request {}: settling the reservation failed: {e}",
+            ctx.request_id
+        );
+    }
+}

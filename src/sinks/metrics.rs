@@ -1,0 +1,389 @@
+//! Prometheus metrics (spec "Metrics").
+//!
+//! Registered in the default registry of `prometheus` 0.14, the one
+//! `pingora_prometheus::prometheus_http_service` serves. A registry accepts a
+//! name once, so [`Metrics::new`] registers once per process and hands out
+//! clones afterwards; tests use [`Metrics::with_registry`] with a private
+//! registry because the default one is shared by every test of the binary.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use prometheus::core::Collector;
+use prometheus::{
+    CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Request duration: from a few hundred milliseconds for a short completion
+/// to long agentic streams; the top bucket is 10 minutes.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0,
+];
+
+/// Time to first upstream byte: 5 ms (cached, nearby) to 60 s (a loaded
+/// model thinking before it streams).
+pub const TTFB_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// Values of the `limit` label of `tollgate_rate_limited_total`.
+pub const LIMIT_KINDS: [&str; 4] = ["requests", "tokens", "concurrent", "budget"];
+
+/// Label value used when the caller has none (e.g. the model of a request
+/// refused before its body was read): an empty value would make the series
+/// indistinguishable from one without the label.
+pub const UNKNOWN: &str = "unknown";
+
+/// Token counts of one response, as in the usage record: `input` excludes
+/// cached input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_creation: u64,
+}
+
+/// The gateway's metrics. Cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("per_user_labels", &self.inner.per_user)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    per_user: bool,
+    requests: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: CounterVec,
+    duration: HistogramVec,
+    ttfb: HistogramVec,
+    auth_failures: IntCounterVec,
+    rate_limited: IntCounterVec,
+    store_errors: IntCounterVec,
+    inflight: IntGaugeVec,
+}
+
+/// The instance registered in the default registry, once per process.
+static DEFAULT: Mutex<Option<Metrics>> = Mutex::new(None);
+
+impl Metrics {
+    /// The metrics in Prometheus' default registry. The first call registers
+    /// them; later calls return the same instance, and fail if they ask for
+    /// a different `per_user_labels` (a registered name cannot change its
+    /// label set).
+    pub fn new(per_user_labels: bool) -> anyhow::Result<Self> {
+        // A panic while holding this lock cannot leave a half-set value
+        // behind (the slot is written last), so a poisoned lock is usable.
+        let mut slot = DEFAULT.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = slot.as_ref() {
+            if existing.inner.per_user != per_user_labels {
+                bail!(
+                    "metrics already registered with per_user_labels = {}; cannot change it within one process",
+                    existing.inner.per_user
+                );
+            }
+            return Ok(existing.clone());
+        }
+        let metrics = Self::with_registry(prometheus::default_registry(), per_user_labels)?;
+        *slot = Some(metrics.clone());
+        Ok(metrics)
+    }
+
+    /// The metrics registered in `registry` (tests, or a custom exporter).
+    /// On error nothing stays registered.
+    pub fn with_registry(registry: &Registry, per_user_labels: bool) -> anyhow::Result<Self> {
+        let with_user = |labels: &[&'static str]| -> Vec<&'static str> {
+            let mut v = labels.to_vec();
+            if per_user_labels {
+                v.push("user");
+            }
+            v
+        };
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests received by the proxy listener, including refused ones, by provider, model and HTTP status returned.",
+            ),
+            &with_user(&["provider", "model", "status"]),
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tokens_total",
+                "Tokens reported by providers, by kind: input (uncached), output, cache_read, cache_creation.",
+            ),
+            &with_user(&["provider", "model", "kind"]),
+        )?;
+        let cost = CounterVec::new(
+            Opts::new(
+                "tollgate_cost_usd_total",
+                "Estimated provider cost in US dollars, computed from the configured prices.",
+            ),
+            &with_user(&["provider", "model"]),
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from receiving a proxied request to the end of its response.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_ttfb_seconds",
+                "Time from sending a request upstream to the first byte of the provider's response.",
+            )
+            .buckets(TTFB_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "tollgate_auth_failures_total",
+                "Requests refused because the caller's identity token was missing or invalid, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "tollgate_rate_limited_total",
+                "Requests refused by a limit, by limit: requests, tokens, concurrent, budget.",
+            ),
+            &["limit"],
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_store_errors_total",
+                "Failed operations against the limits and usage store, by operation.",
+            ),
+            &["op"],
+        )?;
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_inflight_requests",
+                "Requests currently being proxied, by provider.",
+            ),
+            &["provider"],
+        )?;
+
+        let all = || -> [Box<dyn Collector>; 9] {
+            [
+                Box::new(requests.clone()),
+                Box::new(tokens.clone()),
+                Box::new(cost.clone()),
+                Box::new(duration.clone()),
+                Box::new(ttfb.clone()),
+                Box::new(auth_failures.clone()),
+                Box::new(rate_limited.clone()),
+                Box::new(store_errors.clone()),
+                Box::new(inflight.clone()),
+            ]
+        };
+        for (idx, c) in all().into_iter().enumerate() {
+            let name = c
+                .desc()
+                .first()
+                .map(|d| d.fq_name.clone())
+                .unwrap_or_default();
+            if let Err(e) = registry.register(c) {
+                // Leave the registry as it was, so a retry can succeed.
+                for done in all().into_iter().take(idx) {
+                    let _ = registry.unregister(done);
+                }
+                return Err(e).with_context(|| format!("registering metric {name}"));
+            }
+        }
+
+        // The limit kinds are known: show them at 0 from the start, so that
+        // rate() works from the first refusal.
+        for limit in LIMIT_KINDS {
+            rate_limited.with_label_values(&[limit]);
+        }
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                per_user: per_user_labels,
+                requests,
+                tokens,
+                cost,
+                duration,
+                ttfb,
+                auth_failures,
+                rate_limited,
+                store_errors,
+                inflight,
+            }),
+        })
+    }
+
+    /// Whether the per-request counters carry a `user` label.
+    pub fn per_user_labels(&self) -> bool {
+        self.inner.per_user
+    }
+
+    /// Records a request that reached a provider (whatever its outcome).
+    /// `user` (the caller's `sub`) is ignored unless per-user labels are on;
+    /// `ttfb` is the time to the first upstream response byte, if any.
+    // The signature is the one the proxy code calls; a struct would only
+    // move the same eight values around.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_finished(
+        &self,
+        provider: &str,
+        model: &str,
+        status: u16,
+        user: &str,
+        tokens: TokenCounts,
+        cost_usd: f64,
+        duration: Duration,
+        ttfb: Option<Duration>,
+    ) {
+        let i = &*self.inner;
+        let provider = or_unknown(provider);
+        let model = or_unknown(model);
+        let user = or_unknown(user);
+        let status = StatusLabel::new(status);
+
+        let n = if i.per_user { 4 } else { 3 };
+        let labels = [provider, model, status.as_str(), user];
+        i.requests.with_label_values(&labels[..n]).inc();
+
+        for (kind, count) in [
+            ("input", tokens.input),
+            ("output", tokens.output),
+            ("cache_read", tokens.cache_read),
+            ("cache_creation", tokens.cache_creation),
+        ] {
+            let labels = [provider, model, kind, user];
+            i.tokens.with_label_values(&labels[..n]).inc_by(count);
+        }
+
+        // A negative or NaN cost is a pricing bug; counters must not go
+        // down (and prometheus asserts on it in debug builds).
+        let cost = if cost_usd.is_finite() && cost_usd > 0.0 {
+            cost_usd
+        } else {
+            0.0
+        };
+        let labels = [provider, model, user];
+        i.cost.with_label_values(&labels[..n - 1]).inc_by(cost);
+
+        i.duration
+            .with_label_values(&[provider])
+            .observe(duration.as_secs_f64());
+        if let Some(ttfb) = ttfb {
+            i.ttfb
+                .with_label_values(&[provider])
+                .observe(ttfb.as_secs_f64());
+        }
+    }
+
+    /// Records a request answered by the gateway itself (401, 403, 429, 413,
+    /// …); it counts in `tollgate_requests_total` like any other.
+    pub fn request_refused(&self, provider: &str, model: &str, status: u16, user: &str) {
+        let i = &*self.inner;
+        let status = StatusLabel::new(status);
+        let labels = [
+            or_unknown(provider),
+            or_unknown(model),
+            status.as_str(),
+            or_unknown(user),
+        ];
+        let n = if i.per_user { 4 } else { 3 };
+        i.requests.with_label_values(&labels[..n]).inc();
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        self.inner
+            .auth_failures
+            .with_label_values(&[or_unknown(reason)])
+            .inc();
+    }
+
+    /// `limit` is one of [`LIMIT_KINDS`].
+    pub fn rate_limited(&self, limit: &str) {
+        self.inner
+            .rate_limited
+            .with_label_values(&[or_unknown(limit)])
+            .inc();
+    }
+
+    pub fn store_error(&self, op: &str) {
+        self.inner
+            .store_errors
+            .with_label_values(&[or_unknown(op)])
+            .inc();
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    pub fn inflight(&self, provider: &str) -> InflightGuard {
+        let gauge = self
+            .inner
+            .inflight
+            .with_label_values(&[or_unknown(provider)]);
+        gauge.inc();
+        InflightGuard { gauge }
+    }
+}
+
+/// Decrements `tollgate_inflight_requests` when dropped. Not `Clone`, so the
+/// decrement happens exactly once per increment.
+#[must_use = "the request stops counting as in flight when the guard is dropped"]
+#[derive(Debug)]
+pub struct InflightGuard {
+    gauge: IntGauge,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() {
+        UNKNOWN
+    } else {
+        s
+    }
+}
+
+/// An HTTP status rendered on the stack: the hot path does not allocate a
+/// `String` per request for it.
+struct StatusLabel {
+    buf: [u8; 5],
+    start: usize,
+}
+
+impl StatusLabel {
+    fn new(status: u16) -> Self {
+        let mut buf = [b'0'; 5];
+        let mut start = buf.len();
+        let mut n = status;
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Self { buf, start }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits were written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+#[cfg(test)]
+mod tests;

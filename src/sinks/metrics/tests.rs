@@ -1,0 +1,445 @@
+use super::*;
+use std::collections::BTreeMap;
+
+type Labels = BTreeMap<String, String>;
+
+/// The samples of the text exposition format (what /metrics serves).
+fn samples(registry: &Registry) -> Vec<(String, Labels, f64)> {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    parse(&text)
+}
+
+fn parse(text: &str) -> Vec<(String, Labels, f64)> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').unwrap();
+                let labels = body
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        (k.to_owned(), v.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), Labels::new()),
+        };
+        out.push((name, labels, value));
+    }
+    out
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn value(all: &[(String, Labels, f64)], name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
+    let want = labels(pairs);
+    all.iter()
+        .find(|(n, l, _)| n == name && *l == want)
+        .map(|(_, _, v)| *v)
+}
+
+/// The label names of every series of `name`.
+fn label_names(all: &[(String, Labels, f64)], name: &str) -> Vec<Vec<String>> {
+    let mut v: Vec<Vec<String>> = all
+        .iter()
+        .filter(|(n, _, _)| n == name)
+        .map(|(_, l, _)| l.keys().cloned().collect())
+        .collect();
+    v.dedup();
+    v
+}
+
+const TOKENS: TokenCounts = TokenCounts {
+    input: 10,
+    output: 20,
+    cache_read: 30,
+    cache_creation: 40,
+};
+
+fn finished(m: &Metrics, user: &str, status: u16) {
+    m.request_finished(
+        "anthropic",
+        "claude-sonnet-4-5",
+        status,
+        user,
+        TOKENS,
+        0.25,
+        Duration::from_millis(1500),
+        Some(Duration::from_millis(120)),
+    );
+}
+
+fn exercise(m: &Metrics) {
+    finished(m, "alice", 200);
+    finished(m, "alice", 200);
+    // No first byte, and a NaN cost (counted as 0).
+    m.request_finished(
+        "anthropic",
+        "claude-sonnet-4-5",
+        529,
+        "bob",
+        TOKENS,
+        f64::NAN,
+        Duration::from_millis(1500),
+        None,
+    );
+    m.request_refused("openai", "gpt-4o", 429, "bob");
+    m.request_refused("", "", 401, "");
+    m.auth_failure("expired");
+    m.rate_limited("tokens");
+    m.store_error("incr");
+    m.store_error("incr");
+}
+
+#[test]
+fn metrics_without_user_labels() {
+    let registry = Registry::new();
+    let m = Metrics::with_registry(&registry, false).unwrap();
+    assert!(!m.per_user_labels());
+    exercise(&m);
+    let all = samples(&registry);
+    let p = ("provider", "anthropic");
+    let model = ("model", "claude-sonnet-4-5");
+
+    assert_eq!(
+        label_names(&all, "tollgate_requests_total"),
+        vec![vec!["model", "provider", "status"]]
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_requests_total",
+            &[p, model, ("status", "200")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_requests_total",
+            &[p, model, ("status", "529")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_requests_total",
+            &[
+                ("provider", "openai"),
+                ("model", "gpt-4o"),
+                ("status", "429")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_requests_total",
+            &[("provider", UNKNOWN), ("model", UNKNOWN), ("status", "401")]
+        ),
+        Some(1.0)
+    );
+
+    assert_eq!(
+        label_names(&all, "tollgate_tokens_total"),
+        vec![vec!["kind", "model", "provider"]]
+    );
+    for (kind, per) in [
+        ("input", 10.0),
+        ("output", 20.0),
+        ("cache_read", 30.0),
+        ("cache_creation", 40.0),
+    ] {
+        assert_eq!(
+            value(&all, "tollgate_tokens_total", &[p, model, ("kind", kind)]),
+            Some(3.0 * per),
+            "{kind}"
+        );
+    }
+
+    // NaN cost counted as 0.
+    assert_eq!(
+        value(&all, "tollgate_cost_usd_total", &[p, model]),
+        Some(0.5)
+    );
+    assert_eq!(
+        value(&all, "tollgate_request_duration_seconds_count", &[p]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&all, "tollgate_request_duration_seconds_sum", &[p]),
+        Some(4.5)
+    );
+    assert_eq!(
+        value(&all, "tollgate_upstream_ttfb_seconds_count", &[p]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_upstream_ttfb_seconds_bucket",
+            &[p, ("le", "0.1")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_upstream_ttfb_seconds_bucket",
+            &[p, ("le", "0.25")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_auth_failures_total",
+            &[("reason", "expired")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&all, "tollgate_rate_limited_total", &[("limit", "tokens")]),
+        Some(1.0)
+    );
+    // The other limit kinds are present at 0 from the start.
+    for limit in ["requests", "concurrent", "budget"] {
+        assert_eq!(
+            value(&all, "tollgate_rate_limited_total", &[("limit", limit)]),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        value(&all, "tollgate_store_errors_total", &[("op", "incr")]),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn metrics_with_user_labels() {
+    let registry = Registry::new();
+    let m = Metrics::with_registry(&registry, true).unwrap();
+    assert!(m.per_user_labels());
+    exercise(&m);
+    let all = samples(&registry);
+    let p = ("provider", "anthropic");
+    let model = ("model", "claude-sonnet-4-5");
+
+    assert_eq!(
+        label_names(&all, "tollgate_requests_total"),
+        vec![vec!["model", "provider", "status", "user"]]
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_requests_total",
+            &[p, model, ("status", "200"), ("user", "alice")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_requests_total",
+            &[
+                ("provider", "openai"),
+                ("model", "gpt-4o"),
+                ("status", "429"),
+                ("user", "bob")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        label_names(&all, "tollgate_tokens_total"),
+        vec![vec!["kind", "model", "provider", "user"]]
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_tokens_total",
+            &[p, model, ("kind", "output"), ("user", "bob")]
+        ),
+        Some(20.0)
+    );
+    assert_eq!(
+        label_names(&all, "tollgate_cost_usd_total"),
+        vec![vec!["model", "provider", "user"]]
+    );
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_cost_usd_total",
+            &[p, model, ("user", "alice")]
+        ),
+        Some(0.5)
+    );
+    // Per-provider series never carry the user.
+    assert_eq!(
+        label_names(&all, "tollgate_request_duration_seconds_count"),
+        vec![vec!["provider"]]
+    );
+}
+
+#[test]
+fn types_help_and_buckets() {
+    let registry = Registry::new();
+    let m = Metrics::with_registry(&registry, false).unwrap();
+    exercise(&m);
+    let _guard = m.inflight("anthropic");
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    for (name, kind) in [
+        ("tollgate_requests_total", "counter"),
+        ("tollgate_tokens_total", "counter"),
+        ("tollgate_cost_usd_total", "counter"),
+        ("tollgate_request_duration_seconds", "histogram"),
+        ("tollgate_upstream_ttfb_seconds", "histogram"),
+        ("tollgate_auth_failures_total", "counter"),
+        ("tollgate_rate_limited_total", "counter"),
+        ("tollgate_store_errors_total", "counter"),
+        ("tollgate_inflight_requests", "gauge"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} is not a {kind}"
+        );
+        let help = format!("# HELP {name} ");
+        let line = text.lines().find(|l| l.starts_with(&help)).unwrap();
+        assert!(line.len() > help.len() + 10, "{name}: no help text");
+    }
+    let families = registry.gather();
+    assert_eq!(families.len(), 9, "exactly the spec's metrics");
+
+    let all = parse(&text);
+    let les = |name: &str| -> Vec<String> {
+        all.iter()
+            .filter(|(n, l, _)| {
+                n == name && l.get("provider").map(String::as_str) == Some("anthropic")
+            })
+            .filter_map(|(_, l, _)| l.get("le").cloned())
+            .collect()
+    };
+    let ttfb = les("tollgate_upstream_ttfb_seconds_bucket");
+    assert_eq!(ttfb.first().map(String::as_str), Some("0.005"));
+    assert_eq!(ttfb[ttfb.len() - 2], "60");
+    let duration = les("tollgate_request_duration_seconds_bucket");
+    assert_eq!(duration[duration.len() - 2], "600");
+}
+
+#[test]
+fn inflight_guard_decrements_exactly_once() {
+    let registry = Registry::new();
+    let m = Metrics::with_registry(&registry, false).unwrap();
+    let gauge = |p: &str| {
+        value(
+            &samples(&registry),
+            "tollgate_inflight_requests",
+            &[("provider", p)],
+        )
+    };
+    let a = m.inflight("openai");
+    let b = m.inflight("openai");
+    let c = m.inflight("anthropic");
+    assert_eq!(gauge("openai"), Some(2.0));
+    assert_eq!(gauge("anthropic"), Some(1.0));
+    drop(a);
+    assert_eq!(gauge("openai"), Some(1.0));
+    // Moving the guard (e.g. into a request context) does not decrement.
+    let moved = b;
+    assert_eq!(gauge("openai"), Some(1.0));
+    drop(moved);
+    drop(c);
+    assert_eq!(gauge("openai"), Some(0.0));
+    assert_eq!(gauge("anthropic"), Some(0.0));
+}
+
+#[test]
+fn registering_twice_fails_and_leaves_the_registry_intact() {
+    let registry = Registry::new();
+    let m = Metrics::with_registry(&registry, true).unwrap();
+    let err = Metrics::with_registry(&registry, true).unwrap_err();
+    assert!(
+        err.to_string().contains("tollgate_requests_total"),
+        "{err:#}"
+    );
+    // The first instance still works and owns all nine metrics.
+    exercise(&m);
+    let _guard = m.inflight("openai");
+    assert_eq!(registry.gather().len(), 9);
+
+    // A clash on a later metric rolls back the ones registered before it:
+    // once the clash is gone, registering succeeds.
+    let other = Registry::new();
+    // Same name, labels and help: the registry reports it as already
+    // registered (a differing help would poison the name for good).
+    let donor = Metrics::with_registry(&Registry::new(), false).unwrap();
+    let clash = donor.inner.store_errors.clone();
+    other.register(Box::new(clash.clone())).unwrap();
+    let err = Metrics::with_registry(&other, false).unwrap_err();
+    assert!(
+        err.to_string().contains("tollgate_store_errors_total"),
+        "{err:#}"
+    );
+    other.unregister(Box::new(clash)).unwrap();
+    Metrics::with_registry(&other, false).unwrap();
+}
+
+/// The only test touching the process-wide default registry.
+#[test]
+fn default_registry_is_registered_once() {
+    let a = Metrics::new(true).unwrap();
+    let b = Metrics::new(true).unwrap();
+    assert!(Arc::ptr_eq(&a.inner, &b.inner));
+    assert!(Metrics::new(false).is_err());
+    a.request_refused("openai", "gpt-4o", 413, "carol");
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&prometheus::gather())
+        .unwrap();
+    let all = parse(&text);
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_requests_total",
+            &[
+                ("provider", "openai"),
+                ("model", "gpt-4o"),
+                ("status", "413"),
+                ("user", "carol")
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn status_labels() {
+    for (status, text) in [
+        (0, "0"),
+        (7, "7"),
+        (200, "200"),
+        (404, "404"),
+        (599, "599"),
+        (65535, "65535"),
+    ] {
+        assert_eq!(StatusLabel::new(status).as_str(), text);
+    }
+}

@@ -1,0 +1,540 @@
+//! In-process store: exact per-subject state in sharded maps (no global
+//! lock). State idle past its windows is dropped by [`MemoryStore::sweep`],
+//! which the server runs periodically, so memory follows the active users.
+
+use super::*;
+use dashmap::DashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MINUTE_MS: u64 = 60_000;
+const DAY_MS: u64 = 86_400_000;
+/// Daily totals are answered by `GET /admin/usage` for this many past days.
+const USAGE_RETENTION_DAYS: u64 = 35;
+
+#[derive(Debug, Default)]
+struct Subject {
+    /// Admission times (ms) within the last minute: an exact sliding log,
+    /// bounded by the tier's requests_per_minute.
+    admitted: VecDeque<u64>,
+    concurrent: u64,
+    /// Sliding-window counter for tokens: (minute index, current, previous).
+    tok_minute: u64,
+    tok_cur: i64,
+    tok_prev: i64,
+    day: u64,
+    day_tokens: i64,
+    day_usd: f64,
+    reservations: u64,
+    last_seen_ms: u64,
+}
+
+impl Subject {
+    fn roll(&mut self, now_ms: u64) {
+        let minute = now_ms / MINUTE_MS;
+        if minute != self.tok_minute {
+            self.tok_prev = if minute == self.tok_minute + 1 {
+                self.tok_cur
+            } else {
+                0
+            };
+            self.tok_cur = 0;
+            self.tok_minute = minute;
+        }
+        let day = now_ms / DAY_MS;
+        if day != self.day {
+            self.day = day;
+            self.day_tokens = 0;
+            self.day_usd = 0.0;
+        }
+        while let Some(&t) = self.admitted.front() {
+            if t + MINUTE_MS <= now_ms {
+                self.admitted.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.last_seen_ms = now_ms;
+    }
+
+    fn tokens_in_window(&self, now_ms: u64) -> f64 {
+        let into = (now_ms % MINUTE_MS) as f64 / MINUTE_MS as f64;
+        self.tok_prev.max(0) as f64 * (1.0 - into) + self.tok_cur.max(0) as f64
+    }
+
+    fn idle(&self, now_ms: u64) -> bool {
+        self.concurrent == 0
+            && self.reservations == 0
+            && self
+                .admitted
+                .back()
+                .is_none_or(|&t| t + MINUTE_MS <= now_ms)
+            && now_ms / MINUTE_MS > self.tok_minute + 1
+            && (now_ms / DAY_MS != self.day || (self.day_tokens <= 0 && self.day_usd <= 0.0))
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    subjects: DashMap<Box<str>, Subject>,
+    revoked_jti: DashMap<Box<str>, u64>,
+    revoked_sub: DashMap<Box<str>, u64>,
+    usage: DashMap<(Box<str>, Box<str>), DayTotals>,
+    inflight_reservations: AtomicU64,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_subject<R>(&self, sub: &str, now_ms: u64, f: impl FnOnce(&mut Subject) -> R) -> R {
+        if let Some(mut s) = self.subjects.get_mut(sub) {
+            s.roll(now_ms);
+            return f(&mut s);
+        }
+        let mut entry = self.subjects.entry(sub.into()).or_default();
+        entry.roll(now_ms);
+        f(&mut entry)
+    }
+
+    /// Drops state that no window, slot, reservation or budget needs any
+    /// more, and revocations of tokens that have expired anyway.
+    pub fn sweep(&self, now_ms: u64) {
+        self.subjects.retain(|_, s| !s.idle(now_ms));
+        let now_s = now_ms / 1000;
+        self.revoked_jti.retain(|_, exp| *exp >= now_s);
+        let oldest_day =
+            crate::limits::utc_day_string(now_ms.saturating_sub(USAGE_RETENTION_DAYS * DAY_MS));
+        self.usage.retain(|(_, day), _| **day >= *oldest_day);
+    }
+
+    /// Number of subjects with live state (memory tests, metrics).
+    pub fn subjects(&self) -> usize {
+        self.subjects.len()
+    }
+}
+
+fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+/// Seconds until a sliding-window token counter has room for `need` tokens.
+fn tokens_retry_after(s: &Subject, now_ms: u64, limit: u64, need: u64) -> u64 {
+    if need > limit {
+        return 60;
+    }
+    let room = (limit - need) as f64;
+    let into_ms = now_ms % MINUTE_MS;
+    let cur = s.tok_cur.max(0) as f64;
+    let prev = s.tok_prev.max(0) as f64;
+    let wait_ms = if cur <= room && prev > 0.0 {
+        // The previous minute's share decays linearly to the boundary.
+        let f = 1.0 - (room - cur) / prev;
+        (f * MINUTE_MS as f64 - into_ms as f64).max(0.0)
+    } else {
+        // After the boundary the current count becomes the decaying one.
+        let f = if cur > 0.0 {
+            (1.0 - room / cur).max(0.0)
+        } else {
+            0.0
+        };
+        (MINUTE_MS - into_ms) as f64 + f * MINUTE_MS as f64
+    };
+    ceil_secs(wait_ms.ceil() as u64)
+}
+
+fn until_next_day(now_ms: u64) -> u64 {
+    ceil_secs(DAY_MS - now_ms % DAY_MS)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn admit(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        limits: AdmitLimits,
+    ) -> Result<Admission, StoreError> {
+        Ok(self.with_subject(sub, now_ms, |s| {
+            if let Some(rpm) = limits.requests_per_minute {
+                if s.admitted.len() as u64 >= rpm {
+                    let oldest = s.admitted.front().copied().unwrap_or(now_ms);
+                    return Admission::Refused(Refusal {
+                        limit: LimitKind::Requests,
+                        retry_after_secs: ceil_secs((oldest + MINUTE_MS).saturating_sub(now_ms)),
+                        detail: "requests_per_minute",
+                    });
+                }
+            }
+            if let Some(max) = limits.max_concurrent {
+                if s.concurrent >= max {
+                    return Admission::Refused(Refusal {
+                        limit: LimitKind::Concurrent,
+                        retry_after_secs: 1,
+                        detail: "max_concurrent",
+                    });
+                }
+                s.concurrent += 1;
+            }
+            let remaining_requests = limits.requests_per_minute.map(|rpm| {
+                s.admitted.push_back(now_ms);
+                rpm.saturating_sub(s.admitted.len() as u64)
+            });
+            Admission::Admitted {
+                remaining_requests,
+                slot_held: limits.max_concurrent.is_some(),
+            }
+        }))
+    }
+
+    async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
+        if let Some(mut s) = self.subjects.get_mut(sub) {
+            s.concurrent = s.concurrent.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        tokens: u64,
+        usd: f64,
+        limits: BudgetLimits,
+    ) -> Result<Reserved, StoreError> {
+        let out = self.with_subject(sub, now_ms, |s| {
+            if let Some(tpm) = limits.tokens_per_minute {
+                if s.tokens_in_window(now_ms) + tokens as f64 > tpm as f64 {
+                    return Reserved::Refused(Refusal {
+                        limit: LimitKind::Tokens,
+                        retry_after_secs: tokens_retry_after(s, now_ms, tpm, tokens),
+                        detail: "tokens_per_minute",
+                    });
+                }
+            }
+            if let Some(tpd) = limits.tokens_per_day {
+                if s.day_tokens.max(0) as u64 + tokens > tpd {
+                    return Reserved::Refused(Refusal {
+                        limit: LimitKind::Tokens,
+                        retry_after_secs: until_next_day(now_ms),
+                        detail: "tokens_per_day",
+                    });
+                }
+            }
+            if let Some(budget) = limits.usd_per_day {
+                if s.day_usd.max(0.0) + usd > budget {
+                    return Reserved::Refused(Refusal {
+                        limit: LimitKind::Budget,
+                        retry_after_secs: until_next_day(now_ms),
+                        detail: "usd_per_day",
+                    });
+                }
+            }
+            let t = i64::try_from(tokens).unwrap_or(i64::MAX);
+            s.tok_cur = s.tok_cur.saturating_add(t);
+            s.day_tokens = s.day_tokens.saturating_add(t);
+            s.day_usd += usd;
+            s.reservations += 1;
+            Reserved::Reserved {
+                reservation: Reservation {
+                    tokens,
+                    usd,
+                    at_ms: now_ms,
+                },
+                remaining_tokens_minute: limits
+                    .tokens_per_minute
+                    .map(|tpm| tpm.saturating_sub(s.tokens_in_window(now_ms).ceil() as u64)),
+            }
+        });
+        if matches!(out, Reserved::Reserved { .. }) {
+            self.inflight_reservations.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    async fn settle(
+        &self,
+        sub: &str,
+        reservation: Reservation,
+        actual_tokens: u64,
+        actual_usd: f64,
+    ) -> Result<(), StoreError> {
+        let now_ms = reservation.at_ms.max(crate::limits::now_ms());
+        let diff = i64::try_from(actual_tokens)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(reservation.tokens).unwrap_or(i64::MAX));
+        let usd_diff = actual_usd - reservation.usd;
+        let settled = self.subjects.get_mut(sub).map(|mut s| {
+            s.roll(now_ms);
+            let res_minute = reservation.at_ms / MINUTE_MS;
+            if res_minute == s.tok_minute {
+                s.tok_cur = s.tok_cur.saturating_add(diff).max(0);
+            } else if res_minute + 1 == s.tok_minute {
+                s.tok_prev = s.tok_prev.saturating_add(diff).max(0);
+            }
+            if reservation.at_ms / DAY_MS == s.day {
+                s.day_tokens = s.day_tokens.saturating_add(diff).max(0);
+                s.day_usd = (s.day_usd + usd_diff).max(0.0);
+            }
+            s.reservations = s.reservations.saturating_sub(1);
+        });
+        if settled.is_some() {
+            self.inflight_reservations.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<(), StoreError> {
+        self.revoked_jti.insert(jti.into(), exp);
+        Ok(())
+    }
+
+    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<(), StoreError> {
+        self.revoked_sub
+            .entry(sub.into())
+            .and_modify(|t| *t = (*t).max(at_secs))
+            .or_insert(at_secs);
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str, sub: &str, iat: Option<u64>) -> Result<bool, StoreError> {
+        if self.revoked_jti.contains_key(jti) {
+            return Ok(true);
+        }
+        Ok(match self.revoked_sub.get(sub) {
+            // A token without `iat` cannot prove it was issued after the cut.
+            Some(at) => iat.is_none_or(|iat| iat <= *at),
+            None => false,
+        })
+    }
+
+    async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError> {
+        self.usage
+            .entry((sub.into(), day.into()))
+            .or_default()
+            .add(totals);
+        Ok(())
+    }
+
+    async fn usage(&self, sub: &str, day: &str) -> Result<DayTotals, StoreError> {
+        let key: (Box<str>, Box<str>) = (sub.into(), day.into());
+        Ok(self.usage.get(&key).map(|t| *t).unwrap_or_default())
+    }
+
+    async fn inflight_reservations(&self) -> Result<u64, StoreError> {
+        Ok(self.inflight_reservations.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_800_000_000_000; // a minute boundary is irrelevant to these
+
+    fn rpm(n: u64) -> AdmitLimits {
+        AdmitLimits {
+            requests_per_minute: Some(n),
+            max_concurrent: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn sliding_window_is_exact() {
+        let s = MemoryStore::new();
+        for i in 0..3 {
+            assert!(matches!(
+                s.admit("u", T0 + i * 1000, rpm(3)).await.unwrap(),
+                Admission::Admitted { .. }
+            ));
+        }
+        match s.admit("u", T0 + 10_000, rpm(3)).await.unwrap() {
+            Admission::Refused(r) => {
+                assert_eq!(r.limit, LimitKind::Requests);
+                assert_eq!(r.retry_after_secs, 50);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The first admission leaves the window exactly 60 s later.
+        assert!(matches!(
+            s.admit("u", T0 + 60_000, rpm(3)).await.unwrap(),
+            Admission::Admitted {
+                remaining_requests: Some(0),
+                ..
+            }
+        ));
+        // Other subjects are independent.
+        assert!(matches!(
+            s.admit("v", T0, rpm(3)).await.unwrap(),
+            Admission::Admitted { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrency_slots() {
+        let s = MemoryStore::new();
+        let lim = AdmitLimits {
+            requests_per_minute: None,
+            max_concurrent: Some(2),
+        };
+        assert!(matches!(
+            s.admit("u", T0, lim).await.unwrap(),
+            Admission::Admitted {
+                slot_held: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            s.admit("u", T0, lim).await.unwrap(),
+            Admission::Admitted { .. }
+        ));
+        assert!(
+            matches!(s.admit("u", T0, lim).await.unwrap(), Admission::Refused(r) if r.limit == LimitKind::Concurrent)
+        );
+        s.release_slot("u").await.unwrap();
+        assert!(matches!(
+            s.admit("u", T0, lim).await.unwrap(),
+            Admission::Admitted { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn refused_admission_consumes_nothing() {
+        let s = MemoryStore::new();
+        let lim = AdmitLimits {
+            requests_per_minute: Some(1),
+            max_concurrent: Some(5),
+        };
+        assert!(matches!(
+            s.admit("u", T0, lim).await.unwrap(),
+            Admission::Admitted { .. }
+        ));
+        assert!(matches!(
+            s.admit("u", T0, lim).await.unwrap(),
+            Admission::Refused(_)
+        ));
+        s.release_slot("u").await.unwrap();
+        let st = s.subjects.get("u").unwrap();
+        assert_eq!(st.concurrent, 0);
+        assert_eq!(st.admitted.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reserve_then_settle_budget() {
+        let s = MemoryStore::new();
+        let lim = BudgetLimits {
+            tokens_per_minute: None,
+            tokens_per_day: Some(1000),
+            usd_per_day: Some(1.0),
+        };
+        let r1 = match s.reserve("u", T0, 600, 0.5, lim).await.unwrap() {
+            Reserved::Reserved { reservation, .. } => reservation,
+            other => panic!("{other:?}"),
+        };
+        // A second worst case does not fit while the first is reserved.
+        assert!(
+            matches!(s.reserve("u", T0, 600, 0.1, lim).await.unwrap(), Reserved::Refused(r) if r.detail == "tokens_per_day")
+        );
+        assert_eq!(s.inflight_reservations().await.unwrap(), 1);
+        s.settle("u", r1, 100, 0.05).await.unwrap();
+        assert_eq!(s.inflight_reservations().await.unwrap(), 0);
+        assert!(matches!(
+            s.reserve("u", T0, 600, 0.1, lim).await.unwrap(),
+            Reserved::Reserved { .. }
+        ));
+        assert!(
+            matches!(s.reserve("u", T0, 10, 0.9, lim).await.unwrap(), Reserved::Refused(r) if r.limit == LimitKind::Budget)
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_per_minute_retry_after_is_honest() {
+        let s = MemoryStore::new();
+        let start = (T0 / MINUTE_MS) * MINUTE_MS;
+        let lim = BudgetLimits {
+            tokens_per_minute: Some(100),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.reserve("u", start, 100, 0.0, lim).await.unwrap(),
+            Reserved::Reserved { .. }
+        ));
+        let retry = match s.reserve("u", start + 1000, 50, 0.0, lim).await.unwrap() {
+            Reserved::Refused(r) => r.retry_after_secs,
+            other => panic!("{other:?}"),
+        };
+        // After `retry` seconds the request fits.
+        let later = start + 1000 + retry * 1000;
+        assert!(
+            matches!(
+                s.reserve("u", later, 50, 0.0, lim).await.unwrap(),
+                Reserved::Reserved { .. }
+            ),
+            "retry {retry}"
+        );
+        assert!(
+            matches!(s.reserve("u", start, 101, 0.0, lim).await.unwrap(), Reserved::Refused(r) if r.retry_after_secs == 60)
+        );
+    }
+
+    #[tokio::test]
+    async fn revocation_by_jti_and_sub() {
+        let s = MemoryStore::new();
+        s.revoke_jti("j1", u64::MAX).await.unwrap();
+        assert!(s.is_revoked("j1", "a", Some(5)).await.unwrap());
+        assert!(!s.is_revoked("j2", "a", Some(5)).await.unwrap());
+        s.revoke_sub("a", 100).await.unwrap();
+        assert!(s.is_revoked("j2", "a", Some(100)).await.unwrap());
+        assert!(!s.is_revoked("j2", "a", Some(101)).await.unwrap());
+        assert!(s.is_revoked("j2", "a", None).await.unwrap());
+        assert!(!s.is_revoked("j2", "b", Some(1)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn sweep_drops_idle_state_only() {
+        let s = MemoryStore::new();
+        let lim = rpm(10);
+        s.admit("idle", T0, lim).await.unwrap();
+        s.admit(
+            "busy",
+            T0,
+            AdmitLimits {
+                requests_per_minute: None,
+                max_concurrent: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+        s.sweep(T0 + 5 * MINUTE_MS);
+        assert_eq!(s.subjects(), 1);
+        s.revoke_jti("old", T0 / 1000).await.unwrap();
+        s.sweep(T0 + 5 * MINUTE_MS);
+        assert!(!s.is_revoked("old", "x", Some(1)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn usage_totals_accumulate() {
+        let s = MemoryStore::new();
+        let t = DayTotals {
+            requests: 1,
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_usd: 0.5,
+            ..Default::default()
+        };
+        s.add_usage("u", "2026-11-28", &t).await.unwrap();
+        s.add_usage("u", "2026-11-28", &t).await.unwrap();
+        let got = s.usage("u", "2026-11-28").await.unwrap();
+        assert_eq!(got.requests, 2);
+        assert_eq!(got.input_tokens, 20);
+        assert_eq!(
+            s.usage("u", "2026-11-27").await.unwrap(),
+            DayTotals::default()
+        );
+    }
+}

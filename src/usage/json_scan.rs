@@ -1,0 +1,597 @@
+//! JSON without parsing all of it.
+//!
+//! [`JsonScanner`] follows a JSON object fed in chunks and copies out only the
+//! values of a few top-level keys (`usage`, `model`), so a 10 MB embeddings
+//! response costs one pass over its bytes and a few hundred bytes of memory.
+//! It checks structure only as far as it needs to: strings, escapes and
+//! nesting are tracked exactly; grammar errors inside skipped values are not
+//! its business (the captured values are parsed with serde_json afterwards).
+//!
+//! [`object_members`] gives the byte spans of one object's members in a
+//! complete buffer, for edits that must keep every other byte as it was.
+
+use std::ops::Range;
+
+/// Cap on one captured value. A `usage` object is a few hundred bytes; a
+/// value beyond this is a hostile or broken body and is not captured.
+pub const MAX_CAPTURE_BYTES: usize = 64 * 1024;
+/// Longer keys are never among the wanted ones.
+const MAX_KEY: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    /// Before the root `{`.
+    Start,
+    /// Expecting a key (or the end of the root object).
+    Key,
+    InKey,
+    InKeyEsc,
+    Colon,
+    Value,
+    /// In a number or literal at the top level.
+    Scalar,
+    Str,
+    StrEsc,
+    /// In an object or array value, `depth` deep.
+    Nested,
+    NestedStr,
+    NestedStrEsc,
+    /// After a top-level value.
+    Comma,
+    Done,
+    Invalid,
+}
+
+#[derive(Debug)]
+pub struct JsonScanner {
+    keys: &'static [&'static str],
+    values: Vec<Option<Vec<u8>>>,
+    st: St,
+    depth: u64,
+    key: [u8; MAX_KEY],
+    /// Bytes of the current key seen; past `MAX_KEY` (or with an escape) the
+    /// key cannot match.
+    key_len: usize,
+    capture: Option<usize>,
+    cur: Vec<u8>,
+    cur_overflow: bool,
+    truncated: bool,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+impl JsonScanner {
+    pub fn new(keys: &'static [&'static str]) -> Self {
+        Self {
+            keys,
+            values: keys.iter().map(|_| None).collect(),
+            st: St::Start,
+            depth: 0,
+            key: [0; MAX_KEY],
+            key_len: 0,
+            capture: None,
+            cur: Vec::new(),
+            cur_overflow: false,
+            truncated: false,
+        }
+    }
+
+    /// The top-level object has closed.
+    pub fn closed(&self) -> bool {
+        self.st == St::Done
+    }
+
+    /// The body is not a JSON object (or broke its structure).
+    pub fn invalid(&self) -> bool {
+        self.st == St::Invalid
+    }
+
+    /// A wanted value was larger than [`MAX_CAPTURE_BYTES`] and not kept.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// The raw bytes of the last complete value of `key`, if it is a wanted key.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        let i = self.keys.iter().position(|k| *k == key)?;
+        self.values.get(i)?.as_deref()
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut i = 0;
+        while i < chunk.len() {
+            let b = chunk[i];
+            match self.st {
+                St::Done | St::Invalid => return,
+                St::Start => {
+                    if b == b'{' {
+                        self.st = St::Key;
+                    } else if !is_ws(b) {
+                        self.st = St::Invalid;
+                    }
+                }
+                St::Key => {
+                    if b == b'"' {
+                        self.key_len = 0;
+                        self.st = St::InKey;
+                    } else if b == b'}' {
+                        self.st = St::Done;
+                    } else if !(is_ws(b) || b == b',') {
+                        self.st = St::Invalid;
+                    }
+                }
+                St::InKey => {
+                    let rest = &chunk[i..];
+                    let Some(j) = rest.iter().position(|&c| c == b'"' || c == b'\\') else {
+                        self.push_key(rest);
+                        return;
+                    };
+                    self.push_key(&rest[..j]);
+                    i += j;
+                    if rest[j] == b'"' {
+                        self.st = St::Colon;
+                    } else {
+                        // Escaped keys are not ones we want.
+                        self.key_len = usize::MAX;
+                        self.st = St::InKeyEsc;
+                    }
+                }
+                St::InKeyEsc => self.st = St::InKey,
+                St::Colon => {
+                    if b == b':' {
+                        self.st = St::Value;
+                    } else if !is_ws(b) {
+                        self.st = St::Invalid;
+                    }
+                }
+                St::Value => {
+                    if !is_ws(b) {
+                        self.start_value(b);
+                    }
+                }
+                St::Scalar => match b {
+                    b',' => {
+                        self.end_value();
+                        self.st = St::Key;
+                    }
+                    b'}' => {
+                        self.end_value();
+                        self.st = St::Done;
+                    }
+                    _ if is_ws(b) => {
+                        self.end_value();
+                        self.st = St::Comma;
+                    }
+                    _ => self.cap(&[b]),
+                },
+                St::Str | St::NestedStr => {
+                    let rest = &chunk[i..];
+                    let Some(j) = rest.iter().position(|&c| c == b'"' || c == b'\\') else {
+                        self.cap(rest);
+                        return;
+                    };
+                    self.cap(&rest[..=j]);
+                    i += j;
+                    self.st = match (self.st, rest[j]) {
+                        (St::Str, b'"') => {
+                            self.end_value();
+                            St::Comma
+                        }
+                        (St::Str, _) => St::StrEsc,
+                        (_, b'"') => St::Nested,
+                        _ => St::NestedStrEsc,
+                    };
+                }
+                St::StrEsc => {
+                    self.cap(&[b]);
+                    self.st = St::Str;
+                }
+                St::NestedStrEsc => {
+                    self.cap(&[b]);
+                    self.st = St::NestedStr;
+                }
+                St::Nested => {
+                    let rest = &chunk[i..];
+                    let Some(j) = rest
+                        .iter()
+                        .position(|&c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'))
+                    else {
+                        self.cap(rest);
+                        return;
+                    };
+                    self.cap(&rest[..=j]);
+                    i += j;
+                    match rest[j] {
+                        b'"' => self.st = St::NestedStr,
+                        b'{' | b'[' => self.depth = self.depth.saturating_add(1),
+                        _ => {
+                            self.depth -= 1;
+                            if self.depth == 0 {
+                                self.end_value();
+                                self.st = St::Comma;
+                            }
+                        }
+                    }
+                }
+                St::Comma => match b {
+                    b',' => self.st = St::Key,
+                    b'}' => self.st = St::Done,
+                    _ if is_ws(b) => {}
+                    _ => self.st = St::Invalid,
+                },
+            }
+            i += 1;
+        }
+    }
+
+    fn push_key(&mut self, bytes: &[u8]) {
+        let end = self.key_len.saturating_add(bytes.len());
+        if end <= MAX_KEY {
+            self.key[self.key_len..end].copy_from_slice(bytes);
+        }
+        self.key_len = end;
+    }
+
+    fn start_value(&mut self, b: u8) {
+        self.capture = if self.key_len <= MAX_KEY {
+            let key = &self.key[..self.key_len];
+            self.keys.iter().position(|k| k.as_bytes() == key)
+        } else {
+            None
+        };
+        self.cur.clear();
+        self.cur_overflow = false;
+        self.cap(&[b]);
+        self.st = match b {
+            b'{' | b'[' => {
+                self.depth = 1;
+                St::Nested
+            }
+            b'"' => St::Str,
+            b',' | b'}' | b']' | b':' => St::Invalid,
+            _ => St::Scalar,
+        };
+    }
+
+    fn cap(&mut self, bytes: &[u8]) {
+        if self.capture.is_none() || self.cur_overflow {
+            return;
+        }
+        if self.cur.len() + bytes.len() > MAX_CAPTURE_BYTES {
+            self.cur_overflow = true;
+            self.cur = Vec::new();
+            return;
+        }
+        self.cur.extend_from_slice(bytes);
+    }
+
+    fn end_value(&mut self) {
+        let Some(k) = self.capture.take() else {
+            return;
+        };
+        if self.cur_overflow {
+            self.truncated = true;
+            self.values[k] = None;
+        } else {
+            self.values[k] = Some(std::mem::take(&mut self.cur));
+        }
+    }
+}
+
+/// One member of an object: the span of its key's contents (between the
+/// quotes, escapes undecoded) and of its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub key: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// The members of the object whose `{` is at `open` in the complete buffer
+/// `buf`, and the index of its closing `}`. `None` when the bytes are not a
+/// well-formed object as far as this light walk can tell.
+pub fn object_members(buf: &[u8], open: usize) -> Option<(Vec<Member>, usize)> {
+    if buf.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut members = Vec::new();
+    let mut i = skip_ws(buf, open + 1);
+    if buf.get(i) == Some(&b'}') {
+        return Some((members, i));
+    }
+    loop {
+        if buf.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(buf, i)?;
+        let key = i + 1..key_end - 1;
+        i = skip_ws(buf, key_end);
+        if buf.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(buf, i + 1);
+        let end = skip_value(buf, start)?;
+        members.push(Member {
+            key,
+            value: start..end,
+        });
+        i = skip_ws(buf, end);
+        match buf.get(i) {
+            Some(b',') => i = skip_ws(buf, i + 1),
+            Some(b'}') => return Some((members, i)),
+            _ => return None,
+        }
+    }
+}
+
+/// Whether the key span `key` of `buf` names `name`, decoding escapes when
+/// the raw bytes have any (a client could spell a key `"stre\u0061m"`).
+pub fn key_is(buf: &[u8], key: &Range<usize>, name: &str) -> bool {
+    let Some(raw) = buf.get(key.clone()) else {
+        return false;
+    };
+    if !raw.contains(&b'\\') {
+        return raw == name.as_bytes();
+    }
+    let Some(quoted) = buf.get(key.start.saturating_sub(1)..key.end + 1) else {
+        return false;
+    };
+    serde_json::from_slice::<String>(quoted).is_ok_and(|k| k == name)
+}
+
+pub fn skip_ws(buf: &[u8], mut i: usize) -> usize {
+    while buf.get(i).is_some_and(|&b| is_ws(b)) {
+        i += 1;
+    }
+    i
+}
+
+/// `buf[i]` is `"`; returns the index just past the closing quote.
+fn skip_string(buf: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        let p = buf
+            .get(j..)?
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')?;
+        j += p;
+        if buf[j] == b'"' {
+            return Some(j + 1);
+        }
+        j += 2;
+    }
+}
+
+/// Returns the index just past the value starting at `i`.
+fn skip_value(buf: &[u8], i: usize) -> Option<usize> {
+    match *buf.get(i)? {
+        b'"' => skip_string(buf, i),
+        b'{' | b'[' => {
+            let mut depth = 0u64;
+            let mut j = i;
+            loop {
+                let p = buf
+                    .get(j..)?
+                    .iter()
+                    .position(|&c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'))?;
+                j += p;
+                match buf[j] {
+                    b'"' => {
+                        j = skip_string(buf, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    _ => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                }
+                j += 1;
+            }
+        }
+        b',' | b'}' | b']' | b':' => None,
+        _ => {
+            let len = buf[i..]
+                .iter()
+                .position(|&c| matches!(c, b',' | b'}' | b']') || is_ws(c))
+                .unwrap_or(buf.len() - i);
+            Some(i + len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    const KEYS: &[&str] = &["usage", "model"];
+
+    fn scan_chunks(chunks: &[&[u8]]) -> (Option<Vec<u8>>, Option<Vec<u8>>, bool, bool) {
+        let mut s = JsonScanner::new(KEYS);
+        for c in chunks {
+            s.feed(c);
+        }
+        (
+            s.get("usage").map(<[u8]>::to_vec),
+            s.get("model").map(<[u8]>::to_vec),
+            s.closed(),
+            s.invalid(),
+        )
+    }
+
+    fn scan(b: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>, bool, bool) {
+        scan_chunks(&[b])
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn captures_top_level_only() {
+        let body = br#" {"id":"x","nested":{"usage":1,"model":"inner"},"arr":[{"usage":2}],
+            "s":"a \"usage\": {\\", "model" : "gpt-4o" , "usage":{"a":[1,{"b":"}"}]},"n":-1.5e3}  "#;
+        let (u, m, closed, invalid) = scan(body);
+        assert_eq!(u.as_deref(), Some(&br#"{"a":[1,{"b":"}"}]}"#[..]));
+        assert_eq!(m.as_deref(), Some(&br#""gpt-4o""#[..]));
+        assert!(closed && !invalid);
+    }
+
+    #[test]
+    fn scalars_and_literals() {
+        let (u, m, closed, _) = scan(br#"{"usage":12,"model":null}"#);
+        assert_eq!(u.as_deref(), Some(&b"12"[..]));
+        assert_eq!(m.as_deref(), Some(&b"null"[..]));
+        assert!(closed);
+        let (u, _, closed, _) = scan(br#"{"usage":true }"#);
+        assert_eq!(u.as_deref(), Some(&b"true"[..]));
+        assert!(closed);
+    }
+
+    #[test]
+    fn not_closed_and_not_object() {
+        let (u, _, closed, invalid) = scan(br#"{"usage":{"input_tokens":1}"#);
+        assert!(u.is_some() && !closed && !invalid);
+        let (u, _, closed, _) = scan(br#"{"usage":{"input_tokens":1"#);
+        assert!(u.is_none() && !closed);
+        let (_, _, closed, invalid) = scan(br#"[{"usage":1}]"#);
+        assert!(!closed && invalid);
+        let (_, _, closed, invalid) = scan(b"event: x\n");
+        assert!(!closed && invalid);
+        let (_, _, closed, invalid) = scan(b"{}");
+        assert!(closed && !invalid);
+    }
+
+    #[test]
+    fn escaped_and_long_keys_do_not_match() {
+        let (u, _, _, _) = scan(br#"{"us\u0061ge":1,"usageusageusageusageusageusageusageusageusageusageusageusageusage":2}"#);
+        assert!(u.is_none());
+    }
+
+    #[test]
+    fn oversized_value_is_dropped() {
+        let mut body = br#"{"usage":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'x', MAX_CAPTURE_BYTES));
+        body.extend_from_slice(br#"","model":"m"}"#);
+        let mut s = JsonScanner::new(KEYS);
+        s.feed(&body);
+        assert!(s.get("usage").is_none());
+        assert!(s.truncated());
+        assert_eq!(s.get("model"), Some(&b"\"m\""[..]));
+        assert!(s.closed());
+    }
+
+    #[test]
+    fn fixtures_split_at_every_offset() {
+        for f in [
+            "anthropic_message.json",
+            "openai_chat.json",
+            "openai_responses.json",
+        ] {
+            let body = fixture(f);
+            let whole = scan(&body);
+            assert!(whole.0.is_some() && whole.1.is_some() && whole.2, "{f}");
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let u: Value = serde_json::from_slice(whole.0.as_deref().unwrap()).unwrap();
+            assert_eq!(u, v["usage"]);
+            for i in 0..=body.len() {
+                let (a, b) = body.split_at(i);
+                assert_eq!(scan_chunks(&[a, b]), whole, "{f} split at {i}");
+            }
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-z\"\\\\{}\\[\\]:, \u{e9}\u{1F600}\n]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("(usage|model|[a-z\"{]{0,6})", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn split_at_points(s: &[u8], mut points: Vec<usize>) -> Vec<&[u8]> {
+        points.iter_mut().for_each(|p| *p %= s.len() + 1);
+        points.sort_unstable();
+        let mut out = Vec::new();
+        let mut last = 0;
+        for p in points {
+            out.push(&s[last..p]);
+            last = p;
+        }
+        out.push(&s[last..]);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_serde(obj in proptest::collection::btree_map("(usage|model|[a-z]{0,4})", arb_json(), 0..6),
+                             pretty in any::<bool>(),
+                             points in proptest::collection::vec(any::<usize>(), 0..12)) {
+            let v = Value::Object(obj.into_iter().collect());
+            let body = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+            // Compare with what serde reads back (float text round trips are lossy).
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let parts = split_at_points(&body, points);
+            let (u, m, closed, invalid) = scan_chunks(&parts);
+            prop_assert!(closed && !invalid);
+            let parsed = |b: Option<Vec<u8>>| b.map(|b| serde_json::from_slice::<Value>(&b).unwrap());
+            prop_assert_eq!(parsed(u), v.get("usage").cloned());
+            prop_assert_eq!(parsed(m), v.get("model").cloned());
+            // The span walker agrees too.
+            let (members, close) = object_members(&body, 0).unwrap();
+            prop_assert_eq!(close, body.len() - 1);
+            let obj = v.as_object().unwrap();
+            prop_assert_eq!(members.len(), obj.len());
+            for m in &members {
+                let key: String = serde_json::from_slice(&body[m.key.start - 1..m.key.end + 1]).unwrap();
+                let val: Value = serde_json::from_slice(&body[m.value.clone()]).unwrap();
+                prop_assert!(key_is(&body, &m.key, &key));
+                prop_assert_eq!(Some(&val), obj.get(&key));
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1024),
+                                    points in proptest::collection::vec(any::<usize>(), 0..8)) {
+            let whole = scan(&data);
+            let parts = split_at_points(&data, points);
+            prop_assert_eq!(scan_chunks(&parts), whole);
+            let _ = object_members(&data, 0);
+            let mut with_brace = b"{".to_vec();
+            with_brace.extend_from_slice(&data);
+            let _ = object_members(&with_brace, 0);
+            let _ = scan(&with_brace);
+        }
+    }
+
+    #[test]
+    fn members_of_simple_object() {
+        let b = br#"{ "a" : 1 , "b\"c":[1,"]"],"d":{} }"#;
+        let (m, close) = object_members(b, 0).unwrap();
+        assert_eq!(close, b.len() - 1);
+        assert_eq!(m.len(), 3);
+        assert_eq!(&b[m[1].value.clone()], br#"[1,"]"]"#);
+        assert!(key_is(b, &m[1].key, "b\"c"));
+        assert!(object_members(br#"{"a":1"#, 0).is_none());
+        assert!(object_members(br#"{"a"}"#, 0).is_none());
+        assert_eq!(object_members(b"{}", 0), Some((vec![], 1)));
+        let _ = json!({});
+    }
+}

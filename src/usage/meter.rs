@@ -1,0 +1,392 @@
+//! Per-request usage accumulator, fed the response body as it passes.
+
+use super::json_scan::JsonScanner;
+use super::sse::SseParser;
+use super::Usage;
+use crate::config::ProviderKind;
+use crate::providers::{anthropic, openai};
+use serde_json::Value;
+
+/// How the response body is framed, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Sse,
+    Json,
+    Other,
+}
+
+impl BodyKind {
+    pub fn from_content_type(ct: Option<&str>) -> Self {
+        let Some(ct) = ct else {
+            return BodyKind::Other;
+        };
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        let Some((ty, sub)) = mime.split_once('/') else {
+            return BodyKind::Other;
+        };
+        if ty.eq_ignore_ascii_case("text") && sub.eq_ignore_ascii_case("event-stream") {
+            BodyKind::Sse
+        } else if sub.eq_ignore_ascii_case("json")
+            || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+        {
+            BodyKind::Json
+        } else {
+            BodyKind::Other
+        }
+    }
+}
+
+/// What the meter saw in one response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metered {
+    pub usage: Usage,
+    /// Some usage object was read.
+    pub usage_seen: bool,
+    /// The provider's final usage was read and the stream reported no error.
+    pub complete: bool,
+    pub model: Option<String>,
+    /// The stream carried an error event.
+    pub stream_error: bool,
+}
+
+/// Top-level keys a JSON response's usage accounting needs.
+const JSON_KEYS: &[&str] = &["usage", "model"];
+
+#[derive(Debug)]
+enum Inner {
+    Sse(SseParser, SseState),
+    Json(JsonScanner),
+    Other,
+}
+
+#[derive(Debug)]
+enum SseState {
+    Anthropic(anthropic::StreamState),
+    Openai(openai::StreamState),
+}
+
+impl SseState {
+    fn on_event(&mut self, name: &str, data: &[u8]) {
+        match self {
+            SseState::Anthropic(s) => s.on_event(name, data),
+            SseState::Openai(s) => s.on_event(name, data),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Meter {
+    kind: ProviderKind,
+    inner: Inner,
+    result: Option<Metered>,
+}
+
+impl Meter {
+    pub fn new(kind: ProviderKind, body: BodyKind) -> Self {
+        let inner = match body {
+            BodyKind::Sse => Inner::Sse(
+                SseParser::new(),
+                match kind {
+                    ProviderKind::Anthropic => SseState::Anthropic(Default::default()),
+                    ProviderKind::Openai => SseState::Openai(Default::default()),
+                },
+            ),
+            BodyKind::Json => Inner::Json(JsonScanner::new(JSON_KEYS)),
+            BodyKind::Other => Inner::Other,
+        };
+        Self {
+            kind,
+            inner,
+            result: None,
+        }
+    }
+
+    /// Feeds the next body chunk. Ignored after [`Meter::finish`].
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.result.is_some() {
+            return;
+        }
+        match &mut self.inner {
+            Inner::Sse(parser, state) => {
+                parser.feed(chunk, |name, data| state.on_event(name, data))
+            }
+            Inner::Json(scanner) => scanner.feed(chunk),
+            Inner::Other => {}
+        }
+    }
+
+    /// The result, at the end of the body or when it was cut short. Calling
+    /// it again returns the same result.
+    pub fn finish(&mut self) -> Metered {
+        if let Some(r) = &self.result {
+            return r.clone();
+        }
+        let r = match &mut self.inner {
+            Inner::Sse(parser, state) => {
+                parser.finish(|name, data| state.on_event(name, data));
+                match state {
+                    SseState::Anthropic(s) => s.metered(),
+                    SseState::Openai(s) => s.metered(),
+                }
+            }
+            Inner::Json(scanner) => json_metered(self.kind, scanner),
+            Inner::Other => Metered::default(),
+        };
+        self.result = Some(r.clone());
+        r
+    }
+}
+
+fn json_metered(kind: ProviderKind, scanner: &JsonScanner) -> Metered {
+    let parse = |key| {
+        scanner
+            .get(key)
+            .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
+    };
+    let usage = parse("usage").and_then(|v| match kind {
+        ProviderKind::Anthropic => anthropic::usage_from_json(&v),
+        ProviderKind::Openai => openai::usage_from_json(&v),
+    });
+    let model = parse("model").and_then(|v| v.as_str().map(str::to_owned));
+    Metered {
+        usage: usage.unwrap_or_default(),
+        usage_seen: usage.is_some(),
+        complete: usage.is_some() && scanner.closed(),
+        model,
+        stream_error: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn meter(kind: ProviderKind, body: BodyKind, chunks: &[&[u8]]) -> Metered {
+        let mut m = Meter::new(kind, body);
+        for c in chunks {
+            m.feed(c);
+        }
+        let r = m.finish();
+        assert_eq!(m.finish(), r);
+        r
+    }
+
+    fn u(input: u64, output: u64, cw: u64, cr: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_creation_input_tokens: cw,
+            cache_read_input_tokens: cr,
+        }
+    }
+
+    /// (fixture, provider, body kind, expected usage, model)
+    fn cases() -> Vec<(&'static str, ProviderKind, BodyKind, Usage, &'static str)> {
+        use BodyKind::*;
+        use ProviderKind::*;
+        vec![
+            (
+                "anthropic_stream.sse",
+                Anthropic,
+                Sse,
+                u(472, 89, 0, 2048),
+                "claude-sonnet-4-5-20250929",
+            ),
+            (
+                "anthropic_message.json",
+                Anthropic,
+                Json,
+                u(2095, 503, 1200, 4096),
+                "claude-sonnet-4-5-20250929",
+            ),
+            (
+                "openai_stream.sse",
+                Openai,
+                Sse,
+                u(93, 46, 0, 1024),
+                "gpt-4o-2024-08-06",
+            ),
+            (
+                "openai_chat.json",
+                Openai,
+                Json,
+                u(1269, 18, 0, 1152),
+                "gpt-4o-2024-08-06",
+            ),
+            (
+                "openai_responses_stream.sse",
+                Openai,
+                Sse,
+                u(37, 11, 0, 0),
+                "gpt-4.1-2025-04-14",
+            ),
+            (
+                "openai_responses.json",
+                Openai,
+                Json,
+                u(288, 52, 0, 1024),
+                "gpt-4.1-2025-04-14",
+            ),
+            (
+                "openai_embeddings.json",
+                Openai,
+                Json,
+                u(8, 0, 0, 0),
+                "text-embedding-3-small",
+            ),
+        ]
+    }
+
+    #[test]
+    fn content_types() {
+        use BodyKind::*;
+        assert_eq!(
+            BodyKind::from_content_type(Some("text/event-stream; charset=utf-8")),
+            Sse
+        );
+        assert_eq!(BodyKind::from_content_type(Some("Text/Event-Stream")), Sse);
+        assert_eq!(BodyKind::from_content_type(Some("application/json")), Json);
+        assert_eq!(
+            BodyKind::from_content_type(Some("application/problem+json")),
+            Json
+        );
+        assert_eq!(BodyKind::from_content_type(Some("text/json;x=1")), Json);
+        assert_eq!(BodyKind::from_content_type(Some("text/plain")), Other);
+        assert_eq!(BodyKind::from_content_type(Some("+json")), Other);
+        assert_eq!(
+            BodyKind::from_content_type(Some("application/+json")),
+            Other
+        );
+        assert_eq!(BodyKind::from_content_type(None), Other);
+    }
+
+    #[test]
+    fn fixtures_whole() {
+        for (f, kind, body, usage, model) in cases() {
+            let m = meter(kind, body, &[&fixture(f)]);
+            assert_eq!(m.usage, usage, "{f}");
+            assert!(m.usage_seen && m.complete && !m.stream_error, "{f}: {m:?}");
+            assert_eq!(m.model.as_deref(), Some(model), "{f}");
+        }
+    }
+
+    #[test]
+    fn fixtures_split_at_every_offset_and_truncated() {
+        for (f, kind, body, _, _) in cases() {
+            let data = fixture(f);
+            let whole = meter(kind, body, &[&data]);
+            for i in 0..=data.len() {
+                let (a, b) = data.split_at(i);
+                assert_eq!(meter(kind, body, &[a, b]), whole, "{f} split at {i}");
+            }
+            // Cut short before its final usage: never complete.
+            let cut = meter(kind, body, &[&data[..data.len() * 2 / 3]]);
+            assert!(!cut.complete, "{f} cut: {cut:?}");
+        }
+    }
+
+    #[test]
+    fn other_body_sees_nothing() {
+        let m = meter(
+            ProviderKind::Openai,
+            BodyKind::Other,
+            &[b"<html>usage</html>"],
+        );
+        assert_eq!(m, Metered::default());
+    }
+
+    #[test]
+    fn json_error_body_has_no_usage() {
+        let body =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let m = meter(ProviderKind::Anthropic, BodyKind::Json, &[body]);
+        assert!(!m.usage_seen && !m.complete);
+    }
+
+    #[test]
+    fn json_unclosed_is_incomplete() {
+        let body = br#"{"model":"m","usage":{"input_tokens":3,"output_tokens":4}"#;
+        let m = meter(ProviderKind::Anthropic, BodyKind::Json, &[body]);
+        assert!(m.usage_seen && !m.complete);
+        assert_eq!(m.usage, u(3, 4, 0, 0));
+        assert_eq!(m.model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn feed_after_finish_is_ignored() {
+        let mut m = Meter::new(ProviderKind::Anthropic, BodyKind::Json);
+        m.feed(br#"{"usage":{"input_tokens":1}}"#);
+        let r = m.finish();
+        m.feed(br#"{"usage":{"input_tokens":5}}"#);
+        assert_eq!(m.finish(), r);
+    }
+
+    fn crlf(s: &[u8]) -> Vec<u8> {
+        s.iter()
+            .flat_map(|&b| {
+                if b == b'\n' {
+                    vec![b'\r', b'\n']
+                } else {
+                    vec![b]
+                }
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn random_splits_agree(points in proptest::collection::vec(any::<usize>(), 0..30),
+                               which in 0usize..7, use_crlf in any::<bool>()) {
+            let (f, kind, body, usage, _) = cases()[which];
+            let mut data = fixture(f);
+            if use_crlf && body == BodyKind::Sse {
+                data = crlf(&data);
+            }
+            let mut points: Vec<usize> = points.into_iter().map(|p| p % (data.len() + 1)).collect();
+            points.sort_unstable();
+            let mut parts = Vec::new();
+            let mut last = 0;
+            for p in points {
+                parts.push(&data[last..p]);
+                last = p;
+            }
+            parts.push(&data[last..]);
+            let m = meter(kind, body, &parts);
+            prop_assert_eq!(m.usage, usage);
+            prop_assert!(m.complete);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            for kind in [ProviderKind::Anthropic, ProviderKind::Openai] {
+                for body in [BodyKind::Sse, BodyKind::Json, BodyKind::Other] {
+                    let _ = meter(kind, body, &[&data]);
+                }
+            }
+        }
+
+        #[test]
+        fn absurd_numbers_never_panic(n in prop_oneof![
+                Just("-5".to_string()), Just("1e400".to_string()), Just("3.7".to_string()),
+                Just("\"12\"".to_string()), Just("99999999999999999999999".to_string()),
+                Just("null".to_string()), Just("[]".to_string()), any::<i64>().prop_map(|i| i.to_string())]) {
+            let a = format!(
+                "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"model\":\"m\",\"usage\":{{\"input_tokens\":{n},\"output_tokens\":1}}}}}}\n\n\
+                 event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{n}}}}}\n\n\
+                 event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n");
+            let _ = meter(ProviderKind::Anthropic, BodyKind::Sse, &[a.as_bytes()]);
+            let o = format!(
+                "data: {{\"model\":\"m\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{n},\"completion_tokens\":{n},\"prompt_tokens_details\":{{\"cached_tokens\":{n}}}}}}}\n\ndata: [DONE]\n\n");
+            let _ = meter(ProviderKind::Openai, BodyKind::Sse, &[o.as_bytes()]);
+            let j = format!("{{\"usage\":{{\"input_tokens\":{n},\"output_tokens\":{n}}}}}");
+            let _ = meter(ProviderKind::Openai, BodyKind::Json, &[j.as_bytes()]);
+            let _ = meter(ProviderKind::Anthropic, BodyKind::Json, &[j.as_bytes()]);
+        }
+    }
+}

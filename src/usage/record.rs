@@ -1,0 +1,154 @@
+//! One line of the usage log. Field names are the spec's contract.
+
+use time::format_description::StaticFormatDescription;
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UsageRecord {
+    /// RFC 3339, UTC, millisecond precision.
+    pub ts: String,
+    pub request_id: String,
+    pub sub: String,
+    pub role: Option<String>,
+    pub tier: String,
+    pub jti: String,
+    pub provider: String,
+    pub model: Option<String>,
+    pub path: String,
+    pub status: u16,
+    pub stream: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    pub ttfb_ms: Option<u64>,
+    pub client_disconnected: bool,
+    pub usage_complete: bool,
+}
+
+const TS_FORMAT: StaticFormatDescription =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+impl UsageRecord {
+    /// Appends the record as one JSON line. Serializing these field types
+    /// cannot fail (a non-finite cost is written as `null`); should it ever,
+    /// `out` is left as it was rather than holding half a line.
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        match serde_json::to_writer(&mut *out, self) {
+            Ok(()) => out.push(b'\n'),
+            Err(e) => {
+                out.truncate(start);
+                log::error!("cannot serialize usage record {}: {e}", self.request_id);
+            }
+        }
+    }
+
+    /// Now as `2025-01-31T12:34:56.789Z`.
+    pub fn now_rfc3339() -> String {
+        format_ts(OffsetDateTime::now_utc())
+    }
+}
+
+fn format_ts(t: OffsetDateTime) -> String {
+    t.format(TS_FORMAT).unwrap_or_else(|_| {
+        // Only a year outside 0..=9999 fails to format; keep the line valid.
+        format!("{}", t.unix_timestamp())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn sample() -> UsageRecord {
+        UsageRecord {
+            ts: UsageRecord::now_rfc3339(),
+            request_id: "req-1".into(),
+            sub: "alice@example.com".into(),
+            role: None,
+            tier: "user".into(),
+            jti: "j\"1\n".into(),
+            provider: "anthropic".into(),
+            model: Some("claude-sonnet-4-5".into()),
+            path: "/v1/messages".into(),
+            status: 200,
+            stream: true,
+            input_tokens: 1,
+            output_tokens: 2,
+            cache_creation_input_tokens: 3,
+            cache_read_input_tokens: 4,
+            cost_usd: 0.000123,
+            duration_ms: 1500,
+            ttfb_ms: Some(300),
+            client_disconnected: false,
+            usage_complete: true,
+        }
+    }
+
+    #[test]
+    fn one_line_with_spec_fields() {
+        let mut out = b"previous\n".to_vec();
+        sample().write_json_line(&mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(text.ends_with('\n'));
+        let v: Value = serde_json::from_str(lines[1]).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "ts",
+            "request_id",
+            "sub",
+            "role",
+            "tier",
+            "jti",
+            "provider",
+            "model",
+            "path",
+            "status",
+            "stream",
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "cost_usd",
+            "duration_ms",
+            "ttfb_ms",
+            "client_disconnected",
+            "usage_complete",
+        ];
+        let mut got = keys.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(v["role"], Value::Null);
+        assert_eq!(v["jti"], "j\"1\n");
+        assert_eq!(v["cost_usd"], 0.000123);
+        assert_eq!(v["ttfb_ms"], 300);
+    }
+
+    #[test]
+    fn non_finite_cost_still_writes_a_line() {
+        let mut r = sample();
+        r.cost_usd = f64::NAN;
+        let mut out = Vec::new();
+        r.write_json_line(&mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["cost_usd"], Value::Null);
+    }
+
+    #[test]
+    fn timestamp_shape() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        assert_eq!(format_ts(t), "2023-11-14T22:13:20.123Z");
+        let now = UsageRecord::now_rfc3339();
+        assert_eq!(now.len(), 24, "{now}");
+        assert!(now.ends_with('Z'));
+        assert_eq!(&now[10..11], "T");
+    }
+}

@@ -1,0 +1,146 @@
+//! The HTTP client side: request bodies per provider, a fully-read response
+//! snapshot, and assertions on the spec's error shapes.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A plain HTTP/1.1 client: no proxy from the environment, no pooled
+/// connections (each request gets its own), nothing compressed.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub async fn from(resp: reqwest::Response) -> Resp {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.expect("read response body").to_vec();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii header").to_string())
+    }
+
+    pub fn request_id(&self) -> String {
+        let id = self
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("response {} has no x-request-id: {self:?}", self.status));
+        assert!(!id.trim().is_empty(), "empty x-request-id");
+        id
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response {} body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+}
+
+/// Sends and reads the whole answer.
+pub async fn send(req: reqwest::RequestBuilder) -> Resp {
+    Resp::from(req.send().await.expect("send request")).await
+}
+
+/// POST `body` as JSON with `Authorization: Bearer token` (when given).
+pub async fn post_json(url: &str, token: Option<&str>, body: &Value) -> Resp {
+    let mut req = client().post(url).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    send(req).await
+}
+
+/// An Anthropic Messages request naming `case` in `metadata.user_id`.
+pub fn anthropic_body(case: &str, model: &str, stream: bool) -> Value {
+    json!({
+        "metadata": {"user_id": case},
+        "model": model,
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello."}]
+    })
+}
+
+/// An OpenAI Chat Completions request naming `case` in `user`.
+pub fn openai_body(case: &str, model: &str, stream: bool) -> Value {
+    json!({
+        "user": case,
+        "model": model,
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello."}]
+    })
+}
+
+/// `{"type":"error","error":{"type":T,"message":M}}` with this status; `kind`
+/// empty skips the type check.
+pub fn assert_anthropic_error(resp: &Resp, status: u16, kind: &str) {
+    assert_eq!(resp.status, status, "status; body: {}", resp.text());
+    let body = resp.json();
+    assert_eq!(
+        body["type"],
+        json!("error"),
+        "anthropic error shape: {body}"
+    );
+    assert!(body["error"]["type"].is_string(), "error.type: {body}");
+    assert!(
+        body["error"]["message"].is_string(),
+        "error.message: {body}"
+    );
+    if !kind.is_empty() {
+        assert_eq!(body["error"]["type"], json!(kind), "error.type: {body}");
+    }
+    resp.request_id();
+}
+
+/// `{"error":{"message":M,"type":T,"code":C}}` with this status.
+pub fn assert_openai_error(resp: &Resp, status: u16) {
+    assert_eq!(resp.status, status, "status; body: {}", resp.text());
+    let body = resp.json();
+    let err = &body["error"];
+    assert!(err.is_object(), "openai error shape: {body}");
+    assert!(err["message"].is_string(), "error.message: {body}");
+    assert!(err["type"].is_string(), "error.type: {body}");
+    assert!(err.get("code").is_some(), "error.code missing: {body}");
+    assert!(
+        body.get("type").is_none(),
+        "anthropic shape on an OpenAI route: {body}"
+    );
+    resp.request_id();
+}
+
+/// The error message of either shape, lowercased.
+pub fn error_message(resp: &Resp) -> String {
+    resp.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase()
+}
