@@ -4,7 +4,7 @@
 use crate::admin::AdminApp;
 use crate::app::App;
 use crate::config::Config;
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, Guarded};
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -81,10 +81,12 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
 
     let app = App::from_config(&cfg)?;
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(app.clone()),
-        "tollgate proxy",
+    let mut http =
+        pingora::proxy::HttpProxy::new(Gateway::new(app.clone()), server.configuration.clone());
+    http.handle_init_modules();
+    let mut proxy = Service::new(
+        "tollgate proxy".to_string(),
+        Guarded::new(http, app.client_timeout, !app.drain_on_disconnect.is_zero()),
     );
     for addr in cfg.listen.addrs() {
         proxy.add_tcp(&addr);

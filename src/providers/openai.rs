@@ -3,7 +3,7 @@
 //! the `stream_options.include_usage` request rewrite.
 
 use crate::usage::json_scan::{key_is, object_members, skip_ws};
-use crate::usage::{contains, count, Metered, Usage};
+use crate::usage::{contains, count, has_object_member, Metered, Usage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -77,7 +77,10 @@ impl StreamState {
         }
         // Content deltas are most of a stream and carry nothing we need once
         // the model is known; a cheap scan spares parsing them.
-        if self.model.is_some() && !contains(data, b"usage") && !contains(data, b"error") {
+        if self.model.is_some()
+            && !has_object_member(data, br#""usage""#)
+            && !contains(data, b"error")
+        {
             return;
         }
         let Ok(ev) = serde_json::from_slice::<Event>(data) else {

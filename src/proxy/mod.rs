@@ -14,10 +14,12 @@
 mod accounting;
 mod admission;
 mod ctx;
+mod downstream;
 mod respond;
 mod upstream;
 
 pub use ctx::Ctx;
+pub use downstream::Guarded;
 
 use crate::app::App;
 use crate::config::ProviderKind;

@@ -69,11 +69,12 @@ pub(crate) fn count(o: &serde_json::Map<String, Value>, key: &str) -> u64 {
 /// Substring search for the cheap pre-filters that decide whether an SSE
 /// event is worth parsing; needles are a few bytes long.
 pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
+    find(hay, needle).is_some()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let Some((&first, rest)) = needle.split_first() else {
-        return true;
+        return Some(0);
     };
     let mut i = 0;
     while let Some(p) = hay
@@ -82,9 +83,26 @@ pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     {
         let at = i + p;
         if hay.get(at + 1..at + needle.len()) == Some(rest) {
-            return true;
+            return Some(at);
         }
         i = at + 1;
+    }
+    None
+}
+
+/// Whether `hay` has `quoted_key` (e.g. `"usage"`) followed by `:` and an
+/// object: OpenAI chunks carry `"usage":null` on every delta, and only the
+/// one with an object is worth parsing. False positives only cost a parse.
+pub(crate) fn has_object_member(hay: &[u8], quoted_key: &[u8]) -> bool {
+    let mut rest = hay;
+    while let Some(p) = find(rest, quoted_key) {
+        rest = &rest[p + quoted_key.len()..];
+        let after = rest.trim_ascii_start();
+        if let Some(v) = after.strip_prefix(b":") {
+            if v.trim_ascii_start().first() == Some(&b'{') {
+                return true;
+            }
+        }
     }
     false
 }
@@ -133,5 +151,22 @@ mod tests {
         assert!(contains(b"uusage", b"usage"));
         assert!(!contains(b"", b"u"));
         assert!(contains(b"x", b""));
+    }
+
+    #[test]
+    fn object_member_filter() {
+        assert!(has_object_member(
+            br#"{"usage":null,"x":{"usage" : {"a":1}}}"#,
+            br#""usage""#
+        ));
+        assert!(!has_object_member(
+            br#"{"usage":null,"choices":[]}"#,
+            br#""usage""#
+        ));
+        assert!(!has_object_member(br#"{"usage""#, br#""usage""#));
+        assert!(!has_object_member(
+            br#"{"t":"\"usage\": {"}"#,
+            br#""usage""#
+        ));
     }
 }

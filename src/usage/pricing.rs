@@ -25,9 +25,9 @@ impl Pricing {
                 prefixes.push((k.clone(), *p));
             }
         }
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
         let literal = |k: &str| k.chars().filter(|&c| c != '*').count();
-        globs.sort_by(|a, b| literal(&b.0).cmp(&literal(&a.0)));
+        globs.sort_by_key(|(k, _)| std::cmp::Reverse(literal(k)));
         Self {
             exact: prices.clone(),
             prefixes,

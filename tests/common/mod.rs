@@ -17,8 +17,12 @@ pub mod raw;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+// Not every test file uses every re-export.
+#[allow(unused_imports)]
 pub use client::{assert_anthropic_error, assert_openai_error, Resp};
+#[allow(unused_imports)]
 pub use fake_provider::{FakeProvider, Script, Usage};
+#[allow(unused_imports)]
 pub use gateway::{Gateway, GatewayBuilder, PROVIDER_KEY};
 
 /// A name no other test (or earlier run) uses: `prefix-<pid>-<nanos>-<n>`.

@@ -463,3 +463,18 @@ fn a_writer_left_behind_by_fork_is_replaced() {
     assert_eq!(log.pending(), 0);
     assert_exactly_once(&read_records(&path), 1, 3);
 }
+
+#[test]
+fn handles_and_futures_can_cross_threads() {
+    fn send_sync<X: Send + Sync>() {}
+    fn send<X: Send>(_: &X) {}
+    send_sync::<UsageLog<Rec>>();
+    send_sync::<crate::sinks::Metrics>();
+    send_sync::<crate::sinks::InflightGuard>();
+    let dir = tempfile::tempdir().unwrap();
+    let log = UsageLog::open(dir.path().join("usage.jsonl"), 1).unwrap();
+    // Pingora's hooks are `async_trait` futures, which must be Send.
+    let fut = log.send(rec(0, 0));
+    send(&fut);
+    drop(fut);
+}
