@@ -210,13 +210,17 @@ impl Signer {
         if let Some(role) = role {
             check_text("role", role)?;
         }
-        let ttl = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let ttl = ttl
+            .as_secs()
+            .saturating_add(u64::from(ttl.subsec_nanos() > 0));
         if ttl == 0 {
             bail!("ttl must be at least 1 second");
         }
         let iat = now_secs();
+        // Other verifiers read NumericDate as i64 (or f64): stay inside it.
         let exp = iat
             .checked_add(ttl)
+            .filter(|&exp| exp <= i64::MAX as u64)
             .ok_or_else(|| anyhow!("ttl is too large"))?;
         let jti = random_jti()?;
 

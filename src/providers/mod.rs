@@ -6,6 +6,7 @@ pub mod body;
 pub mod errors;
 pub mod openai;
 mod resolve;
+mod tls_roots;
 mod upstream;
 
 pub use resolve::Resolver;

@@ -28,6 +28,8 @@ pub enum UpstreamError {
     BadKey { provider: String },
     #[error("provider {provider}: set one of api_key_env or api_key_file")]
     NoKey { provider: String },
+    #[error("provider {provider}: {reason}")]
+    Ca { provider: String, reason: String },
 }
 
 pub struct Upstream {
@@ -44,6 +46,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     resolver: Arc<Resolver>,
+    /// System roots plus `tls_ca_file`, when one is configured.
+    ca: Option<Arc<pingora::protocols::tls::CaType>>,
 }
 
 /// Parsed pieces of a `base_url`.
@@ -132,6 +136,16 @@ impl Upstream {
         };
         let mut credential = HeaderValue::from_str(&value).map_err(|_| bad_key())?;
         credential.set_sensitive(true);
+        let ca =
+            match &p.tls_ca_file {
+                Some(f) => Some(super::tls_roots::system_roots_plus(&cfg.path(f)).map_err(
+                    |e| UpstreamError::Ca {
+                        provider: p.name.clone(),
+                        reason: format!("{e:#}"),
+                    },
+                )?),
+                None => None,
+            };
         let default_port = if base.tls { 443 } else { 80 };
         let authority = if base.port == default_port {
             base.host.clone()
@@ -152,6 +166,7 @@ impl Upstream {
             credential,
             connect_timeout: Duration::from_secs(p.connect_timeout_seconds),
             timeout: Duration::from_secs(p.timeout_seconds),
+            ca,
         })
     }
 
@@ -175,6 +190,7 @@ impl Upstream {
         o.idle_timeout = Some(Duration::from_secs(60));
         o.verify_cert = true;
         o.verify_hostname = true;
+        o.ca = self.ca.clone();
         Ok(Box::new(peer))
     }
 }

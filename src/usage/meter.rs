@@ -292,6 +292,18 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_error_stream() {
+        let m = meter(
+            ProviderKind::Anthropic,
+            BodyKind::Sse,
+            &[&fixture("anthropic_stream_error.sse")],
+        );
+        assert!(m.stream_error && !m.complete && m.usage_seen);
+        assert_eq!(m.usage, u(1204, 1, 0, 0));
+        assert_eq!(m.model.as_deref(), Some("claude-haiku-4-5-20251001"));
+    }
+
+    #[test]
     fn other_body_sees_nothing() {
         let m = meter(
             ProviderKind::Openai,
