@@ -68,16 +68,13 @@ impl App {
         }))
     }
 
-    /// Applies `store.on_error` to a failed store call: `Ok(())` lets the
-    /// request go on (fail_open), `Err` refuses it (fail_closed). Either way
+    /// Applies `store.on_error` to a failed store call: true lets the
+    /// request go on (fail_open), false refuses it (fail_closed). Either way
     /// the failure is counted.
-    pub fn store_failed(&self, op: &str, e: &StoreError) -> Result<(), ()> {
+    pub fn store_failure_allows(&self, op: &str, e: &StoreError) -> bool {
         self.metrics.store_error(op);
         log::warn!("store {op} failed: {e}");
-        match self.on_error {
-            OnError::FailOpen => Ok(()),
-            OnError::FailClosed => Err(()),
-        }
+        self.on_error == OnError::FailOpen
     }
 }
 

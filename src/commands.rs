@@ -32,7 +32,10 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
-            let (_, problems) = check_file(&config);
+            let (cfg, mut problems) = check_file(&config);
+            if let Some(cfg) = &cfg {
+                problems.extend(tollgate::config::check::check_bindable(cfg));
+            }
             let mut errors = 0;
             for p in &problems {
                 match p.severity {

@@ -70,6 +70,53 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     out
 }
 
+/// Probes for `tollgate check` only (a deploy gate): can each listener
+/// address be bound here? An address held by the running instance named in
+/// `server.pid_file` is fine (that is a reload); held by anything else, or
+/// not bindable at all (no such local address, no permission), is an error.
+pub fn check_bindable(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let running = running_pid(&cfg.server.pid_file);
+    let mut addrs: Vec<(&str, String)> = cfg
+        .listen
+        .addrs()
+        .into_iter()
+        .map(|a| ("listen", a))
+        .collect();
+    addrs.extend(cfg.admin_listen.iter().map(|a| ("admin_listen", a.clone())));
+    addrs.extend(
+        cfg.metrics_listen
+            .iter()
+            .map(|a| ("metrics_listen", a.clone())),
+    );
+    for (key, addr) in addrs {
+        let Ok(sa) = addr.parse::<SocketAddr>() else {
+            continue; // reported by `check`
+        };
+        match std::net::TcpListener::bind(sa) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match running {
+                Some(pid) => out.push(Problem::warning(format!(
+                    "{key}: {addr} is in use, presumably by the running instance (pid {pid}); fine for a reload"
+                ))),
+                None => out.push(Problem::error(format!("{key}: {addr} is already in use"))),
+            },
+            Err(e) => out.push(Problem::error(format!("{key}: cannot bind {addr}: {e}"))),
+        }
+    }
+    out
+}
+
+/// The pid in `pid_file` when that process is alive.
+fn running_pid(pid_file: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
 fn check_listeners(cfg: &Config, out: &mut Vec<Problem>) {
     let mut seen: HashMap<String, &str> = HashMap::new();
     let mut addrs: Vec<(&str, String)> = cfg

@@ -42,7 +42,7 @@ impl Router {
                 routes.push((r.trim_end_matches('/').to_string(), provider.clone()));
             }
         }
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         Ok(Self { routes })
     }
 

@@ -6,7 +6,7 @@ use super::ctx::Ctx;
 use crate::app::App;
 use crate::limits::{now_ms, utc_day_string};
 use crate::sinks::TokenCounts;
-use crate::store::DayTotals;
+use crate::store::{DayTotals, Finish};
 use crate::usage::{Metered, Usage, UsageRecord};
 
 pub struct Outcome<'a> {
@@ -27,16 +27,6 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         .as_ref()
         .map(|i| i.sub.clone())
         .unwrap_or_default();
-    if ctx.slot_held {
-        ctx.slot_held = false;
-        if let Err(e) = app.store.release_slot(&sub).await {
-            app.metrics.store_error("release");
-            log::warn!(
-                "request {}: releasing the concurrency slot failed: {e}",
-                ctx.request_id
-            );
-        }
-    }
     let provider = ctx
         .provider
         .as_ref()
@@ -46,9 +36,8 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     if !ctx.proxied || ctx.refusal.is_some() {
         app.metrics
             .request_refused(provider, ctx.model().unwrap_or(""), status, &sub);
-        if let Some(r) = ctx.reservation.take() {
-            settle(app, ctx, &sub, r, &Usage::default(), 0.0).await;
-        }
+        // Nothing was used: give back the slot and the whole reservation.
+        release(app, ctx, &sub, 0, 0.0, None).await;
         return;
     }
 
@@ -104,7 +93,9 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         client_disconnected: out.client_disconnected || ctx.client_gone,
         usage_complete: complete,
     };
-    app.usage_log.send(record).await;
+    // Never awaits: a dropped future (runtime shutdown) must not lose the
+    // record; a full queue spills to the writer's overflow instead.
+    app.usage_log.try_send(record);
     app.metrics.request_finished(
         provider,
         model_str,
@@ -128,34 +119,37 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         cache_read_input_tokens: u.cache_read_input_tokens,
         cost_usd: cost,
     };
-    if let Err(e) = app
-        .store
-        .add_usage(&sub, &utc_day_string(now_ms()), &totals)
-        .await
-    {
-        app.metrics.store_error("usage");
-        log::warn!(
-            "request {}: recording daily totals failed: {e}",
-            ctx.request_id
-        );
-    }
-    if let Some(r) = ctx.reservation.take() {
-        settle(app, ctx, &sub, r, &u, cost).await;
-    }
+    let day = utc_day_string(now_ms());
+    release(app, ctx, &sub, u.total(), cost, Some((&day, &totals))).await;
 }
 
-async fn settle(
+/// One store call for everything the request held: the concurrency slot,
+/// the budget reservation (settled to what was used) and the day's totals.
+async fn release(
     app: &App,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     sub: &str,
-    r: crate::store::Reservation,
-    u: &Usage,
-    cost: f64,
+    tokens: u64,
+    usd: f64,
+    totals: Option<(&str, &DayTotals)>,
 ) {
-    if let Err(e) = app.store.settle(sub, r, u.total(), cost).await {
-        app.metrics.store_error("settle");
+    let slot_held = std::mem::take(&mut ctx.slot_held);
+    let reservation = ctx.reservation.take();
+    if !slot_held && reservation.is_none() && totals.is_none() {
+        return;
+    }
+    let done = Finish {
+        sub,
+        slot_held,
+        reservation,
+        actual_tokens: tokens,
+        actual_usd: usd,
+        totals,
+    };
+    if let Err(e) = app.store.finish(done).await {
+        app.metrics.store_error("finish");
         log::warn!(
-            "request {}: settling the reservation failed: {e}",
+            "request {}: releasing limits state failed: {e}",
             ctx.request_id
         );
     }

@@ -50,9 +50,8 @@ pub async fn authenticate(
                 "token revoked",
             ));
         }
-        Err(e) => app
-            .store_failed("revocation", &e)
-            .map_err(|_| store_down())?,
+        Err(e) if app.store_failure_allows("revocation", &e) => {}
+        Err(_) => return Err(store_down()),
     }
     ctx.tier = Some(app.tiers.resolve(id.tier.as_deref(), &id.roles).clone());
     ctx.identity = Some(id);
@@ -85,7 +84,8 @@ pub async fn admit(app: &App, ctx: &mut Ctx) -> Result<(), GatewayError> {
             }
             Err(rate_limited(app, r))
         }
-        Err(e) => app.store_failed("admit", &e).map_err(|_| store_down()),
+        Err(e) if app.store_failure_allows("admit", &e) => Ok(()),
+        Err(_) => Err(store_down()),
     }
 }
 
@@ -148,9 +148,7 @@ pub async fn approve_body(
             }
             Err(rate_limited(app, r))
         }
-        Err(e) => app
-            .store_failed("reserve", &e)
-            .map(|_| rewritten)
-            .map_err(|_| store_down()),
+        Err(e) if app.store_failure_allows("reserve", &e) => Ok(rewritten),
+        Err(_) => Err(store_down()),
     }
 }

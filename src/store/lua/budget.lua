@@ -1,0 +1,33 @@
+-- Shared by reserve.lua and finish.lua (prepended before loading): the
+-- per-subject budget hash, rolled to the caller's minute and day.
+-- Fields: m minute index, c tokens this minute, p tokens previous minute,
+--         d day index, t tokens today, u usd today.
+-- Windows only roll forward, so a replica whose clock is slightly behind
+-- cannot reset a window another replica already counted in.
+local function load_budget(key, minute, day)
+  local h = redis.call('HMGET', key, 'm', 'c', 'p', 'd', 't', 'u')
+  local b = {
+    m = tonumber(h[1]), c = tonumber(h[2]) or 0, p = tonumber(h[3]) or 0,
+    d = tonumber(h[4]), t = tonumber(h[5]) or 0, u = tonumber(h[6]) or 0,
+  }
+  if b.m == nil or minute > b.m then
+    if b.m ~= nil and minute == b.m + 1 then b.p = b.c else b.p = 0 end
+    b.c = 0
+    b.m = minute
+  end
+  if b.d == nil or day > b.d then
+    b.d = day
+    b.t = 0
+    b.u = 0
+  end
+  return b
+end
+
+-- Integers are written with %d and dollars with %.17g so that values read
+-- back are bit-identical to what the in-process store would hold.
+local function save_budget(key, b, ttl)
+  redis.call('HSET', key,
+    'm', string.format('%d', b.m), 'c', string.format('%d', b.c), 'p', string.format('%d', b.p),
+    'd', string.format('%d', b.d), 't', string.format('%d', b.t), 'u', string.format('%.17g', b.u))
+  redis.call('PEXPIRE', key, ttl)
+end

@@ -1,0 +1,66 @@
+-- Everything a finished request does, once: release its slot, settle its
+-- reservation, add the day's totals. A retried call with the same marker is a
+-- no-op, so a caller may retry after a connection error without double counting.
+-- KEYS[1] budget hash  KEYS[2] concurrency counter  KEYS[3] usage hash of the day
+-- KEYS[4] idempotency marker  KEYS[5] (absent on a cluster) global in-flight counter
+-- ARGV[1] marker ttl ms
+-- ARGV[2] '1' release a slot        ARGV[3] slot counter ttl ms
+-- ARGV[4] '1' settle a reservation  ARGV[5] minute now  ARGV[6] day now
+-- ARGV[7] reservation minute        ARGV[8] reservation day
+-- ARGV[9] token difference (actual - reserved)  ARGV[10] usd difference
+-- ARGV[11] budget ttl ms            ARGV[12] in-flight counter ttl ms
+-- ARGV[13] '1' add totals  ARGV[14..18] requests, input_tokens, output_tokens,
+--   cache_creation_input_tokens, cache_read_input_tokens  ARGV[19] cost_usd
+-- ARGV[20] usage hash expiry (unix ms)
+-- Returns 1 when applied, 0 when this marker was already applied.
+if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then
+  return 0
+end
+if ARGV[2] == '1' then
+  local held = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  if held > 1 then
+    redis.call('DECR', KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  elseif held > 0 then
+    redis.call('DEL', KEYS[2])
+  end
+end
+if ARGV[4] == '1' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    local b = load_budget(KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
+    local rm = tonumber(ARGV[7])
+    local rd = tonumber(ARGV[8])
+    local diff = tonumber(ARGV[9])
+    if rm == b.m then
+      b.c = math.max(b.c + diff, 0)
+    elseif rm + 1 == b.m then
+      b.p = math.max(b.p + diff, 0)
+    end
+    if rd == b.d then
+      b.t = math.max(b.t + diff, 0)
+      b.u = math.max(b.u + tonumber(ARGV[10]), 0)
+    end
+    save_budget(KEYS[1], b, ARGV[11])
+  end
+  if KEYS[5] then
+    local n = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
+    if n > 0 then
+      redis.call('DECR', KEYS[5])
+      redis.call('PEXPIRE', KEYS[5], ARGV[12])
+    end
+  end
+end
+if ARGV[13] == '1' then
+  local fields = {'requests', 'input_tokens', 'output_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens'}
+  for i, f in ipairs(fields) do
+    if ARGV[13 + i] ~= '0' then
+      redis.call('HINCRBY', KEYS[3], f, ARGV[13 + i])
+    end
+  end
+  -- Added here rather than with HINCRBYFLOAT so the sum is the same f64
+  -- addition the in-process store does.
+  local cost = tonumber(redis.call('HGET', KEYS[3], 'cost_usd') or '0') or 0
+  redis.call('HSET', KEYS[3], 'cost_usd', string.format('%.17g', cost + tonumber(ARGV[19])))
+  redis.call('PEXPIREAT', KEYS[3], ARGV[20])
+end
+return 1
