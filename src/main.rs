@@ -26,11 +26,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// `anyhow`'s context chain on one line.
+/// `anyhow`'s context chain on one line, without repeating a cause that an
+/// outer message already spells out.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-        .replace(['\n', '\r'], " ")
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out.replace(['\n', '\r'], " ")
 }

@@ -68,7 +68,44 @@ impl BackgroundService for Housekeeping {
     }
 }
 
+/// Pid of the process that was started, before any daemon fork.
+static LAUNCHER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_ready_signal(_: libc::c_int) {
+    // Async-signal-safe only: getpid and _exit.
+    // SAFETY: both are async-signal-safe libc calls without preconditions.
+    unsafe {
+        if libc::getpid() == LAUNCHER_PID.load(std::sync::atomic::Ordering::Relaxed) {
+            libc::_exit(0);
+        }
+    }
+}
+
+/// With `daemon_wait_for_ready`, Pingora's launcher process registers its
+/// SIGUSR1 listener only after forking, while a fast daemon may already
+/// have sent SIGUSR1 — whose default action kills the launcher (exit 138,
+/// a failed start for systemd). Handling it from the start closes that
+/// race with Pingora's own meaning: SIGUSR1 means "ready", exit 0. The
+/// daemon inherits the handler but ignores the signal (different pid).
+fn guard_ready_signal() {
+    LAUNCHER_PID.store(
+        std::process::id() as i32,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_ready_signal as *const () as usize;
+        libc::sigemptyset(&mut act.sa_mask);
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut());
+    }
+}
+
 pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
+    if daemon && cfg.server.daemon_wait_for_ready {
+        guard_ready_signal();
+    }
     let opt = Opt {
         upgrade,
         daemon,
@@ -77,7 +114,10 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&cfg, daemon));
-    server.bootstrap();
+    // Bootstrap (taking listeners over from an old instance on `-u`, and
+    // telling a `-d` parent we are ready) must run after the daemon fork,
+    // so it is a service the listeners depend on rather than a call here.
+    let bootstrap = server.bootstrap_as_a_service();
 
     let app = App::from_config(&cfg)?;
 
@@ -91,7 +131,7 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     for addr in cfg.listen.addrs() {
         proxy.add_tcp(&addr);
     }
-    server.add_service(proxy);
+    server.add_service(proxy).add_dependency(&bootstrap);
 
     if let Some(addr) = &cfg.admin_listen {
         let mut admin = Service::new(
@@ -99,12 +139,12 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
             HttpServer::new_app(AdminApp::new(app.clone())),
         );
         admin.add_tcp(addr);
-        server.add_service(admin);
+        server.add_service(admin).add_dependency(&bootstrap);
     }
     if let Some(addr) = &cfg.metrics_listen {
         let mut metrics = pingora_prometheus::prometheus_http_service();
         metrics.add_tcp(addr);
-        server.add_service(metrics);
+        server.add_service(metrics).add_dependency(&bootstrap);
     }
     server.add_service(background_service(
         "tollgate housekeeping",

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::client::assert_anthropic_shape;
 use common::client::{anthropic_body, client, error_message, openai_body, send, Resp};
 use common::{assert_anthropic_error, assert_usd, jwt, now_secs, unique, Env};
 use serde_json::{json, Value};
@@ -120,16 +121,16 @@ async fn admin_endpoints_want_an_admin_token() {
     ];
     for (path, body) in &requests {
         let none = admin_post(path, None, body).await;
-        assert_anthropic_error(&none, 401, "authentication_error");
+        assert_anthropic_shape(&none, 401, "authentication_error");
         let bad = admin_post(path, Some("not-a-token"), body).await;
-        assert_anthropic_error(&bad, 401, "authentication_error");
+        assert_anthropic_shape(&bad, 401, "authentication_error");
         let forbidden = admin_post(path, Some(&user), body).await;
-        assert_anthropic_error(&forbidden, 403, "permission_error");
+        assert_anthropic_shape(&forbidden, 403, "permission_error");
     }
     let none = admin_get("/admin/usage?sub=x&day=2025-01-01", None).await;
-    assert_anthropic_error(&none, 401, "authentication_error");
+    assert_anthropic_shape(&none, 401, "authentication_error");
     let forbidden = admin_get("/admin/usage?sub=x&day=2025-01-01", Some(&user)).await;
-    assert_anthropic_error(&forbidden, 403, "permission_error");
+    assert_anthropic_shape(&forbidden, 403, "permission_error");
 }
 
 #[tokio::test]

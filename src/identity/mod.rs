@@ -25,7 +25,7 @@ mod test_support;
 
 pub use check::check_keys;
 pub use credential::credential;
-pub use keygen::{keygen, KeyAlg};
+pub use keygen::{keygen, KeyAlg, UnknownKeyAlg};
 pub use sign::{check_private_key_permissions, Issued, Signer};
 pub use verify::Verifier;
 

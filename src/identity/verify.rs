@@ -21,7 +21,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -39,6 +39,9 @@ pub struct Verifier {
     generation: AtomicU64,
     /// Unix second at or after which the JWKS file is looked at again.
     next_file_check: AtomicU64,
+    /// `jwks_url` is configured: remember unknown kids for its fetcher.
+    remote_configured: bool,
+    unknown_kid_seen: AtomicBool,
     cache: TokenCache,
 }
 
@@ -183,6 +186,8 @@ impl Verifier {
             keys: RwLock::new(Arc::new(set)),
             generation: AtomicU64::new(1),
             next_file_check: AtomicU64::new(0),
+            remote_configured: cfg.jwks_url.is_some(),
+            unknown_kid_seen: AtomicBool::new(false),
             cache: TokenCache::new(capacity),
         })
     }
@@ -301,6 +306,13 @@ impl Verifier {
         Ok(count)
     }
 
+    /// Whether a token named an unknown key id since the last call, when
+    /// `identity.jwks_url` is configured: the fetcher uses it to refresh
+    /// early (the spec allows once per 30 s) after an IdP key rotation.
+    pub fn take_unknown_kid(&self) -> bool {
+        self.unknown_kid_seen.swap(false, Ordering::Relaxed)
+    }
+
     /// Swaps in a key set made of the static keys plus the given dynamic ones.
     /// Callers hold `sources`, which orders swaps.
     fn install(&self, file_keys: &[Arc<KeyEntry>], remote: &[Arc<KeyEntry>]) -> Result<(), String> {
@@ -342,7 +354,11 @@ impl Verifier {
         let alg = Alg::from_header(&header.alg)
             .filter(|a| self.policy.allowed.contains(*a))
             .ok_or(AuthError::UnsupportedAlgorithm)?;
-        let entry = keys.select(header.kid.as_deref())?;
+        let entry = keys.select(header.kid.as_deref()).inspect_err(|e| {
+            if *e == AuthError::UnknownKid && self.remote_configured {
+                self.unknown_kid_seen.store(true, Ordering::Relaxed);
+            }
+        })?;
         // The key's own type decides: an RSA key has no ES256 verifier.
         let key = entry.verifier(alg).ok_or(AuthError::UnsupportedAlgorithm)?;
         let signature = decode(parts.signature)?;
@@ -1127,16 +1143,60 @@ mod tests {
 
     #[test]
     fn remote_jwks_hook() {
-        let env = Env::new(&[(KeyAlg::Rs256, Some("local"))]);
+        let mut env = Env::new(&[(KeyAlg::Rs256, Some("local"))]);
+        env.cfg.jwks_url = Some("https://idp.example/keys".into());
+        env.verifier = env.rebuild();
         let remote = Env::new(&[(KeyAlg::EdDsa, Some("idp"))]);
         let token = remote.sign(0, &remote.claims());
+        assert!(!env.verifier.take_unknown_kid());
         assert_eq!(env.verifier.verify(&token), Err(AuthError::UnknownKid));
+        assert!(env.verifier.take_unknown_kid());
+        assert!(!env.verifier.take_unknown_kid(), "cleared by take");
         let doc = remote.jwks_document();
         assert_eq!(env.verifier.set_remote_jwks(&doc).unwrap(), 1);
         assert_eq!(env.verifier.key_count(), 2);
         assert!(env.verifier.verify(&token).is_ok());
         assert!(env.verifier.set_remote_jwks(b"nope").is_err());
         assert_eq!(env.verifier.key_count(), 2);
+    }
+
+    #[test]
+    fn jwks_url_only_starts_empty() {
+        let mut env = Env::new(&[(KeyAlg::EdDsa, Some("k1"))]);
+        env.cfg.keys.clear();
+        env.cfg.jwks_url = Some("https://idp.example/keys".into());
+        let verifier = env.rebuild();
+        assert_eq!(verifier.key_count(), 0);
+        let t = env.sign(0, &env.claims());
+        assert_eq!(verifier.verify(&t), Err(AuthError::UnknownKid));
+        let t = env.sign_with(0, jsonwebtoken::Algorithm::EdDSA, None, &env.claims());
+        assert_eq!(verifier.verify(&t), Err(AuthError::UnknownKid));
+        verifier.set_remote_jwks(&env.jwks_document()).unwrap();
+        assert!(verifier.verify(&env.sign(0, &env.claims())).is_ok());
+    }
+
+    #[test]
+    fn shared_across_threads_during_rotation() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Verifier>();
+        assert_send_sync::<crate::identity::Signer>();
+        let env = Env::jwks(&[(KeyAlg::EdDsa, Some("a")), (KeyAlg::Es256, Some("b"))]);
+        let tokens = [env.sign(0, &env.claims()), env.sign(1, &env.claims())];
+        std::thread::scope(|scope| {
+            for t in 0..2 {
+                let (env, tokens) = (&env, &tokens);
+                scope.spawn(move || {
+                    for i in 0..300 {
+                        let token = &tokens[(i + t) % 2];
+                        assert!(env.verifier.verify(token).is_ok());
+                    }
+                });
+            }
+            for _ in 0..20 {
+                env.write_jwks();
+                env.verifier.reload_if_changed();
+            }
+        });
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! callers pass the limits to enforce, the store applies them atomically.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -220,6 +222,10 @@ pub async fn connect(
 ) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     match &cfg.redis_url {
         None => Ok(std::sync::Arc::new(MemoryStore::new())),
-        Some(_) => anyhow::bail!("store.redis_url: the Redis store is not available in this build"),
+        // Parses the URL only; the connection starts on first use (after a
+        // daemon fork) and is retried in the background for ever.
+        Some(url) => Ok(std::sync::Arc::new(
+            RedisStore::new(url).map_err(|e| anyhow::anyhow!("store.redis_url: {e}"))?,
+        )),
     }
 }

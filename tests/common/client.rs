@@ -100,9 +100,16 @@ pub fn openai_body(case: &str, model: &str, stream: bool) -> Value {
     })
 }
 
+/// An error on the proxy listener in the Anthropic shape: see
+/// [`assert_anthropic_shape`], plus the `x-request-id` every proxy response carries.
+pub fn assert_anthropic_error(resp: &Resp, status: u16, kind: &str) {
+    assert_anthropic_shape(resp, status, kind);
+    resp.request_id();
+}
+
 /// `{"type":"error","error":{"type":T,"message":M}}` with this status; `kind`
 /// empty skips the type check.
-pub fn assert_anthropic_error(resp: &Resp, status: u16, kind: &str) {
+pub fn assert_anthropic_shape(resp: &Resp, status: u16, kind: &str) {
     assert_eq!(resp.status, status, "status; body: {}", resp.text());
     let body = resp.json();
     assert_eq!(
@@ -118,7 +125,6 @@ pub fn assert_anthropic_error(resp: &Resp, status: u16, kind: &str) {
     if !kind.is_empty() {
         assert_eq!(body["error"]["type"], json!(kind), "error.type: {body}");
     }
-    resp.request_id();
 }
 
 /// `{"error":{"message":M,"type":T,"code":C}}` with this status.

@@ -467,6 +467,11 @@ impl Recorded {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
+    /// Whether an OpenAI request body asks for `stream_options.include_usage`.
+    pub fn include_usage(&self) -> bool {
+        self.json()["stream_options"]["include_usage"] == json!(true)
+    }
+
     pub fn contains(&self, needle: &str) -> bool {
         contains(&self.body, needle.as_bytes())
             || self

@@ -85,11 +85,14 @@ pub struct Setup {
     pub metrics_port: u16,
 }
 
+/// One change to the config, applied in order.
+type ConfigTweak = Box<dyn FnOnce(&mut Value)>;
+
 /// Builds a gateway config. Defaults: generous limits, both providers pointing
 /// at `provider_url`, 1 s grace periods, prices for the test models.
 pub struct GatewayBuilder {
     provider_url: String,
-    tweaks: Vec<Box<dyn FnOnce(&mut Value)>>,
+    tweaks: Vec<ConfigTweak>,
 }
 
 impl GatewayBuilder {
@@ -298,43 +301,52 @@ pub struct Gateway {
 
 impl Gateway {
     fn serve(setup: Setup) -> Gateway {
-        let out = std::fs::File::create(setup.dir.path().join("gateway.out")).expect("out");
-        let err = std::fs::File::create(setup.dir.path().join("gateway.err")).expect("err");
-        let child = Command::new(BIN)
-            .args(["serve", "-c", path_str(&setup.config_path)])
-            .current_dir(setup.dir.path())
-            .env(PROVIDER_KEY_ENV, PROVIDER_KEY)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn tollgate serve");
-        let reaper = Command::new("sh")
-            .args([
-                "-c",
-                r#"cat >/dev/null; kill -KILL "$1" 2>/dev/null; rm -rf -- "$2""#,
-                "tollgate-reaper",
-                &child.id().to_string(),
-                path_str(setup.dir.path()),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn reaper");
+        let (child, reaper) = spawn_serve(&setup);
         let mut gw = Gateway {
             setup,
             child,
             reaper: Some(reaper),
         };
-        gw.wait_ready();
+        for attempt in 1.. {
+            match gw.wait_ready() {
+                Ready::Yes => break,
+                // Another process took a port between our probe and the bind.
+                Ready::PortTaken if attempt < 3 => gw.restart_on_new_ports(),
+                Ready::PortTaken => panic!("ports kept being taken:\n{}", gw.stderr_log()),
+            }
+        }
         gw
     }
 
-    fn wait_ready(&mut self) {
+    fn restart_on_new_ports(&mut self) {
+        self.kill();
+        let s = &mut self.setup;
+        (s.proxy_port, s.admin_port, s.metrics_port) = (free_port(), free_port(), free_port());
+        s.config["listen"] = json!(format!("127.0.0.1:{}", s.proxy_port));
+        s.config["admin_listen"] = json!(format!("127.0.0.1:{}", s.admin_port));
+        s.config["metrics_listen"] = json!(format!("127.0.0.1:{}", s.metrics_port));
+        write_config(&s.config_path, &s.config);
+        let (child, reaper) = spawn_serve(&self.setup);
+        self.child = child;
+        self.reaper = Some(reaper);
+    }
+
+    fn kill(&mut self) {
+        // Reaper first, so it can never kill a recycled pid.
+        if let Some(mut reaper) = self.reaper.take() {
+            let _ = reaper.kill();
+            let _ = reaper.wait();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_ready(&mut self) -> Ready {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
+            if self.stderr_log().contains("is in use") {
+                return Ready::PortTaken;
+            }
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 panic!(
                     "tollgate serve exited with {status} before it was ready.\nconfig:\n{}\nstderr:\n{}",
@@ -348,7 +360,7 @@ impl Gateway {
                 && TcpStream::connect(("127.0.0.1", self.setup.proxy_port)).is_ok()
                 && TcpStream::connect(("127.0.0.1", self.setup.metrics_port)).is_ok()
             {
-                return;
+                return Ready::Yes;
             }
             if Instant::now() > deadline {
                 panic!(
@@ -392,11 +404,24 @@ impl Gateway {
 
     /// Sends `signal` (e.g. "TERM") to the gateway process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("sh")
-            .args(["-c", &format!("kill -{signal} {}", self.pid())])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
+        send_signal(self.pid(), signal);
+    }
+
+    /// Starts `tollgate serve -u` on this gateway's config (a graceful
+    /// upgrade: it takes the listeners over once this one gets SIGQUIT).
+    /// Its stderr goes to `upgrade.err` in the gateway's directory.
+    pub fn spawn_upgrade(&self) -> ChildGuard {
+        let err = std::fs::File::create(self.dir().join("upgrade.err")).expect("upgrade.err");
+        let child = Command::new(BIN)
+            .args(["serve", "-u", "-c", path_str(self.config_path())])
+            .current_dir(self.dir())
+            .env(PROVIDER_KEY_ENV, PROVIDER_KEY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn tollgate serve -u");
+        ChildGuard { child }
     }
 
     /// Waits for the gateway to exit; its exit code, or None on timeout.
@@ -504,14 +529,52 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        // Reaper first, so it can never kill a recycled pid.
-        if let Some(mut reaper) = self.reaper.take() {
-            let _ = reaper.kill();
-            let _ = reaper.wait();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+enum Ready {
+    Yes,
+    PortTaken,
+}
+
+/// Starts `tollgate serve -c CONFIG` (output into the setup's directory) and
+/// its reaper: a tiny `sh` holding a pipe from this process, which kills the
+/// gateway and removes its directory when the pipe closes, i.e. when the test
+/// binary exits without dropping the gateway (a shared `static`).
+fn spawn_serve(setup: &Setup) -> (Child, Child) {
+    let out = std::fs::File::create(setup.dir.path().join("gateway.out")).expect("out");
+    let err = std::fs::File::create(setup.dir.path().join("gateway.err")).expect("err");
+    let child = Command::new(BIN)
+        .args(["serve", "-c", path_str(&setup.config_path)])
+        .current_dir(setup.dir.path())
+        .env(PROVIDER_KEY_ENV, PROVIDER_KEY)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn tollgate serve");
+    let reaper = spawn_reaper(child.id(), setup.dir.path());
+    (child, reaper)
+}
+
+/// A `sh` that waits for its stdin (a pipe from this process) to close, then
+/// kills `pid` and removes `dir`. Kill the reaper before reaping `pid`.
+pub fn spawn_reaper(pid: u32, dir: &Path) -> Child {
+    Command::new("sh")
+        .args([
+            "-c",
+            r#"cat >/dev/null; kill -KILL "$1" 2>/dev/null; rm -rf -- "$2""#,
+            "tollgate-reaper",
+            &pid.to_string(),
+            path_str(dir),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn reaper")
 }
 
 /// `tollgate token issue -c CONFIG --sub SUB [--role R] [--ttl T]`; the token.
@@ -576,4 +639,56 @@ pub fn raw_get(port: u16, path: &str) -> Option<String> {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `kill -SIGNAL pid` through the shell.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A child process killed when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if it exited within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a process with this pid is running (a zombie counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
 }

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod jwt;
 pub mod metrics;
 pub mod raw;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

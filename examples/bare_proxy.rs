@@ -1,0 +1,130 @@
+//! A bare Pingora pass-through: the framework's own limit on this machine,
+//! the baseline `scripts/load.sh` compares tollgate against.
+//!
+//! No authentication, no body inspection, no accounting: every request goes
+//! to one fixed upstream over plain HTTP/1.1 with Pingora's keep-alive pool.
+//! Same pingora version, thread count (2, as tollgate's default `server.threads`)
+//! and release profile as the gateway.
+//!
+//! ```sh
+//! cargo build --release --example bare_proxy
+//! target/release/examples/bare_proxy 127.0.0.1:6190 127.0.0.1:8000
+//! # or: BARE_LISTEN=127.0.0.1:6190 BARE_UPSTREAM=127.0.0.1:8000 BARE_THREADS=2 target/release/examples/bare_proxy
+//! ```
+//!
+//! Arguments win over the environment. `BARE_THREADS` (default 2) and
+//! `BARE_KEEPALIVE_POOL` (default Pingora's 128) mirror tollgate's
+//! `server.threads` and `server.upstream_keepalive_pool_size`.
+
+use async_trait::async_trait;
+use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::upstreams::peer::HttpPeer;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+struct Bare {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+struct Args {
+    listen: String,
+    upstream: SocketAddr,
+    threads: usize,
+    keepalive_pool: Option<usize>,
+}
+
+fn setting(args: &[String], i: usize, env: &str) -> Option<String> {
+    args.get(i).cloned().or_else(|| std::env::var(env).ok())
+}
+
+fn parse_args() -> Result<Args, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") || args.len() > 2 {
+        return Err("usage: bare_proxy [LISTEN_ADDR] [UPSTREAM_ADDR] (or BARE_LISTEN, BARE_UPSTREAM; BARE_THREADS, BARE_KEEPALIVE_POOL)".into());
+    }
+    let listen = setting(&args, 0, "BARE_LISTEN").unwrap_or_else(|| "127.0.0.1:6190".into());
+    listen
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("listen address {listen:?}: {e}"))?;
+    let upstream = setting(&args, 1, "BARE_UPSTREAM")
+        .ok_or("no upstream: pass UPSTREAM_ADDR or set BARE_UPSTREAM (host:port)")?;
+    let upstream = upstream
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("upstream address {upstream:?} (an IP:port): {e}"))?;
+    let threads = match std::env::var("BARE_THREADS") {
+        Ok(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("BARE_THREADS={t:?}: expected a positive number"))?,
+        Err(_) => 2,
+    };
+    let keepalive_pool = match std::env::var("BARE_KEEPALIVE_POOL") {
+        Ok(n) => Some(
+            n.parse::<usize>()
+                .map_err(|_| format!("BARE_KEEPALIVE_POOL={n:?}: expected a number"))?,
+        ),
+        Err(_) => None,
+    };
+    Ok(Args {
+        listen,
+        upstream,
+        threads,
+        keepalive_pool,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bare_proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
+
+    let mut conf = ServerConf {
+        threads: args.threads,
+        // Stop promptly on SIGTERM: this is a benchmark, not a service.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    if let Some(n) = args.keepalive_pool {
+        conf.upstream_keepalive_pool_size = n;
+    }
+    let mut server = Server::new_with_opt_and_conf(Option::<Opt>::None, conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Bare {
+            upstream: args.upstream,
+        },
+    );
+    proxy.add_tcp(&args.listen);
+    server.add_service(proxy);
+    eprintln!(
+        "bare_proxy: {} -> {} ({} threads)",
+        args.listen, args.upstream, args.threads
+    );
+    server.run_forever()
+}

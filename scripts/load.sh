@@ -1,0 +1,502 @@
+#!/usr/bin/env bash
+# Load benchmark for tollgate (issue 5): the gateway with every feature on,
+# side by side with a bare Pingora pass-through and the fake provider itself,
+# on loopback, interleaved and repeated.
+#
+#   scripts/load.sh            # throughput + fixed-rate latency (~5 min)
+#   scripts/load.sh mem        # 100,000 distinct users within a minute: RSS
+#   scripts/load.sh all        # both
+#   DURATION=3 REPEATS=1 LAT_SECONDS=3 scripts/load.sh   # quick check
+#
+# Targets (TARGETS): direct (nginx), bare (examples/bare_proxy.rs),
+# tollgate (in-process store), tollgate_redis (private redis-server). A
+# target that cannot start (e.g. a build without the Redis store) is
+# reported as n/a instead of failing the run.
+#
+# Prints a markdown table and writes it to target/load/results.md; the run's
+# configs, logs and raw numbers stay in target/load/run/. Everything it
+# starts is stopped on exit. See docs/performance.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  cat <<'EOF'
+Knobs (environment):
+  DURATION=10 REPEATS=3 WARMUP=3    seconds per wrk run, interleaved repeats, warm-up seconds
+  CONNECTIONS=50 WRK_THREADS=2       wrk load
+  USERS=500 TOKENS=2000              reused token pool (token i belongs to user i % USERS)
+  FRESH_PCT=1 FRESH_PER_RUN=3000     % of requests with a never-seen token; tokens set aside per run
+  RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE)
+  TARGETS="direct bare tollgate tollgate_redis"
+  THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
+  MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds before a last RSS
+  SKIP_BUILD=0 SKIP_INSTALL=0 NOTE="..."     NOTE is printed above the tables
+EOF
+}
+
+MODE=${1:-bench}
+case "$MODE" in
+  bench | mem | all) ;;
+  -h | --help) usage; exit 0 ;;
+  *) usage >&2; exit 2 ;;
+esac
+
+DURATION=${DURATION:-10}
+REPEATS=${REPEATS:-3}
+WARMUP=${WARMUP:-3}
+CONNECTIONS=${CONNECTIONS:-50}
+WRK_THREADS=${WRK_THREADS:-2}
+USERS=${USERS:-500}
+TOKENS=${TOKENS:-2000}
+FRESH_PCT=${FRESH_PCT:-1}
+FRESH_PER_RUN=${FRESH_PER_RUN:-3000}
+RATE=${RATE:-100}
+LAT_SECONDS=${LAT_SECONDS:-10}
+LAT_REPEATS=${LAT_REPEATS:-1}
+TARGETS=${TARGETS:-direct bare tollgate tollgate_redis}
+THREADS=${THREADS:-2}
+MEM_USERS=${MEM_USERS:-100000}
+MEM_ROUNDS=${MEM_ROUNDS:-1}
+MEM_WAIT=${MEM_WAIT:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+NOTE=${NOTE:-}
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+OUT=$TARGET_DIR/load
+RUN=$OUT/run
+LOAD=$ROOT/scripts/load
+TOOL=(python3 "$LOAD/loadtool.py")
+BODY=$LOAD/request_anthropic.json
+LUA=$LOAD/wrk.lua
+RUNS=$RUN/runs.jsonl
+
+log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- install
+install_missing() {
+  local need=()
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v cmake >/dev/null 2>&1 || need+=(cmake) # pingora's zlib-ng build
+  [ ${#need[@]} -eq 0 ] && return 0
+  [ "$SKIP_INSTALL" = 1 ] && die "missing ${need[*]} (SKIP_INSTALL=1)"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  # Package lists can be empty on a fresh machine: update only then.
+  local p
+  for p in "${need[@]}"; do
+    if ! apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+      log "apt-get update (no candidate for $p)"
+      $sudo apt-get update -qq
+      break
+    fi
+  done
+  log "installing: ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+cleanup() {
+  local rc=$? pid i
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for i in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background, logs to $RUN/NAME.log,
+# sets STARTED to its pid.
+start() {
+  local name=$1
+  shift
+  "$@" >"$RUN/$name.log" 2>&1 &
+  STARTED=$!
+  PIDS+=("$STARTED")
+}
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+
+# utime + stime of a process in clock ticks (dead threads included).
+cpu_ticks() {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo ""; return; }
+  s=${s##*) }
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $((${12} + ${13}))
+}
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
+
+# smoke NAME ADDR [retries]: one real request through ADDR until it succeeds.
+smoke() {
+  local addr=$2 tries=${3:-50} i
+  for i in $(seq 1 "$tries"); do
+    if "${TOOL[@]}" smoke --addr "$addr" --body "$BODY" --token-file "$RUN/tokens.txt" 2>"$RUN/smoke-$1.err" &&
+      "${TOOL[@]}" smoke --stream --addr "$addr" --body "$BODY" --token-file "$RUN/tokens.txt" 2>>"$RUN/smoke-$1.err"; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  return 1
+}
+
+# json_add KEY=VALUE...: merges numbers/strings into the JSON object on stdin.
+json_add() {
+  python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+for kv in sys.argv[1:]:
+    k, _, v = kv.partition("=")
+    if v == "":
+        d[k] = None
+        continue
+    try:
+        d[k] = json.loads(v)
+    except ValueError:
+        d[k] = v
+print(json.dumps(d))' "$@"
+}
+
+# ---------------------------------------------------------------- configs
+# tollgate_config FILE LISTEN_PORT ADMIN_PORT METRICS_PORT REDIS_URL|null USAGE_LOG
+tollgate_config() {
+  cat >"$1" <<EOF
+# generated by scripts/load.sh: every feature on, limits far above the load
+listen: 127.0.0.1:$2
+admin_listen: 127.0.0.1:$3
+metrics_listen: 127.0.0.1:$4
+server:
+  threads: $THREADS
+  pid_file: $RUN/tollgate-$2.pid
+  upgrade_sock: $RUN/tollgate-$2-upgrade.sock
+  grace_period_seconds: 0
+  graceful_shutdown_timeout_seconds: 2
+identity:
+  issuer: tollgate
+  audience: llm-gateway
+  algorithms: [RS256]
+  keys:
+    - { kid: k1, public_key: $RUN/keys/public.pem }
+  private_key: $RUN/keys/private.pem
+  signing_kid: k1
+  leeway_seconds: 30
+  default_ttl: 24h
+store:
+  redis_url: $5
+  on_error: fail_closed
+limits:
+  default_tier: user
+  tiers:
+    user: { requests_per_minute: 1000000, tokens_per_minute: 1000000000000, tokens_per_day: 1000000000000000, usd_per_day: 1000000000, max_concurrent: 10000, models: ["claude-*", "gpt-*"] }
+    admin: { requests_per_minute: 1000000, max_concurrent: 10000 }
+  default_max_tokens: 4096
+  max_body_bytes: 10485760
+  client_timeout: 30s
+providers:
+  - name: anthropic
+    kind: anthropic
+    base_url: http://127.0.0.1:$P_NGINX
+    api_key_env: TOLLGATE_BENCH_PROVIDER_KEY
+    routes: [/v1/messages]
+    connect_timeout_seconds: 5
+    timeout_seconds: 60
+  - name: openai
+    kind: openai
+    base_url: http://127.0.0.1:$P_NGINX
+    api_key_env: TOLLGATE_BENCH_PROVIDER_KEY
+    routes: [/v1/chat/completions, /v1/responses, /v1/embeddings]
+usage:
+  log_path: $6
+  drain_on_disconnect: 30s
+  prices:
+    claude-sonnet-4-5: { input: 3.0, output: 15.0, cache_read: 0.3, cache_write: 3.75 }
+    gpt-4o: { input: 2.5, output: 10.0, cache_read: 1.25 }
+metrics:
+  per_user_labels: true
+EOF
+}
+
+# start_tollgate NAME CONFIG ADMIN_PORT PROXY_PORT: sets STARTED (pid) or
+# UNAVAILABLE (reason) when it does not come up.
+start_tollgate() {
+  local name=$1 cfg=$2 admin=$3 port=$4 rc=0
+  UNAVAILABLE=""
+  start "$name" env -u RUST_LOG "$TG" serve -c "$cfg"
+  "${TOOL[@]}" wait-http "http://127.0.0.1:$admin/readyz" --timeout 30 --pid "$STARTED" 2>>"$RUN/$name.log" || rc=$?
+  if [ $rc -ne 0 ]; then
+    UNAVAILABLE="did not start: $(grep -v '^\s*$' "$RUN/$name.log" | tail -n 1 | cut -c1-120 | tr '|' '/')"
+    [ $rc -eq 3 ] || UNAVAILABLE="not ready in 30 s"
+    kill -TERM "$STARTED" 2>/dev/null || true
+    return 1
+  fi
+  if ! smoke "$name" "127.0.0.1:$port" 10; then
+    UNAVAILABLE="smoke request failed: $(tail -n 1 "$RUN/smoke-$name.err" | cut -c1-120 | tr '|' '/')"
+    return 1
+  fi
+}
+
+# ---------------------------------------------------------------- runs
+declare -A ADDR PID
+
+# run_wrk TARGET REPEAT SECONDS FRESH_PCT FRESH_FIRST: REPEAT 0 is a warm-up.
+run_wrk() {
+  local t=$1 rep=$2 secs=$3 fpct=$4 ffirst=$5 pid=${PID[$1]:-} c0="" c1="" r0="" r1="" out res
+  [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+  [ "$t" = tollgate_redis ] && r0=$(cpu_ticks "$REDIS_PID")
+  out=$(BENCH_BODY=$BODY BENCH_PATH=/v1/messages BENCH_TOKENS=$RUN/tokens.txt \
+    BENCH_FRESH=$RUN/fresh.txt BENCH_FRESH_PCT=$fpct BENCH_FRESH_FIRST=$ffirst \
+    BENCH_FRESH_COUNT=$FRESH_PER_RUN BENCH_THREADS=$WRK_THREADS \
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${secs}s" --timeout 10s -s "$LUA" \
+    "http://${ADDR[$t]}/v1/messages" 2>&1) || die "wrk against $t failed: $out"
+  [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+  [ "$t" = tollgate_redis ] && r1=$(cpu_ticks "$REDIS_PID")
+  res=$(grep '^BENCH_RESULT ' <<<"$out" | head -n 1 | sed 's/^BENCH_RESULT //')
+  [ -n "$res" ] || die "no result from wrk against $t: $out"
+  res=$(json_add kind=wrk target="$t" repeat="$rep" clk_tck="$CLK_TCK" \
+    cpu_ticks="${c1:+$((c1 - c0))}" redis_cpu_ticks="${r1:+$((r1 - r0))}" <<<"$res")
+  [ "$rep" -gt 0 ] && echo "$res" >>"$RUNS"
+  python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+rps = d["requests"] / (d["duration_us"] / 1e6)
+cpu = d.get("cpu_ticks")
+cpu = "" if cpu in (None, "") or not d["requests"] else "  cpu %.1f us/req" % (cpu * 1e6 / d["clk_tck"] / d["requests"])
+err = d["status_errors"] + d["connect_errors"] + d["read_errors"] + d["write_errors"] + d["timeouts"]
+tag = "warm-up" if d["repeat"] == 0 else "run %d" % d["repeat"]
+print("  %-15s %-8s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms%s%s" % (d["target"], tag, rps, d["p50_us"] / 1000, d["p99_us"] / 1000, cpu, "  ERRORS %d" % err if err else ""))
+' "$res" >&2
+}
+
+# run_fixed TARGET MODE(json|sse) REPEAT
+run_fixed() {
+  local t=$1 mode=$2 rep=$3 res stream=()
+  [ "$mode" = sse ] && stream=(--stream)
+  res=$("${TOOL[@]}" fixed --addr "${ADDR[$t]}" --body "$BODY" --tokens "$RUN/tokens.txt" \
+    --rate "$RATE" --duration "$LAT_SECONDS" "${stream[@]}") || die "fixed-rate run against $t failed"
+  res=$(json_add kind=fixed target="$t" mode="$mode" repeat="$rep" <<<"$res")
+  echo "$res" >>"$RUNS"
+  python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+f = lambda v: "n/a" if v is None else "%.3f" % (v / 1000)
+print("  %-15s %-4s p50 %s ms  p99 %s ms  ttfb p50 %s ms  ttfb p99 %s ms  errors %d" % (d["target"], d["mode"], f(d["p50_us"]), f(d["p99_us"]), f(d["ttfb_p50_us"]), f(d["ttfb_p99_us"]), d["errors"]))
+' "$res" >&2
+}
+
+record_rss() {
+  local t=$1 pid=${PID[$1]:-}
+  [ -n "$pid" ] && alive "$pid" || return 0
+  echo "{\"kind\":\"rss\",\"target\":\"$t\",\"rss_kb\":$(status_kb "$pid" VmRSS),\"hwm_kb\":$(status_kb "$pid" VmHWM)}" >>"$RUNS"
+}
+
+# ---------------------------------------------------------------- main
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+install_missing
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+CLK_TCK=$(getconf CLK_TCK)
+
+if [ "$SKIP_BUILD" != 1 ]; then
+  log "building release binaries (first build: several minutes)"
+  cargo build --release --bin tollgate --example bare_proxy --example mint_tokens
+fi
+TG=$TARGET_DIR/release/tollgate
+BARE=$TARGET_DIR/release/examples/bare_proxy
+MINT=$TARGET_DIR/release/examples/mint_tokens
+for b in "$TG" "$BARE" "$MINT"; do [ -x "$b" ] || die "$b is missing (SKIP_BUILD=1 without a build?)"; done
+
+rm -rf "$RUN"
+mkdir -p "$RUN"
+: >"$RUNS"
+export TOLLGATE_BENCH_PROVIDER_KEY=bench-not-a-real-key
+
+read -r P_NGINX P_BARE P_TG P_TG_ADMIN P_TG_METRICS P_TGR P_TGR_ADMIN P_TGR_METRICS P_REDIS \
+  P_MEM P_MEM_ADMIN P_MEM_METRICS <<<"$("${TOOL[@]}" ports 12)"
+
+# Keys and tokens.
+"$TG" keygen --dir "$RUN/keys" --kid k1 >/dev/null
+tollgate_config "$RUN/tollgate.yaml" "$P_TG" "$P_TG_ADMIN" "$P_TG_METRICS" null "$RUN/usage-tollgate.jsonl"
+tollgate_config "$RUN/tollgate-redis.yaml" "$P_TGR" "$P_TGR_ADMIN" "$P_TGR_METRICS" \
+  "redis://127.0.0.1:$P_REDIS" "$RUN/usage-tollgate-redis.jsonl"
+"$TG" check -c "$RUN/tollgate.yaml" >"$RUN/check.log" 2>&1 || die "tollgate check failed: $(cat "$RUN/check.log")"
+t0=$(date +%s.%N)
+"$MINT" -c "$RUN/tollgate.yaml" --count "$TOKENS" --users "$USERS" --prefix user >"$RUN/tokens.txt"
+if [ "$MODE" != mem ]; then
+  "$MINT" -c "$RUN/tollgate.yaml" --count $((REPEATS * FRESH_PER_RUN)) --users "$USERS" \
+    --first "$TOKENS" --prefix user >"$RUN/fresh.txt"
+else
+  : >"$RUN/fresh.txt"
+fi
+log "minted $(wc -l <"$RUN/tokens.txt") pool + $(wc -l <"$RUN/fresh.txt") fresh RS256 tokens in $(python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)") s"
+
+# Fake provider.
+"${TOOL[@]}" nginx-conf --listen "127.0.0.1:$P_NGINX" --run "$RUN" --responses "$LOAD/responses" --out "$RUN/nginx.conf"
+start nginx "$NGINX" -c "$RUN/nginx.conf" -p "$RUN"
+smoke nginx "127.0.0.1:$P_NGINX" || die "nginx fake provider did not answer: $(cat "$RUN/nginx.log" "$RUN/nginx-error.log" 2>/dev/null | tail -n 5)"
+log "fake provider: nginx on 127.0.0.1:$P_NGINX"
+
+declare -A UNAVAIL
+REDIS_PID=""
+ACTIVE=()
+if [ "$MODE" != mem ]; then
+  for t in $TARGETS; do
+    case "$t" in
+      direct)
+        ADDR[direct]=127.0.0.1:$P_NGINX
+        ;;
+      bare)
+        start bare env -u RUST_LOG BARE_THREADS="$THREADS" "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_NGINX"
+        PID[bare]=$STARTED
+        ADDR[bare]=127.0.0.1:$P_BARE
+        smoke bare "127.0.0.1:$P_BARE" || die "bare_proxy did not answer: $(tail -n 5 "$RUN/bare.log")"
+        ;;
+      tollgate)
+        start_tollgate tollgate "$RUN/tollgate.yaml" "$P_TG_ADMIN" "$P_TG" ||
+          die "tollgate (in-process store) $UNAVAILABLE; see $RUN/tollgate.log"
+        PID[tollgate]=$STARTED
+        ADDR[tollgate]=127.0.0.1:$P_TG
+        ;;
+      tollgate_redis)
+        start redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN"
+        REDIS_PID=$STARTED
+        if ! timeout 10 bash -c "until redis-cli -p $P_REDIS ping 2>/dev/null | grep -q PONG; do sleep 0.1; done"; then
+          UNAVAIL[tollgate_redis]="redis-server did not start"
+        elif ! start_tollgate tollgate_redis "$RUN/tollgate-redis.yaml" "$P_TGR_ADMIN" "$P_TGR"; then
+          UNAVAIL[tollgate_redis]=$UNAVAILABLE
+        else
+          PID[tollgate_redis]=$STARTED
+          ADDR[tollgate_redis]=127.0.0.1:$P_TGR
+        fi
+        if [ -n "${UNAVAIL[tollgate_redis]:-}" ]; then
+          log "tollgate_redis: n/a (${UNAVAIL[tollgate_redis]})"
+          echo "{\"kind\":\"unavailable\",\"target\":\"tollgate_redis\",\"reason\":$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "${UNAVAIL[tollgate_redis]}")}" >>"$RUNS"
+          continue
+        fi
+        ;;
+      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis)" ;;
+    esac
+    ACTIVE+=("$t")
+  done
+  log "targets: ${ACTIVE[*]}"
+
+  log "warm-up: ${WARMUP}s each"
+  for t in "${ACTIVE[@]}"; do run_wrk "$t" 0 "$WARMUP" 0 0; done
+
+  log "throughput: ${REPEATS} x ${DURATION}s per target, ${CONNECTIONS} connections, interleaved"
+  n=${#ACTIVE[@]}
+  for rep in $(seq 1 "$REPEATS"); do
+    # Rotate the order each repeat so slow drift spreads over every target.
+    for i in $(seq 0 $((n - 1))); do
+      t=${ACTIVE[$(((i + rep - 1) % n))]}
+      run_wrk "$t" "$rep" "$DURATION" "$FRESH_PCT" $(((rep - 1) * FRESH_PER_RUN))
+    done
+  done
+
+  log "latency: ${RATE} req/s for ${LAT_SECONDS}s per target (JSON, then SSE)"
+  for rep in $(seq 1 "$LAT_REPEATS"); do
+    for mode in json sse; do
+      for t in "${ACTIVE[@]}"; do run_fixed "$t" "$mode" "$rep"; done
+    done
+  done
+  for t in "${ACTIVE[@]}"; do record_rss "$t"; done
+fi
+
+# ---------------------------------------------------------------- memory test
+if [ "$MODE" = mem ] || [ "$MODE" = all ]; then
+  tollgate_config "$RUN/tollgate-mem.yaml" "$P_MEM" "$P_MEM_ADMIN" "$P_MEM_METRICS" null "$RUN/usage-tollgate-mem.jsonl"
+  start_tollgate tollgate_mem "$RUN/tollgate-mem.yaml" "$P_MEM_ADMIN" "$P_MEM" ||
+    die "tollgate for the memory test $UNAVAILABLE; see $RUN/tollgate_mem.log"
+  MEM_PID=$STARTED
+  PID[tollgate_mem]=$MEM_PID
+  ADDR[tollgate_mem]=127.0.0.1:$P_MEM
+  log "memory test: warm-up with the ${TOKENS}-token pool"
+  run_wrk tollgate_mem 0 "$WARMUP" 0 0
+  for round in $(seq 1 "$MEM_ROUNDS"); do
+    t0=$(date +%s.%N)
+    "$MINT" -c "$RUN/tollgate-mem.yaml" --count "$MEM_USERS" --first $(((round - 1) * MEM_USERS)) \
+      --prefix memuser >"$RUN/mem-tokens.txt"
+    log "memory test round $round: minted $MEM_USERS tokens for $MEM_USERS distinct users in $(python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)") s"
+    sleep 1
+    before=$(status_kb "$MEM_PID" VmRSS)
+    out=$(BENCH_BODY=$BODY BENCH_PATH=/v1/messages BENCH_SEQUENTIAL=1 BENCH_FRESH=$RUN/mem-tokens.txt \
+      BENCH_FRESH_FIRST=0 BENCH_FRESH_COUNT="$MEM_USERS" BENCH_THREADS=$WRK_THREADS \
+      wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d300s --timeout 10s -s "$LUA" \
+      "http://127.0.0.1:$P_MEM/v1/messages" 2>&1) || die "wrk (memory test) failed: $out"
+    res=$(grep '^BENCH_RESULT ' <<<"$out" | sed 's/^BENCH_RESULT //')
+    sleep 1
+    after=$(status_kb "$MEM_PID" VmRSS)
+    hwm=$(status_kb "$MEM_PID" VmHWM)
+    res=$(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+err = d["status_errors"] + d["connect_errors"] + d["read_errors"] + d["write_errors"] + d["timeouts"]
+print(json.dumps({"kind": "mem", "round": int(sys.argv[2]), "users": d["fresh_used"], "requests": d["requests"],
+                  "seconds": d["duration_us"] / 1e6, "errors": err, "rss_before_kb": int(sys.argv[3]),
+                  "rss_after_kb": int(sys.argv[4]), "hwm_kb": int(sys.argv[5])}))' "$res" "$round" "$before" "$after" "$hwm")
+    echo "$res" >>"$RUNS"
+    log "memory test round $round: $res"
+  done
+  if [ "$MEM_WAIT" -gt 0 ]; then
+    log "memory test: idle for ${MEM_WAIT}s (windows expire, sweeps run)"
+    sleep "$MEM_WAIT"
+    echo "{\"kind\":\"mem_idle\",\"waited_s\":$MEM_WAIT,\"rss_kb\":$(status_kb "$MEM_PID" VmRSS)}" >>"$RUNS"
+  fi
+fi
+
+# ---------------------------------------------------------------- report
+notes=()
+for f in "$RUN"/usage-tollgate*.jsonl; do
+  [ -f "$f" ] && notes+=("$(basename "$f" .jsonl | sed 's/^usage-//'): $(wc -l <"$f") usage records written.")
+done
+cmd="scripts/load.sh $MODE"
+for k in DURATION REPEATS WARMUP CONNECTIONS WRK_THREADS USERS TOKENS FRESH_PCT FRESH_PER_RUN RATE LAT_SECONDS LAT_REPEATS THREADS MEM_USERS MEM_ROUNDS MEM_WAIT; do
+  # Only the knobs set in the environment, so the command reproduces the run.
+  if printenv "$k" >/dev/null 2>&1; then cmd="$k=${!k} $cmd"; fi
+done
+python3 - "$RUN/meta.json" "$cmd" "$NOTE" "$(printf '%s\n' "${notes[@]}")" <<EOF
+import json, os, subprocess, sys, time
+def sh(*c):
+    try:
+        return subprocess.run(c, capture_output=True, text=True, cwd="$ROOT").stdout.strip()
+    except OSError:
+        return ""
+commit = sh("git", "rev-parse", "--short", "HEAD") or "?"
+if sh("git", "status", "--porcelain", "--untracked-files=no"):
+    commit += " + uncommitted changes"
+cpu = "?"
+for line in open("/proc/cpuinfo"):
+    if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+meta = {
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "command": sys.argv[2], "note": sys.argv[3],
+    "notes": [n for n in sys.argv[4].splitlines() if n],
+    "cpu": cpu, "nproc": os.cpu_count(), "loadavg": "$LOADAVG_START",
+    "commit": commit, "targets": "$TARGETS".split(),
+    "connections": $CONNECTIONS, "wrk_threads": $WRK_THREADS, "duration": $DURATION,
+    "repeats": $REPEATS, "body_bytes": os.path.getsize("$BODY"), "tokens": $TOKENS,
+    "users": $USERS, "fresh_pct": $FRESH_PCT, "rate": $RATE, "lat_seconds": $LAT_SECONDS,
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+EOF
+mkdir -p "$OUT"
+echo
+"${TOOL[@]}" report --runs "$RUNS" --meta "$RUN/meta.json" --out "$OUT/results.md"
+log "written: $OUT/results.md (raw runs: $RUNS, logs: $RUN/)"

@@ -1,0 +1,1164 @@
+//! Redis store shared by every replica (fred 10). Same semantics as
+//! [`MemoryStore`](super::MemoryStore): every check-and-update is one Lua
+//! script (EVALSHA, reloaded on NOSCRIPT), so one round trip per call and no
+//! lost update between replicas.
+//!
+//! # Key layout (`P` is the prefix, `tg` by default)
+//!
+//! A subject's keys share the hash tag `{S}`, `S` being `s` + the base64url of
+//! the `sub` (no `{`/`}` can leak into the tag, and it is never empty), so a
+//! script touching them runs in one cluster slot:
+//!
+//! | key | type | holds | TTL |
+//! |---|---|---|---|
+//! | `P:{S}:req` | sorted set | admission times of the sliding 60 s log | 61 s after the last admission |
+//! | `P:{S}:conc` | string | held concurrency slots | 15 min after the last admit/release |
+//! | `P:{S}:bud` | hash `m c p d t u` | tokens per minute (current, previous), tokens and usd of the UTC day | 26 h after the last write |
+//! | `P:{S}:use:YYYY-MM-DD` | hash (DayTotals field names) | `/admin/usage` totals | until the day is 35 days old |
+//! | `P:{S}:fin:ID` | string | idempotency marker of one `finish` call | 10 min |
+//! | `P:inflight` | string | reservations not yet settled, all subjects | 26 h after the last change |
+//! | `P:{rv}:jti` | sorted set jti -> exp | revoked token ids (expired ones pruned) | 401 days after the last revocation |
+//! | `P:{rv}:sub` | sorted set sub -> cut-off iat | revoked subjects (never pruned: one entry per revoked subject) | 401 days after the last revocation |
+//! | `P:{rv}:epoch` | string | bumped by every revocation | 401 days after the last revocation |
+//!
+//! Revocations are published on channel `P:revocations`.
+//!
+//! # Process model
+//!
+//! Nothing touches the network or spawns anything until first use:
+//! [`RedisStore::new`] only parses the URL, so the store can be built before
+//! Pingora daemonizes (forks). On first use (any call, or [`RedisStore::start`])
+//! the store starts its own IO thread (`tollgate-redis`, a current-thread tokio
+//! runtime) holding the fred clients, the revocation sync and the pub/sub
+//! listener, so it depends on no service's runtime. A process that forked after
+//! that (its threads are gone) is detected by pid and gets a fresh IO thread.
+//!
+//! # Availability
+//!
+//! Clients reconnect forever with exponential backoff (50 ms to 2 s). The first
+//! calls after start wait up to 1 s for the first connection; after that a call
+//! made while disconnected fails at once with [`StoreError::Unavailable`], and
+//! one that gets no answer fails after 1 s. fred never resends a command
+//! (`max_command_attempts = 1`), so admit/reserve run at most once; `finish`
+//! (and `settle`, `release_slot`, `add_usage`, which are made of it) retries
+//! twice on a connection error, made idempotent by a random marker per call.
+
+use super::*;
+use base64::Engine as _;
+use fred::prelude::{
+    Client, ClientLike, Config, ConnectionConfig, Error as FredError, ErrorKind, EventInterface,
+    HashesInterface, KeysInterface, PerformanceConfig, PubsubInterface, ReconnectPolicy, TcpConfig,
+    Value,
+};
+use fred::types::config::UnresponsiveConfig;
+use fred::types::scripts::Script;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MINUTE_MS: u64 = 60_000;
+const DAY_MS: u64 = 86_400_000;
+
+/// Longest wait for one command's answer before the call reports Unavailable.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long calls made right after start wait for the first connection
+/// (later, a disconnected store answers Unavailable at once).
+const STARTUP_WAIT: Duration = Duration::from_secs(1);
+
+/// The sliding log only needs its last minute; one extra second absorbs
+/// clock skew between replicas and Redis.
+const LOG_TTL_MS: u64 = 61_000;
+/// A slot leaked by a replica that died mid-request heals after this long
+/// without admissions or releases of that subject.
+const SLOT_TTL_MS: u64 = 15 * 60_000;
+/// Covers the current minute pair and the current UTC day.
+const BUDGET_TTL_MS: u64 = 26 * 3_600_000;
+const INFLIGHT_TTL_MS: u64 = 26 * 3_600_000;
+/// Retries of one `finish` happen within seconds; the marker outlives them.
+const MARKER_TTL_MS: u64 = 10 * 60_000;
+const USAGE_RETENTION_DAYS: u64 = 35;
+const REVOCATION_KEY_TTL_S: u64 = 401 * 86_400;
+
+const SYNC_EVERY: Duration = Duration::from_millis(500);
+/// Until the first successful sync, retry quickly so start-up is short.
+const SYNC_RETRY: Duration = Duration::from_millis(50);
+/// A full reload even when the epoch did not move, in case Redis lost its
+/// data and the epoch counter restarted at a value we already hold.
+const FULL_RELOAD_EVERY: Duration = Duration::from_secs(30);
+/// `is_revoked` refuses to answer from a local set older than this.
+const STALE_AFTER_MS: u64 = 2_000;
+const FINISH_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
+
+/// Lua numbers are doubles: integers above 2^53 would round.
+const MAX_LUA_INT: u64 = 1 << 53;
+
+const BUDGET_LUA: &str = include_str!("lua/budget.lua");
+
+#[derive(Clone)]
+struct Scripts {
+    admit: Script,
+    reserve: Script,
+    finish: Script,
+    counter: Script,
+    revoke: Script,
+    sync: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            admit: Script::from_lua(include_str!("lua/admit.lua")),
+            reserve: Script::from_lua(format!("{BUDGET_LUA}\n{}", include_str!("lua/reserve.lua"))),
+            finish: Script::from_lua(format!("{BUDGET_LUA}\n{}", include_str!("lua/finish.lua"))),
+            counter: Script::from_lua(include_str!("lua/counter.lua")),
+            revoke: Script::from_lua(include_str!("lua/revoke.lua")),
+            sync: Script::from_lua(include_str!("lua/sync.lua")),
+        }
+    }
+}
+
+/// Key names; see the module documentation.
+#[derive(Clone)]
+struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    fn subject(&self, sub: &str) -> SubjectKeys {
+        // Never empty: Redis Cluster ignores an empty `{}` tag.
+        let tag = format!(
+            "s{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sub.as_bytes())
+        );
+        SubjectKeys {
+            base: format!("{}:{{{tag}}}", self.prefix),
+        }
+    }
+    fn inflight(&self) -> String {
+        format!("{}:inflight", self.prefix)
+    }
+    fn revoked_jti(&self) -> String {
+        format!("{}:{{rv}}:jti", self.prefix)
+    }
+    fn revoked_sub(&self) -> String {
+        format!("{}:{{rv}}:sub", self.prefix)
+    }
+    fn revocation_epoch(&self) -> String {
+        format!("{}:{{rv}}:epoch", self.prefix)
+    }
+    fn channel(&self) -> String {
+        format!("{}:revocations", self.prefix)
+    }
+}
+
+struct SubjectKeys {
+    base: String,
+}
+
+impl SubjectKeys {
+    fn req(&self) -> String {
+        format!("{}:req", self.base)
+    }
+    fn conc(&self) -> String {
+        format!("{}:conc", self.base)
+    }
+    fn bud(&self) -> String {
+        format!("{}:bud", self.base)
+    }
+    fn usage(&self, day: &str) -> String {
+        format!("{}:use:{day}", self.base)
+    }
+    fn marker(&self, id: u64) -> String {
+        format!("{}:fin:{id:016x}", self.base)
+    }
+}
+
+/// The replica's copy of the revocation lists: `is_revoked` never leaves the
+/// process. Fed by pub/sub and a periodic epoch check; entries are only ever
+/// added (revocations cannot be undone) and pruned once useless, so merging
+/// a snapshot can never lose a revocation that arrived meanwhile.
+struct LocalRevocations {
+    base: Instant,
+    sets: RwLock<RevocationSets>,
+    /// Epoch of the last snapshot merged; -1 forces a full reload.
+    epoch: AtomicI64,
+    /// Milliseconds since `base` of the last successful sync, plus one; 0: never.
+    synced_at: AtomicU64,
+}
+
+#[derive(Default)]
+struct RevocationSets {
+    jti: HashMap<Box<str>, u64>,
+    sub: HashMap<Box<str>, u64>,
+}
+
+impl LocalRevocations {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            sets: RwLock::new(RevocationSets::default()),
+            epoch: AtomicI64::new(-1),
+            synced_at: AtomicU64::new(0),
+        }
+    }
+
+    fn mark_synced(&self) {
+        let ms = self.base.elapsed().as_millis() as u64 + 1;
+        self.synced_at.store(ms, Ordering::Release);
+    }
+
+    /// Milliseconds since the last successful sync, `None` if never.
+    fn age_ms(&self) -> Option<u64> {
+        match self.synced_at.load(Ordering::Acquire) {
+            0 => None,
+            at => Some((self.base.elapsed().as_millis() as u64 + 1).saturating_sub(at)),
+        }
+    }
+
+    fn fresh(&self) -> bool {
+        self.age_ms().is_some_and(|a| a <= STALE_AFTER_MS)
+    }
+
+    fn insert_jti(&self, jti: &str, exp: u64) {
+        self.sets.write().jti.insert(jti.into(), exp);
+    }
+
+    fn insert_sub(&self, sub: &str, at: u64) {
+        let mut sets = self.sets.write();
+        let cut = sets.sub.entry(sub.into()).or_insert(at);
+        *cut = (*cut).max(at);
+    }
+
+    fn check(&self, jti: &str, sub: &str, iat: Option<u64>) -> bool {
+        let sets = self.sets.read();
+        if sets.jti.contains_key(jti) {
+            return true;
+        }
+        match sets.sub.get(sub) {
+            // A token without `iat` cannot prove it was issued after the cut.
+            Some(at) => iat.is_none_or(|iat| iat <= *at),
+            None => false,
+        }
+    }
+
+    fn merge(&self, jti: Vec<(String, u64)>, sub: Vec<(String, u64)>, now_s: u64) {
+        let mut sets = self.sets.write();
+        for (j, exp) in jti {
+            sets.jti.insert(j.into(), exp);
+        }
+        for (s, at) in sub {
+            let cut = sets.sub.entry(s.into()).or_insert(at);
+            *cut = (*cut).max(at);
+        }
+        // Like the in-process store: expired jtis go, subject cut-offs stay
+        // (one per revoked subject, bounded by the user count).
+        sets.jti.retain(|_, exp| *exp >= now_s);
+    }
+
+    /// Applies a pub/sub message: `j EXP JTI` or `s CUTOFF SUB`.
+    fn apply_message(&self, msg: &str) -> bool {
+        let mut parts = msg.splitn(3, ' ');
+        let (Some(kind), Some(score), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let Ok(score) = score.parse::<u64>() else {
+            return false;
+        };
+        match kind {
+            "j" => self.insert_jti(id, score),
+            "s" => self.insert_sub(id, score),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// What the IO thread's tasks share with the store.
+#[derive(Clone)]
+struct SyncCtx {
+    keys: Keys,
+    scripts: Scripts,
+    revs: Arc<LocalRevocations>,
+}
+
+/// One started IO thread and its clients, valid in the process that made it.
+struct Conn {
+    pid: u32,
+    created: Instant,
+    client: Client,
+    rt: tokio::runtime::Handle,
+    /// Dropping it ends the IO thread (and with it the clients and tasks).
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Conn {
+    fn start(config: &Config, ctx: SyncCtx) -> Result<Self, StoreError> {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+        // The runtime is built and dropped on its own thread: dropping a
+        // runtime inside the caller's async context would panic.
+        std::thread::Builder::new()
+            .name("tollgate-redis".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                if handle_tx.send(Ok(rt.handle().clone())).is_err() {
+                    return;
+                }
+                rt.block_on(async {
+                    let _ = stop_rx.await;
+                });
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the redis thread: {e}")))?;
+        let rt = handle_rx
+            .recv()
+            .map_err(|e| StoreError::Unavailable(format!("redis thread failed: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the redis runtime: {e}")))?;
+
+        let client = new_client(config);
+        let subscriber = client.clone_new();
+        {
+            // `connect` spawns the connection task onto the current runtime:
+            // make that ours. The command channel exists from here on, so calls
+            // made before the connection is up queue instead of failing.
+            let _enter = rt.enter();
+            drop(client.connect());
+            drop(subscriber.connect());
+        }
+        rt.spawn(revocation_sync(client.clone(), ctx.clone()));
+        rt.spawn(revocation_listener(subscriber, ctx));
+        Ok(Self {
+            pid: std::process::id(),
+            created: Instant::now(),
+            client,
+            rt,
+            _stop: stop_tx,
+        })
+    }
+}
+
+fn new_client(config: &Config) -> Client {
+    let perf = PerformanceConfig {
+        default_command_timeout: COMMAND_TIMEOUT,
+        ..Default::default()
+    };
+    let connection = ConnectionConfig {
+        connection_timeout: CONNECT_TIMEOUT,
+        internal_command_timeout: CONNECT_TIMEOUT,
+        // A command written to a connection that then broke may have run:
+        // resending admit/reserve could count a request twice.
+        max_command_attempts: 1,
+        auto_client_setname: true,
+        unresponsive: UnresponsiveConfig {
+            max_timeout: Some(Duration::from_secs(3)),
+            interval: Duration::from_secs(1),
+        },
+        tcp: TcpConfig {
+            nodelay: Some(true),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let policy = ReconnectPolicy::new_exponential(0, 50, 2_000, 2);
+    Client::new(config.clone(), Some(perf), Some(connection), Some(policy))
+}
+
+/// A [`Store`] on Redis (standalone, sentinel or cluster); see the module
+/// documentation for layout, process model and guarantees.
+pub struct RedisStore {
+    config: Config,
+    clustered: bool,
+    ctx: SyncCtx,
+    conn: RwLock<Option<Arc<Conn>>>,
+    /// Cluster only: in-flight counter updates sent but not yet answered, so
+    /// `inflight_reservations` can wait for this replica's own updates.
+    pending_inflight: Arc<AtomicU64>,
+}
+
+const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "valkey",
+    "valkeys",
+    "valkey-cluster",
+    "valkeys-cluster",
+    "valkey-sentinel",
+    "valkeys-sentinel",
+];
+
+impl RedisStore {
+    /// Parses the URL; no IO and no thread until first use.
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        Self::with_prefix(url, "tg")
+    }
+
+    /// Like [`new`](Self::new) with another key prefix (several gateways, or
+    /// tests, sharing one Redis).
+    pub fn with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if !SCHEMES.contains(&scheme) {
+            return Err(StoreError::Protocol(format!(
+                "unsupported redis url scheme {scheme:?}: use redis://, rediss://, redis-cluster:// or redis-sentinel://"
+            )));
+        }
+        // fred's messages may quote the URL, password included: keep them out.
+        let mut config = Config::from_url(url)
+            .map_err(|e| StoreError::Protocol(format!("invalid redis url ({:?})", e.kind())))?;
+        // Retry the first connection too instead of giving up on it.
+        config.fail_fast = false;
+        Ok(Self {
+            clustered: config.server.is_clustered(),
+            config,
+            ctx: SyncCtx {
+                keys: Keys {
+                    prefix: prefix.into(),
+                },
+                scripts: Scripts::new(),
+                revs: Arc::new(LocalRevocations::new()),
+            },
+            conn: RwLock::new(None),
+            pending_inflight: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Starts the connection and the revocation sync now rather than on first
+    /// use. Call it after the process forked (e.g. from a background service);
+    /// never needed for correctness. Does not wait for Redis.
+    pub fn start(&self) -> Result<(), StoreError> {
+        self.conn().map(|_| ())
+    }
+
+    fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        let pid = std::process::id();
+        if let Some(c) = self.conn.read().as_ref() {
+            if c.pid == pid {
+                return Ok(c.clone());
+            }
+        }
+        let mut slot = self.conn.write();
+        if let Some(c) = slot.as_ref() {
+            if c.pid == pid {
+                return Ok(c.clone());
+            }
+        }
+        if let Some(stale) = slot.take() {
+            // Made before a fork: its thread does not exist in this process,
+            // and running its destructors here would touch the parent's state.
+            std::mem::forget(stale);
+        }
+        let c = Arc::new(Conn::start(&self.config, self.ctx.clone())?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The connection, or Unavailable at once when Redis is down (after the
+    /// start-up grace).
+    async fn ready(&self) -> Result<Arc<Conn>, StoreError> {
+        let conn = self.conn()?;
+        let deadline = conn.created + STARTUP_WAIT;
+        loop {
+            if conn.client.is_connected() {
+                return Ok(conn);
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Unavailable("redis is not connected".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn eval(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, StoreError> {
+        let conn = self.ready().await?;
+        script
+            .evalsha_with_reload::<Value, _, _>(&conn.client, keys, args)
+            .await
+            .map_err(store_error)
+    }
+
+    /// The in-flight counter cannot share a script with a subject's keys on
+    /// a cluster (different slots): there it is updated after the fact,
+    /// without delaying the caller.
+    fn bump_inflight_later(&self, delta: i64) {
+        let Ok(conn) = self.conn() else { return };
+        let client = conn.client.clone();
+        let script = self.ctx.scripts.counter.clone();
+        let key = self.ctx.keys.inflight();
+        let pending = self.pending_inflight.clone();
+        pending.fetch_add(1, Ordering::AcqRel);
+        conn.rt.spawn(async move {
+            let r = script
+                .evalsha_with_reload::<Value, _, _>(
+                    &client,
+                    vec![key],
+                    vec![delta.to_string(), INFLIGHT_TTL_MS.to_string()],
+                )
+                .await;
+            if let Err(e) = r {
+                log::warn!("redis store: in-flight counter update lost: {e}");
+            }
+            pending.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    async fn finish_once(&self, keys: &[String], args: &[String]) -> Result<(), StoreError> {
+        self.eval(&self.ctx.scripts.finish, keys.to_vec(), args.to_vec())
+            .await
+            .map(|_| ())
+    }
+
+    /// `finish` with a given idempotency marker (tests replay one).
+    async fn finish_with_marker(&self, done: Finish<'_>, marker: u64) -> Result<(), StoreError> {
+        let k = self.ctx.keys.subject(done.sub);
+        let now_ms = crate::limits::now_ms();
+        let mut keys = vec![
+            k.bud(),
+            k.conc(),
+            k.usage(done.totals.map_or("", |(day, _)| day)),
+            k.marker(marker),
+        ];
+        if !self.clustered {
+            keys.push(self.ctx.keys.inflight());
+        }
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let mut args = vec![
+            MARKER_TTL_MS.to_string(),
+            flag(done.slot_held),
+            SLOT_TTL_MS.to_string(),
+        ];
+        match done.reservation {
+            Some(r) => {
+                let now = r.at_ms.max(now_ms);
+                let diff = lua_int(done.actual_tokens) as i64 - lua_int(r.tokens) as i64;
+                args.extend([
+                    "1".into(),
+                    (now / MINUTE_MS).to_string(),
+                    (now / DAY_MS).to_string(),
+                    (r.at_ms / MINUTE_MS).to_string(),
+                    (r.at_ms / DAY_MS).to_string(),
+                    diff.to_string(),
+                    lua_f64(done.actual_usd - r.usd),
+                ]);
+            }
+            None => args.extend(["0", "0", "0", "0", "0", "0", "0"].map(String::from)),
+        }
+        args.extend([BUDGET_TTL_MS.to_string(), INFLIGHT_TTL_MS.to_string()]);
+        match done.totals {
+            Some((day, t)) => {
+                let expire_at = match day_index(day) {
+                    Some(d) => (d + USAGE_RETENTION_DAYS + 1) * DAY_MS,
+                    None => now_ms + (USAGE_RETENTION_DAYS + 1) * DAY_MS,
+                };
+                let int = |v: u64| v.min(i64::MAX as u64).to_string();
+                args.extend([
+                    "1".into(),
+                    int(t.requests),
+                    int(t.input_tokens),
+                    int(t.output_tokens),
+                    int(t.cache_creation_input_tokens),
+                    int(t.cache_read_input_tokens),
+                    lua_f64(t.cost_usd),
+                    expire_at.to_string(),
+                ]);
+            }
+            None => args.extend(["0", "0", "0", "0", "0", "0", "0", "0"].map(String::from)),
+        }
+
+        let mut retries = FINISH_RETRY_DELAYS.iter();
+        loop {
+            match self.finish_once(&keys, &args).await {
+                Ok(()) => break,
+                // The marker makes a resend harmless if the first one ran.
+                Err(StoreError::Unavailable(e)) => match retries.next() {
+                    Some(delay) => {
+                        log::debug!("redis store: finish failed ({e}), retrying");
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None => return Err(StoreError::Unavailable(e)),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        if self.clustered && done.reservation.is_some() {
+            self.bump_inflight_later(-1);
+        }
+        Ok(())
+    }
+}
+
+/// Redis errors that mean "cannot answer now" vs. a bug or a data problem.
+fn store_error(e: FredError) -> StoreError {
+    match e.kind() {
+        ErrorKind::Parse
+        | ErrorKind::Protocol
+        | ErrorKind::InvalidArgument
+        | ErrorKind::InvalidCommand
+        | ErrorKind::NotFound
+        | ErrorKind::Url
+        | ErrorKind::Config => StoreError::Protocol(e.to_string()),
+        ErrorKind::Unknown
+            if e.details().starts_with("ERR") || e.details().starts_with("WRONGTYPE") =>
+        {
+            StoreError::Protocol(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn bad_reply(what: &str, v: &Value) -> StoreError {
+    StoreError::Protocol(format!("unexpected {what} reply: {v:?}"))
+}
+
+fn lua_int(v: u64) -> u64 {
+    v.min(MAX_LUA_INT)
+}
+
+/// Rust prints the shortest string that parses back to the same f64, which
+/// Lua's `tonumber` reads exactly; non-finite values would poison the sums.
+fn lua_f64(v: f64) -> String {
+    if v.is_finite() {
+        v.to_string()
+    } else {
+        "0".into()
+    }
+}
+
+fn limit_arg(v: Option<u64>) -> String {
+    v.map_or_else(|| "-1".into(), |v| lua_int(v).to_string())
+}
+
+fn reply_array(v: Value, what: &str) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Array(a) => Ok(a),
+        other => Err(bad_reply(what, &other)),
+    }
+}
+
+fn int_at(a: &[Value], i: usize, what: &str) -> Result<i64, StoreError> {
+    a.get(i)
+        .and_then(|v| v.as_i64())
+        .ok_or_else(|| StoreError::Protocol(format!("unexpected {what} reply: {a:?}")))
+}
+
+/// A score: Redis prints them as decimal strings, possibly `1.8e+19`.
+fn score(v: &Value) -> Option<u64> {
+    v.as_f64()
+        .filter(|f| !f.is_nan())
+        .map(|f| f.max(0.0) as u64)
+}
+
+fn pairs(v: Option<Value>) -> Vec<(String, u64)> {
+    let Some(Value::Array(flat)) = v else {
+        return Vec::new();
+    };
+    flat.chunks_exact(2)
+        .filter_map(|p| Some((p[0].as_str()?.into_owned(), score(&p[1])?)))
+        .collect()
+}
+
+fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+fn until_next_day(now_ms: u64) -> u64 {
+    ceil_secs(DAY_MS - now_ms % DAY_MS)
+}
+
+/// The sliding-window token count, computed exactly as the in-process store
+/// does (and as reserve.lua checks it).
+fn tokens_in_window(now_ms: u64, cur: i64, prev: i64) -> f64 {
+    let into = (now_ms % MINUTE_MS) as f64 / MINUTE_MS as f64;
+    prev.max(0) as f64 * (1.0 - into) + cur.max(0) as f64
+}
+
+/// Seconds until a sliding-window token counter has room for `need` tokens
+/// (same formula as the in-process store).
+fn tokens_retry_after(cur: i64, prev: i64, now_ms: u64, limit: u64, need: u64) -> u64 {
+    if need > limit {
+        return 60;
+    }
+    let room = (limit - need) as f64;
+    let into_ms = now_ms % MINUTE_MS;
+    let cur = cur.max(0) as f64;
+    let prev = prev.max(0) as f64;
+    let wait_ms = if cur <= room && prev > 0.0 {
+        let f = 1.0 - (room - cur) / prev;
+        (f * MINUTE_MS as f64 - into_ms as f64).max(0.0)
+    } else {
+        let f = if cur > 0.0 {
+            (1.0 - room / cur).max(0.0)
+        } else {
+            0.0
+        };
+        (MINUTE_MS - into_ms) as f64 + f * MINUTE_MS as f64
+    };
+    ceil_secs(wait_ms.ceil() as u64)
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` (H. Hinnant's days_from_civil).
+fn day_index(day: &str) -> Option<u64> {
+    if !crate::limits::valid_day(day) {
+        return None;
+    }
+    let y: i64 = day.get(0..4)?.parse().ok()?;
+    let m: i64 = day.get(5..7)?.parse().ok()?;
+    let d: i64 = day.get(8..10)?.parse().ok()?;
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
+/// Polls the epoch and reloads the revocation sets when it moved. Runs on the
+/// store's IO thread for the life of the store.
+async fn revocation_sync(client: Client, ctx: SyncCtx) {
+    let mut last_full: Option<Instant> = None;
+    let mut failing = false;
+    loop {
+        let force = last_full.is_none_or(|t| t.elapsed() >= FULL_RELOAD_EVERY);
+        match sync_once(&client, &ctx, force).await {
+            Ok(()) => {
+                if force {
+                    last_full = Some(Instant::now());
+                }
+                if failing {
+                    log::info!("redis store: revocation sync resumed");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                if !failing && ctx.revs.age_ms().is_some() {
+                    log::warn!("redis store: revocation sync failing: {e}");
+                }
+                failing = true;
+            }
+        }
+        let pause = if ctx.revs.age_ms().is_some() {
+            SYNC_EVERY
+        } else {
+            SYNC_RETRY
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn sync_once(client: &Client, ctx: &SyncCtx, force: bool) -> Result<(), StoreError> {
+    if !client.is_connected() {
+        return Err(StoreError::Unavailable("redis is not connected".into()));
+    }
+    let held = ctx.revs.epoch.load(Ordering::Acquire);
+    let known = if force || held < 0 {
+        String::new()
+    } else {
+        held.to_string()
+    };
+    let now_s = crate::limits::now_ms() / 1000;
+    let keys = vec![
+        ctx.keys.revoked_jti(),
+        ctx.keys.revoked_sub(),
+        ctx.keys.revocation_epoch(),
+    ];
+    let reply = ctx
+        .scripts
+        .sync
+        .evalsha_with_reload::<Value, _, _>(client, keys, vec![known, now_s.to_string()])
+        .await
+        .map_err(store_error)?;
+    let mut a = reply_array(reply, "sync")?.into_iter();
+    let epoch = a
+        .next()
+        .and_then(|v| v.as_i64())
+        .ok_or_else(|| StoreError::Protocol("sync reply without epoch".into()))?;
+    if a.len() == 2 {
+        let jti = pairs(a.next());
+        let sub = pairs(a.next());
+        ctx.revs.merge(jti, sub, now_s);
+    }
+    ctx.revs.epoch.store(epoch, Ordering::Release);
+    ctx.revs.mark_synced();
+    Ok(())
+}
+
+/// Applies revocations as they are published, so they take effect well
+/// before the next epoch poll. Resubscribes after every reconnection (a plain
+/// client does not).
+async fn revocation_listener(subscriber: Client, ctx: SyncCtx) {
+    let channel = ctx.keys.channel();
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    let mut subscribed = false;
+    let mut retry = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            m = messages.recv() => match m {
+                Ok(m) => {
+                    if *m.channel == *channel {
+                        let applied = m.value.as_str().is_some_and(|s| ctx.revs.apply_message(&s));
+                        if !applied {
+                            log::warn!("redis store: ignored malformed revocation message");
+                        }
+                    }
+                }
+                // Missed messages: the next poll reloads everything.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    ctx.revs.epoch.store(-1, Ordering::Release);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            r = reconnects.recv() => match r {
+                Ok(_) => subscribed = false,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => subscribed = false,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = retry.tick(), if !subscribed => {
+                if subscriber.is_connected() {
+                    match subscriber.subscribe(channel.clone()).await {
+                        Ok(()) => subscribed = true,
+                        Err(e) => log::debug!("redis store: subscribe failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.ready().await?;
+        conn.client
+            .ping::<Value>(None)
+            .await
+            .map(|_| ())
+            .map_err(store_error)
+    }
+
+    async fn admit(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        limits: AdmitLimits,
+    ) -> Result<Admission, StoreError> {
+        if limits.requests_per_minute.is_none() && limits.max_concurrent.is_none() {
+            // Nothing to count: the in-process store records nothing either.
+            return Ok(Admission::Admitted {
+                remaining_requests: None,
+                slot_held: false,
+            });
+        }
+        let k = self.ctx.keys.subject(sub);
+        let window_start = now_ms as i128 - MINUTE_MS as i128;
+        let member = format!("{now_ms}-{:016x}", rand::random::<u64>());
+        let reply = self
+            .eval(
+                &self.ctx.scripts.admit,
+                vec![k.req(), k.conc()],
+                vec![
+                    now_ms.to_string(),
+                    window_start.to_string(),
+                    limit_arg(limits.requests_per_minute),
+                    limit_arg(limits.max_concurrent),
+                    member,
+                    LOG_TTL_MS.to_string(),
+                    SLOT_TTL_MS.to_string(),
+                ],
+            )
+            .await?;
+        let a = reply_array(reply, "admit")?;
+        Ok(match int_at(&a, 0, "admit")? {
+            0 => Admission::Admitted {
+                remaining_requests: limits
+                    .requests_per_minute
+                    .map(|_| int_at(&a, 1, "admit").map(|r| r.max(0) as u64))
+                    .transpose()?,
+                slot_held: limits.max_concurrent.is_some(),
+            },
+            1 => {
+                let oldest = a.get(1).and_then(score).unwrap_or(now_ms);
+                Admission::Refused(Refusal {
+                    limit: LimitKind::Requests,
+                    retry_after_secs: ceil_secs((oldest + MINUTE_MS).saturating_sub(now_ms)),
+                    detail: "requests_per_minute",
+                })
+            }
+            2 => Admission::Refused(Refusal {
+                limit: LimitKind::Concurrent,
+                retry_after_secs: 1,
+                detail: "max_concurrent",
+            }),
+            _ => {
+                return Err(StoreError::Protocol(format!(
+                    "unexpected admit reply: {a:?}"
+                )))
+            }
+        })
+    }
+
+    async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
+        self.finish(Finish {
+            sub,
+            slot_held: true,
+            reservation: None,
+            actual_tokens: 0,
+            actual_usd: 0.0,
+            totals: None,
+        })
+        .await
+    }
+
+    async fn reserve(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        tokens: u64,
+        usd: f64,
+        limits: BudgetLimits,
+    ) -> Result<Reserved, StoreError> {
+        let k = self.ctx.keys.subject(sub);
+        let mut keys = vec![k.bud()];
+        if !self.clustered {
+            keys.push(self.ctx.keys.inflight());
+        }
+        let reply = self
+            .eval(
+                &self.ctx.scripts.reserve,
+                keys,
+                vec![
+                    (now_ms / MINUTE_MS).to_string(),
+                    (now_ms / DAY_MS).to_string(),
+                    (now_ms % MINUTE_MS).to_string(),
+                    lua_int(tokens).to_string(),
+                    lua_f64(usd),
+                    limit_arg(limits.tokens_per_minute),
+                    limit_arg(limits.tokens_per_day),
+                    limits.usd_per_day.map(lua_f64).unwrap_or_default(),
+                    BUDGET_TTL_MS.to_string(),
+                    INFLIGHT_TTL_MS.to_string(),
+                ],
+            )
+            .await?;
+        let a = reply_array(reply, "reserve")?;
+        let code = int_at(&a, 0, "reserve")?;
+        let cur = int_at(&a, 1, "reserve")?;
+        let prev = int_at(&a, 2, "reserve")?;
+        Ok(match code {
+            0 => {
+                if self.clustered {
+                    self.bump_inflight_later(1);
+                }
+                Reserved::Reserved {
+                    reservation: Reservation {
+                        tokens,
+                        usd,
+                        at_ms: now_ms,
+                    },
+                    remaining_tokens_minute: limits.tokens_per_minute.map(|tpm| {
+                        tpm.saturating_sub(tokens_in_window(now_ms, cur, prev).ceil() as u64)
+                    }),
+                }
+            }
+            1 => Reserved::Refused(Refusal {
+                limit: LimitKind::Tokens,
+                retry_after_secs: tokens_retry_after(
+                    cur,
+                    prev,
+                    now_ms,
+                    limits.tokens_per_minute.unwrap_or(0),
+                    tokens,
+                ),
+                detail: "tokens_per_minute",
+            }),
+            2 => Reserved::Refused(Refusal {
+                limit: LimitKind::Tokens,
+                retry_after_secs: until_next_day(now_ms),
+                detail: "tokens_per_day",
+            }),
+            3 => Reserved::Refused(Refusal {
+                limit: LimitKind::Budget,
+                retry_after_secs: until_next_day(now_ms),
+                detail: "usd_per_day",
+            }),
+            _ => {
+                return Err(StoreError::Protocol(format!(
+                    "unexpected reserve reply: {a:?}"
+                )))
+            }
+        })
+    }
+
+    async fn settle(
+        &self,
+        sub: &str,
+        reservation: Reservation,
+        actual_tokens: u64,
+        actual_usd: f64,
+    ) -> Result<(), StoreError> {
+        self.finish(Finish {
+            sub,
+            slot_held: false,
+            reservation: Some(reservation),
+            actual_tokens,
+            actual_usd,
+            totals: None,
+        })
+        .await
+    }
+
+    async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<(), StoreError> {
+        let keys = &self.ctx.keys;
+        let now_s = crate::limits::now_ms() / 1000;
+        self.eval(
+            &self.ctx.scripts.revoke,
+            vec![keys.revoked_jti(), keys.revocation_epoch()],
+            vec![
+                jti.to_string(),
+                exp.to_string(),
+                "set".into(),
+                now_s.to_string(),
+                REVOCATION_KEY_TTL_S.to_string(),
+                keys.channel(),
+                format!("j {exp} {jti}"),
+            ],
+        )
+        .await?;
+        self.ctx.revs.insert_jti(jti, exp);
+        Ok(())
+    }
+
+    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<(), StoreError> {
+        let keys = &self.ctx.keys;
+        self.eval(
+            &self.ctx.scripts.revoke,
+            vec![keys.revoked_sub(), keys.revocation_epoch()],
+            vec![
+                sub.to_string(),
+                at_secs.to_string(),
+                "max".into(),
+                String::new(),
+                REVOCATION_KEY_TTL_S.to_string(),
+                keys.channel(),
+                format!("s {at_secs} {sub}"),
+            ],
+        )
+        .await?;
+        self.ctx.revs.insert_sub(sub, at_secs);
+        Ok(())
+    }
+
+    /// Answers from the local set, without a round trip. Errs when that set
+    /// may be stale: never synced, or last synced more than 2 s ago.
+    async fn is_revoked(&self, jti: &str, sub: &str, iat: Option<u64>) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let revs = &self.ctx.revs;
+        if !revs.fresh() {
+            // Right after start the first sync is on its way: wait for it.
+            let deadline = conn.created + STARTUP_WAIT + SYNC_EVERY;
+            while revs.age_ms().is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if !revs.fresh() {
+                return Err(StoreError::Unavailable(match revs.age_ms() {
+                    Some(age) => format!("revocation list last synced {age} ms ago"),
+                    None => "revocation list not synced yet".into(),
+                }));
+            }
+        }
+        Ok(revs.check(jti, sub, iat))
+    }
+
+    async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError> {
+        self.finish(Finish {
+            sub,
+            slot_held: false,
+            reservation: None,
+            actual_tokens: 0,
+            actual_usd: 0.0,
+            totals: Some((day, totals)),
+        })
+        .await
+    }
+
+    async fn usage(&self, sub: &str, day: &str) -> Result<DayTotals, StoreError> {
+        let conn = self.ready().await?;
+        let key = self.ctx.keys.subject(sub).usage(day);
+        let v: Vec<Value> = conn
+            .client
+            .hmget(
+                key,
+                vec![
+                    "requests",
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_creation_input_tokens",
+                    "cache_read_input_tokens",
+                    "cost_usd",
+                ],
+            )
+            .await
+            .map_err(store_error)?;
+        let int = |i: usize| v.get(i).and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(DayTotals {
+            requests: int(0),
+            input_tokens: int(1),
+            output_tokens: int(2),
+            cache_creation_input_tokens: int(3),
+            cache_read_input_tokens: int(4),
+            cost_usd: v.get(5).and_then(|v| v.as_f64()).unwrap_or(0.0),
+        })
+    }
+
+    /// One GET. On a cluster the counter is updated just after each
+    /// reserve/settle (see `bump_inflight_later`): this first waits (up to 2 s)
+    /// for this replica's own pending updates.
+    async fn inflight_reservations(&self) -> Result<u64, StoreError> {
+        let conn = self.ready().await?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.pending_inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let v: Value = conn
+            .client
+            .get(self.ctx.keys.inflight())
+            .await
+            .map_err(store_error)?;
+        Ok(v.as_u64().unwrap_or(0))
+    }
+
+    /// Release, settle and usage in one script (one round trip), retried
+    /// idempotently on connection errors.
+    async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
+        if !done.slot_held && done.reservation.is_none() && done.totals.is_none() {
+            return Ok(());
+        }
+        self.finish_with_marker(done, rand::random()).await
+    }
+}
+
+#[cfg(test)]
+#[path = "conformance.rs"]
+mod conformance;
+
+#[cfg(test)]
+mod tests;
