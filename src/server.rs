@@ -102,6 +102,30 @@ fn guard_ready_signal() {
     }
 }
 
+/// Keeps the `identity.jwks_url` key set fresh.
+struct JwksRefresh {
+    app: Arc<App>,
+    url: String,
+    refresh: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let fetcher = match crate::identity::JwksFetcher::new(&self.url) {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("jwks_url: {e:#}");
+                return;
+            }
+        };
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        fetcher.run(&self.app.verifier, self.refresh, stop).await;
+    }
+}
+
 pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     if daemon && cfg.server.daemon_wait_for_ready {
         guard_ready_signal();
@@ -150,6 +174,17 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
         "tollgate housekeeping",
         Housekeeping { app: app.clone() },
     ));
+
+    if let Some(url) = &cfg.identity.jwks_url {
+        server.add_service(background_service(
+            "tollgate jwks refresh",
+            JwksRefresh {
+                app: app.clone(),
+                url: url.clone(),
+                refresh: cfg.identity.jwks_refresh.as_duration(),
+            },
+        ));
+    }
 
     log::info!("tollgate {} starting", env!("CARGO_PKG_VERSION"));
     server.run(RunArgs::default());

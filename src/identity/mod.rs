@@ -17,6 +17,7 @@ mod check;
 mod credential;
 mod keygen;
 mod keys;
+mod remote;
 mod sign;
 mod verify;
 
@@ -26,6 +27,7 @@ mod test_support;
 pub use check::check_keys;
 pub use credential::credential;
 pub use keygen::{keygen, KeyAlg, UnknownKeyAlg};
+pub use remote::JwksFetcher;
 pub use sign::{check_private_key_permissions, Issued, Signer};
 pub use verify::Verifier;
 

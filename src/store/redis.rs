@@ -15,7 +15,7 @@
 //! | `P:{S}:conc` | string | held concurrency slots | 15 min after the last admit/release |
 //! | `P:{S}:bud` | hash `m c p d t u` | tokens per minute (current, previous), tokens and usd of the UTC day | 26 h after the last write |
 //! | `P:{S}:use:YYYY-MM-DD` | hash (DayTotals field names) | `/admin/usage` totals | until the day is 35 days old |
-//! | `P:{S}:fin:ID` | string | idempotency marker of one `finish` call | 10 min |
+//! | `P:{S}:fin:ID` | string | idempotency marker of one `finish` call | 60 s |
 //! | `P:inflight` | string | reservations not yet settled, all subjects | 26 h after the last change |
 //! | `P:{rv}:jti` | sorted set jti -> exp | revoked token ids (expired ones pruned) | 401 days after the last revocation |
 //! | `P:{rv}:sub` | sorted set sub -> cut-off iat | revoked subjects (never pruned: one entry per revoked subject) | 401 days after the last revocation |
@@ -77,8 +77,9 @@ const SLOT_TTL_MS: u64 = 15 * 60_000;
 /// Covers the current minute pair and the current UTC day.
 const BUDGET_TTL_MS: u64 = 26 * 3_600_000;
 const INFLIGHT_TTL_MS: u64 = 26 * 3_600_000;
-/// Retries of one `finish` happen within seconds; the marker outlives them.
-const MARKER_TTL_MS: u64 = 10 * 60_000;
+/// Retries of one `finish` end within ~4 s; the marker outlives them (and
+/// with one marker per finished request, a short life keeps memory small).
+const MARKER_TTL_MS: u64 = 60_000;
 const USAGE_RETENTION_DAYS: u64 = 35;
 const REVOCATION_KEY_TTL_S: u64 = 401 * 86_400;
 
@@ -359,7 +360,6 @@ fn new_client(config: &Config) -> Client {
         // A command written to a connection that then broke may have run:
         // resending admit/reserve could count a request twice.
         max_command_attempts: 1,
-        auto_client_setname: true,
         unresponsive: UnresponsiveConfig {
             max_timeout: Some(Duration::from_secs(3)),
             interval: Duration::from_secs(1),
