@@ -183,6 +183,9 @@ impl ProxyHttp for Gateway {
         if let Err(err) = admission::admit(app, ctx).await {
             return self.refuse(session, ctx, err).await;
         }
+        // We ask providers for identity encoding; one that compresses anyway
+        // is decoded before the meter sees its body.
+        session.upstream_compression.adjust_decompression(true);
         if !app.drain_on_disconnect.is_zero() {
             // Keep reading the provider when the client leaves, so the
             // final usage is still seen (see response_body_filter).
