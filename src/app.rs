@@ -5,7 +5,7 @@ use crate::config::{Config, OnError};
 use crate::identity::{Signer, Verifier};
 use crate::limits::Tiers;
 use crate::providers::Router;
-use crate::sinks::{Metrics, UsageLog};
+use crate::sinks::{Metrics, ModelLabels, UsageLog};
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::usage::{Pricing, UsageRecord};
 use anyhow::Context;
@@ -23,6 +23,7 @@ pub struct App {
     pub pricing: Pricing,
     pub usage_log: UsageLog<UsageRecord>,
     pub metrics: Metrics,
+    pub model_labels: ModelLabels,
     pub on_error: OnError,
     pub max_body_bytes: usize,
     pub default_max_tokens: u64,
@@ -59,6 +60,7 @@ impl App {
             pricing: Pricing::new(&cfg.usage.prices),
             usage_log,
             metrics,
+            model_labels: ModelLabels::new(),
             on_error: cfg.store.on_error,
             max_body_bytes: cfg.limits.max_body_bytes,
             default_max_tokens: cfg.limits.default_max_tokens,

@@ -34,8 +34,12 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         .unwrap_or("none");
     let status = ctx.status.unwrap_or(out.fallback_status);
     if !ctx.proxied || ctx.refusal.is_some() {
-        app.metrics
-            .request_refused(provider, ctx.model().unwrap_or(""), status, &sub);
+        app.metrics.request_refused(
+            provider,
+            app.model_labels.label(ctx.model().unwrap_or("")),
+            status,
+            &sub,
+        );
         // Nothing was used: give back the slot and the whole reservation.
         release(app, ctx, &sub, 0, 0.0, None).await;
         return;
@@ -98,7 +102,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     app.usage_log.try_send(record);
     app.metrics.request_finished(
         provider,
-        model_str,
+        app.model_labels.label(model_str),
         status,
         &sub,
         TokenCounts {

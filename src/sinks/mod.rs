@@ -2,7 +2,9 @@
 //! request) and the Prometheus metrics.
 
 pub mod metrics;
+pub mod model_labels;
 pub mod usage_log;
 
 pub use metrics::{InflightGuard, Metrics, TokenCounts};
+pub use model_labels::ModelLabels;
 pub use usage_log::{watch_sighup, LogLine, UsageLog, UsageLogError};

@@ -42,6 +42,34 @@
 //! (`max_command_attempts = 1`), so admit/reserve run at most once; `finish`
 //! (and `settle`, `release_slot`, `add_usage`, which are made of it) retries
 //! twice on a connection error, made idempotent by a random marker per call.
+//!
+//! # Revocations
+//!
+//! `is_revoked` answers from an in-process copy, never from Redis. The copy
+//! is fed by pub/sub (a revocation is seen by other replicas within
+//! milliseconds) and by a poll every 500 ms of the epoch counter every
+//! revocation bumps (a full reload when it moved, and every 30 s anyway), so a
+//! lost message is caught up within ~0.5 s. When the copy has not synced for
+//! 2 s (or never, 1.5 s after start) `is_revoked` returns Unavailable rather
+//! than trust it.
+//!
+//! # Limits of the guarantees
+//!
+//! - Windows only roll forward, so replicas whose clocks differ slightly
+//!   cannot reset each other's counts; with one clock the answers are those
+//!   of the in-process store (a test compares them operation by operation).
+//! - A call whose reply is lost after the script ran (connection cut at that
+//!   instant) is reported Unavailable but took effect: such a reservation
+//!   stays counted (the minute share for 2 min, the day's until the day ends),
+//!   such a slot until its key expires (15 min without activity).
+//! - A replica that dies mid-request leaks its slot and reservation the same
+//!   way; the global in-flight counter heals when it expires (26 h idle).
+//! - On a cluster the in-flight counter (its own slot) is updated right after
+//!   reserve/settle instead of in the same script: other replicas may read it
+//!   a round trip late.
+//! - Redis should run with `maxmemory-policy noeviction`: an evicted budget
+//!   hash means an unenforced budget. If Redis loses its data, budgets restart
+//!   from zero; revocations survive in the copies of running replicas only.
 
 use super::*;
 use base64::Engine as _;
