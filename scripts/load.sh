@@ -379,6 +379,9 @@ if [ "$MODE" != mem ]; then
           UNAVAIL[tollgate_redis]="redis-server did not start"
         elif ! start_tollgate tollgate_redis "$RUN/tollgate-redis.yaml" "$P_TGR_ADMIN" "$P_TGR"; then
           UNAVAIL[tollgate_redis]=$UNAVAILABLE
+        elif [ "$(redis-cli -p "$P_REDIS" dbsize 2>/dev/null || echo 0)" -eq 0 ]; then
+          # A build that ignores store.redis_url would be measured as in-process.
+          UNAVAIL[tollgate_redis]="tollgate answered but wrote nothing to Redis (store.redis_url not used by this build)"
         else
           PID[tollgate_redis]=$STARTED
           ADDR[tollgate_redis]=127.0.0.1:$P_TGR

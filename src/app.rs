@@ -6,7 +6,7 @@ use crate::identity::{Signer, Verifier};
 use crate::limits::Tiers;
 use crate::providers::Router;
 use crate::sinks::{Metrics, ModelLabels, UsageLog};
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 use crate::usage::{Pricing, UsageRecord};
 use anyhow::Context;
 use std::sync::Arc;
@@ -45,8 +45,20 @@ impl App {
             None => None,
         };
         let router = Router::from_config(cfg)?;
-        let memory = Arc::new(MemoryStore::new());
-        let store: Arc<dyn Store> = memory.clone();
+        let (store, memory_store): (Arc<dyn Store>, _) = match &cfg.store.redis_url {
+            // Parses the URL only: the connection is made after a daemon fork,
+            // in the background, and start-up never waits for Redis.
+            Some(url) => (
+                Arc::new(
+                    RedisStore::new(url).map_err(|e| anyhow::anyhow!("store.redis_url: {e}"))?,
+                ),
+                None,
+            ),
+            None => {
+                let m = Arc::new(MemoryStore::new());
+                (m.clone(), Some(m))
+            }
+        };
         let usage_log = UsageLog::new(&cfg.usage.log_path)
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
@@ -56,7 +68,7 @@ impl App {
             router,
             tiers: Tiers::new(&cfg.limits),
             store,
-            memory_store: Some(memory),
+            memory_store,
             pricing: Pricing::new(&cfg.usage.prices),
             usage_log,
             metrics,

@@ -75,14 +75,13 @@ pub enum TokenCommand {
 }
 
 #[derive(Args, Debug)]
-#[group(required = true, multiple = false)]
 pub struct RevokeArgs {
-    #[arg(short = 'c', long = "conf", required = true)]
+    #[arg(short = 'c', long = "conf")]
     pub config: PathBuf,
     /// Token id to revoke
-    #[arg(long, group = "target")]
+    #[arg(long, conflicts_with = "sub", required_unless_present = "sub")]
     pub jti: Option<String>,
     /// Subject whose tokens issued up to now are revoked
-    #[arg(long, group = "target")]
+    #[arg(long)]
     pub sub: Option<String>,
 }

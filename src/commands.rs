@@ -35,6 +35,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let (cfg, mut problems) = check_file(&config);
             if let Some(cfg) = &cfg {
                 problems.extend(tollgate::config::check::check_bindable(cfg));
+                problems.extend(tollgate::config::check::check_store_reachable(cfg));
             }
             let mut errors = 0;
             for p in &problems {

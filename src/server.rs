@@ -52,6 +52,7 @@ struct Housekeeping {
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.app.usage_log.start();
+        self.app.store.start_background();
         let log = self.app.usage_log.clone();
         tokio::spawn(crate::sinks::watch_sighup(log));
         let mut tick = tokio::time::interval(Duration::from_secs(10));

@@ -454,6 +454,11 @@ def cmd_report(a):
             for r in rs
             if r.get("cpu_ticks") is not None and r["requests"]
         ]
+        redis_cpu = [
+            r["redis_cpu_ticks"] * 1e6 / r["clk_tck"] / r["requests"]
+            for r in rs
+            if r.get("redis_cpu_ticks") is not None and r["requests"]
+        ]
         thr[t] = {
             "rps": med(rps),
             "rps_min": min(rps),
@@ -461,6 +466,7 @@ def cmd_report(a):
             "p50": med([r["p50_us"] for r in rs]),
             "p99": med([r["p99_us"] for r in rs]),
             "cpu": med(cpu) if cpu else None,
+            "redis_cpu": med(redis_cpu) if redis_cpu else None,
             "errors": sum(
                 r["status_errors"] + r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
                 for r in rs
@@ -482,6 +488,8 @@ def cmd_report(a):
         if not s:
             continue
         cpu = "—" if t == "direct" else fmt(s["cpu"], 1)
+        if s.get("redis_cpu") is not None:
+            cpu += f" (+{s['redis_cpu']:.1f} redis-server)"
         w(
             f"| {LABELS.get(t, t)} | {fmt(s['rps'], 0)} | {fmt(s['rps_min'], 0)}–{fmt(s['rps_max'], 0)} | "
             f"{ms(s['p50'])} | {ms(s['p99'])} | {cpu} | "
@@ -592,6 +600,12 @@ def cmd_report(a):
         w("")
 
     notes = meta.get("notes") or []
+    for t, s in thr.items():
+        if s["fresh"] and t.startswith("tollgate"):
+            notes.append(
+                f"{LABELS.get(t, t)}: {s['fresh']} of {s['requests']} measured requests "
+                f"({s['fresh'] / s['requests'] * 100:.2f} %) carried a first-seen token (cold verification)."
+            )
     for t, s in thr.items():
         if s["errors"]:
             notes.append(f"{LABELS.get(t, t)}: {s['errors']} failed requests (non-2xx or socket errors) — check the logs in the run directory.")

@@ -107,6 +107,39 @@ pub fn check_bindable(cfg: &Config) -> Vec<Problem> {
     out
 }
 
+/// Probe for `tollgate check`: does the configured Redis answer? Only a
+/// warning: the gateway starts without its store (readiness says 503 and
+/// `store.on_error` decides each request until it answers).
+pub fn check_store_reachable(cfg: &Config) -> Vec<Problem> {
+    let Some(url) = &cfg.store.redis_url else {
+        return Vec::new();
+    };
+    let store = match crate::store::RedisStore::new(url) {
+        Ok(s) => s,
+        Err(e) => return vec![Problem::error(format!("store.redis_url: {e}"))],
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![Problem::warning(format!("store: cannot probe Redis: {e}"))],
+    };
+    let answered = rt.block_on(async {
+        use crate::store::Store;
+        tokio::time::timeout(std::time::Duration::from_secs(3), store.ping()).await
+    });
+    match answered {
+        Ok(Ok(())) => Vec::new(),
+        Ok(Err(e)) => vec![Problem::warning(format!(
+            "store: Redis does not answer yet ({e})"
+        ))],
+        Err(_) => vec![Problem::warning(
+            "store: Redis did not answer within 3 s".to_string(),
+        )],
+    }
+}
+
 /// The pid in `pid_file` when that process is alive.
 fn running_pid(pid_file: &str) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(pid_file)

@@ -130,6 +130,11 @@ impl DayTotals {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Starts background work (connections, revocation sync) once the
+    /// process has forked; stores needing none keep the default. Never waits
+    /// for the network.
+    fn start_background(&self) {}
+
     /// Cheap liveness probe for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

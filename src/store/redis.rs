@@ -1,5 +1,5 @@
 //! Redis store shared by every replica (fred 10). Same semantics as
-//! [`MemoryStore`](super::MemoryStore): every check-and-update is one Lua
+//! [`MemoryStore`]: every check-and-update is one Lua
 //! script (EVALSHA, reloaded on NOSCRIPT), so one round trip per call and no
 //! lost update between replicas.
 //!
@@ -874,6 +874,12 @@ async fn revocation_listener(subscriber: Client, ctx: SyncCtx) {
 
 #[async_trait]
 impl Store for RedisStore {
+    fn start_background(&self) {
+        if let Err(e) = RedisStore::start(self) {
+            log::warn!("redis store: {e}");
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let conn = self.ready().await?;
         conn.client

@@ -21,10 +21,15 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports (all held until every one is chosen).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
 }
 
 /// Runs `tollgate ARGS` in `dir` with the provider key set; never hangs longer than 60 s.
@@ -179,7 +184,7 @@ impl GatewayBuilder {
             .expect("tempdir");
         let keys_dir = dir.path().join("keys");
         keygen(dir.path(), &keys_dir);
-        let (proxy_port, admin_port, metrics_port) = (free_port(), free_port(), free_port());
+        let [proxy_port, admin_port, metrics_port] = free_ports();
         let usage_log = dir.path().join("usage.jsonl");
         let mut config = base_config(
             dir.path(),
@@ -321,7 +326,7 @@ impl Gateway {
     fn restart_on_new_ports(&mut self) {
         self.kill();
         let s = &mut self.setup;
-        (s.proxy_port, s.admin_port, s.metrics_port) = (free_port(), free_port(), free_port());
+        [s.proxy_port, s.admin_port, s.metrics_port] = free_ports();
         s.config["listen"] = json!(format!("127.0.0.1:{}", s.proxy_port));
         s.config["admin_listen"] = json!(format!("127.0.0.1:{}", s.admin_port));
         s.config["metrics_listen"] = json!(format!("127.0.0.1:{}", s.metrics_port));
