@@ -6,6 +6,8 @@
 #   scripts/load.sh            # throughput + fixed-rate latency (~5 min)
 #   scripts/load.sh mem        # 100,000 distinct users within a minute: RSS
 #   scripts/load.sh all        # both
+#   scripts/load.sh profile    # bare and tollgate under callgrind (instructions
+#                              # per request, stable on a noisy machine) or perf
 #   DURATION=3 REPEATS=1 LAT_SECONDS=3 scripts/load.sh   # quick check
 #
 # Targets (TARGETS): direct (nginx), bare (examples/bare_proxy.rs),
@@ -33,12 +35,14 @@ Knobs (environment):
   THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
   MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds before a last RSS
   SKIP_BUILD=0 SKIP_INSTALL=0 NOTE="..."     NOTE is printed above the tables
+  PROFILER=callgrind|perf PROFILE_TARGETS="bare tollgate" PROFILE_SECONDS=20
+  PROFILE_CONNECTIONS=4 (callgrind; perf samples at CONNECTIONS)   profile mode
 EOF
 }
 
 MODE=${1:-bench}
 case "$MODE" in
-  bench | mem | all) ;;
+  bench | mem | all | profile) ;;
   -h | --help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -60,6 +64,10 @@ THREADS=${THREADS:-2}
 MEM_USERS=${MEM_USERS:-100000}
 MEM_ROUNDS=${MEM_ROUNDS:-1}
 MEM_WAIT=${MEM_WAIT:-0}
+PROFILER=${PROFILER:-callgrind}
+PROFILE_TARGETS=${PROFILE_TARGETS:-bare tollgate}
+PROFILE_SECONDS=${PROFILE_SECONDS:-20}
+PROFILE_CONNECTIONS=${PROFILE_CONNECTIONS:-4}
 SKIP_BUILD=${SKIP_BUILD:-0}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 NOTE=${NOTE:-}
@@ -85,6 +93,13 @@ install_missing() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v cmake >/dev/null 2>&1 || need+=(cmake) # pingora's zlib-ng build
+  if [ "$MODE" = profile ]; then
+    case "$PROFILER" in
+      callgrind) command -v valgrind >/dev/null 2>&1 || need+=(valgrind) ;;
+      perf) command -v perf >/dev/null 2>&1 || need+=(linux-perf) ;;
+      *) die "PROFILER must be callgrind or perf" ;;
+    esac
+  fi
   [ ${#need[@]} -eq 0 ] && return 0
   [ "$SKIP_INSTALL" = 1 ] && die "missing ${need[*]} (SKIP_INSTALL=1)"
   local sudo=""
@@ -337,7 +352,7 @@ tollgate_config "$RUN/tollgate-redis.yaml" "$P_TGR" "$P_TGR_ADMIN" "$P_TGR_METRI
 "$TG" check -c "$RUN/tollgate.yaml" >"$RUN/check.log" 2>&1 || die "tollgate check failed: $(cat "$RUN/check.log")"
 t0=$(date +%s.%N)
 "$MINT" -c "$RUN/tollgate.yaml" --count "$TOKENS" --users "$USERS" --prefix user >"$RUN/tokens.txt"
-if [ "$MODE" != mem ]; then
+if [ "$MODE" = bench ] || [ "$MODE" = all ] || [ "$MODE" = profile ]; then
   "$MINT" -c "$RUN/tollgate.yaml" --count $((REPEATS * FRESH_PER_RUN)) --users "$USERS" \
     --first "$TOKENS" --prefix user >"$RUN/fresh.txt"
 else
@@ -354,7 +369,7 @@ log "fake provider: nginx on 127.0.0.1:$P_NGINX"
 declare -A UNAVAIL
 REDIS_PID=""
 ACTIVE=()
-if [ "$MODE" != mem ]; then
+if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   for t in $TARGETS; do
     case "$t" in
       direct)
@@ -460,6 +475,76 @@ print(json.dumps({"kind": "mem", "round": int(sys.argv[2]), "users": d["fresh_us
     sleep "$MEM_WAIT"
     echo "{\"kind\":\"mem_idle\",\"waited_s\":$MEM_WAIT,\"rss_kb\":$(status_kb "$MEM_PID" VmRSS)}" >>"$RUNS"
   fi
+fi
+
+# ---------------------------------------------------------------- profile
+if [ "$MODE" = profile ]; then
+  for t in $PROFILE_TARGETS; do
+    case "$t" in
+      bare)
+        cmd=("$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_NGINX")
+        port=$P_BARE ready=""
+        ;;
+      tollgate)
+        cmd=("$TG" serve -c "$RUN/tollgate.yaml")
+        port=$P_TG ready="http://127.0.0.1:$P_TG_ADMIN/readyz"
+        ;;
+      *) die "PROFILE_TARGETS: bare or tollgate, not $t" ;;
+    esac
+    ADDR[$t]=127.0.0.1:$port
+    if [ "$PROFILER" = callgrind ]; then
+      out_file=$RUN/callgrind.$t.out
+      start "profile-$t" env -u RUST_LOG BARE_THREADS="$THREADS" valgrind --tool=callgrind \
+        --callgrind-out-file="$out_file" "${cmd[@]}"
+    else
+      start "profile-$t" env -u RUST_LOG BARE_THREADS="$THREADS" "${cmd[@]}"
+    fi
+    pid=$STARTED
+    PID[$t]=$pid
+    if [ -n "$ready" ]; then
+      "${TOOL[@]}" wait-http "$ready" --timeout 300 --pid "$pid" || die "$t did not start: $(tail -n 3 "$RUN/profile-$t.log")"
+    fi
+    smoke "$t" "127.0.0.1:$port" 600 || die "$t did not answer: $(tail -n 3 "$RUN/profile-$t.log")"
+    log "profile $t ($PROFILER): warm-up"
+    if [ "$PROFILER" = callgrind ]; then
+      CONNECTIONS=$PROFILE_CONNECTIONS run_wrk "$t" 0 5 0 0
+      callgrind_control -z "$pid" >/dev/null
+      c0=$(cpu_ticks "$pid")
+      out=$(BENCH_BODY=$BODY BENCH_TOKENS=$RUN/tokens.txt BENCH_FRESH=$RUN/fresh.txt \
+        BENCH_FRESH_PCT=$FRESH_PCT BENCH_FRESH_FIRST=0 BENCH_FRESH_COUNT=$FRESH_PER_RUN \
+        BENCH_THREADS=1 wrk -t1 -c"$PROFILE_CONNECTIONS" -d"${PROFILE_SECONDS}s" --timeout 30s \
+        -s "$LUA" "http://127.0.0.1:$port/v1/messages" 2>&1) || die "wrk (profile) failed: $out"
+      sleep 1
+      callgrind_control -d "$pid" >/dev/null
+      sleep 1
+      dump=$(ls -t "$out_file".* 2>/dev/null | head -n 1)
+      [ -n "$dump" ] || die "no callgrind dump for $t"
+      callgrind_annotate "$dump" 2>/dev/null | head -n 80 >"$RUN/profile-$t.txt"
+      callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | head -n 80 >"$RUN/profile-$t-inclusive.txt"
+      ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+      res=$(grep '^BENCH_RESULT ' <<<"$out" | sed 's/^BENCH_RESULT //')
+      res=$(json_add kind=profile target="$t" profiler=callgrind ir="$ir" dump="$dump" <<<"$res")
+    else
+      CONNECTIONS=$CONNECTIONS run_wrk "$t" 0 3 0 0
+      (BENCH_BODY=$BODY BENCH_TOKENS=$RUN/tokens.txt BENCH_FRESH=$RUN/fresh.txt \
+        BENCH_FRESH_PCT=$FRESH_PCT BENCH_FRESH_FIRST=0 BENCH_FRESH_COUNT=$FRESH_PER_RUN \
+        BENCH_THREADS=$WRK_THREADS wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$((PROFILE_SECONDS + 2))s" \
+        -s "$LUA" "http://127.0.0.1:$port/v1/messages" >"$RUN/profile-$t-wrk.txt" 2>&1) &
+      wrk_pid=$!
+      sleep 1
+      perf record -e cpu-clock -F 999 -g -p "$pid" -o "$RUN/perf.$t.data" -- sleep "$PROFILE_SECONDS" \
+        >"$RUN/perf-$t.log" 2>&1 || die "perf record failed: $(tail -n 3 "$RUN/perf-$t.log")"
+      wait "$wrk_pid" || true
+      perf report -i "$RUN/perf.$t.data" --stdio --no-children --percent-limit 0.5 2>/dev/null |
+        head -n 150 >"$RUN/profile-$t.txt"
+      res=$(grep '^BENCH_RESULT ' "$RUN/profile-$t-wrk.txt" | sed 's/^BENCH_RESULT //')
+      res=$(json_add kind=profile target="$t" profiler=perf data="$RUN/perf.$t.data" <<<"$res")
+    fi
+    echo "$res" >>"$RUNS"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
+    log "profile $t: $RUN/profile-$t.txt"
+  done
 fi
 
 # ---------------------------------------------------------------- report
