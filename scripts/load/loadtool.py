@@ -565,6 +565,25 @@ def cmd_report(a):
             )
         w("")
 
+    # profiles
+    prof = [r for r in runs if r["kind"] == "profile"]
+    if prof:
+        w("#### Profile")
+        w("")
+        base_ir = None
+        for r in prof:
+            if r["target"] == "bare" and r.get("ir") and r["requests"]:
+                base_ir = int(r["ir"]) / r["requests"]
+        w("| target | profiler | requests | instructions / request | ÷ bare | report |")
+        w("|---|---|---:|---:|---:|---|")
+        for r in prof:
+            per = int(r["ir"]) / r["requests"] if r.get("ir") and r["requests"] else None
+            w(
+                f"| {LABELS.get(r['target'], r['target'])} | {r['profiler']} | {r['requests']} | "
+                f"{fmt(per, 0)} | {ratio(per, base_ir)} | `{os.path.join(os.path.dirname(a.runs), 'profile-' + r['target'] + '.txt')}` |"
+            )
+        w("")
+
     # targets of issue 5
     checks = []
     tg, tr = thr.get("tollgate"), thr.get("tollgate_redis")

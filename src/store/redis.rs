@@ -1113,6 +1113,12 @@ impl Store for RedisStore {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             if !revs.fresh() {
+                // A revocation already known is certain however old the
+                // copy: refuse it even under fail_open. Only "not revoked"
+                // needs a fresh copy.
+                if revs.check(jti, sub, iat) {
+                    return Ok(true);
+                }
                 return Err(StoreError::Unavailable(match revs.age_ms() {
                     Some(age) => format!("revocation list last synced {age} ms ago"),
                     None => "revocation list not synced yet".into(),
