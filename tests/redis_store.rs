@@ -291,3 +291,47 @@ async fn token_revoke_on_the_command_line_reaches_running_replicas() {
         "a token issued after the revocation works"
     );
 }
+
+#[tokio::test]
+async fn admin_revocations_by_jti_and_sub_reach_the_other_replica_within_a_second() {
+    let Some(r) = replicas() else { return };
+    let admin = r.a.token_role(&unique("operator"), "admin");
+    for (by, from, to) in [
+        ("jti", &r.a, &r.b),
+        ("sub", &r.b, &r.a),
+        ("jti", &r.b, &r.a),
+        ("sub", &r.a, &r.b),
+    ] {
+        let sub = unique("cross");
+        let token = from.token(&sub);
+        assert_eq!(
+            proxied(to, &token).await.status,
+            200,
+            "by {by}: accepted before"
+        );
+        let body = match by {
+            "jti" => json!({"jti": jwt::jti(&token)}),
+            _ => json!({"sub": sub}),
+        };
+        let resp = send(
+            client()
+                .post(from.admin_url("/admin/revoke"))
+                .bearer_auth(&admin)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let start = Instant::now();
+        assert_revoked_within(
+            to,
+            &token,
+            Duration::from_millis(1300),
+            &format!("POST /admin/revoke {{{by}}} on one replica, used on the other"),
+        )
+        .await;
+        eprintln!(
+            "revocation by {by} effective on the other replica after {:?}",
+            start.elapsed()
+        );
+    }
+}

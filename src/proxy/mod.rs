@@ -64,6 +64,7 @@ impl Gateway {
         err: GatewayError,
     ) -> Result<bool> {
         ctx.status = Some(err.status);
+        log_refusal(ctx, session.req_header().uri.path(), &err);
         respond::send_error(session, ctx, Self::kind(ctx), &err).await?;
         Ok(true)
     }
@@ -378,7 +379,12 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let client_error = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
         if let Some(e) = e {
-            log::debug!("request {}: {e}", ctx.request_id);
+            // A departed client is routine; a failing provider is not.
+            if client_error {
+                log::info!("request {}: client side ended: {e}", ctx.request_id);
+            } else if ctx.refusal.is_none() {
+                log::warn!("request {}: {e}", ctx.request_id);
+            }
         }
         let path = session.req_header().uri.path().to_string();
         accounting::finish(
@@ -398,6 +404,7 @@ impl Gateway {
     /// Records a refusal decided in the body phase and returns the error that
     /// aborts the upstream request; `fail_to_proxy` then answers the client.
     fn body_refusal(&self, ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
+        log_refusal(ctx, "", &err);
         let limit = (err.status == 429).then_some(crate::store::LimitKind::Requests);
         let status = err.status;
         ctx.refusal = Some(Refusal {
@@ -412,6 +419,22 @@ impl Gateway {
             "request refused after its body was read",
         )
     }
+}
+
+/// One operational log line per refused request: what was refused and why,
+/// never the credential. Claims reaching here are free of control
+/// characters (the verifier refuses such tokens).
+fn log_refusal(ctx: &Ctx, path: &str, err: &GatewayError) {
+    let sub = ctx.identity.as_ref().map(|i| i.sub.as_str()).unwrap_or("-");
+    let path: String = path.chars().take(200).collect();
+    log::info!(
+        "request {}: refused {} {:?} (sub {sub}{}{path}): {}",
+        ctx.request_id,
+        err.status,
+        err.kind,
+        if path.is_empty() { "" } else { ", path " },
+        err.message
+    );
 }
 
 /// Whether the downstream client has gone (HTTP/1: the read side saw EOF).

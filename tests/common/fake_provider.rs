@@ -91,12 +91,18 @@ pub enum Step {
     Close,
     /// Reset the connection (RST).
     Reset,
+    /// Sends the bytes `n` times (with chunked framing: `n` chunks), without
+    /// holding `n` copies in memory: a large body for slow-reader cases.
+    Repeat(Vec<u8>, usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
     Length,
     Chunked,
+    /// No framing header at all: the head, then the steps' bytes as they are
+    /// (a `101 Switching Protocols`, or a body delimited by closing).
+    Raw,
 }
 
 /// What the fake provider answers to one request.
@@ -219,11 +225,45 @@ impl Script {
     pub fn sent_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for s in &self.steps {
-            if let Step::Send(b) = s {
-                out.extend_from_slice(b);
+            match s {
+                Step::Send(b) => out.extend_from_slice(b),
+                Step::Repeat(b, n) => {
+                    for _ in 0..*n {
+                        out.extend_from_slice(b);
+                    }
+                }
+                _ => {}
             }
         }
         out
+    }
+
+    /// The length of [`Script::sent_bytes`], without building it.
+    pub fn sent_len(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Send(b) => b.len(),
+                Step::Repeat(b, n) => b.len() * n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// A head with exactly these headers and no framing header, then `steps`
+    /// sent as they are (e.g. a `101 Switching Protocols` and tunnel bytes).
+    pub fn raw(status: u16, headers: &[(&str, &str)], steps: Vec<Step>) -> Self {
+        Self {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+            framing: Framing::Raw,
+            steps,
+            reported: None,
+            send_headers: true,
+        }
     }
 }
 
@@ -903,6 +943,7 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
 
 fn reason(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -939,11 +980,9 @@ async fn write_response(stream: &mut TcpStream, script: &Script, state: &State) 
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     match script.framing {
-        Framing::Length => head.push_str(&format!(
-            "content-length: {}\r\n",
-            script.sent_bytes().len()
-        )),
+        Framing::Length => head.push_str(&format!("content-length: {}\r\n", script.sent_len())),
         Framing::Chunked => head.push_str("transfer-encoding: chunked\r\n"),
+        Framing::Raw => {}
     }
     head.push_str("\r\n");
     if stream.write_all(head.as_bytes()).await.is_err() {
@@ -952,6 +991,16 @@ async fn write_response(stream: &mut TcpStream, script: &Script, state: &State) 
     for step in &script.steps {
         let ok = match step {
             Step::Send(bytes) => send_piece(stream, script.framing, bytes).await,
+            Step::Repeat(bytes, n) => {
+                let mut ok = true;
+                for _ in 0..*n {
+                    if !send_piece(stream, script.framing, bytes).await {
+                        ok = false;
+                        break;
+                    }
+                }
+                ok
+            }
             Step::Sleep(d) => {
                 tokio::time::sleep(*d).await;
                 true
@@ -986,7 +1035,7 @@ async fn write_response(stream: &mut TcpStream, script: &Script, state: &State) 
 
 async fn send_piece(stream: &mut TcpStream, framing: Framing, bytes: &[u8]) -> bool {
     let framed = match framing {
-        Framing::Length => bytes.to_vec(),
+        Framing::Length | Framing::Raw => bytes.to_vec(),
         Framing::Chunked if bytes.is_empty() => return true,
         Framing::Chunked => {
             let mut v = format!("{:x}\r\n", bytes.len()).into_bytes();

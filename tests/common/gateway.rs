@@ -88,6 +88,8 @@ pub struct Setup {
     pub proxy_port: u16,
     pub admin_port: u16,
     pub metrics_port: u16,
+    /// Extra environment variables for `tollgate serve` (and `serve -u`).
+    pub env: Vec<(String, String)>,
 }
 
 /// One change to the config, applied in order.
@@ -98,6 +100,7 @@ type ConfigTweak = Box<dyn FnOnce(&mut Value)>;
 pub struct GatewayBuilder {
     provider_url: String,
     tweaks: Vec<ConfigTweak>,
+    env: Vec<(String, String)>,
 }
 
 impl GatewayBuilder {
@@ -105,6 +108,7 @@ impl GatewayBuilder {
         Self {
             provider_url: provider_url.to_string(),
             tweaks: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -116,6 +120,23 @@ impl GatewayBuilder {
     pub fn tweak(mut self, f: impl FnOnce(&mut Value) + 'static) -> Self {
         self.tweaks.push(Box::new(f));
         self
+    }
+
+    /// An environment variable for the gateway process (e.g. `RUST_LOG`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Verifies and signs with `other`'s key pair (kid `k1`): one identity,
+    /// several replicas, so a token issued by either works on both.
+    pub fn same_identity_as(self, other: &Gateway) -> Self {
+        let keys = other.setup.keys_dir.clone();
+        self.tweak(move |c| {
+            c["identity"]["keys"] = json!([{"kid": "k1", "public_key": keys.join("public.pem")}]);
+            c["identity"]["private_key"] = json!(keys.join("private.pem"));
+            c["identity"]["signing_kid"] = json!("k1");
+        })
     }
 
     pub fn max_body_bytes(self, n: u64) -> Self {
@@ -206,6 +227,7 @@ impl GatewayBuilder {
             proxy_port,
             admin_port,
             metrics_port,
+            env: self.env,
         }
     }
 
@@ -402,6 +424,11 @@ impl Gateway {
         format!("http://127.0.0.1:{}/metrics", self.setup.metrics_port)
     }
 
+    /// What the gateway wrote on stdout so far.
+    pub fn stdout_log(&self) -> String {
+        std::fs::read_to_string(self.setup.dir.path().join("gateway.out")).unwrap_or_default()
+    }
+
     /// What the gateway wrote on stderr so far.
     pub fn stderr_log(&self) -> String {
         std::fs::read_to_string(self.setup.dir.path().join("gateway.err")).unwrap_or_default()
@@ -421,6 +448,7 @@ impl Gateway {
             .args(["serve", "-u", "-c", path_str(self.config_path())])
             .current_dir(self.dir())
             .env(PROVIDER_KEY_ENV, PROVIDER_KEY)
+            .envs(self.setup.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -555,6 +583,7 @@ fn spawn_serve(setup: &Setup) -> (Child, Child) {
         .current_dir(setup.dir.path())
         .env(PROVIDER_KEY_ENV, PROVIDER_KEY)
         .env("RUST_BACKTRACE", "1")
+        .envs(setup.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -14,6 +14,8 @@ pub mod jwt;
 pub mod metrics;
 pub mod raw;
 pub mod redis;
+pub mod redis_ctl;
+pub mod sign;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

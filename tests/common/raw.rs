@@ -235,3 +235,76 @@ pub async fn upload(
     writer.abort();
     parse_response(&acc)
 }
+
+/// What one raw exchange produced: everything the server sent, and how the
+/// connection ended.
+#[derive(Debug)]
+pub struct Exchange {
+    pub bytes: Vec<u8>,
+    pub end: End,
+    /// Writing the request failed (the server closed or reset first).
+    pub write_failed: bool,
+}
+
+impl Exchange {
+    /// The first response, if its head arrived.
+    pub fn response(&self) -> Option<RawResponse> {
+        parse_response(&self.bytes)
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        self.response().map(|r| r.status)
+    }
+
+    /// How many response status lines the server sent (`HTTP/1.x NNN` at the
+    /// start of the stream or right after a CRLF); an upper bound when a body
+    /// happens to contain one.
+    pub fn responses(&self) -> usize {
+        count_status_lines(&self.bytes)
+    }
+
+    /// The server closed the connection (EOF or reset) within the timeout.
+    pub fn closed(&self) -> bool {
+        matches!(self.end, End::Closed(_))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).to_string()
+    }
+}
+
+pub fn count_status_lines(bytes: &[u8]) -> usize {
+    let starts =
+        |at: usize| bytes[at..].starts_with(b"HTTP/1.1 ") || bytes[at..].starts_with(b"HTTP/1.0 ");
+    let mut n = usize::from(starts(0));
+    for i in 0..bytes.len().saturating_sub(1) {
+        if &bytes[i..i + 2] == b"\r\n" && starts(i + 2) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Connects, writes `request` (in 64 KiB pieces; a write error is noted, not
+/// fatal: the server may refuse before reading it all), then reads until the
+/// server closes or `timeout` passes.
+pub async fn exchange(port: u16, request: &[u8], timeout: Duration) -> Exchange {
+    let mut stream = connect(port).await;
+    let mut write_failed = false;
+    for piece in request.chunks(64 * 1024) {
+        match tokio::time::timeout(timeout, stream.write_all(piece)).await {
+            Ok(Ok(())) => {}
+            _ => {
+                write_failed = true;
+                break;
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    let end = read_to_end(&mut stream, &mut bytes, timeout).await;
+    Exchange {
+        bytes,
+        end,
+        write_failed,
+    }
+}
