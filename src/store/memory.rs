@@ -2,15 +2,11 @@
 //! lock). State idle past its windows is dropped by [`MemoryStore::sweep`],
 //! which the server runs periodically, so memory follows the active users.
 
+use super::window::*;
 use super::*;
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-const MINUTE_MS: u64 = 60_000;
-const DAY_MS: u64 = 86_400_000;
-/// Daily totals are answered by `GET /admin/usage` for this many past days.
-const USAGE_RETENTION_DAYS: u64 = 35;
 
 #[derive(Debug, Default)]
 struct Subject {
@@ -115,39 +111,6 @@ impl MemoryStore {
     }
 }
 
-fn ceil_secs(ms: u64) -> u64 {
-    ms.div_ceil(1000).max(1)
-}
-
-/// Seconds until a sliding-window token counter has room for `need` tokens.
-fn tokens_retry_after(s: &Subject, now_ms: u64, limit: u64, need: u64) -> u64 {
-    if need > limit {
-        return 60;
-    }
-    let room = (limit - need) as f64;
-    let into_ms = now_ms % MINUTE_MS;
-    let cur = s.tok_cur.max(0) as f64;
-    let prev = s.tok_prev.max(0) as f64;
-    let wait_ms = if cur <= room && prev > 0.0 {
-        // The previous minute's share decays linearly to the boundary.
-        let f = 1.0 - (room - cur) / prev;
-        (f * MINUTE_MS as f64 - into_ms as f64).max(0.0)
-    } else {
-        // After the boundary the current count becomes the decaying one.
-        let f = if cur > 0.0 {
-            (1.0 - room / cur).max(0.0)
-        } else {
-            0.0
-        };
-        (MINUTE_MS - into_ms) as f64 + f * MINUTE_MS as f64
-    };
-    ceil_secs(wait_ms.ceil() as u64)
-}
-
-fn until_next_day(now_ms: u64) -> u64 {
-    ceil_secs(DAY_MS - now_ms % DAY_MS)
-}
-
 #[async_trait]
 impl Store for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -212,7 +175,9 @@ impl Store for MemoryStore {
                 if s.tokens_in_window(now_ms) + tokens as f64 > tpm as f64 {
                     return Reserved::Refused(Refusal {
                         limit: LimitKind::Tokens,
-                        retry_after_secs: tokens_retry_after(s, now_ms, tpm, tokens),
+                        retry_after_secs: tokens_retry_after(
+                            s.tok_cur, s.tok_prev, now_ms, tpm, tokens,
+                        ),
                         detail: "tokens_per_minute",
                     });
                 }

@@ -5,6 +5,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod window;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -71,6 +71,7 @@
 //!   hash means an unenforced budget. If Redis loses its data, budgets restart
 //!   from zero; revocations survive in the copies of running replicas only.
 
+use super::window::*;
 use super::*;
 use base64::Engine as _;
 use fred::prelude::{
@@ -85,9 +86,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const MINUTE_MS: u64 = 60_000;
-const DAY_MS: u64 = 86_400_000;
 
 /// Longest wait for one command's answer before the call reports Unavailable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -108,7 +106,6 @@ const INFLIGHT_TTL_MS: u64 = 26 * 3_600_000;
 /// Retries of one `finish` end within ~4 s; the marker outlives them (and
 /// with one marker per finished request, a short life keeps memory small).
 const MARKER_TTL_MS: u64 = 60_000;
-const USAGE_RETENTION_DAYS: u64 = 35;
 const REVOCATION_KEY_TTL_S: u64 = 401 * 86_400;
 
 const SYNC_EVERY: Duration = Duration::from_millis(500);
@@ -703,43 +700,11 @@ fn pairs(v: Option<Value>) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn ceil_secs(ms: u64) -> u64 {
-    ms.div_ceil(1000).max(1)
-}
-
-fn until_next_day(now_ms: u64) -> u64 {
-    ceil_secs(DAY_MS - now_ms % DAY_MS)
-}
-
 /// The sliding-window token count, computed exactly as the in-process store
 /// does (and as reserve.lua checks it).
 fn tokens_in_window(now_ms: u64, cur: i64, prev: i64) -> f64 {
     let into = (now_ms % MINUTE_MS) as f64 / MINUTE_MS as f64;
     prev.max(0) as f64 * (1.0 - into) + cur.max(0) as f64
-}
-
-/// Seconds until a sliding-window token counter has room for `need` tokens
-/// (same formula as the in-process store).
-fn tokens_retry_after(cur: i64, prev: i64, now_ms: u64, limit: u64, need: u64) -> u64 {
-    if need > limit {
-        return 60;
-    }
-    let room = (limit - need) as f64;
-    let into_ms = now_ms % MINUTE_MS;
-    let cur = cur.max(0) as f64;
-    let prev = prev.max(0) as f64;
-    let wait_ms = if cur <= room && prev > 0.0 {
-        let f = 1.0 - (room - cur) / prev;
-        (f * MINUTE_MS as f64 - into_ms as f64).max(0.0)
-    } else {
-        let f = if cur > 0.0 {
-            (1.0 - room / cur).max(0.0)
-        } else {
-            0.0
-        };
-        (MINUTE_MS - into_ms) as f64 + f * MINUTE_MS as f64
-    };
-    ceil_secs(wait_ms.ceil() as u64)
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` (H. Hinnant's days_from_civil).
