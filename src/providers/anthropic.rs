@@ -119,7 +119,10 @@ impl StreamState {
         Metered {
             usage: self.usage,
             usage_seen: self.usage_seen,
-            complete: self.started && (self.stopped || self.delta_usage) && !self.error,
+            complete: self.started
+                && self.usage_seen
+                && (self.stopped || self.delta_usage)
+                && !self.error,
             model: self.model.clone(),
             stream_error: self.error,
         }
@@ -271,6 +274,7 @@ mod tests {
             ("message_start", r#"{"message":{"model":7,"usage":[1]}}"#),
             ("message_stop", ""),
         ]);
-        assert!(m.complete && !m.usage_seen && m.model.is_none());
+        // A stream that never showed usage is not complete, however it ends.
+        assert!(!m.complete && !m.usage_seen && m.model.is_none());
     }
 }

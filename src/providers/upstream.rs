@@ -191,6 +191,9 @@ impl Upstream {
         o.verify_cert = true;
         o.verify_hostname = true;
         o.ca = self.ca.clone();
+        // Never turn a provider connection into an unmetered tunnel.
+        o.http_upstream_request_policy =
+            pingora::upstreams::peer::HttpUpstreamRequestPolicy::deny_upgrades();
         Ok(Box::new(peer))
     }
 }

@@ -113,7 +113,12 @@ impl Gateway {
     ) -> Result<Option<BytesMut>> {
         session.enable_retry_buffering();
         let mut buf = BytesMut::with_capacity(expected);
-        while let Some(chunk) = session.read_request_body().await? {
+        // A failure here is the client's (idle past client_timeout, reset).
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        {
             if buf.len() + chunk.len() > self.app.max_body_bytes {
                 return Ok(None);
             }
@@ -136,6 +141,20 @@ fn content_length(req: &RequestHeader) -> Option<usize> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// `Upgrade` (WebSocket, h2c, TLS) would turn the connection into a tunnel
+/// the gateway cannot meter.
+fn is_upgrade(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::UPGRADE)
+        || req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+            })
 }
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -162,11 +181,21 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let app = &self.app;
-        // Bounds an idle client body (Pingora's default is 60 s).
+        // Bounds an idle client body (Pingora's default is 60 s), and a
+        // client that stops reading its response.
         session.set_read_timeout(Some(app.client_timeout));
+        session.set_write_timeout(Some(app.client_timeout));
         let path = session.req_header().uri.path();
         if path == "/auth/revoke" {
             return self.revoke_self(session, ctx).await;
+        }
+        if is_upgrade(session.req_header()) {
+            let err = GatewayError::new(
+                400,
+                ErrorKind::InvalidRequest,
+                "protocol upgrades are not supported",
+            );
+            return self.refuse(session, ctx, err).await;
         }
         let Some(provider) = app.router.route(path).cloned() else {
             let err = GatewayError::new(404, ErrorKind::NotFound, "no provider serves this path");
@@ -322,6 +351,15 @@ impl ProxyHttp for Gateway {
         }
         if end_of_stream {
             ctx.response_done = true;
+            // Free the concurrency slot before the last byte reaches the
+            // client, so its next request cannot find it still taken.
+            if ctx.slot_held {
+                if let Some(id) = &ctx.identity {
+                    if self.app.store.release_slot_early(&id.sub) {
+                        ctx.slot_held = false;
+                    }
+                }
+            }
         }
         let drain = self.app.drain_on_disconnect;
         if !drain.is_zero() && !ctx.client_gone && client_left(session) {

@@ -155,6 +155,13 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn release_slot_early(&self, sub: &str) -> bool {
+        if let Some(mut s) = self.subjects.get_mut(sub) {
+            s.concurrent = s.concurrent.saturating_sub(1);
+        }
+        true
+    }
+
     async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
         if let Some(mut s) = self.subjects.get_mut(sub) {
             s.concurrent = s.concurrent.saturating_sub(1);

@@ -131,6 +131,16 @@ impl DayTotals {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Releases a concurrency slot the moment a response's last byte is
+    /// ready, before the client can send its next request (releasing it only
+    /// when the request is logged lets a strictly sequential client race its
+    /// own slot). Must not block. Returns true when the store took the release
+    /// over — `finish` must then not release it again; false leaves it to
+    /// `finish`.
+    fn release_slot_early(&self, _sub: &str) -> bool {
+        false
+    }
+
     /// Starts background work (connections, revocation sync) once the
     /// process has forked; stores needing none keep the default. Never waits
     /// for the network.
