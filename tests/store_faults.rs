@@ -406,7 +406,6 @@ async fn redis_restarted_under_load_recovers_and_limits_count_once() {
 /// A request that ends while the store is down still gives its concurrency
 /// slot back once the store is back.
 #[tokio::test]
-#[ignore = "gateway bug: a request finishing while Redis is down never releases its max_concurrent slot (leaked until the key's 15 min TTL)"]
 async fn a_slot_held_across_an_outage_is_released_after_recovery() {
     let _turn = turn().await;
     let Some(s) = stores() else { return };

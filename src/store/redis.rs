@@ -15,7 +15,7 @@
 //! | `P:{S}:conc` | string | held concurrency slots | 15 min after the last admit/release |
 //! | `P:{S}:bud` | hash `m c p d t u` | tokens per minute (current, previous), tokens and usd of the UTC day | 26 h after the last write |
 //! | `P:{S}:use:YYYY-MM-DD` | hash (DayTotals field names) | `/admin/usage` totals | until the day is 35 days old |
-//! | `P:{S}:fin:ID` | string | idempotency marker of one `finish` call | 60 s |
+//! | `P:{S}:fin:ID` | string | idempotency marker of one `finish` call | 60 s (1 h when written by a retry or replay) |
 //! | `P:inflight` | string | reservations not yet settled, all subjects | 26 h after the last change |
 //! | `P:{rv}:jti` | sorted set jti -> exp | revoked token ids (expired ones pruned) | 401 days after the last revocation |
 //! | `P:{rv}:sub` | sorted set sub -> cut-off iat | revoked subjects (never pruned: one entry per revoked subject) | 401 days after the last revocation |
@@ -43,6 +43,46 @@
 //! (and `settle`, `release_slot`, `add_usage`, which are made of it) retries
 //! twice on a connection error, made idempotent by a random marker per call.
 //!
+//! # Releases survive an outage
+//!
+//! A `finish` (or an early slot release) that still cannot reach Redis after
+//! its quick retries returns Unavailable to its caller (who counts the store
+//! error) but is not lost: the store keeps it, marker included, in a bounded
+//! in-memory queue ([`PENDING_FINISHES_MAX`] entries; when full the oldest is
+//! dropped with an error log and counted in
+//! [`RedisStore::dropped_finishes`]). The IO thread replays the queue, oldest
+//! first and with the same markers, as soon as the connection is back (it
+//! checks every 100 ms while anything waits), with no call needed. So a slot,
+//! a reservation and the day's totals are released/settled/added once Redis
+//! answers again, and never twice:
+//!
+//! - An attempt made while the store was disconnected was never sent, so it
+//!   cannot have written its marker: such a finish is applied exactly once
+//!   whenever it is replayed, however long the outage.
+//! - An attempt that was sent and got no answer (connection cut, timeout) may
+//!   or may not have run. Every attempt after the first writes its marker for
+//!   1 h, the first one (the normal path, one marker per request) for 60 s.
+//!   The queue replays such a finish only while the marker the earliest
+//!   unanswered attempt may have written is certain to exist (its TTL less
+//!   10 s), where a replay is a no-op if it ran. Later it is dropped with an
+//!   error log (counted in `dropped_finishes`) rather than risk counting it
+//!   twice: only a request whose first finish was on the wire at the instant
+//!   the connection broke, followed by an outage of more than ~50 s, can end
+//!   this way; its slot and reservation then heal by expiry as below.
+//! - The queue lives in the process: a replica that exits (or dies) during
+//!   an outage loses what it holds, healed by expiry as below.
+//! - A replay after Redis lost its data (restart without persistence) finds
+//!   no slot or budget to release (the counts are clamped at zero) and adds
+//!   the totals, which were lost with the data. A slot release replayed more
+//!   than 15 min after its admission may find the slot key expired and
+//!   re-created by newer requests, and free one of theirs: the subject may
+//!   briefly run one request more than `max_concurrent`, never fewer.
+//!
+//! `release_slot_early` does not wait: it hands the release to the IO
+//! thread, having already queued the command on the connection before it
+//! returns, so a request the same client sends next (through this replica)
+//! reaches Redis after the release.
+//!
 //! # Revocations
 //!
 //! `is_revoked` answers from an in-process copy, never from Redis. The copy
@@ -58,12 +98,14 @@
 //! - Windows only roll forward, so replicas whose clocks differ slightly
 //!   cannot reset each other's counts; with one clock the answers are those
 //!   of the in-process store (a test compares them operation by operation).
-//! - A call whose reply is lost after the script ran (connection cut at that
-//!   instant) is reported Unavailable but took effect: such a reservation
-//!   stays counted (the minute share for 2 min, the day's until the day ends),
-//!   such a slot until its key expires (15 min without activity).
-//! - A replica that dies mid-request leaks its slot and reservation the same
-//!   way; the global in-flight counter heals when it expires (26 h idle).
+//! - An admit or reserve whose reply is lost after the script ran (connection
+//!   cut at that instant) is reported Unavailable but took effect: such a
+//!   reservation stays counted (the minute share for 2 min, the day's until
+//!   the day ends), such a slot until its key expires (15 min without
+//!   activity).
+//! - A replica that dies mid-request (or with finishes still queued) leaks
+//!   its slot and reservation the same way; the global in-flight counter
+//!   heals when it expires (26 h idle).
 //! - On a cluster the in-flight counter (its own slot) is updated right after
 //!   reserve/settle instead of in the same script: other replicas may read it
 //!   a round trip late.
@@ -103,9 +145,25 @@ const SLOT_TTL_MS: u64 = 15 * 60_000;
 /// Covers the current minute pair and the current UTC day.
 const BUDGET_TTL_MS: u64 = 26 * 3_600_000;
 const INFLIGHT_TTL_MS: u64 = 26 * 3_600_000;
-/// Retries of one `finish` end within ~4 s; the marker outlives them (and
-/// with one marker per finished request, a short life keeps memory small).
+/// Marker of a `finish`'s first attempt: its quick retries end within ~4 s
+/// and the marker outlives them (with one marker per finished request, a
+/// short life keeps memory small).
 const MARKER_TTL_MS: u64 = 60_000;
+/// Marker written by a retry or a replay (only after a failure, so rare):
+/// long enough for a replay after a long outage to stay idempotent.
+const REPLAY_MARKER_TTL_MS: u64 = 3_600_000;
+/// A marker is trusted to exist until this long before its TTL ends (the
+/// command may have run a little after it was sent, never before).
+const MARKER_MARGIN: Duration = Duration::from_secs(10);
+/// Finishes kept for replay while Redis is unreachable (a few hundred bytes
+/// each); beyond this the oldest is dropped.
+pub const PENDING_FINISHES_MAX: usize = 100_000;
+/// How often the IO thread looks for the connection while finishes wait,
+/// and the first pause after a failed replay (doubling up to 2 s).
+const REPLAY_POLL: Duration = Duration::from_millis(100);
+const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Replays sent at once (pipelined on the connection, in order).
+const REPLAY_BATCH: usize = 64;
 const REVOCATION_KEY_TTL_S: u64 = 401 * 86_400;
 
 const SYNC_EVERY: Duration = Duration::from_millis(500);
@@ -308,6 +366,399 @@ struct SyncCtx {
     keys: Keys,
     scripts: Scripts,
     revs: Arc<LocalRevocations>,
+    clustered: bool,
+    /// Cluster only: in-flight counter updates sent but not yet answered, so
+    /// `inflight_reservations` can wait for this replica's own updates.
+    pending_inflight: Arc<AtomicU64>,
+    pending: Arc<PendingFinishes>,
+}
+
+/// One `finish`, owned so it can wait for Redis: keys and arguments are
+/// rebuilt for each attempt (only the marker must stay the same).
+#[derive(Debug, Clone)]
+struct QueuedFinish {
+    sub: Box<str>,
+    marker: u64,
+    slot_held: bool,
+    reservation: Option<Reservation>,
+    actual_tokens: u64,
+    actual_usd: f64,
+    totals: Option<(Box<str>, DayTotals)>,
+    /// TTL the next attempt writes the marker with.
+    marker_ttl_ms: u64,
+    /// Set by the first attempt sent without an answer: its marker, if it
+    /// ran, is certain to exist until then, so a replay is harmless until
+    /// then and may double count after.
+    replay_until: Option<Instant>,
+}
+
+impl QueuedFinish {
+    fn new(done: &Finish<'_>, marker: u64) -> Self {
+        Self {
+            sub: done.sub.into(),
+            marker,
+            slot_held: done.slot_held,
+            reservation: done.reservation,
+            actual_tokens: done.actual_tokens,
+            actual_usd: done.actual_usd,
+            totals: done.totals.map(|(day, t)| (day.into(), *t)),
+            marker_ttl_ms: MARKER_TTL_MS,
+            replay_until: None,
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.replay_until.is_some_and(|u| now >= u)
+    }
+
+    /// The finish script's keys and arguments, settling against the
+    /// current time.
+    fn call(&self, keys: &Keys, clustered: bool) -> (Vec<String>, Vec<String>) {
+        let k = keys.subject(&self.sub);
+        let now_ms = crate::limits::now_ms();
+        let mut keys_v = vec![
+            k.bud(),
+            k.conc(),
+            k.usage(self.totals.as_ref().map_or("", |(day, _)| day)),
+            k.marker(self.marker),
+        ];
+        if !clustered {
+            keys_v.push(keys.inflight());
+        }
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let mut args = vec![
+            self.marker_ttl_ms.to_string(),
+            flag(self.slot_held),
+            SLOT_TTL_MS.to_string(),
+        ];
+        match self.reservation {
+            Some(r) => {
+                let now = r.at_ms.max(now_ms);
+                let diff = lua_int(self.actual_tokens) as i64 - lua_int(r.tokens) as i64;
+                args.extend([
+                    "1".into(),
+                    (now / MINUTE_MS).to_string(),
+                    (now / DAY_MS).to_string(),
+                    (r.at_ms / MINUTE_MS).to_string(),
+                    (r.at_ms / DAY_MS).to_string(),
+                    diff.to_string(),
+                    lua_f64(self.actual_usd - r.usd),
+                ]);
+            }
+            None => args.extend(["0", "0", "0", "0", "0", "0", "0"].map(String::from)),
+        }
+        args.extend([BUDGET_TTL_MS.to_string(), INFLIGHT_TTL_MS.to_string()]);
+        match &self.totals {
+            Some((day, t)) => {
+                let expire_at = match day_index(day) {
+                    Some(d) => (d + USAGE_RETENTION_DAYS + 1) * DAY_MS,
+                    None => now_ms + (USAGE_RETENTION_DAYS + 1) * DAY_MS,
+                };
+                let int = |v: u64| v.min(i64::MAX as u64).to_string();
+                args.extend([
+                    "1".into(),
+                    int(t.requests),
+                    int(t.input_tokens),
+                    int(t.output_tokens),
+                    int(t.cache_creation_input_tokens),
+                    int(t.cache_read_input_tokens),
+                    lua_f64(t.cost_usd),
+                    expire_at.to_string(),
+                ]);
+            }
+            None => args.extend(["0", "0", "0", "0", "0", "0", "0", "0"].map(String::from)),
+        }
+        (keys_v, args)
+    }
+}
+
+/// Finishes that could not reach Redis, oldest first, replayed by the IO
+/// thread (see the module documentation).
+struct PendingFinishes {
+    queue: parking_lot::Mutex<std::collections::VecDeque<QueuedFinish>>,
+    cap: usize,
+    wake: tokio::sync::Notify,
+    /// Finishes given up: pushed out of a full queue, no longer safe to
+    /// replay, or refused by Redis.
+    dropped: AtomicU64,
+    /// Finishes replayed from the queue (each applied, or found already
+    /// applied by its marker).
+    replayed: AtomicU64,
+}
+
+impl PendingFinishes {
+    fn new(cap: usize) -> Self {
+        Self {
+            queue: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+            cap: cap.max(1),
+            wake: tokio::sync::Notify::new(),
+            dropped: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    fn push(&self, f: QueuedFinish) {
+        let mut q = self.queue.lock();
+        let first = q.is_empty();
+        let full = q.len() >= self.cap;
+        if full {
+            q.pop_front();
+        }
+        q.push_back(f);
+        drop(q);
+        if full {
+            let n = self.dropped.fetch_add(1, Ordering::AcqRel) + 1;
+            if n == 1 || n % 1_000 == 0 {
+                log::error!(
+                    "redis store: {} finishes already wait for redis; dropped the oldest \
+                     (its slot/reservation heal only by expiry; {n} dropped so far)",
+                    self.cap
+                );
+            }
+        }
+        if first {
+            log::warn!(
+                "redis store: cannot reach redis to release a request's limits; \
+                 kept for replay once it answers"
+            );
+        }
+        self.wake.notify_one();
+    }
+
+    /// Up to `n` from the front.
+    fn take(&self, n: usize) -> Vec<QueuedFinish> {
+        let mut q = self.queue.lock();
+        let n = n.min(q.len());
+        q.drain(..n).collect()
+    }
+
+    /// Puts back at the front, in order, what could not be replayed (never
+    /// pushing anything out: at most one batch over the bound).
+    fn put_back(&self, back: Vec<QueuedFinish>) {
+        let mut q = self.queue.lock();
+        for f in back.into_iter().rev() {
+            q.push_front(f);
+        }
+    }
+
+    fn give_up(&self, f: &QueuedFinish, why: &str) {
+        self.dropped.fetch_add(1, Ordering::AcqRel);
+        log::error!(
+            "redis store: dropped a pending finish (slot {}, reservation {}, totals {}): {why}",
+            f.slot_held,
+            f.reservation.is_some(),
+            f.totals.is_some()
+        );
+    }
+}
+
+/// The outcome of one attempt at a finish.
+enum Attempt {
+    Applied,
+    /// Nothing was sent: the marker cannot exist.
+    NotSent(String),
+    /// Sent without an answer: it may have run.
+    Unanswered(String),
+    /// Redis refused it: retrying cannot help.
+    Failed(StoreError),
+}
+
+/// Sends a finish once. Every later attempt writes the long-lived marker.
+async fn attempt_finish(client: &Client, ctx: &SyncCtx, f: &mut QueuedFinish) -> Attempt {
+    let ttl = f.marker_ttl_ms;
+    f.marker_ttl_ms = REPLAY_MARKER_TTL_MS;
+    if !client.is_connected() {
+        return Attempt::NotSent("redis is not connected".into());
+    }
+    let (keys, args) = f.call(&ctx.keys, ctx.clustered);
+    let sent = Instant::now();
+    let r = ctx
+        .scripts
+        .finish
+        .evalsha_with_reload::<Value, _, _>(client, keys, args)
+        .await
+        .map_err(store_error);
+    match r {
+        Ok(_) => Attempt::Applied,
+        Err(StoreError::Unavailable(e)) => {
+            let until = (sent + Duration::from_millis(ttl))
+                .checked_sub(MARKER_MARGIN)
+                .unwrap_or(sent);
+            f.replay_until = Some(f.replay_until.map_or(until, |u| u.min(until)));
+            Attempt::Unanswered(e)
+        }
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+/// What a finish does once applied, beyond its script.
+fn after_finish(client: &Client, rt: &tokio::runtime::Handle, ctx: &SyncCtx, f: &QueuedFinish) {
+    if ctx.clustered && f.reservation.is_some() {
+        bump_inflight_later(client, rt, ctx, -1);
+    }
+}
+
+/// A finish with its quick retries; kept for replay when they all fail.
+async fn deliver_finish(
+    client: &Client,
+    created: Instant,
+    rt: &tokio::runtime::Handle,
+    ctx: &SyncCtx,
+    mut f: QueuedFinish,
+) -> Result<(), StoreError> {
+    wait_connected(client, created).await;
+    let mut retries = FINISH_RETRY_DELAYS.iter();
+    let err = loop {
+        let e = match attempt_finish(client, ctx, &mut f).await {
+            Attempt::Applied => {
+                after_finish(client, rt, ctx, &f);
+                return Ok(());
+            }
+            Attempt::Failed(e) => return Err(e),
+            Attempt::NotSent(e) | Attempt::Unanswered(e) => e,
+        };
+        match retries.next() {
+            Some(delay) => {
+                log::debug!("redis store: finish failed ({e}), retrying");
+                tokio::time::sleep(*delay).await;
+            }
+            None => break e,
+        }
+    };
+    ctx.pending.push(f);
+    Err(StoreError::Unavailable(format!(
+        "{err} (the release is kept and replayed once redis answers)"
+    )))
+}
+
+/// Replays the pending finishes whenever the connection is up. Runs on the
+/// store's IO thread for the life of the store.
+async fn replay_pending(client: Client, rt: tokio::runtime::Handle, ctx: SyncCtx) {
+    let pending = ctx.pending.clone();
+    let mut backoff = REPLAY_POLL;
+    let mut replayed = 0u64;
+    loop {
+        if pending.len() == 0 {
+            if replayed > 0 {
+                log::info!("redis store: replayed {replayed} finishes kept during the outage");
+                replayed = 0;
+            }
+            pending.wake.notified().await;
+            continue;
+        }
+        if !client.is_connected() {
+            tokio::time::sleep(REPLAY_POLL).await;
+            continue;
+        }
+        // The first alone: after a restart it reloads the script, which the
+        // batch can then use in order.
+        let mut batch_size = 1;
+        let mut stalled = false;
+        loop {
+            let now = Instant::now();
+            let batch: Vec<QueuedFinish> = pending
+                .take(batch_size)
+                .into_iter()
+                .filter(|f| {
+                    let expired = f.expired(now);
+                    if expired {
+                        pending.give_up(
+                            f,
+                            "sent without an answer, and its marker may have expired since: \
+                             replaying it could count it twice",
+                        );
+                    }
+                    !expired
+                })
+                .collect();
+            if batch.is_empty() {
+                if pending.len() == 0 {
+                    break;
+                }
+                continue;
+            }
+            // Spawned in order on this single-threaded runtime, so the
+            // commands go out in order on the connection.
+            let tasks: Vec<_> = batch
+                .into_iter()
+                .map(|mut f| {
+                    let client = client.clone();
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let a = attempt_finish(&client, &ctx, &mut f).await;
+                        (f, a)
+                    })
+                })
+                .collect();
+            let mut back = Vec::new();
+            for t in tasks {
+                let Ok((f, a)) = t.await else { continue };
+                match a {
+                    Attempt::Applied => {
+                        after_finish(&client, &rt, &ctx, &f);
+                        pending.replayed.fetch_add(1, Ordering::AcqRel);
+                        replayed += 1;
+                    }
+                    Attempt::NotSent(_) | Attempt::Unanswered(_) => back.push(f),
+                    Attempt::Failed(e) => pending.give_up(&f, &e.to_string()),
+                }
+            }
+            if !back.is_empty() {
+                pending.put_back(back);
+                stalled = true;
+                break;
+            }
+            backoff = REPLAY_POLL;
+            batch_size = REPLAY_BATCH;
+        }
+        if stalled {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(REPLAY_BACKOFF_MAX);
+        }
+    }
+}
+
+/// Waits for the first connection during the start-up grace; true when
+/// connected.
+async fn wait_connected(client: &Client, created: Instant) -> bool {
+    let deadline = created + STARTUP_WAIT;
+    loop {
+        if client.is_connected() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The in-flight counter cannot share a script with a subject's keys on a
+/// cluster (different slots): there it is updated after the fact, without
+/// delaying the caller.
+fn bump_inflight_later(client: &Client, rt: &tokio::runtime::Handle, ctx: &SyncCtx, delta: i64) {
+    let client = client.clone();
+    let script = ctx.scripts.counter.clone();
+    let key = ctx.keys.inflight();
+    let pending = ctx.pending_inflight.clone();
+    pending.fetch_add(1, Ordering::AcqRel);
+    rt.spawn(async move {
+        let r = script
+            .evalsha_with_reload::<Value, _, _>(
+                &client,
+                vec![key],
+                vec![delta.to_string(), INFLIGHT_TTL_MS.to_string()],
+            )
+            .await;
+        if let Err(e) = r {
+            log::warn!("redis store: in-flight counter update lost: {e}");
+        }
+        pending.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 /// One started IO thread and its clients, valid in the process that made it.
@@ -362,6 +813,7 @@ impl Conn {
             drop(client.connect());
             drop(subscriber.connect());
         }
+        rt.spawn(replay_pending(client.clone(), rt.clone(), ctx.clone()));
         rt.spawn(revocation_sync(client.clone(), ctx.clone()));
         rt.spawn(revocation_listener(subscriber, ctx));
         Ok(Self {
@@ -406,9 +858,6 @@ pub struct RedisStore {
     clustered: bool,
     ctx: SyncCtx,
     conn: RwLock<Option<Arc<Conn>>>,
-    /// Cluster only: in-flight counter updates sent but not yet answered, so
-    /// `inflight_reservations` can wait for this replica's own updates.
-    pending_inflight: Arc<AtomicU64>,
 }
 
 const SCHEMES: &[&str] = &[
@@ -446,8 +895,9 @@ impl RedisStore {
             .map_err(|e| StoreError::Protocol(format!("invalid redis url ({:?})", e.kind())))?;
         // Retry the first connection too instead of giving up on it.
         config.fail_fast = false;
+        let clustered = config.server.is_clustered();
         Ok(Self {
-            clustered: config.server.is_clustered(),
+            clustered,
             config,
             ctx: SyncCtx {
                 keys: Keys {
@@ -455,9 +905,11 @@ impl RedisStore {
                 },
                 scripts: Scripts::new(),
                 revs: Arc::new(LocalRevocations::new()),
+                clustered,
+                pending_inflight: Arc::new(AtomicU64::new(0)),
+                pending: Arc::new(PendingFinishes::new(PENDING_FINISHES_MAX)),
             },
             conn: RwLock::new(None),
-            pending_inflight: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -466,6 +918,24 @@ impl RedisStore {
     /// never needed for correctness. Does not wait for Redis.
     pub fn start(&self) -> Result<(), StoreError> {
         self.conn().map(|_| ())
+    }
+
+    /// Finishes waiting for Redis to answer again (see the module
+    /// documentation).
+    pub fn pending_finishes(&self) -> usize {
+        self.ctx.pending.len()
+    }
+
+    /// Finishes given up since start: pushed out of a full pending queue,
+    /// no longer safe to replay, or refused by Redis.
+    pub fn dropped_finishes(&self) -> u64 {
+        self.ctx.pending.dropped.load(Ordering::Acquire)
+    }
+
+    /// The connection of this process if one was started; never starts one.
+    fn started_conn(&self) -> Option<Arc<Conn>> {
+        let pid = std::process::id();
+        self.conn.read().as_ref().filter(|c| c.pid == pid).cloned()
     }
 
     fn conn(&self) -> Result<Arc<Conn>, StoreError> {
@@ -495,15 +965,10 @@ impl RedisStore {
     /// start-up grace).
     async fn ready(&self) -> Result<Arc<Conn>, StoreError> {
         let conn = self.conn()?;
-        let deadline = conn.created + STARTUP_WAIT;
-        loop {
-            if conn.client.is_connected() {
-                return Ok(conn);
-            }
-            if Instant::now() >= deadline {
-                return Err(StoreError::Unavailable("redis is not connected".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if wait_connected(&conn.client, conn.created).await {
+            Ok(conn)
+        } else {
+            Err(StoreError::Unavailable("redis is not connected".into()))
         }
     }
 
@@ -520,113 +985,24 @@ impl RedisStore {
             .map_err(store_error)
     }
 
-    /// The in-flight counter cannot share a script with a subject's keys on
-    /// a cluster (different slots): there it is updated after the fact,
-    /// without delaying the caller.
+    /// See [`bump_inflight_later`].
     fn bump_inflight_later(&self, delta: i64) {
         let Ok(conn) = self.conn() else { return };
-        let client = conn.client.clone();
-        let script = self.ctx.scripts.counter.clone();
-        let key = self.ctx.keys.inflight();
-        let pending = self.pending_inflight.clone();
-        pending.fetch_add(1, Ordering::AcqRel);
-        conn.rt.spawn(async move {
-            let r = script
-                .evalsha_with_reload::<Value, _, _>(
-                    &client,
-                    vec![key],
-                    vec![delta.to_string(), INFLIGHT_TTL_MS.to_string()],
-                )
-                .await;
-            if let Err(e) = r {
-                log::warn!("redis store: in-flight counter update lost: {e}");
-            }
-            pending.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-
-    async fn finish_once(&self, keys: &[String], args: &[String]) -> Result<(), StoreError> {
-        self.eval(&self.ctx.scripts.finish, keys.to_vec(), args.to_vec())
-            .await
-            .map(|_| ())
+        bump_inflight_later(&conn.client, &conn.rt, &self.ctx, delta);
     }
 
     /// `finish` with a given idempotency marker (tests replay one).
     async fn finish_with_marker(&self, done: Finish<'_>, marker: u64) -> Result<(), StoreError> {
-        let k = self.ctx.keys.subject(done.sub);
-        let now_ms = crate::limits::now_ms();
-        let mut keys = vec![
-            k.bud(),
-            k.conc(),
-            k.usage(done.totals.map_or("", |(day, _)| day)),
-            k.marker(marker),
-        ];
-        if !self.clustered {
-            keys.push(self.ctx.keys.inflight());
-        }
-        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
-        let mut args = vec![
-            MARKER_TTL_MS.to_string(),
-            flag(done.slot_held),
-            SLOT_TTL_MS.to_string(),
-        ];
-        match done.reservation {
-            Some(r) => {
-                let now = r.at_ms.max(now_ms);
-                let diff = lua_int(done.actual_tokens) as i64 - lua_int(r.tokens) as i64;
-                args.extend([
-                    "1".into(),
-                    (now / MINUTE_MS).to_string(),
-                    (now / DAY_MS).to_string(),
-                    (r.at_ms / MINUTE_MS).to_string(),
-                    (r.at_ms / DAY_MS).to_string(),
-                    diff.to_string(),
-                    lua_f64(done.actual_usd - r.usd),
-                ]);
+        let f = QueuedFinish::new(&done, marker);
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => {
+                // Replayed by the IO thread once one starts.
+                self.ctx.pending.push(f);
+                return Err(e);
             }
-            None => args.extend(["0", "0", "0", "0", "0", "0", "0"].map(String::from)),
-        }
-        args.extend([BUDGET_TTL_MS.to_string(), INFLIGHT_TTL_MS.to_string()]);
-        match done.totals {
-            Some((day, t)) => {
-                let expire_at = match day_index(day) {
-                    Some(d) => (d + USAGE_RETENTION_DAYS + 1) * DAY_MS,
-                    None => now_ms + (USAGE_RETENTION_DAYS + 1) * DAY_MS,
-                };
-                let int = |v: u64| v.min(i64::MAX as u64).to_string();
-                args.extend([
-                    "1".into(),
-                    int(t.requests),
-                    int(t.input_tokens),
-                    int(t.output_tokens),
-                    int(t.cache_creation_input_tokens),
-                    int(t.cache_read_input_tokens),
-                    lua_f64(t.cost_usd),
-                    expire_at.to_string(),
-                ]);
-            }
-            None => args.extend(["0", "0", "0", "0", "0", "0", "0", "0"].map(String::from)),
-        }
-
-        let mut retries = FINISH_RETRY_DELAYS.iter();
-        loop {
-            match self.finish_once(&keys, &args).await {
-                Ok(()) => break,
-                // The marker makes a resend harmless if the first one ran.
-                Err(StoreError::Unavailable(e)) => match retries.next() {
-                    Some(delay) => {
-                        log::debug!("redis store: finish failed ({e}), retrying");
-                        tokio::time::sleep(*delay).await;
-                    }
-                    None => return Err(StoreError::Unavailable(e)),
-                },
-                Err(e) => return Err(e),
-            }
-        }
-        if self.clustered && done.reservation.is_some() {
-            self.bump_inflight_later(-1);
-        }
-        Ok(())
+        };
+        deliver_finish(&conn.client, conn.created, &conn.rt, &self.ctx, f).await
     }
 }
 
@@ -839,6 +1215,47 @@ async fn revocation_listener(subscriber: Client, ctx: SyncCtx) {
 
 #[async_trait]
 impl Store for RedisStore {
+    /// Hands the release to the IO thread (a `finish` of the slot alone,
+    /// kept for replay like any other if Redis is down) and returns at once.
+    /// The command is already queued on the connection when this returns, so
+    /// a request the client sends next through this replica cannot overtake
+    /// it. False (leaving the release to `finish`) only when no connection
+    /// was ever started in this process.
+    fn release_slot_early(&self, sub: &str) -> bool {
+        let Some(conn) = self.started_conn() else {
+            return false;
+        };
+        let f = QueuedFinish::new(
+            &Finish {
+                sub,
+                slot_held: true,
+                reservation: None,
+                actual_tokens: 0,
+                actual_usd: 0.0,
+                totals: None,
+            },
+            rand::random(),
+        );
+        let client = conn.client.clone();
+        let rt = conn.rt.clone();
+        let created = conn.created;
+        let ctx = self.ctx.clone();
+        let mut release = Box::pin(async move {
+            if let Err(e) = deliver_finish(&client, created, &rt, &ctx, f).await {
+                log::debug!("redis store: early slot release: {e}");
+            }
+        });
+        // One poll here, in the store's runtime context (so its timers
+        // belong to that runtime): when connected it puts the command on the
+        // connection's queue and returns Pending without waiting for it.
+        let _enter = conn.rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if std::future::Future::poll(release.as_mut(), &mut cx).is_pending() {
+            conn.rt.spawn(release);
+        }
+        true
+    }
+
     fn start_background(&self) {
         if let Err(e) = RedisStore::start(self) {
             log::warn!("redis store: {e}");
@@ -1140,7 +1557,7 @@ impl Store for RedisStore {
     async fn inflight_reservations(&self) -> Result<u64, StoreError> {
         let conn = self.ready().await?;
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.pending_inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while self.ctx.pending_inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let v: Value = conn

@@ -1076,7 +1076,8 @@ async fn releases_made_during_an_outage_are_replayed_when_redis_is_back() {
     assert_eq!(s.inflight_reservations().await.unwrap(), 1);
 
     drop(server);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the start-up grace, so calls fail fast.
+    tokio::time::sleep(STARTUP_WAIT).await;
     let totals = DayTotals {
         requests: 1,
         output_tokens: 100,
