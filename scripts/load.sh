@@ -33,10 +33,11 @@ Knobs (environment):
   RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE)
   TARGETS="direct bare tollgate tollgate_redis"
   THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
-  MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds before a last RSS
+  MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds after each round
+  PER_USER_LABELS=true               metrics.per_user_labels (false only to diagnose its cost)
   SKIP_BUILD=0 SKIP_INSTALL=0 NOTE="..."     NOTE is printed above the tables
   PROFILER=callgrind|perf PROFILE_TARGETS="bare tollgate" PROFILE_SECONDS=20
-  PROFILE_CONNECTIONS=4 (callgrind; perf samples at CONNECTIONS)   profile mode
+  PROFILE_CONNECTIONS=4 PROFILE_WARMUP=10   (callgrind; perf samples at CONNECTIONS)
 EOF
 }
 
@@ -64,10 +65,13 @@ THREADS=${THREADS:-2}
 MEM_USERS=${MEM_USERS:-100000}
 MEM_ROUNDS=${MEM_ROUNDS:-1}
 MEM_WAIT=${MEM_WAIT:-0}
+MEM_MAX_SECONDS=${MEM_MAX_SECONDS:-300}
+PER_USER_LABELS=${PER_USER_LABELS:-true}
 PROFILER=${PROFILER:-callgrind}
 PROFILE_TARGETS=${PROFILE_TARGETS:-bare tollgate}
 PROFILE_SECONDS=${PROFILE_SECONDS:-20}
 PROFILE_CONNECTIONS=${PROFILE_CONNECTIONS:-4}
+PROFILE_WARMUP=${PROFILE_WARMUP:-10}
 SKIP_BUILD=${SKIP_BUILD:-0}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 NOTE=${NOTE:-}
@@ -119,22 +123,43 @@ install_missing() {
 
 # ---------------------------------------------------------------- processes
 PIDS=()
+# The parent pid of a process, empty when it is gone.
+parent_of() {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  s=${s##*) }
+  # shellcheck disable=SC2086
+  set -- $s
+  echo "$2"
+}
 cleanup() {
   local rc=$? pid i
   trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Only our own children: a recorded pid that exited may have been reused.
+  for pid in "${PIDS[@]}"; do
+    [ "$(parent_of "$pid")" = "$$" ] && kill -TERM "$pid" 2>/dev/null
+  done
   for pid in "${PIDS[@]}"; do
     for i in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
+      [ "$(parent_of "$pid")" = "$$" ] && alive "$pid" || break
       sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    [ "$(parent_of "$pid")" = "$$" ] && kill -KILL "$pid" 2>/dev/null
   done
   wait 2>/dev/null || true
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# run_child CMD...: runs CMD and waits for it, as a child the trap can stop
+# (bash runs traps only between foreground commands, not during one).
+run_child() {
+  "$@" &
+  local p=$!
+  PIDS+=("$p")
+  wait "$p"
+}
 
 # start NAME CMD...: runs CMD in the background, logs to $RUN/NAME.log,
 # sets STARTED to its pid.
@@ -208,8 +233,8 @@ identity:
   audience: llm-gateway
   algorithms: [RS256]
   keys:
-    - { kid: k1, public_key: $RUN/keys/public.pem }
-  private_key: $RUN/keys/private.pem
+    - { kid: k1, public_key: $KEYS/public.pem }
+  private_key: $KEYS/private.pem
   signing_kid: k1
   leeway_seconds: 30
   default_ttl: 24h
@@ -244,7 +269,7 @@ usage:
     claude-sonnet-4-5: { input: 3.0, output: 15.0, cache_read: 0.3, cache_write: 3.75 }
     gpt-4o: { input: 2.5, output: 10.0, cache_read: 1.25 }
 metrics:
-  per_user_labels: true
+  per_user_labels: $PER_USER_LABELS
 EOF
 }
 
@@ -275,7 +300,10 @@ run_wrk() {
   local t=$1 rep=$2 secs=$3 fpct=$4 ffirst=$5 pid=${PID[$1]:-} c0="" c1="" r0="" r1="" out res
   [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
   [ "$t" = tollgate_redis ] && r0=$(cpu_ticks "$REDIS_PID")
-  out=$(BENCH_BODY=$BODY BENCH_PATH=/v1/messages BENCH_TOKENS=$RUN/tokens.txt \
+  local rr=0
+  [ "$rep" -eq 0 ] && rr=1 # warm-up: every pool token once, in order
+  out=$(BENCH_BODY=$BODY BENCH_PATH=/v1/messages BENCH_TOKENS=$RUN/tokens.txt BENCH_ROUND_ROBIN=$rr \
+    BENCH_RR_START=${RR_START:-0} \
     BENCH_FRESH=$RUN/fresh.txt BENCH_FRESH_PCT=$fpct BENCH_FRESH_FIRST=$ffirst \
     BENCH_FRESH_COUNT=$FRESH_PER_RUN BENCH_THREADS=$WRK_THREADS \
     wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${secs}s" --timeout 10s -s "$LUA" \
@@ -284,6 +312,7 @@ run_wrk() {
   [ "$t" = tollgate_redis ] && r1=$(cpu_ticks "$REDIS_PID")
   res=$(grep '^BENCH_RESULT ' <<<"$out" | head -n 1 | sed 's/^BENCH_RESULT //')
   [ -n "$res" ] || die "no result from wrk against $t: $out"
+  LAST_REQUESTS=$(sed 's/.*"requests":\([0-9]*\).*/\1/' <<<"$res")
   res=$(json_add kind=wrk target="$t" repeat="$rep" clk_tck="$CLK_TCK" \
     cpu_ticks="${c1:+$((c1 - c0))}" redis_cpu_ticks="${r1:+$((r1 - r0))}" <<<"$res")
   [ "$rep" -gt 0 ] && echo "$res" >>"$RUNS"
@@ -297,6 +326,18 @@ err = d["status_errors"] + d["connect_errors"] + d["read_errors"] + d["write_err
 tag = "warm-up" if d["repeat"] == 0 else "run %d" % d["repeat"]
 print("  %-15s %-8s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms%s%s" % (d["target"], tag, rps, d["p50_us"] / 1000, d["p99_us"] / 1000, cpu, "  ERRORS %d" % err if err else ""))
 ' "$res" >&2
+}
+
+# warm_up TARGET SECONDS: at least SECONDS, and until every pool token has
+# been used once (so the measured runs see only the FRESH_PCT cold tokens).
+warm_up() {
+  local done_=0
+  while :; do
+    WRK_THREADS=1 RR_START=$done_ run_wrk "$1" 0 "$2" 0 0
+    done_=$((done_ + LAST_REQUESTS))
+    [ "$done_" -ge "$TOKENS" ] && break
+    log "$1: warm-up covered $done_ of $TOKENS pool tokens, continuing"
+  done
 }
 
 # run_fixed TARGET MODE(json|sse) REPEAT
@@ -344,21 +385,41 @@ export TOLLGATE_BENCH_PROVIDER_KEY=bench-not-a-real-key
 read -r P_NGINX P_BARE P_TG P_TG_ADMIN P_TG_METRICS P_TGR P_TGR_ADMIN P_TGR_METRICS P_REDIS \
   P_MEM P_MEM_ADMIN P_MEM_METRICS <<<"$("${TOOL[@]}" ports 12)"
 
-# Keys and tokens.
-"$TG" keygen --dir "$RUN/keys" --kid k1 >/dev/null
+# Keys and tokens. Both are kept in target/load/ between runs: minting is RSA
+# signing (1-2 ms a token per core), minutes for the memory test's users.
+# Every run starts new proxies, so a kept token is still first-seen by them.
+KEYS=$OUT/keys
+TOKDIR=$OUT/tokens
+if [ ! -f "$KEYS/private.pem" ] || [ ! -f "$KEYS/public.pem" ]; then
+  rm -rf "$KEYS" "$TOKDIR"
+  "$TG" keygen --dir "$KEYS" --kid k1 >/dev/null
+fi
+# mint LINK COUNT USERS FIRST PREFIX: LINK points at COUNT tokens, token i
+# (from FIRST) for user PREFIX-(i % USERS); reused when minted < 20 h ago
+# (they live 24 h) with the current key.
+mint() {
+  local cache="$TOKDIR/$5-$2-$3-$4.txt"
+  if [ ! -s "$cache" ] || [ -z "$(find "$cache" -mmin -1200 -newer "$KEYS/private.pem" 2>/dev/null)" ] ||
+    [ "$(wc -l <"$cache")" -ne "$2" ]; then
+    mkdir -p "$TOKDIR"
+    run_child "$MINT" -c "$RUN/tollgate.yaml" --count "$2" --users "$3" --first "$4" --prefix "$5" \
+      --ttl-secs 86400 >"$cache.tmp"
+    mv "$cache.tmp" "$cache"
+  fi
+  ln -sf "$cache" "$1"
+}
 tollgate_config "$RUN/tollgate.yaml" "$P_TG" "$P_TG_ADMIN" "$P_TG_METRICS" null "$RUN/usage-tollgate.jsonl"
 tollgate_config "$RUN/tollgate-redis.yaml" "$P_TGR" "$P_TGR_ADMIN" "$P_TGR_METRICS" \
   "redis://127.0.0.1:$P_REDIS" "$RUN/usage-tollgate-redis.jsonl"
 "$TG" check -c "$RUN/tollgate.yaml" >"$RUN/check.log" 2>&1 || die "tollgate check failed: $(cat "$RUN/check.log")"
 t0=$(date +%s.%N)
-"$MINT" -c "$RUN/tollgate.yaml" --count "$TOKENS" --users "$USERS" --prefix user >"$RUN/tokens.txt"
+mint "$RUN/tokens.txt" "$TOKENS" "$USERS" 0 user
 if [ "$MODE" = bench ] || [ "$MODE" = all ] || [ "$MODE" = profile ]; then
-  "$MINT" -c "$RUN/tollgate.yaml" --count $((REPEATS * FRESH_PER_RUN)) --users "$USERS" \
-    --first "$TOKENS" --prefix user >"$RUN/fresh.txt"
+  mint "$RUN/fresh.txt" $((REPEATS * FRESH_PER_RUN)) "$USERS" "$TOKENS" user
 else
   : >"$RUN/fresh.txt"
 fi
-log "minted $(wc -l <"$RUN/tokens.txt") pool + $(wc -l <"$RUN/fresh.txt") fresh RS256 tokens in $(python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)") s"
+log "tokens: $(wc -l <"$RUN/tokens.txt") pool + $(wc -l <"$RUN/fresh.txt") fresh (RS256), ready in $(python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)") s"
 
 # Fake provider.
 "${TOOL[@]}" nginx-conf --listen "127.0.0.1:$P_NGINX" --run "$RUN" --responses "$LOAD/responses" --out "$RUN/nginx.conf"
@@ -414,7 +475,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   log "targets: ${ACTIVE[*]}"
 
   log "warm-up: ${WARMUP}s each"
-  for t in "${ACTIVE[@]}"; do run_wrk "$t" 0 "$WARMUP" 0 0; done
+  for t in "${ACTIVE[@]}"; do warm_up "$t" "$WARMUP"; done
 
   log "throughput: ${REPEATS} x ${DURATION}s per target, ${CONNECTIONS} connections, interleaved"
   n=${#ACTIVE[@]}
@@ -444,20 +505,48 @@ if [ "$MODE" = mem ] || [ "$MODE" = all ]; then
   PID[tollgate_mem]=$MEM_PID
   ADDR[tollgate_mem]=127.0.0.1:$P_MEM
   log "memory test: warm-up with the ${TOKENS}-token pool"
-  run_wrk tollgate_mem 0 "$WARMUP" 0 0
+  warm_up tollgate_mem "$WARMUP"
   for round in $(seq 1 "$MEM_ROUNDS"); do
     t0=$(date +%s.%N)
-    "$MINT" -c "$RUN/tollgate-mem.yaml" --count "$MEM_USERS" --first $(((round - 1) * MEM_USERS)) \
-      --prefix memuser >"$RUN/mem-tokens.txt"
-    log "memory test round $round: minted $MEM_USERS tokens for $MEM_USERS distinct users in $(python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)") s"
+    # A distinct user per token across every round.
+    mint "$RUN/mem-tokens.txt" "$MEM_USERS" 1000000000 $(((round - 1) * MEM_USERS)) memuser
+    log "memory test round $round: $MEM_USERS tokens for $MEM_USERS distinct users ready in $(python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)") s"
+    alive "$MEM_PID" || die "the memory test's tollgate is gone: $(tail -n 3 "$RUN/tollgate_mem.log")"
     sleep 1
     before=$(status_kb "$MEM_PID" VmRSS)
-    out=$(BENCH_BODY=$BODY BENCH_PATH=/v1/messages BENCH_SEQUENTIAL=1 BENCH_FRESH=$RUN/mem-tokens.txt \
+    # wrk runs for its whole -d even when every thread has stopped: watch the
+    # usage log (one record per answered request) and stop wrk with SIGINT
+    # (it still reports) once every user has been served, or nothing moves.
+    ulog=$RUN/usage-tollgate-mem.jsonl
+    base=$(wc -l <"$ulog")
+    BENCH_BODY=$BODY BENCH_PATH=/v1/messages BENCH_SEQUENTIAL=1 BENCH_FRESH=$RUN/mem-tokens.txt \
       BENCH_FRESH_FIRST=0 BENCH_FRESH_COUNT="$MEM_USERS" BENCH_THREADS=$WRK_THREADS \
-      wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d300s --timeout 10s -s "$LUA" \
-      "http://127.0.0.1:$P_MEM/v1/messages" 2>&1) || die "wrk (memory test) failed: $out"
-    res=$(grep '^BENCH_RESULT ' <<<"$out" | sed 's/^BENCH_RESULT //')
+      wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${MEM_MAX_SECONDS}s" --timeout 10s -s "$LUA" \
+      "http://127.0.0.1:$P_MEM/v1/messages" >"$RUN/mem-wrk-$round.txt" 2>&1 &
+    wrk_pid=$!
+    t0=$(date +%s%N)
+    last=$base
+    idle_since=$t0
+    while alive "$wrk_pid"; do
+      sleep 0.2
+      n=$(wc -l <"$ulog")
+      now=$(date +%s%N)
+      [ $((n - base)) -ge "$MEM_USERS" ] && break
+      if [ "$n" -ne "$last" ]; then
+        last=$n
+        idle_since=$now
+      elif [ $((now - idle_since)) -gt 10000000000 ]; then
+        log "memory test: no request answered for 10 s, stopping"
+        break
+      fi
+    done
+    secs=$(((now - t0) / 1000000))
+    kill -INT "$wrk_pid" 2>/dev/null || true
+    wait "$wrk_pid" || true
+    res=$(grep '^BENCH_RESULT ' "$RUN/mem-wrk-$round.txt" | sed 's/^BENCH_RESULT //')
+    [ -n "$res" ] || die "no result from wrk (memory test): $(tail -n 5 "$RUN/mem-wrk-$round.txt")"
     sleep 1
+    alive "$MEM_PID" || die "the memory test's tollgate exited during the run: $(tail -n 3 "$RUN/tollgate_mem.log")"
     after=$(status_kb "$MEM_PID" VmRSS)
     hwm=$(status_kb "$MEM_PID" VmHWM)
     res=$(python3 -c '
@@ -465,16 +554,20 @@ import json, sys
 d = json.loads(sys.argv[1])
 err = d["status_errors"] + d["connect_errors"] + d["read_errors"] + d["write_errors"] + d["timeouts"]
 print(json.dumps({"kind": "mem", "round": int(sys.argv[2]), "users": d["fresh_used"], "requests": d["requests"],
-                  "seconds": d["duration_us"] / 1e6, "errors": err, "rss_before_kb": int(sys.argv[3]),
-                  "rss_after_kb": int(sys.argv[4]), "hwm_kb": int(sys.argv[5])}))' "$res" "$round" "$before" "$after" "$hwm")
+                  "records": int(sys.argv[7]), "seconds": int(sys.argv[6]) / 1000.0, "errors": err,
+                  "rss_before_kb": int(sys.argv[3]), "rss_after_kb": int(sys.argv[4]), "hwm_kb": int(sys.argv[5])}))' \
+      "$res" "$round" "$before" "$after" "$hwm" "$secs" "$(($(wc -l <"$ulog") - base))")
     echo "$res" >>"$RUNS"
     log "memory test round $round: $res"
+    if [ "$MEM_WAIT" -gt 0 ]; then
+      # Per-user state should expire after its windows; the next round then
+      # reuses the freed memory instead of growing.
+      log "memory test: idle for ${MEM_WAIT}s (windows expire, sweeps run)"
+      run_child sleep "$MEM_WAIT"
+      alive "$MEM_PID" || die "the memory test's tollgate exited while idle: $(tail -n 3 "$RUN/tollgate_mem.log")"
+      echo "{\"kind\":\"mem_idle\",\"round\":$round,\"waited_s\":$MEM_WAIT,\"rss_kb\":$(status_kb "$MEM_PID" VmRSS)}" >>"$RUNS"
+    fi
   done
-  if [ "$MEM_WAIT" -gt 0 ]; then
-    log "memory test: idle for ${MEM_WAIT}s (windows expire, sweeps run)"
-    sleep "$MEM_WAIT"
-    echo "{\"kind\":\"mem_idle\",\"waited_s\":$MEM_WAIT,\"rss_kb\":$(status_kb "$MEM_PID" VmRSS)}" >>"$RUNS"
-  fi
 fi
 
 # ---------------------------------------------------------------- profile
@@ -507,25 +600,25 @@ if [ "$MODE" = profile ]; then
     smoke "$t" "127.0.0.1:$port" 600 || die "$t did not answer: $(tail -n 3 "$RUN/profile-$t.log")"
     log "profile $t ($PROFILER): warm-up"
     if [ "$PROFILER" = callgrind ]; then
-      CONNECTIONS=$PROFILE_CONNECTIONS run_wrk "$t" 0 5 0 0
-      callgrind_control -z "$pid" >/dev/null
+      CONNECTIONS=$PROFILE_CONNECTIONS warm_up "$t" "$PROFILE_WARMUP"
+      callgrind_control -z "$pid" >/dev/null 2>&1
       c0=$(cpu_ticks "$pid")
       out=$(BENCH_BODY=$BODY BENCH_TOKENS=$RUN/tokens.txt BENCH_FRESH=$RUN/fresh.txt \
         BENCH_FRESH_PCT=$FRESH_PCT BENCH_FRESH_FIRST=0 BENCH_FRESH_COUNT=$FRESH_PER_RUN \
         BENCH_THREADS=1 wrk -t1 -c"$PROFILE_CONNECTIONS" -d"${PROFILE_SECONDS}s" --timeout 30s \
         -s "$LUA" "http://127.0.0.1:$port/v1/messages" 2>&1) || die "wrk (profile) failed: $out"
       sleep 1
-      callgrind_control -d "$pid" >/dev/null
+      callgrind_control -d "$pid" >/dev/null 2>&1
       sleep 1
-      dump=$(ls -t "$out_file".* 2>/dev/null | head -n 1)
+      dump=$( (ls -t "$out_file".* 2>/dev/null || true) | head -n 1)
       [ -n "$dump" ] || die "no callgrind dump for $t"
-      callgrind_annotate "$dump" 2>/dev/null | head -n 80 >"$RUN/profile-$t.txt"
-      callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | head -n 80 >"$RUN/profile-$t-inclusive.txt"
+      callgrind_annotate --inclusive=no --threshold=100 "$dump" >"$RUN/profile-$t.txt" 2>&1 || true
+      callgrind_annotate --inclusive=yes "$dump" >"$RUN/profile-$t-inclusive.txt" 2>&1 || true
       ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
       res=$(grep '^BENCH_RESULT ' <<<"$out" | sed 's/^BENCH_RESULT //')
       res=$(json_add kind=profile target="$t" profiler=callgrind ir="$ir" dump="$dump" <<<"$res")
     else
-      CONNECTIONS=$CONNECTIONS run_wrk "$t" 0 3 0 0
+      warm_up "$t" "$WARMUP"
       (BENCH_BODY=$BODY BENCH_TOKENS=$RUN/tokens.txt BENCH_FRESH=$RUN/fresh.txt \
         BENCH_FRESH_PCT=$FRESH_PCT BENCH_FRESH_FIRST=0 BENCH_FRESH_COUNT=$FRESH_PER_RUN \
         BENCH_THREADS=$WRK_THREADS wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$((PROFILE_SECONDS + 2))s" \
@@ -535,8 +628,8 @@ if [ "$MODE" = profile ]; then
       perf record -e cpu-clock -F 999 -g -p "$pid" -o "$RUN/perf.$t.data" -- sleep "$PROFILE_SECONDS" \
         >"$RUN/perf-$t.log" 2>&1 || die "perf record failed: $(tail -n 3 "$RUN/perf-$t.log")"
       wait "$wrk_pid" || true
-      perf report -i "$RUN/perf.$t.data" --stdio --no-children --percent-limit 0.5 2>/dev/null |
-        head -n 150 >"$RUN/profile-$t.txt"
+      perf report -i "$RUN/perf.$t.data" --stdio --no-children --percent-limit 0.5 \
+        >"$RUN/profile-$t.txt" 2>/dev/null || true
       res=$(grep '^BENCH_RESULT ' "$RUN/profile-$t-wrk.txt" | sed 's/^BENCH_RESULT //')
       res=$(json_add kind=profile target="$t" profiler=perf data="$RUN/perf.$t.data" <<<"$res")
     fi
@@ -553,9 +646,11 @@ for f in "$RUN"/usage-tollgate*.jsonl; do
   [ -f "$f" ] && notes+=("$(basename "$f" .jsonl | sed 's/^usage-//'): $(wc -l <"$f") usage records written.")
 done
 cmd="scripts/load.sh $MODE"
-for k in DURATION REPEATS WARMUP CONNECTIONS WRK_THREADS USERS TOKENS FRESH_PCT FRESH_PER_RUN RATE LAT_SECONDS LAT_REPEATS THREADS MEM_USERS MEM_ROUNDS MEM_WAIT; do
+for k in DURATION REPEATS WARMUP CONNECTIONS WRK_THREADS USERS TOKENS FRESH_PCT FRESH_PER_RUN RATE \
+  LAT_SECONDS LAT_REPEATS TARGETS THREADS PER_USER_LABELS MEM_USERS MEM_ROUNDS MEM_WAIT MEM_MAX_SECONDS PROFILER \
+  PROFILE_TARGETS PROFILE_SECONDS PROFILE_CONNECTIONS PROFILE_WARMUP; do
   # Only the knobs set in the environment, so the command reproduces the run.
-  if printenv "$k" >/dev/null 2>&1; then cmd="$k=${!k} $cmd"; fi
+  if printenv "$k" >/dev/null 2>&1; then cmd="$k=$(printf '%q' "${!k}") $cmd"; fi
 done
 python3 - "$RUN/meta.json" "$cmd" "$NOTE" "$(printf '%s\n' "${notes[@]}")" <<EOF
 import json, os, subprocess, sys, time
@@ -581,6 +676,7 @@ meta = {
     "connections": $CONNECTIONS, "wrk_threads": $WRK_THREADS, "duration": $DURATION,
     "repeats": $REPEATS, "body_bytes": os.path.getsize("$BODY"), "tokens": $TOKENS,
     "users": $USERS, "fresh_pct": $FRESH_PCT, "rate": $RATE, "lat_seconds": $LAT_SECONDS,
+    "threads": $THREADS, "mode": "$MODE",
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF

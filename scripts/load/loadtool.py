@@ -404,6 +404,30 @@ def ratio(a, b, nd=2):
     return f"{a / b:.{nd}f}×"
 
 
+def throughput_table(w, targets, thr, unavailable, rss, bare, meta):
+    w(f"#### Throughput ({meta.get('connections')} connections, closed loop)")
+    w("")
+    w("| target | req/s | req/s range | p50 ms | p99 ms | proxy CPU µs/req | req/s ÷ bare | CPU/req ÷ bare | peak RSS MB | errors / requests |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        if t in unavailable and t not in thr:
+            w(f"| {LABELS.get(t, t)} | n/a | | | | | | | | {unavailable[t]} |")
+            continue
+        s = thr.get(t)
+        if not s:
+            continue
+        cpu = "—" if t == "direct" else fmt(s["cpu"], 1)
+        if s.get("redis_cpu") is not None:
+            cpu += f" (+{s['redis_cpu']:.1f} redis-server)"
+        w(
+            f"| {LABELS.get(t, t)} | {fmt(s['rps'], 0)} | {fmt(s['rps_min'], 0)}–{fmt(s['rps_max'], 0)} | "
+            f"{ms(s['p50'])} | {ms(s['p99'])} | {cpu} | "
+            f"{ratio(s['rps'], bare.get('rps'))} | {'—' if t == 'direct' else ratio(s['cpu'], bare.get('cpu'))} | "
+            f"{fmt(rss[t] / 1024, 1) if t in rss else '—'} | {s['errors']} / {s['requests']} |"
+        )
+    w("")
+
+
 def cmd_report(a):
     runs = []
     with open(a.runs) as f:
@@ -433,13 +457,21 @@ def cmd_report(a):
         f"Machine: {meta.get('cpu', '?')}, {meta.get('nproc', '?')} cores, load average at start "
         f"{meta.get('loadavg', '?')}. Commit {meta.get('commit', '?')}."
     )
-    w(
-        f"Command: `{meta.get('command', 'scripts/load.sh')}` — wrk {meta.get('connections')} connections, "
-        f"{meta.get('wrk_threads')} threads, {meta.get('duration')} s per run, {meta.get('repeats')} "
-        f"interleaved repeats (median shown), {meta.get('body_bytes')} B POST body, "
-        f"{meta.get('tokens')} tokens for {meta.get('users')} users reused + "
-        f"{meta.get('fresh_pct')} % first-seen tokens."
-    )
+    w(f"Command: `{meta.get('command', 'scripts/load.sh')}`.")
+    if any(r["kind"] == "wrk" for r in runs):
+        w(
+            f"Load: wrk, {meta.get('connections')} connections, {meta.get('wrk_threads')} threads, "
+            f"{meta.get('duration')} s per run, {meta.get('repeats')} interleaved repeats (median shown), "
+            f"{meta.get('body_bytes')} B POST body, ~1 KB JSON answer; {meta.get('tokens')} tokens for "
+            f"{meta.get('users')} users reused + {meta.get('fresh_pct')} % first-seen tokens. "
+            f"Proxies run {meta.get('threads')} worker threads."
+        )
+    if any(r["kind"] == "mem" for r in runs):
+        w(
+            "Memory test: a fresh tollgate (in-process store), warmed up with the token pool, then "
+            "every user sends one request with its own never-seen token (wrk, "
+            f"{meta.get('connections')} connections); RSS from /proc/PID/status."
+        )
     w("")
 
     # throughput
@@ -476,27 +508,8 @@ def cmd_report(a):
             "n": len(rs),
         }
     bare = thr.get("bare", {})
-    w(f"#### Throughput ({meta.get('connections')} connections, closed loop)")
-    w("")
-    w("| target | req/s | req/s range | p50 ms | p99 ms | proxy CPU µs/req | req/s ÷ bare | CPU/req ÷ bare | peak RSS MB | errors / requests |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for t in targets:
-        if t in unavailable and t not in thr:
-            w(f"| {LABELS.get(t, t)} | n/a | | | | | | | | {unavailable[t]} |")
-            continue
-        s = thr.get(t)
-        if not s:
-            continue
-        cpu = "—" if t == "direct" else fmt(s["cpu"], 1)
-        if s.get("redis_cpu") is not None:
-            cpu += f" (+{s['redis_cpu']:.1f} redis-server)"
-        w(
-            f"| {LABELS.get(t, t)} | {fmt(s['rps'], 0)} | {fmt(s['rps_min'], 0)}–{fmt(s['rps_max'], 0)} | "
-            f"{ms(s['p50'])} | {ms(s['p99'])} | {cpu} | "
-            f"{ratio(s['rps'], bare.get('rps'))} | {'—' if t == 'direct' else ratio(s['cpu'], bare.get('cpu'))} | "
-            f"{fmt(rss[t] / 1024, 1) if t in rss else '—'} | {s['errors']} / {s['requests']} |"
-        )
-    w("")
+    if thr or unavailable:
+        throughput_table(w, targets, thr, unavailable, rss, bare, meta)
 
     # fixed rate
     fx = {}
@@ -551,18 +564,19 @@ def cmd_report(a):
         w("")
         w("| round | users | sent in s | req/s | errors | RSS before MB | RSS after MB | growth MB | peak RSS MB |")
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        idle = {r.get("round", 1): r for r in runs if r["kind"] == "mem_idle"}
         for r in mem:
             w(
                 f"| {r['round']} | {r['users']:,} | {r['seconds']:.1f} | {fmt(r['users'] / r['seconds'] if r['seconds'] else None, 0)} | "
                 f"{r['errors']} | {r['rss_before_kb'] / 1024:.1f} | {r['rss_after_kb'] / 1024:.1f} | "
                 f"{(r['rss_after_kb'] - r['rss_before_kb']) / 1024:+.1f} | {r['hwm_kb'] / 1024:.1f} |"
             )
-        idle = [r for r in runs if r["kind"] == "mem_idle"]
-        for r in idle:
-            w(
-                f"| after {r['waited_s']} s idle | | | | | | {r['rss_kb'] / 1024:.1f} | "
-                f"{(r['rss_kb'] - mem[0]['rss_before_kb']) / 1024:+.1f} vs start | |"
-            )
+            i = idle.get(r["round"])
+            if i:
+                w(
+                    f"| {r['round']}, then {i['waited_s']} s idle | | | | | | {i['rss_kb'] / 1024:.1f} | "
+                    f"{(i['rss_kb'] - mem[0]['rss_before_kb']) / 1024:+.1f} since round 1 | |"
+                )
         w("")
 
     # profiles

@@ -14,6 +14,9 @@
 --                     token per request, and stop each thread when its share
 --                     is used up (memory test: N distinct users, once each)
 --   BENCH_THREADS     the -t value (threads split the fresh range between them)
+--   BENCH_ROUND_ROBIN 1: walk the pool in order instead of at random (warm-up:
+--                     every pool token is seen once within #pool requests),
+--                     from line BENCH_RR_START (0-based)
 --
 -- done() prints one line: BENCH_RESULT {json}.
 
@@ -50,6 +53,8 @@ local fresh = {}
 local fresh_next = 1
 local fresh_pct = 0
 local sequential = false
+local round_robin = false
+local rr_next = 1
 fresh_used = 0   -- global: read by done() through thread:get
 fresh_missed = 0
 
@@ -76,6 +81,9 @@ function init(args)
       pool_reqs[#pool_reqs + 1] = build(t)
     end
     assert(#pool_reqs > 0, "BENCH_TOKENS is empty")
+    round_robin = os.getenv("BENCH_ROUND_ROBIN") == "1"
+    local start = tonumber(os.getenv("BENCH_RR_START") or "0")
+    rr_next = 1 + (start + math.floor(id * #pool_reqs / nthreads)) % #pool_reqs
   end
 
   -- This thread's share of the fresh range: every nthreads-th line.
@@ -117,6 +125,11 @@ function request()
       return build(t)
     end
     fresh_missed = fresh_missed + 1
+  end
+  if round_robin then
+    local r = pool_reqs[rr_next]
+    rr_next = rr_next % #pool_reqs + 1
+    return r
   end
   return pool_reqs[math.random(#pool_reqs)]
 end

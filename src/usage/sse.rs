@@ -177,7 +177,13 @@ impl SseParser {
             return;
         }
         if self.line.is_empty() {
-            // Common case: the whole line is in this chunk; no copy.
+            // Common case: the whole line is in this chunk; no copy. Measured
+            // by its raw bytes like a line that arrives in pieces, so whether
+            // an event fits the cap never depends on how it was chunked.
+            if tail.len() + self.data.len() > self.max_event_bytes {
+                self.overflow(false);
+                return;
+            }
             self.process_line(tail, on_event);
             return;
         }
