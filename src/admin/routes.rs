@@ -119,6 +119,17 @@ async fn read_body(s: &mut ServerSession) -> Result<Vec<u8>, Reply> {
     }
 }
 
+/// A JSON request body, or the 400 that says what is wrong with it.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|e| {
+        err(
+            400,
+            ErrorKind::InvalidRequest,
+            &format!("invalid body: {e}"),
+        )
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenRequest {
@@ -131,72 +142,64 @@ struct TokenRequest {
 
 fn issue_token(app: &App, r: AdminRequest) -> Reply {
     let (admin, body) = (r.admin, r.body.as_slice());
+    let Some(signer) = &app.signer else {
+        return err(
+            400,
+            ErrorKind::InvalidRequest,
+            "token issuance needs identity.private_key in the config",
+        );
+    };
+    let req: TokenRequest = match parse_body(body) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    if req.sub.is_empty() || req.sub.chars().any(char::is_control) {
+        return err(
+            400,
+            ErrorKind::InvalidRequest,
+            "sub must be a non-empty string without control characters",
+        );
+    }
+    if req
+        .role
+        .as_deref()
+        .is_some_and(|r| r.chars().any(char::is_control))
     {
-        let Some(signer) = &app.signer else {
-            return err(
-                400,
-                ErrorKind::InvalidRequest,
-                "token issuance needs identity.private_key in the config",
+        return err(
+            400,
+            ErrorKind::InvalidRequest,
+            "role must not contain control characters",
+        );
+    }
+    let ttl = req
+        .ttl_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(app.default_ttl);
+    if ttl.is_zero() || ttl.as_secs() > JTI_REVOCATION_SECS {
+        return err(
+            400,
+            ErrorKind::InvalidRequest,
+            "ttl_seconds must be between 1 and 400 days",
+        );
+    }
+    match signer.issue(&req.sub, req.role.as_deref(), ttl) {
+        Ok(t) => {
+            log::info!(
+                "admin {}: issued token {} for {}",
+                admin.sub,
+                t.jti,
+                req.sub
             );
-        };
-        let req: TokenRequest = match serde_json::from_slice(body) {
-            Ok(r) => r,
-            Err(e) => {
-                return err(
-                    400,
-                    ErrorKind::InvalidRequest,
-                    &format!("invalid body: {e}"),
-                )
-            }
-        };
-        if req.sub.is_empty() || req.sub.chars().any(char::is_control) {
-            return err(
-                400,
-                ErrorKind::InvalidRequest,
-                "sub must be a non-empty string without control characters",
-            );
+            ok(json!({
+                "access_token": t.token,
+                "token_type": "bearer",
+                "expires_in": t.exp.saturating_sub(t.iat),
+                "jti": t.jti,
+            }))
         }
-        if req
-            .role
-            .as_deref()
-            .is_some_and(|r| r.chars().any(char::is_control))
-        {
-            return err(
-                400,
-                ErrorKind::InvalidRequest,
-                "role must not contain control characters",
-            );
-        }
-        let ttl = req
-            .ttl_seconds
-            .map(Duration::from_secs)
-            .unwrap_or(app.default_ttl);
-        if ttl.is_zero() || ttl.as_secs() > JTI_REVOCATION_SECS {
-            return err(
-                400,
-                ErrorKind::InvalidRequest,
-                "ttl_seconds must be between 1 and 400 days",
-            );
-        }
-        match signer.issue(&req.sub, req.role.as_deref(), ttl) {
-            Ok(t) => {
-                log::info!(
-                    "admin {}: issued token {} for {}",
-                    admin.sub,
-                    t.jti,
-                    req.sub
-                );
-                ok(json!({
-                    "access_token": t.token,
-                    "token_type": "bearer",
-                    "expires_in": t.exp.saturating_sub(t.iat),
-                    "jti": t.jti,
-                }))
-            }
-            Err(e) => {
-                log::error!("admin: token issuance failed: {e:#}");
-                err(500, ErrorKind::Api, "token issuance failed")
-            }
+        Err(e) => {
+            log::error!("admin: token issuance failed: {e:#}");
+            err(500, ErrorKind::Api, "token issuance failed")
         }
     }
 }
@@ -212,45 +215,37 @@ struct RevokeRequest {
 
 async fn revoke(app: &App, r: AdminRequest) -> Reply {
     let (admin, body) = (r.admin, r.body.as_slice());
-    {
-        let req: RevokeRequest = match serde_json::from_slice(body) {
-            Ok(r) => r,
-            Err(e) => {
-                return err(
-                    400,
-                    ErrorKind::InvalidRequest,
-                    &format!("invalid body: {e}"),
-                )
-            }
-        };
-        let now = now_ms() / 1000;
-        let (result, reply) = match (req.jti, req.sub) {
-            (Some(jti), None) if !jti.is_empty() => (
-                app.store.revoke_jti(&jti, now + JTI_REVOCATION_SECS).await,
-                json!({"status": "revoked", "jti": jti}),
-            ),
-            (None, Some(sub)) if !sub.is_empty() => (
-                app.store.revoke_sub(&sub, now).await,
-                json!({"status": "revoked", "sub": sub, "issued_at_or_before": now}),
-            ),
-            _ => {
-                return err(
-                    400,
-                    ErrorKind::InvalidRequest,
-                    "give exactly one of jti or sub",
-                )
-            }
-        };
-        match result {
-            Ok(()) => {
-                log::info!("admin {}: revoked {reply}", admin.sub);
-                ok(reply)
-            }
-            Err(e) => {
-                app.metrics.store_error("revoke");
-                log::warn!("admin: revocation failed: {e}");
-                err(503, ErrorKind::Api, "store unavailable")
-            }
+    let req: RevokeRequest = match parse_body(body) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    let now = now_ms() / 1000;
+    let (result, reply) = match (req.jti, req.sub) {
+        (Some(jti), None) if !jti.is_empty() => (
+            app.store.revoke_jti(&jti, now + JTI_REVOCATION_SECS).await,
+            json!({"status": "revoked", "jti": jti}),
+        ),
+        (None, Some(sub)) if !sub.is_empty() => (
+            app.store.revoke_sub(&sub, now).await,
+            json!({"status": "revoked", "sub": sub, "issued_at_or_before": now}),
+        ),
+        _ => {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                "give exactly one of jti or sub",
+            )
+        }
+    };
+    match result {
+        Ok(()) => {
+            log::info!("admin {}: revoked {reply}", admin.sub);
+            ok(reply)
+        }
+        Err(e) => {
+            app.metrics.store_error("revoke");
+            log::warn!("admin: revocation failed: {e}");
+            err(503, ErrorKind::Api, "store unavailable")
         }
     }
 }
@@ -289,38 +284,36 @@ fn percent_decode(s: &str) -> Option<String> {
 
 async fn usage(app: &App, r: AdminRequest) -> Reply {
     let q = r.query.as_deref();
-    {
-        let Some(sub) = query_param(q, "sub")
-            .and_then(percent_decode)
-            .filter(|s| !s.is_empty())
-        else {
-            return err(
-                400,
-                ErrorKind::InvalidRequest,
-                "query parameter sub is required",
-            );
-        };
-        let day = match query_param(q, "day") {
-            Some(d) if valid_day(d) => d.to_string(),
-            Some(_) => return err(400, ErrorKind::InvalidRequest, "day must be YYYY-MM-DD"),
-            None => utc_day_string(now_ms()),
-        };
-        match app.store.usage(&sub, &day).await {
-            Ok(t) => ok(json!({
-                "sub": sub,
-                "day": day,
-                "requests": t.requests,
-                "input_tokens": t.input_tokens,
-                "output_tokens": t.output_tokens,
-                "cache_creation_input_tokens": t.cache_creation_input_tokens,
-                "cache_read_input_tokens": t.cache_read_input_tokens,
-                "cost_usd": t.cost_usd,
-            })),
-            Err(e) => {
-                app.metrics.store_error("usage");
-                log::warn!("admin: usage read failed: {e}");
-                err(503, ErrorKind::Api, "store unavailable")
-            }
+    let Some(sub) = query_param(q, "sub")
+        .and_then(percent_decode)
+        .filter(|s| !s.is_empty())
+    else {
+        return err(
+            400,
+            ErrorKind::InvalidRequest,
+            "query parameter sub is required",
+        );
+    };
+    let day = match query_param(q, "day") {
+        Some(d) if valid_day(d) => d.to_string(),
+        Some(_) => return err(400, ErrorKind::InvalidRequest, "day must be YYYY-MM-DD"),
+        None => utc_day_string(now_ms()),
+    };
+    match app.store.usage(&sub, &day).await {
+        Ok(t) => ok(json!({
+            "sub": sub,
+            "day": day,
+            "requests": t.requests,
+            "input_tokens": t.input_tokens,
+            "output_tokens": t.output_tokens,
+            "cache_creation_input_tokens": t.cache_creation_input_tokens,
+            "cache_read_input_tokens": t.cache_read_input_tokens,
+            "cost_usd": t.cost_usd,
+        })),
+        Err(e) => {
+            app.metrics.store_error("usage");
+            log::warn!("admin: usage read failed: {e}");
+            err(503, ErrorKind::Api, "store unavailable")
         }
     }
 }

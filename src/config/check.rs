@@ -77,19 +77,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
 pub fn check_bindable(cfg: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     let running = running_pid(&cfg.server.pid_file);
-    let mut addrs: Vec<(&str, String)> = cfg
-        .listen
-        .addrs()
-        .into_iter()
-        .map(|a| ("listen", a))
-        .collect();
-    addrs.extend(cfg.admin_listen.iter().map(|a| ("admin_listen", a.clone())));
-    addrs.extend(
-        cfg.metrics_listen
-            .iter()
-            .map(|a| ("metrics_listen", a.clone())),
-    );
-    for (key, addr) in addrs {
+    for (key, addr) in listeners(cfg) {
         let Ok(sa) = addr.parse::<SocketAddr>() else {
             continue; // reported by `check`
         };
@@ -140,18 +128,8 @@ pub fn check_store_reachable(cfg: &Config) -> Vec<Problem> {
     }
 }
 
-/// The pid in `pid_file` when that process is alive.
-fn running_pid(pid_file: &str) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
-}
-
-fn check_listeners(cfg: &Config, out: &mut Vec<Problem>) {
-    let mut seen: HashMap<String, &str> = HashMap::new();
+/// Every listener address with the config key it comes from.
+fn listeners(cfg: &Config) -> Vec<(&'static str, String)> {
     let mut addrs: Vec<(&str, String)> = cfg
         .listen
         .addrs()
@@ -164,7 +142,22 @@ fn check_listeners(cfg: &Config, out: &mut Vec<Problem>) {
             .iter()
             .map(|a| ("metrics_listen", a.clone())),
     );
-    for (key, addr) in addrs {
+    addrs
+}
+
+/// The pid in `pid_file` when that process is alive.
+fn running_pid(pid_file: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+fn check_listeners(cfg: &Config, out: &mut Vec<Problem>) {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for (key, addr) in listeners(cfg) {
         if addr.parse::<SocketAddr>().is_err() {
             out.push(Problem::error(format!(
                 "{key}: {addr:?} is not an address of the form host-ip:port"
