@@ -249,3 +249,54 @@ async fn without_per_user_labels_no_metric_has_a_user_label() {
     }
     assert!(!m.text.contains(&sub), "the subject appears in /metrics");
 }
+
+/// Help texts, units and naming follow Prometheus' rules, as `promtool check
+/// metrics` (Debian's `prometheus` package) judges them. Skipped where
+/// promtool is not installed.
+#[tokio::test]
+async fn promtool_accepts_the_exposition() {
+    let Ok(found) = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    else {
+        println!("SKIPPED: promtool not installed");
+        return;
+    };
+    if !found.status.success() {
+        println!("SKIPPED: promtool not usable");
+        return;
+    }
+    let e = start(true);
+    let sub = unique("promtool");
+    traffic(&e, &sub).await;
+    let user = [("user", sub.as_str())];
+    let m = scrape_until(&e, |m| m.sum("tollgate_requests_total", &user) >= 3.0).await;
+    // Only our families: Pingora's process metrics are not ours to judge.
+    let ours: String = m
+        .text
+        .lines()
+        .filter(|l| l.contains("tollgate_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(ours.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
