@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "$ROOT/scripts/load.sh" | sed '$d' | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Knobs (environment):
   DURATION=10 REPEATS=3 WARMUP=3    seconds per wrk run, interleaved repeats, warm-up seconds

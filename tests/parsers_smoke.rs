@@ -266,9 +266,7 @@ fn signed_mode_reaches_claims() {
 }
 
 // ---------------------------------------------------------------------------
-// Findings (fuzz/README.md). An open one asserts the fixed behaviour and is
-// ignored until src/ is fixed; then drop the `ignore` and the matching
-// `strict()` guard in fuzz/src/lib.rs.
+// Findings (fuzz/README.md), kept as regression tests.
 // ---------------------------------------------------------------------------
 
 fn sse_events(cap: usize, chunks: &[&[u8]]) -> (Vec<(String, Vec<u8>)>, u64) {
@@ -281,11 +279,11 @@ fn sse_events(cap: usize, chunks: &[&[u8]]) -> (Vec<(String, Vec<u8>)>, u64) {
     (out, p.dropped_events())
 }
 
-/// Finding 1: whether an event at the size cap is kept depends on where the
-/// chunks split it. A line that arrives whole is measured by its value
-/// (`data` + value + 1 <= cap); a line split across chunks by its raw bytes
-/// with the field name (`line` + `tail` + `data` > cap), and a whole
-/// non-`data` line not at all.
+/// Finding 1 (fixed in 65210d3): whether an event at the size cap was kept
+/// depended on where the chunks split it. A line that arrived whole was
+/// measured by its value (`data` + value + 1 <= cap), a line split across
+/// chunks by its raw bytes with the field name (`line` + `tail` + `data` >
+/// cap), and a whole non-`data` line not at all.
 #[test]
 fn finding_1_sse_cap_is_independent_of_chunking() {
     let body: &[u8] = b"data: 0123456789abcde\n\ndata: ok\n\n";

@@ -111,15 +111,6 @@ const SSE_CAPS: [usize; 8] = [
     4096,
 ];
 
-/// Set this variable to also assert the properties that the open findings
-/// of fuzz/README.md violate (the fuzzer then stops on them at once).
-pub const STRICT_ENV: &str = "TOLLGATE_FUZZ_STRICT";
-
-fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os(STRICT_ENV).is_some())
-}
-
 fn sse_usage(kind: ProviderKind, data: &[u8]) {
     let s = split_input(data);
     let parts = chunks(s.body, &s.points);
@@ -131,19 +122,13 @@ fn sse_usage(kind: ProviderKind, data: &[u8]) {
     let cap = SSE_CAPS[usize::from(s.opts & 7)];
     let (events, dropped) = sse_events(cap, &[s.body]);
     let (split_events, split_dropped) = sse_events(cap, &parts);
-    // A body no longer than the cap cannot overflow it, so the events must
-    // not depend on the chunking (with the default 16 MiB cap: always, as
-    // inputs are far smaller). Near a small cap they do: a line split across
-    // chunks is counted with its field name and before it is complete, a
-    // whole line after (README.md, finding 1); TOLLGATE_FUZZ_STRICT demands
-    // it anyway.
-    if s.body.len() <= cap || strict() {
-        assert_eq!(
-            (&events, dropped),
-            (&split_events, split_dropped),
-            "SseParser events depend on the chunking (cap {cap})"
-        );
-    }
+    // Whether an event fits the cap must not depend on the chunking either
+    // (finding 1 of README.md, fixed in 65210d3).
+    assert_eq!(
+        (&events, dropped),
+        (&split_events, split_dropped),
+        "SseParser events depend on the chunking (cap {cap})"
+    );
     for (name, data) in events.iter().chain(&split_events) {
         assert!(data.len() <= cap, "event data over the cap {cap}");
         assert!(!name.is_empty(), "event name is empty");
