@@ -310,6 +310,64 @@ fn finding_2_anthropic_stream_without_usage_is_incomplete() {
     assert!(!r.complete, "{r:?}");
 }
 
+/// Finding 3: ECDSA signatures are malleable: (r, s) and (r, n - s) both
+/// verify. A token without a `jti` claim is revoked under the SHA-256 of its
+/// text, so its holder could present the other spelling under a fresh id.
+/// Each spelling now also carries the other's id (`twin_jti`), and a
+/// revocation under either id refuses both.
+#[test]
+fn finding_3_ecdsa_twin_token_shares_its_revocation_ids() {
+    let env = targets::jwt_env();
+    let token = env.sign(
+        targets::SignWith::Es,
+        br#"{"alg":"ES256","kid":"es"}"#,
+        br#"{"iss":"tollgate","aud":"llm-gateway","sub":"alice","exp":4102444800}"#,
+    );
+    let (input, sig) = token.rsplit_once('.').expect("three segments");
+    let sig = URL_SAFE_NO_PAD.decode(sig).expect("b64");
+    // s' = n - s for the P-256 group order n (big-endian, 32 bytes).
+    const N: [u8; 32] = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+        0xFF, 0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63,
+        0x25, 0x51,
+    ];
+    let mut twin = sig[..32].to_vec();
+    let mut borrow = 0i16;
+    let mut s2 = [0u8; 32];
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        s2[i] = (d + 256 * borrow) as u8;
+    }
+    twin.extend_from_slice(&s2);
+    let twin = format!("{input}.{}", URL_SAFE_NO_PAD.encode(twin));
+    let a = env
+        .verifier
+        .verify_uncached(&token)
+        .expect("token verifies");
+    let b = env.verifier.verify_uncached(&twin).expect("twin verifies");
+    let ids = |i: &tollgate::identity::Identity| {
+        let mut v: Vec<String> = i.revocation_ids().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&a).len(), 2, "{a:?}");
+    assert_eq!(ids(&a), ids(&b), "the twin escapes a revocation of the original");
+    assert_ne!(a.jti, b.jti, "each spelling keeps the SHA-256 of its own text");
+    // End to end through a store: revoking one spelling refuses the other.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        use tollgate::store::{identity_revoked, memory::MemoryStore, Store};
+        for (revoke, other) in [(&a, &b), (&b, &a)] {
+            let store = MemoryStore::new();
+            store.revoke_jti(&revoke.jti, u64::MAX).await.expect("revoke");
+            assert!(identity_revoked(&store, other).await.expect("check"));
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Seed corpus generation
 // ---------------------------------------------------------------------------

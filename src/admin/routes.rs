@@ -6,6 +6,7 @@ use crate::config::ProviderKind;
 use crate::identity::{self, Identity};
 use crate::limits::{now_ms, utc_day_string, valid_day};
 use crate::providers::errors::{error_body, ErrorKind};
+use crate::store;
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 use serde_json::json;
@@ -84,7 +85,7 @@ async fn admin_request(app: &App, s: &mut ServerSession) -> Result<AdminRequest,
                 return Err(err(401, ErrorKind::Authentication, e.message()));
             }
         };
-    match app.store.is_revoked(&id.jti, &id.sub, id.iat).await {
+    match store::identity_revoked(app.store.as_ref(), &id).await {
         Ok(false) => {}
         Ok(true) => return Err(err(403, ErrorKind::Permission, "token revoked")),
         Err(e) => {

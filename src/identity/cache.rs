@@ -175,6 +175,7 @@ mod tests {
             roles: vec![],
             tier: None,
             jti: sub.into(),
+            twin_jti: None,
             iat: None,
             exp,
         })

@@ -52,8 +52,20 @@ pub struct Identity {
     /// The revocation id: the `jti` claim, else the lowercase hex SHA-256 of
     /// the token text.
     pub jti: String,
+    /// For an ECDSA token without `jti`: the revocation id of its other
+    /// valid spelling. (r, s) and (r, n - s) both verify, so the holder of a
+    /// revoked token could otherwise present the twin under a fresh id;
+    /// revoking either spelling revokes both.
+    pub twin_jti: Option<String>,
     pub iat: Option<u64>,
     pub exp: u64,
+}
+
+impl Identity {
+    /// Every id a revocation of this token may have been recorded under.
+    pub fn revocation_ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.jti.as_str()).chain(self.twin_jti.as_deref())
+    }
 }
 
 /// Why a credential was refused. Each maps to a 401 (see the spec's error

@@ -214,10 +214,8 @@ pub fn estimate_input_tokens(body: &[u8]) -> u64 {
     let mut text_bytes = body.len() as u64;
     let mut media_tokens = 0u64;
     let mut i = 0;
-    while let Some(p) = body
-        .get(i..)
-        .and_then(|b| b.iter().position(|&c| c == b'"'))
-    {
+    // memchr: a 4–5 KB prompt is scanned in well under a microsecond.
+    while let Some(p) = body.get(i..).and_then(|b| memchr::memchr(b'"', b)) {
         let start = i + p + 1;
         let Some(end) = string_end(body, start) else {
             break;
@@ -236,7 +234,7 @@ pub fn estimate_input_tokens(body: &[u8]) -> u64 {
 /// Index of the closing quote of the string whose contents start at `i`.
 fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
-        let p = b.get(i..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+        let p = memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
         i += p;
         if b[i] == b'"' {
             return Some(i);

@@ -9,7 +9,7 @@ use crate::identity::{self, AuthError};
 use crate::limits::now_ms;
 use crate::providers::body;
 use crate::providers::errors::ErrorKind;
-use crate::store::{Admission, Refusal, Reserved};
+use crate::store::{self, Admission, Refusal, Reserved};
 use http::HeaderMap;
 
 fn auth_error(app: &App, e: AuthError) -> GatewayError {
@@ -40,7 +40,7 @@ pub async fn authenticate(
 ) -> Result<(), GatewayError> {
     let token = identity::credential(headers).map_err(|e| auth_error(app, e))?;
     let id = app.verifier.verify(token).map_err(|e| auth_error(app, e))?;
-    match app.store.is_revoked(&id.jti, &id.sub, id.iat).await {
+    match store::identity_revoked(app.store.as_ref(), &id).await {
         Ok(false) => {}
         Ok(true) => {
             app.metrics.auth_failure("revoked");

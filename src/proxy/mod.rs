@@ -86,7 +86,11 @@ impl Gateway {
                 return self.refuse(session, ctx, err).await;
             }
         };
-        if let Err(e) = app.store.revoke_jti(&id.jti, id.exp).await {
+        let mut revoked = Ok(());
+        for jti in id.revocation_ids() {
+            revoked = revoked.and(app.store.revoke_jti(jti, id.exp).await);
+        }
+        if let Err(e) = revoked {
             app.metrics.store_error("revoke");
             log::warn!("request {}: revocation failed: {e}", ctx.request_id);
             let err = GatewayError::new(503, ErrorKind::Api, "revocation store unavailable");

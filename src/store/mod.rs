@@ -8,6 +8,7 @@ pub mod redis;
 pub mod window;
 
 use async_trait::async_trait;
+use crate::identity::Identity;
 use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryStore;
@@ -127,6 +128,17 @@ impl DayTotals {
             .saturating_add(o.cache_read_input_tokens);
         self.cost_usd += o.cost_usd;
     }
+}
+
+/// Whether `id` is revoked under any id a revocation may have used (an
+/// ECDSA token without `jti` has two, see [`Identity::twin_jti`]).
+pub async fn identity_revoked(store: &dyn Store, id: &Identity) -> Result<bool, StoreError> {
+    for jti in id.revocation_ids() {
+        if store.is_revoked(jti, &id.sub, id.iat).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[async_trait]
