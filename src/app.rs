@@ -29,6 +29,8 @@ pub struct App {
     pub default_max_tokens: u64,
     pub client_timeout: Duration,
     pub drain_on_disconnect: Duration,
+    /// `metrics.per_user_idle_expiry`.
+    pub metrics_user_idle: Duration,
     pub default_ttl: Duration,
 }
 
@@ -78,6 +80,7 @@ impl App {
             default_max_tokens: cfg.limits.default_max_tokens,
             client_timeout: cfg.limits.client_timeout.as_duration(),
             drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
+            metrics_user_idle: cfg.metrics.per_user_idle_expiry.as_duration(),
             default_ttl: cfg.identity.default_ttl.as_duration(),
         }))
     }

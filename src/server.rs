@@ -43,7 +43,8 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
     conf
 }
 
-/// Periodic housekeeping: in-process store sweep, usage log reopen on SIGHUP.
+/// Periodic housekeeping: in-process store and idle metric series sweeps,
+/// usage log reopen on SIGHUP.
 struct Housekeeping {
     app: Arc<App>,
 }
@@ -55,13 +56,19 @@ impl BackgroundService for Housekeeping {
         self.app.store.start_background();
         let log = self.app.usage_log.clone();
         tokio::spawn(crate::sinks::watch_sighup(log));
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        // Every 10 s, or more often when idle series expire sooner, so a
+        // series outlives its expiry by at most half of it.
+        let every =
+            (self.app.metrics_user_idle / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    let now = crate::limits::now_ms();
                     if let Some(m) = &self.app.memory_store {
-                        m.sweep(crate::limits::now_ms());
+                        m.sweep(now);
                     }
+                    self.app.metrics.sweep_idle_users(now, self.app.metrics_user_idle);
                 }
                 _ = shutdown.changed() => break,
             }

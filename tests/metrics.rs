@@ -300,3 +300,75 @@ async fn promtool_accepts_the_exposition() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn per_user_series_expire_after_the_idle_window() {
+    let e = Env::start(|b| {
+        b.per_user_labels(true).tweak(|c| {
+            c["metrics"]["per_user_idle_expiry"] = json!("2s");
+        })
+    });
+    let (idle, busy) = (unique("idle"), unique("busy"));
+    let ask = |sub: String| {
+        let e = &e;
+        async move {
+            let c = unique("x");
+            e.provider
+                .script(&c, anthropic::json(SONNET, Usage::new(5, 5, 0, 0)));
+            let resp = send(
+                client()
+                    .post(e.gw.proxy_url("/v1/messages"))
+                    .bearer_auth(e.gw.token(&sub))
+                    .json(&anthropic_body(&c, SONNET, false)),
+            )
+            .await;
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+    };
+    ask(idle.clone()).await;
+    ask(busy.clone()).await;
+    let has = |m: &Metrics, sub: &str| m.sum("tollgate_requests_total", &[("user", sub)]) > 0.0;
+    let m = scrape_until(&e, |m| has(m, &idle) && has(m, &busy)).await;
+    assert!(has(&m, &idle) && has(&m, &busy), "{}", m.text);
+    assert!(m.sum("tollgate_tokens_total", &[("user", idle.as_str())]) >= 10.0);
+
+    // `busy` keeps asking; `idle` does not. After the window (2 s, swept
+    // every second) only `busy` has series left, in every family.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        ask(busy.clone()).await;
+        let m = Metrics::parse(&e.gw.scrape_metrics().await);
+        if !has(&m, &idle) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for family in [
+        "tollgate_requests_total",
+        "tollgate_tokens_total",
+        "tollgate_cost_usd_total",
+    ] {
+        assert!(
+            m.named(family)
+                .iter()
+                .all(|s| s.label("user") != Some(idle.as_str())),
+            "{family} still has the idle user:\n{}",
+            m.text
+        );
+    }
+    assert!(
+        has(&m, &busy),
+        "the active user lost its series:\n{}",
+        m.text
+    );
+
+    // A returning user starts again from zero.
+    ask(idle.clone()).await;
+    let m = scrape_until(&e, |m| has(m, &idle)).await;
+    assert_eq!(
+        m.sum("tollgate_requests_total", &[("user", idle.as_str())]),
+        1.0,
+        "{}",
+        m.text
+    );
+}

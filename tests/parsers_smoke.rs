@@ -352,8 +352,15 @@ fn finding_3_ecdsa_twin_token_shares_its_revocation_ids() {
         v
     };
     assert_eq!(ids(&a).len(), 2, "{a:?}");
-    assert_eq!(ids(&a), ids(&b), "the twin escapes a revocation of the original");
-    assert_ne!(a.jti, b.jti, "each spelling keeps the SHA-256 of its own text");
+    assert_eq!(
+        ids(&a),
+        ids(&b),
+        "the twin escapes a revocation of the original"
+    );
+    assert_ne!(
+        a.jti, b.jti,
+        "each spelling keeps the SHA-256 of its own text"
+    );
     // End to end through a store: revoking one spelling refuses the other.
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -362,7 +369,10 @@ fn finding_3_ecdsa_twin_token_shares_its_revocation_ids() {
         use tollgate::store::{identity_revoked, memory::MemoryStore, Store};
         for (revoke, other) in [(&a, &b), (&b, &a)] {
             let store = MemoryStore::new();
-            store.revoke_jti(&revoke.jti, u64::MAX).await.expect("revoke");
+            store
+                .revoke_jti(&revoke.jti, u64::MAX)
+                .await
+                .expect("revoke");
             assert!(identity_revoked(&store, other).await.expect("check"));
         }
     });

@@ -383,12 +383,22 @@ pub struct Price {
 pub struct MetricsConfig {
     #[serde(default = "default_true")]
     pub per_user_labels: bool,
+    /// A user's series (with `per_user_labels`) are dropped after this long
+    /// without a request, so the set of series follows the active users
+    /// instead of growing with everyone ever seen.
+    #[serde(default = "default_user_idle")]
+    pub per_user_idle_expiry: HumanDuration,
+}
+
+fn default_user_idle() -> HumanDuration {
+    HumanDuration::from_secs(15 * 60)
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             per_user_labels: true,
+            per_user_idle_expiry: default_user_idle(),
         }
     }
 }

@@ -61,15 +61,38 @@ impl std::fmt::Debug for Metrics {
 
 struct Inner {
     per_user: bool,
-    requests: IntCounterVec,
-    tokens: IntCounterVec,
-    cost: CounterVec,
+    /// The request, token and cost counters: label vectors without the
+    /// `user` label, the compact expiring collector with it.
+    usage: UsageCounters,
     duration: HistogramVec,
     ttfb: HistogramVec,
     auth_failures: IntCounterVec,
     rate_limited: IntCounterVec,
     store_errors: IntCounterVec,
     inflight: IntGaugeVec,
+}
+
+enum UsageCounters {
+    Plain {
+        requests: IntCounterVec,
+        tokens: IntCounterVec,
+        cost: CounterVec,
+    },
+    PerUser(Arc<UserSeries>),
+}
+
+/// Registers the shared per-user collector (a registry takes ownership of a
+/// `Box`; unregistering goes by descriptor, so a second handle works too).
+#[derive(Clone)]
+struct SharedUsers(Arc<UserSeries>);
+
+impl Collector for SharedUsers {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
 }
 
 /// The instance registered in the default registry, once per process.
@@ -101,34 +124,32 @@ impl Metrics {
     /// The metrics registered in `registry` (tests, or a custom exporter).
     /// On error nothing stays registered.
     pub fn with_registry(registry: &Registry, per_user_labels: bool) -> anyhow::Result<Self> {
-        let with_user = |labels: &[&'static str]| -> Vec<&'static str> {
-            let mut v = labels.to_vec();
-            if per_user_labels {
-                v.push("user");
+        const REQUESTS_HELP: &str = "Requests received by the proxy listener, including refused ones, by provider, model and HTTP status returned.";
+        const TOKENS_HELP: &str = "Tokens reported by providers, by kind: input (uncached), output, cache_read, cache_creation.";
+        const COST_HELP: &str =
+            "Estimated provider cost in US dollars, computed from the configured prices.";
+        let usage = if per_user_labels {
+            UsageCounters::PerUser(Arc::new(UserSeries::new(user_series::Help {
+                requests: REQUESTS_HELP,
+                tokens: TOKENS_HELP,
+                cost: COST_HELP,
+            })?))
+        } else {
+            UsageCounters::Plain {
+                requests: IntCounterVec::new(
+                    Opts::new("tollgate_requests_total", REQUESTS_HELP),
+                    &["provider", "model", "status"],
+                )?,
+                tokens: IntCounterVec::new(
+                    Opts::new("tollgate_tokens_total", TOKENS_HELP),
+                    &["provider", "model", "kind"],
+                )?,
+                cost: CounterVec::new(
+                    Opts::new("tollgate_cost_usd_total", COST_HELP),
+                    &["provider", "model"],
+                )?,
             }
-            v
         };
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "tollgate_requests_total",
-                "Requests received by the proxy listener, including refused ones, by provider, model and HTTP status returned.",
-            ),
-            &with_user(&["provider", "model", "status"]),
-        )?;
-        let tokens = IntCounterVec::new(
-            Opts::new(
-                "tollgate_tokens_total",
-                "Tokens reported by providers, by kind: input (uncached), output, cache_read, cache_creation.",
-            ),
-            &with_user(&["provider", "model", "kind"]),
-        )?;
-        let cost = CounterVec::new(
-            Opts::new(
-                "tollgate_cost_usd_total",
-                "Estimated provider cost in US dollars, computed from the configured prices.",
-            ),
-            &with_user(&["provider", "model"]),
-        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "tollgate_request_duration_seconds",
@@ -174,18 +195,28 @@ impl Metrics {
             &["provider"],
         )?;
 
-        let all = || -> [Box<dyn Collector>; 9] {
-            [
-                Box::new(requests.clone()),
-                Box::new(tokens.clone()),
-                Box::new(cost.clone()),
-                Box::new(duration.clone()),
+        let all = || -> Vec<Box<dyn Collector>> {
+            let mut all: Vec<Box<dyn Collector>> = match &usage {
+                UsageCounters::Plain {
+                    requests,
+                    tokens,
+                    cost,
+                } => vec![
+                    Box::new(requests.clone()),
+                    Box::new(tokens.clone()),
+                    Box::new(cost.clone()),
+                ],
+                UsageCounters::PerUser(users) => vec![Box::new(SharedUsers(Arc::clone(users)))],
+            };
+            all.extend([
+                Box::new(duration.clone()) as Box<dyn Collector>,
                 Box::new(ttfb.clone()),
                 Box::new(auth_failures.clone()),
                 Box::new(rate_limited.clone()),
                 Box::new(store_errors.clone()),
                 Box::new(inflight.clone()),
-            ]
+            ]);
+            all
         };
         for (idx, c) in all().into_iter().enumerate() {
             let name = c
@@ -211,9 +242,7 @@ impl Metrics {
         Ok(Self {
             inner: Arc::new(Inner {
                 per_user: per_user_labels,
-                requests,
-                tokens,
-                cost,
+                usage,
                 duration,
                 ttfb,
                 auth_failures,
@@ -249,23 +278,6 @@ impl Metrics {
         let i = &*self.inner;
         let provider = or_unknown(provider);
         let model = or_unknown(model);
-        let user = or_unknown(user);
-        let status = StatusLabel::new(status);
-
-        let n = if i.per_user { 4 } else { 3 };
-        let labels = [provider, model, status.as_str(), user];
-        i.requests.with_label_values(&labels[..n]).inc();
-
-        for (kind, count) in [
-            ("input", tokens.input),
-            ("output", tokens.output),
-            ("cache_read", tokens.cache_read),
-            ("cache_creation", tokens.cache_creation),
-        ] {
-            let labels = [provider, model, kind, user];
-            i.tokens.with_label_values(&labels[..n]).inc_by(count);
-        }
-
         // A negative or NaN cost is a pricing bug; counters must not go
         // down (and prometheus asserts on it in debug builds).
         let cost = if cost_usd.is_finite() && cost_usd > 0.0 {
@@ -273,9 +285,37 @@ impl Metrics {
         } else {
             0.0
         };
-        let labels = [provider, model, user];
-        i.cost.with_label_values(&labels[..n - 1]).inc_by(cost);
-
+        match &i.usage {
+            UsageCounters::PerUser(users) => users.record(
+                or_unknown(user),
+                provider,
+                model,
+                status,
+                Some((tokens, cost)),
+                crate::limits::now_ms(),
+            ),
+            UsageCounters::Plain {
+                requests,
+                tokens: token_vec,
+                cost: cost_vec,
+            } => {
+                let status = StatusLabel::new(status);
+                requests
+                    .with_label_values(&[provider, model, status.as_str()])
+                    .inc();
+                for (kind, count) in [
+                    ("input", tokens.input),
+                    ("output", tokens.output),
+                    ("cache_read", tokens.cache_read),
+                    ("cache_creation", tokens.cache_creation),
+                ] {
+                    token_vec
+                        .with_label_values(&[provider, model, kind])
+                        .inc_by(count);
+                }
+                cost_vec.with_label_values(&[provider, model]).inc_by(cost);
+            }
+        }
         i.duration
             .with_label_values(&[provider])
             .observe(duration.as_secs_f64());
@@ -289,16 +329,42 @@ impl Metrics {
     /// Records a request answered by the gateway itself (401, 403, 429, 413,
     /// …); it counts in `tollgate_requests_total` like any other.
     pub fn request_refused(&self, provider: &str, model: &str, status: u16, user: &str) {
-        let i = &*self.inner;
-        let status = StatusLabel::new(status);
-        let labels = [
-            or_unknown(provider),
-            or_unknown(model),
-            status.as_str(),
-            or_unknown(user),
-        ];
-        let n = if i.per_user { 4 } else { 3 };
-        i.requests.with_label_values(&labels[..n]).inc();
+        let (provider, model) = (or_unknown(provider), or_unknown(model));
+        match &self.inner.usage {
+            UsageCounters::PerUser(users) => users.record(
+                or_unknown(user),
+                provider,
+                model,
+                status,
+                None,
+                crate::limits::now_ms(),
+            ),
+            UsageCounters::Plain { requests, .. } => {
+                let status = StatusLabel::new(status);
+                requests
+                    .with_label_values(&[provider, model, status.as_str()])
+                    .inc();
+            }
+        }
+    }
+
+    /// Drops the per-user series of users idle for `idle` (no-op without
+    /// per-user labels). Returns how many users were dropped.
+    pub fn sweep_idle_users(&self, now_ms: u64, idle: Duration) -> usize {
+        match &self.inner.usage {
+            UsageCounters::PerUser(users) => {
+                users.sweep(now_ms, u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+            }
+            UsageCounters::Plain { .. } => 0,
+        }
+    }
+
+    /// Users with per-user series held (0 without per-user labels).
+    pub fn tracked_users(&self) -> usize {
+        match &self.inner.usage {
+            UsageCounters::PerUser(users) => users.users(),
+            UsageCounters::Plain { .. } => 0,
+        }
     }
 
     pub fn auth_failure(&self, reason: &str) {
@@ -384,6 +450,9 @@ impl StatusLabel {
         std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
     }
 }
+
+mod user_series;
+use user_series::UserSeries;
 
 #[cfg(test)]
 mod tests;

@@ -7,8 +7,8 @@ pub mod memory;
 pub mod redis;
 pub mod window;
 
-use async_trait::async_trait;
 use crate::identity::Identity;
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryStore;

@@ -443,3 +443,77 @@ fn status_labels() {
         assert_eq!(StatusLabel::new(status).as_str(), text);
     }
 }
+
+#[test]
+fn per_user_series_are_dropped_when_idle_and_restart_from_zero() {
+    let r = Registry::new();
+    let m = Metrics::with_registry(&r, true).unwrap();
+    finished(&m, "alice", 200);
+    finished(&m, "alice", 500);
+    m.request_refused("openai", "gpt-4o", 429, "bob");
+    assert_eq!(m.tracked_users(), 2);
+    let all = samples(&r);
+    // Tokens and cost sum over statuses; a refusal alone makes no token series.
+    let alice = [
+        ("provider", "anthropic"),
+        ("model", "claude-sonnet-4-5"),
+        ("user", "alice"),
+    ];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut v = alice.to_vec();
+        v.push(extra);
+        v
+    };
+    assert_eq!(
+        value(&all, "tollgate_tokens_total", &with(("kind", "output"))),
+        Some(40.0)
+    );
+    assert_eq!(value(&all, "tollgate_cost_usd_total", &alice), Some(0.5));
+    assert_eq!(
+        value(&all, "tollgate_requests_total", &with(("status", "500"))),
+        Some(1.0)
+    );
+    assert!(!all.iter().any(|(n, l, _)| n == "tollgate_tokens_total"
+        && l.get("user").map(String::as_str) == Some("bob")));
+
+    let now = crate::limits::now_ms();
+    // Not idle long enough: kept. (Which users stay while others go is
+    // covered end to end in tests/metrics.rs.)
+    assert_eq!(m.sweep_idle_users(now + 30_000, Duration::from_secs(60)), 0);
+    assert_eq!(m.sweep_idle_users(now + 61_000, Duration::from_secs(60)), 2);
+    assert_eq!(m.tracked_users(), 0);
+    assert!(samples(&r).iter().all(|(_, l, _)| !l.contains_key("user")));
+
+    finished(&m, "alice", 200);
+    let all = samples(&r);
+    assert_eq!(
+        value(&all, "tollgate_requests_total", &with(("status", "200"))),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn many_users_cost_little_memory() {
+    // The point of the compact collector: 10,000 users must stay far below
+    // the ~6 KB per user of label vectors. Measured as entries, not bytes
+    // (allocator-independent): one map entry and one row per user.
+    let r = Registry::new();
+    let m = Metrics::with_registry(&r, true).unwrap();
+    for i in 0..10_000 {
+        finished(&m, &format!("user-{i}"), 200);
+    }
+    assert_eq!(m.tracked_users(), 10_000);
+    let all = samples(&r);
+    let requests = all
+        .iter()
+        .filter(|(n, _, _)| n == "tollgate_requests_total")
+        .count();
+    assert_eq!(requests, 10_000);
+    assert_eq!(
+        m.sweep_idle_users(
+            crate::limits::now_ms() + 3_600_000,
+            Duration::from_secs(900)
+        ),
+        10_000
+    );
+}
