@@ -430,9 +430,49 @@ struct Header {
     zip: Option<IgnoredAny>,
 }
 
+/// Whether a decoded segment can be a JOSE header or claims set: a JSON
+/// object (serde would also read a struct from an array), UTF-8 throughout,
+/// and no lone UTF-16 surrogate escape. The last two matter because fields
+/// we do not read are skipped by serde_json without decoding them, so
+/// otherwise a signed payload that no JSON parser reads whole (RFC 7519
+/// 7.2: "a completely valid JSON object") would be accepted.
 fn is_object(json: &[u8]) -> bool {
-    // serde would also read a struct from a JSON array; a header is an object.
     json.trim_ascii_start().first() == Some(&b'{')
+        && std::str::from_utf8(json).is_ok()
+        && surrogates_paired(json)
+}
+
+/// Every `\uD800`–`\uDBFF` escape is followed by a `\uDC00`–`\uDFFF` one,
+/// and no low surrogate escape stands alone. Backslashes outside strings are
+/// not valid JSON anyway, so no string tracking is needed.
+fn surrogates_paired(json: &[u8]) -> bool {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = json.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(p) = json.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        i += p;
+        if json.get(i + 1) != Some(&b'u') {
+            i += 2; // any other escape, `\\` included
+            continue;
+        }
+        match hex(i + 2) {
+            Some(0xD800..=0xDBFF) => {
+                if json.get(i + 6..i + 8) != Some(b"\\u") {
+                    return false;
+                }
+                if !matches!(hex(i + 8), Some(0xDC00..=0xDFFF)) {
+                    return false;
+                }
+                i += 12;
+            }
+            Some(0xDC00..=0xDFFF) => return false,
+            // Not four hex digits: serde_json refuses it wherever it is.
+            _ => i += 2,
+        }
+    }
+    true
 }
 
 fn parse_header(json: &[u8]) -> Result<Header, AuthError> {
@@ -1023,6 +1063,52 @@ mod tests {
         assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
         let t = env.sign_raw(0, br#"{"alg":"EdDSA"}"#, format!("{payload} x").as_bytes());
         assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn payload_must_be_utf8_json_throughout_even_in_unread_claims() {
+        // Found by the jwt_verify fuzz target: claims we do not read are
+        // skipped by serde_json without decoding, so a signed payload with
+        // invalid UTF-8 or a lone surrogate escape there was accepted.
+        let env = Env::new(&[(KeyAlg::EdDsa, None)]);
+        let exp = now_secs() + 600;
+        let with = |extra: &[u8]| {
+            let mut p = format!(
+                r#"{{"iss":"tollgate","aud":"llm-gateway","sub":"alice","exp":{exp},"x":""#
+            )
+            .into_bytes();
+            p.extend_from_slice(extra);
+            p.extend_from_slice(b"\"}");
+            env.verifier
+                .verify_uncached(&env.sign_raw(0, br#"{"alg":"EdDSA"}"#, &p))
+        };
+        for bad in [
+            &b"\xba\xba"[..],
+            b"\\ud800",
+            b"\\ud800x",
+            b"\\udbff\\u0041",
+            b"\\udc00",
+            b"a\\uDFFFb",
+        ] {
+            assert_eq!(with(bad).map(|_| ()), Err(AuthError::Malformed), "{bad:?}");
+        }
+        for good in [
+            &b"\\ud83d\\ude00"[..],
+            b"\\uD83D\\uDE00",
+            b"\\\\ud800",
+            b"\\u00e9 \xc3\xa9",
+            b"\\n\\\\",
+        ] {
+            assert!(with(good).is_ok(), "{good:?}");
+        }
+        // Also in the header.
+        let payload =
+            format!(r#"{{"iss":"tollgate","aud":"llm-gateway","sub":"alice","exp":{exp}}}"#);
+        let t = env.sign_raw(0, b"{\"alg\":\"EdDSA\",\"x\":\"\xff\"}", payload.as_bytes());
+        assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
+        assert!(surrogates_paired(b"\\"));
+        assert!(surrogates_paired(b"x\\u12"));
+        assert!(!surrogates_paired(b"\\ud800\\u"));
     }
 
     #[test]
