@@ -7,9 +7,10 @@ use super::respond::GatewayError;
 use crate::app::App;
 use crate::identity::{self, AuthError};
 use crate::limits::now_ms;
+use crate::limits::Tier;
 use crate::providers::body;
 use crate::providers::errors::ErrorKind;
-use crate::store::{self, Admission, Refusal, Reserved};
+use crate::store::{self, Admission, BudgetAsk, Refusal, Reserved};
 use http::HeaderMap;
 
 fn auth_error(app: &App, e: AuthError) -> GatewayError {
@@ -59,54 +60,109 @@ pub async fn authenticate(
 }
 
 /// Request-count limits: sliding-window requests per minute and concurrency.
+/// For a request whose body is read before anything else, use
+/// [`approve_body`] with [`Admit::WithBody`] instead: one store call.
 pub async fn admit(app: &App, ctx: &mut Ctx) -> Result<(), GatewayError> {
-    let (Some(id), Some(tier)) = (&ctx.identity, &ctx.tier) else {
+    let (Some(id), Some(tier)) = (ctx.identity.clone(), ctx.tier.clone()) else {
         return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
     };
-    ctx.rate.limit_requests = tier.admit.requests_per_minute;
-    ctx.rate.limit_tokens = tier.budget.tokens_per_minute;
-    ctx.rate.remaining_tokens = tier.budget.tokens_per_minute;
-    if tier.admit.requests_per_minute.is_none() && tier.admit.max_concurrent.is_none() {
+    prepare_rate(ctx, &tier);
+    if !counts_requests(&tier) {
         return Ok(());
     }
     match app.store.admit(&id.sub, now_ms(), tier.admit).await {
-        Ok(Admission::Admitted {
-            remaining_requests,
-            slot_held,
-        }) => {
-            ctx.rate.remaining_requests = remaining_requests;
-            ctx.slot_held = slot_held;
-            Ok(())
-        }
-        Ok(Admission::Refused(r)) => {
-            if r.limit == crate::store::LimitKind::Requests {
-                ctx.rate.remaining_requests = Some(0);
-            }
-            Err(rate_limited(app, r))
-        }
+        Ok(a) => apply_admission(app, ctx, a),
         Err(e) if app.store_failure_allows("admit", &e) => Ok(()),
         Err(_) => Err(store_down()),
     }
 }
 
+fn prepare_rate(ctx: &mut Ctx, tier: &Tier) {
+    ctx.rate.limit_requests = tier.admit.requests_per_minute;
+    ctx.rate.limit_tokens = tier.budget.tokens_per_minute;
+    ctx.rate.remaining_tokens = tier.budget.tokens_per_minute;
+}
+
+fn counts_requests(tier: &Tier) -> bool {
+    tier.admit.requests_per_minute.is_some() || tier.admit.max_concurrent.is_some()
+}
+
+fn apply_admission(app: &App, ctx: &mut Ctx, a: Admission) -> Result<(), GatewayError> {
+    match a {
+        Admission::Admitted {
+            remaining_requests,
+            slot_held,
+        } => {
+            ctx.rate.remaining_requests = remaining_requests;
+            ctx.slot_held = slot_held;
+            Ok(())
+        }
+        Admission::Refused(r) => {
+            if r.limit == crate::store::LimitKind::Requests {
+                ctx.rate.remaining_requests = Some(0);
+            }
+            Err(rate_limited(app, r))
+        }
+    }
+}
+
+fn apply_reserved(app: &App, ctx: &mut Ctx, r: Reserved) -> Result<(), GatewayError> {
+    match r {
+        Reserved::Reserved {
+            reservation,
+            remaining_tokens_minute,
+        } => {
+            ctx.reservation = Some(reservation);
+            ctx.rate.remaining_tokens = remaining_tokens_minute;
+            Ok(())
+        }
+        Reserved::Refused(r) => {
+            if r.detail == "tokens_per_minute" {
+                ctx.rate.remaining_tokens = Some(0);
+            }
+            Err(rate_limited(app, r))
+        }
+    }
+}
+
+/// Whether [`approve_body`] also does the request-count admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// [`admit`] already ran (the body arrived after the upstream request
+    /// started).
+    Done,
+    /// The body was read first: admit and reserve together.
+    WithBody,
+}
+
 /// Inspects the whole request body, applies the tier's model allow-list and
-/// reserves the worst case against token and dollar budgets. Returns the
+/// reserves the worst case against token and dollar budgets (admitting the
+/// request in the same store call with [`Admit::WithBody`]). Returns the
 /// body to send upstream when it had to be rewritten.
 pub async fn approve_body(
     app: &App,
     path: &str,
     raw: &[u8],
     ctx: &mut Ctx,
+    admit: Admit,
 ) -> Result<Option<Vec<u8>>, GatewayError> {
     let Some(provider) = ctx.provider.clone() else {
         return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
     };
-    let info = body::inspect(provider.kind, path, raw)
-        .map_err(|e| GatewayError::new(400, ErrorKind::InvalidRequest, e.to_string()))?;
+    let info = match body::inspect(provider.kind, path, raw) {
+        Ok(info) => info,
+        Err(e) => {
+            let err = GatewayError::new(400, ErrorKind::InvalidRequest, e.to_string());
+            return Err(admit_before_refusing(app, ctx, admit, err).await);
+        }
+    };
     let rewritten = body::rewrite_for_usage(provider.kind, path, raw, &info);
     let (Some(id), Some(tier)) = (ctx.identity.clone(), ctx.tier.clone()) else {
         return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
     };
+    if admit == Admit::WithBody {
+        prepare_rate(ctx, &tier);
+    }
     if !tier.allows_model(info.model.as_deref()) {
         let model = info.model.as_deref().unwrap_or("(none)");
         let shown: String = model
@@ -114,41 +170,77 @@ pub async fn approve_body(
             .take(128)
             .filter(|c| !c.is_control())
             .collect();
-        return Err(GatewayError::new(
+        let err = GatewayError::new(
             403,
             ErrorKind::Permission,
             format!("model {shown} is not allowed for tier {}", tier.name),
-        ));
+        );
+        return Err(admit_before_refusing(app, ctx, admit, err).await);
     }
     let max_out = info.max_tokens.unwrap_or(app.default_max_tokens);
-    let worst_tokens = info.input_estimate.saturating_add(max_out);
-    let model = info.model.clone().unwrap_or_default();
+    let ask = (!tier.budget.is_unlimited()).then(|| BudgetAsk {
+        tokens: info.input_estimate.saturating_add(max_out),
+        usd: app.pricing.worst_case(
+            info.model.as_deref().unwrap_or(""),
+            info.input_estimate,
+            max_out,
+        ),
+        limits: tier.budget,
+    });
     ctx.info = Some(info);
-    if tier.budget.is_unlimited() {
-        return Ok(rewritten);
+    let with_admission = admit == Admit::WithBody && counts_requests(&tier);
+    let Some(ask) = ask else {
+        if !with_admission {
+            return Ok(rewritten);
+        }
+        return match app.store.admit(&id.sub, now_ms(), tier.admit).await {
+            Ok(a) => apply_admission(app, ctx, a).map(|()| rewritten),
+            Err(e) if app.store_failure_allows("admit", &e) => Ok(rewritten),
+            Err(_) => Err(store_down()),
+        };
+    };
+    if with_admission {
+        return match app
+            .store
+            .admit_reserve(&id.sub, now_ms(), tier.admit, Some(ask))
+            .await
+        {
+            Ok((a, reserved)) => {
+                apply_admission(app, ctx, a)?;
+                match reserved {
+                    Some(r) => apply_reserved(app, ctx, r).map(|()| rewritten),
+                    None => Ok(rewritten),
+                }
+            }
+            Err(e) if app.store_failure_allows("admit", &e) => Ok(rewritten),
+            Err(_) => Err(store_down()),
+        };
     }
-    let input_est = ctx.info.as_ref().map(|i| i.input_estimate).unwrap_or(0);
-    let worst_usd = app.pricing.worst_case(&model, input_est, max_out);
     match app
         .store
-        .reserve(&id.sub, now_ms(), worst_tokens, worst_usd, tier.budget)
+        .reserve(&id.sub, now_ms(), ask.tokens, ask.usd, ask.limits)
         .await
     {
-        Ok(Reserved::Reserved {
-            reservation,
-            remaining_tokens_minute,
-        }) => {
-            ctx.reservation = Some(reservation);
-            ctx.rate.remaining_tokens = remaining_tokens_minute;
-            Ok(rewritten)
-        }
-        Ok(Reserved::Refused(r)) => {
-            if r.detail == "tokens_per_minute" {
-                ctx.rate.remaining_tokens = Some(0);
-            }
-            Err(rate_limited(app, r))
-        }
+        Ok(r) => apply_reserved(app, ctx, r).map(|()| rewritten),
         Err(e) if app.store_failure_allows("reserve", &e) => Ok(rewritten),
         Err(_) => Err(store_down()),
+    }
+}
+
+/// A body refused on its own merits still counts as a request, as when the
+/// admission ran before the body was read: the refusal then carries the
+/// request-limit headers, and a caller over its limit gets 429 first.
+async fn admit_before_refusing(
+    app: &App,
+    ctx: &mut Ctx,
+    admit_mode: Admit,
+    refusal: GatewayError,
+) -> GatewayError {
+    if admit_mode == Admit::Done {
+        return refusal;
+    }
+    match admit(app, ctx).await {
+        Ok(()) => refusal,
+        Err(e) => e,
     }
 }

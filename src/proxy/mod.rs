@@ -25,6 +25,7 @@ use crate::app::App;
 use crate::config::ProviderKind;
 use crate::providers::errors::ErrorKind;
 use crate::usage::{BodyKind, Meter};
+use admission::Admit;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ctx::{BodyPhase, Refusal};
@@ -214,8 +215,19 @@ impl ProxyHttp for Gateway {
         if declared.is_some_and(|n| n > app.max_body_bytes) {
             return self.refuse(session, ctx, self.too_large()).await;
         }
-        if let Err(err) = admission::admit(app, ctx).await {
-            return self.refuse(session, ctx, err).await;
+        let req = session.req_header();
+        let method_takes_body = !matches!(
+            req.method,
+            http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
+        );
+        let passthrough = !method_takes_body && !has_body(req);
+        let early_body = !passthrough && declared.is_some_and(|n| n <= EARLY_BODY_LIMIT);
+        // A body read up front is admitted together with its reservation
+        // (one store call); the others are admitted now.
+        if !early_body {
+            if let Err(err) = admission::admit(app, ctx).await {
+                return self.refuse(session, ctx, err).await;
+            }
         }
         // We ask providers for identity encoding; one that compresses anyway
         // is decoded before the meter sees its body.
@@ -226,19 +238,14 @@ impl ProxyHttp for Gateway {
             session.set_abort_on_close(false);
         }
 
-        let req = session.req_header();
-        let method_takes_body = !matches!(
-            req.method,
-            http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
-        );
-        if !method_takes_body && !has_body(req) {
+        if passthrough {
             ctx.body = BodyPhase::Passthrough;
-        } else if declared.is_some_and(|n| n <= EARLY_BODY_LIMIT) {
+        } else if early_body {
             let Some(raw) = self.read_small_body(session, declared.unwrap_or(0)).await? else {
                 return self.refuse(session, ctx, self.too_large()).await;
             };
             let path = session.req_header().uri.path().to_string();
-            match admission::approve_body(app, &path, &raw, ctx).await {
+            match admission::approve_body(app, &path, &raw, ctx, Admit::WithBody).await {
                 Ok(Some(rewritten)) => ctx.body = BodyPhase::Prepared(Bytes::from(rewritten)),
                 Ok(None) => ctx.body = BodyPhase::Prepared(raw.freeze()),
                 Err(err) => return self.refuse(session, ctx, err).await,
@@ -315,7 +322,7 @@ impl ProxyHttp for Gateway {
                     _ => Bytes::new(),
                 };
                 let path = session.req_header().uri.path().to_string();
-                match admission::approve_body(&self.app, &path, &raw, ctx).await {
+                match admission::approve_body(&self.app, &path, &raw, ctx, Admit::Done).await {
                     Ok(rewritten) => {
                         *body = Some(rewritten.map(Bytes::from).unwrap_or(raw));
                         Ok(())

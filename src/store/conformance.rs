@@ -493,3 +493,82 @@ pub async fn concurrent_reservations_never_overspend(s: &dyn Store) {
         .count();
     assert_eq!(held, 4);
 }
+
+/// `admit_reserve` = `admit` then `reserve` (when admitted), in every
+/// combination of outcomes; a refused reservation keeps the admission.
+pub async fn admit_reserve_is_admit_then_reserve(s: &dyn Store) {
+    let u = subject("admres");
+    let both = AdmitLimits {
+        requests_per_minute: Some(3),
+        max_concurrent: Some(2),
+    };
+    let lim = BudgetLimits {
+        tokens_per_minute: Some(1000),
+        tokens_per_day: None,
+        usd_per_day: None,
+    };
+    let ask = |tokens| BudgetAsk {
+        tokens,
+        usd: 0.0,
+        limits: lim,
+    };
+    let before = s.inflight_reservations().await.unwrap();
+    // 1: admitted and reserved.
+    let (a, r) = s.admit_reserve(&u, T0, both, Some(ask(600))).await.unwrap();
+    assert_eq!(
+        a,
+        Admission::Admitted {
+            remaining_requests: Some(2),
+            slot_held: true
+        }
+    );
+    let (r1, rem) = reservation(r.expect("a reservation"));
+    assert_eq!((r1.tokens, rem), (600, Some(400)));
+    // 2: admitted, reservation refused: the request and its slot count.
+    let (a, r) = s.admit_reserve(&u, T0, both, Some(ask(600))).await.unwrap();
+    assert!(
+        matches!(
+            a,
+            Admission::Admitted {
+                slot_held: true,
+                ..
+            }
+        ),
+        "{a:?}"
+    );
+    let no = refused(r.expect("a reservation answer"));
+    assert_eq!(no.detail, "tokens_per_minute");
+    // 3: both slots taken: refused at admission, nothing reserved.
+    let (a, r) = s.admit_reserve(&u, T0, both, Some(ask(1))).await.unwrap();
+    assert_eq!(refusal(a).detail, "max_concurrent");
+    assert!(r.is_none());
+    s.release_slot(&u).await.unwrap();
+    s.release_slot(&u).await.unwrap();
+    // 4: the third request of the minute is admitted (the refused-by-slots
+    // one consumed nothing), then the fourth is over requests_per_minute.
+    let (a, r) = s.admit_reserve(&u, T0, both, None).await.unwrap();
+    assert_eq!(remaining(a), Some(0));
+    assert!(r.is_none());
+    s.release_slot(&u).await.unwrap();
+    let (a, r) = s
+        .admit_reserve(&u, T0 + 1, both, Some(ask(1)))
+        .await
+        .unwrap();
+    assert_eq!(refusal(a).detail, "requests_per_minute");
+    assert!(r.is_none());
+    // No request limits: a plain reservation.
+    let none = AdmitLimits {
+        requests_per_minute: None,
+        max_concurrent: None,
+    };
+    let (a, r) = s.admit_reserve(&u, T0, none, Some(ask(400))).await.unwrap();
+    assert_eq!(
+        a,
+        Admission::Admitted {
+            remaining_requests: None,
+            slot_held: false
+        }
+    );
+    reservation(r.expect("a reservation"));
+    assert_eq!(s.inflight_reservations().await.unwrap(), before + 2);
+}

@@ -59,6 +59,14 @@ pub struct AdmitLimits {
     pub max_concurrent: Option<u64>,
 }
 
+/// A worst case to reserve against a tier's budgets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetAsk {
+    pub tokens: u64,
+    pub usd: f64,
+    pub limits: BudgetLimits,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Admitted; when `slot_held` the caller must `release_slot` exactly once.
@@ -171,6 +179,39 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Admission, StoreError>;
 
     async fn release_slot(&self, sub: &str) -> Result<(), StoreError>;
+
+    /// [`Store::admit`], then, when admitted and `budget` is given,
+    /// [`Store::reserve`], as one step: a networked store makes it one round
+    /// trip. Same effects as the two calls in a row: a refused reservation
+    /// keeps the admission (the request counts, the caller releases the
+    /// slot as for any refused request).
+    async fn admit_reserve(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        admit: AdmitLimits,
+        budget: Option<BudgetAsk>,
+    ) -> Result<(Admission, Option<Reserved>), StoreError> {
+        let admission = self.admit(sub, now_ms, admit).await?;
+        let Some(b) = budget.filter(|_| matches!(admission, Admission::Admitted { .. })) else {
+            return Ok((admission, None));
+        };
+        let reserved = self.reserve(sub, now_ms, b.tokens, b.usd, b.limits).await;
+        match reserved {
+            Ok(r) => Ok((admission, Some(r))),
+            Err(e) => {
+                // The slot just taken is the caller's to release only if it
+                // learns about it: give it back here.
+                if let Admission::Admitted {
+                    slot_held: true, ..
+                } = admission
+                {
+                    let _ = self.release_slot(sub).await;
+                }
+                Err(e)
+            }
+        }
+    }
 
     /// Reserves a worst case against every budget at once, or nothing.
     async fn reserve(

@@ -185,6 +185,7 @@ const BUDGET_LUA: &str = include_str!("lua/budget.lua");
 struct Scripts {
     admit: Script,
     reserve: Script,
+    admit_reserve: Script,
     finish: Script,
     counter: Script,
     revoke: Script,
@@ -196,6 +197,12 @@ impl Scripts {
         Self {
             admit: Script::from_lua(include_str!("lua/admit.lua")),
             reserve: Script::from_lua(format!("{BUDGET_LUA}\n{}", include_str!("lua/reserve.lua"))),
+            admit_reserve: Script::from_lua(format!(
+                "{BUDGET_LUA}\nlocal function admit(KEYS, ARGV)\n{}\nend\nlocal function reserve(KEYS, ARGV)\n{}\nend\n{}",
+                include_str!("lua/admit.lua"),
+                include_str!("lua/reserve.lua"),
+                include_str!("lua/admit_reserve.lua")
+            )),
             finish: Script::from_lua(format!("{BUDGET_LUA}\n{}", include_str!("lua/finish.lua"))),
             counter: Script::from_lua(include_str!("lua/counter.lua")),
             revoke: Script::from_lua(include_str!("lua/revoke.lua")),
@@ -985,6 +992,118 @@ impl RedisStore {
             .map_err(store_error)
     }
 
+    /// Keys and arguments of `admit.lua`.
+    fn admit_call(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        limits: AdmitLimits,
+    ) -> (Vec<String>, Vec<String>) {
+        let k = self.ctx.keys.subject(sub);
+        let window_start = now_ms as i128 - MINUTE_MS as i128;
+        let member = format!("{now_ms}-{:016x}", rand::random::<u64>());
+        (
+            vec![k.req(), k.conc()],
+            vec![
+                now_ms.to_string(),
+                window_start.to_string(),
+                limit_arg(limits.requests_per_minute),
+                limit_arg(limits.max_concurrent),
+                member,
+                LOG_TTL_MS.to_string(),
+                SLOT_TTL_MS.to_string(),
+            ],
+        )
+    }
+
+    /// Keys and arguments of `reserve.lua`.
+    fn reserve_call(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        tokens: u64,
+        usd: f64,
+        limits: BudgetLimits,
+    ) -> (Vec<String>, Vec<String>) {
+        let k = self.ctx.keys.subject(sub);
+        let mut keys = vec![k.bud()];
+        if !self.clustered {
+            keys.push(self.ctx.keys.inflight());
+        }
+        (
+            keys,
+            vec![
+                (now_ms / MINUTE_MS).to_string(),
+                (now_ms / DAY_MS).to_string(),
+                (now_ms % MINUTE_MS).to_string(),
+                lua_int(tokens).to_string(),
+                lua_f64(usd),
+                limit_arg(limits.tokens_per_minute),
+                limit_arg(limits.tokens_per_day),
+                limits.usd_per_day.map(lua_f64).unwrap_or_default(),
+                BUDGET_TTL_MS.to_string(),
+                INFLIGHT_TTL_MS.to_string(),
+            ],
+        )
+    }
+
+    fn parse_reserve(
+        &self,
+        reply: Value,
+        now_ms: u64,
+        tokens: u64,
+        usd: f64,
+        limits: BudgetLimits,
+    ) -> Result<Reserved, StoreError> {
+        let a = reply_array(reply, "reserve")?;
+        let code = int_at(&a, 0, "reserve")?;
+        let cur = int_at(&a, 1, "reserve")?;
+        let prev = int_at(&a, 2, "reserve")?;
+        Ok(match code {
+            0 => {
+                if self.clustered {
+                    self.bump_inflight_later(1);
+                }
+                Reserved::Reserved {
+                    reservation: Reservation {
+                        tokens,
+                        usd,
+                        at_ms: now_ms,
+                    },
+                    remaining_tokens_minute: limits.tokens_per_minute.map(|tpm| {
+                        tpm.saturating_sub(tokens_in_window(now_ms, cur, prev).ceil() as u64)
+                    }),
+                }
+            }
+            1 => Reserved::Refused(Refusal {
+                limit: LimitKind::Tokens,
+                retry_after_secs: tokens_retry_after(
+                    cur,
+                    prev,
+                    now_ms,
+                    limits.tokens_per_minute.unwrap_or(0),
+                    tokens,
+                ),
+                detail: "tokens_per_minute",
+            }),
+            2 => Reserved::Refused(Refusal {
+                limit: LimitKind::Tokens,
+                retry_after_secs: until_next_day(now_ms),
+                detail: "tokens_per_day",
+            }),
+            3 => Reserved::Refused(Refusal {
+                limit: LimitKind::Budget,
+                retry_after_secs: until_next_day(now_ms),
+                detail: "usd_per_day",
+            }),
+            _ => {
+                return Err(StoreError::Protocol(format!(
+                    "unexpected reserve reply: {a:?}"
+                )))
+            }
+        })
+    }
+
     /// See [`bump_inflight_later`].
     fn bump_inflight_later(&self, delta: i64) {
         let Ok(conn) = self.conn() else { return };
@@ -1045,6 +1164,37 @@ fn lua_f64(v: f64) -> String {
 
 fn limit_arg(v: Option<u64>) -> String {
     v.map_or_else(|| "-1".into(), |v| lua_int(v).to_string())
+}
+
+fn parse_admit(reply: Value, now_ms: u64, limits: AdmitLimits) -> Result<Admission, StoreError> {
+    let a = reply_array(reply, "admit")?;
+    Ok(match int_at(&a, 0, "admit")? {
+        0 => Admission::Admitted {
+            remaining_requests: limits
+                .requests_per_minute
+                .map(|_| int_at(&a, 1, "admit").map(|r| r.max(0) as u64))
+                .transpose()?,
+            slot_held: limits.max_concurrent.is_some(),
+        },
+        1 => {
+            let oldest = a.get(1).and_then(score).unwrap_or(now_ms);
+            Admission::Refused(Refusal {
+                limit: LimitKind::Requests,
+                retry_after_secs: ceil_secs((oldest + MINUTE_MS).saturating_sub(now_ms)),
+                detail: "requests_per_minute",
+            })
+        }
+        2 => Admission::Refused(Refusal {
+            limit: LimitKind::Concurrent,
+            retry_after_secs: 1,
+            detail: "max_concurrent",
+        }),
+        _ => {
+            return Err(StoreError::Protocol(format!(
+                "unexpected admit reply: {a:?}"
+            )))
+        }
+    })
 }
 
 fn reply_array(v: Value, what: &str) -> Result<Vec<Value>, StoreError> {
@@ -1284,52 +1434,9 @@ impl Store for RedisStore {
                 slot_held: false,
             });
         }
-        let k = self.ctx.keys.subject(sub);
-        let window_start = now_ms as i128 - MINUTE_MS as i128;
-        let member = format!("{now_ms}-{:016x}", rand::random::<u64>());
-        let reply = self
-            .eval(
-                &self.ctx.scripts.admit,
-                vec![k.req(), k.conc()],
-                vec![
-                    now_ms.to_string(),
-                    window_start.to_string(),
-                    limit_arg(limits.requests_per_minute),
-                    limit_arg(limits.max_concurrent),
-                    member,
-                    LOG_TTL_MS.to_string(),
-                    SLOT_TTL_MS.to_string(),
-                ],
-            )
-            .await?;
-        let a = reply_array(reply, "admit")?;
-        Ok(match int_at(&a, 0, "admit")? {
-            0 => Admission::Admitted {
-                remaining_requests: limits
-                    .requests_per_minute
-                    .map(|_| int_at(&a, 1, "admit").map(|r| r.max(0) as u64))
-                    .transpose()?,
-                slot_held: limits.max_concurrent.is_some(),
-            },
-            1 => {
-                let oldest = a.get(1).and_then(score).unwrap_or(now_ms);
-                Admission::Refused(Refusal {
-                    limit: LimitKind::Requests,
-                    retry_after_secs: ceil_secs((oldest + MINUTE_MS).saturating_sub(now_ms)),
-                    detail: "requests_per_minute",
-                })
-            }
-            2 => Admission::Refused(Refusal {
-                limit: LimitKind::Concurrent,
-                retry_after_secs: 1,
-                detail: "max_concurrent",
-            }),
-            _ => {
-                return Err(StoreError::Protocol(format!(
-                    "unexpected admit reply: {a:?}"
-                )))
-            }
-        })
+        let (keys, args) = self.admit_call(sub, now_ms, limits);
+        let reply = self.eval(&self.ctx.scripts.admit, keys, args).await?;
+        parse_admit(reply, now_ms, limits)
     }
 
     async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
@@ -1352,76 +1459,51 @@ impl Store for RedisStore {
         usd: f64,
         limits: BudgetLimits,
     ) -> Result<Reserved, StoreError> {
-        let k = self.ctx.keys.subject(sub);
-        let mut keys = vec![k.bud()];
-        if !self.clustered {
-            keys.push(self.ctx.keys.inflight());
-        }
+        let (keys, args) = self.reserve_call(sub, now_ms, tokens, usd, limits);
+        let reply = self.eval(&self.ctx.scripts.reserve, keys, args).await?;
+        self.parse_reserve(reply, now_ms, tokens, usd, limits)
+    }
+
+    async fn admit_reserve(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        admit: AdmitLimits,
+        budget: Option<BudgetAsk>,
+    ) -> Result<(Admission, Option<Reserved>), StoreError> {
+        let counts = admit.requests_per_minute.is_some() || admit.max_concurrent.is_some();
+        let (Some(b), true) = (budget, counts) else {
+            // One script or none: the separate calls are already one round trip.
+            let admission = self.admit(sub, now_ms, admit).await?;
+            let reserved = match (budget, &admission) {
+                (Some(b), Admission::Admitted { .. }) => {
+                    Some(self.reserve(sub, now_ms, b.tokens, b.usd, b.limits).await?)
+                }
+                _ => None,
+            };
+            return Ok((admission, reserved));
+        };
+        let (mut keys, mut args) = self.admit_call(sub, now_ms, admit);
+        let (rkeys, rargs) = self.reserve_call(sub, now_ms, b.tokens, b.usd, b.limits);
+        keys.extend(rkeys);
+        args.extend(rargs);
         let reply = self
-            .eval(
-                &self.ctx.scripts.reserve,
-                keys,
-                vec![
-                    (now_ms / MINUTE_MS).to_string(),
-                    (now_ms / DAY_MS).to_string(),
-                    (now_ms % MINUTE_MS).to_string(),
-                    lua_int(tokens).to_string(),
-                    lua_f64(usd),
-                    limit_arg(limits.tokens_per_minute),
-                    limit_arg(limits.tokens_per_day),
-                    limits.usd_per_day.map(lua_f64).unwrap_or_default(),
-                    BUDGET_TTL_MS.to_string(),
-                    INFLIGHT_TTL_MS.to_string(),
-                ],
-            )
+            .eval(&self.ctx.scripts.admit_reserve, keys, args)
             .await?;
-        let a = reply_array(reply, "reserve")?;
-        let code = int_at(&a, 0, "reserve")?;
-        let cur = int_at(&a, 1, "reserve")?;
-        let prev = int_at(&a, 2, "reserve")?;
-        Ok(match code {
-            0 => {
-                if self.clustered {
-                    self.bump_inflight_later(1);
-                }
-                Reserved::Reserved {
-                    reservation: Reservation {
-                        tokens,
-                        usd,
-                        at_ms: now_ms,
-                    },
-                    remaining_tokens_minute: limits.tokens_per_minute.map(|tpm| {
-                        tpm.saturating_sub(tokens_in_window(now_ms, cur, prev).ceil() as u64)
-                    }),
-                }
+        let mut parts = reply_array(reply, "admit_reserve")?.into_iter();
+        let admission = parse_admit(parts.next().unwrap_or(Value::Null), now_ms, admit)?;
+        let reserved = match parts.next() {
+            Some(r @ Value::Array(_)) => {
+                Some(self.parse_reserve(r, now_ms, b.tokens, b.usd, b.limits)?)
             }
-            1 => Reserved::Refused(Refusal {
-                limit: LimitKind::Tokens,
-                retry_after_secs: tokens_retry_after(
-                    cur,
-                    prev,
-                    now_ms,
-                    limits.tokens_per_minute.unwrap_or(0),
-                    tokens,
-                ),
-                detail: "tokens_per_minute",
-            }),
-            2 => Reserved::Refused(Refusal {
-                limit: LimitKind::Tokens,
-                retry_after_secs: until_next_day(now_ms),
-                detail: "tokens_per_day",
-            }),
-            3 => Reserved::Refused(Refusal {
-                limit: LimitKind::Budget,
-                retry_after_secs: until_next_day(now_ms),
-                detail: "usd_per_day",
-            }),
-            _ => {
-                return Err(StoreError::Protocol(format!(
-                    "unexpected reserve reply: {a:?}"
-                )))
-            }
-        })
+            _ => None,
+        };
+        if matches!(admission, Admission::Admitted { .. }) != reserved.is_some() {
+            return Err(StoreError::Protocol(
+                "admit_reserve: reservation missing or unexpected".into(),
+            ));
+        }
+        Ok((admission, reserved))
     }
 
     async fn settle(

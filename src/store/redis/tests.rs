@@ -76,6 +76,7 @@ conformance_tests!(
     finish_does_everything_in_one_call,
     inflight_reservations_return_to_previous,
     concurrent_reservations_never_overspend,
+    admit_reserve_is_admit_then_reserve,
 );
 
 // ---- no server needed ----
