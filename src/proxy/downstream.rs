@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// Wraps the proxy app so every accepted connection gets a [`GuardedStream`].
 pub struct Guarded<A> {
@@ -73,10 +73,13 @@ pub struct GuardedStream {
     header_timeout: Duration,
     /// Reading a request's header block (until CRLFCRLF).
     in_headers: bool,
-    /// Last bytes of the header block read so far, to find CRLFCRLF split
-    /// across reads.
-    tail: [u8; 3],
-    deadline: Option<Pin<Box<Sleep>>>,
+    end: HeaderEnd,
+    /// When the header block being read must be complete.
+    deadline: Option<Instant>,
+    /// Armed only when a read of unfinished headers has to wait: a request
+    /// whose headers arrive in one read (nearly all) costs no timer at all,
+    /// and one timer is reused for the connection's life.
+    timer: Option<Pin<Box<Sleep>>>,
     drain: bool,
     write_broken: bool,
 }
@@ -87,9 +90,10 @@ impl GuardedStream {
             inner,
             header_timeout,
             in_headers: true,
-            tail: [0; 3],
+            end: HeaderEnd::default(),
             // A new connection must start its request in time too.
-            deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
+            deadline: Some(Instant::now() + header_timeout),
+            timer: None,
             drain,
             write_broken: false,
         }
@@ -102,21 +106,58 @@ impl GuardedStream {
         }
         if self.deadline.is_none() {
             // First byte of a kept-alive connection's next request.
-            self.deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
+            self.deadline = Some(Instant::now() + self.header_timeout);
         }
-        let mut window = [0u8; 4];
-        window[1..].copy_from_slice(&self.tail);
-        for &b in new {
-            window.rotate_left(1);
-            window[3] = b;
-            if &window == b"\r\n\r\n" {
-                self.in_headers = false;
-                self.deadline = None;
-                return;
-            }
+        if self.end.found_in(new) {
+            self.in_headers = false;
+            self.deadline = None;
         }
-        self.tail.copy_from_slice(&window[1..]);
     }
+
+    fn headers_late(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.deadline.filter(|_| self.in_headers) else {
+            return false;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// Finds CRLFCRLF in a byte stream read in pieces.
+#[derive(Debug, Default)]
+struct HeaderEnd {
+    /// The last three bytes seen, for a CRLFCRLF split across reads.
+    tail: [u8; 3],
+}
+
+impl HeaderEnd {
+    fn found_in(&mut self, new: &[u8]) -> bool {
+        let mut seam = [0u8; 6];
+        let n = new.len().min(3);
+        seam[..3].copy_from_slice(&self.tail);
+        seam[3..3 + n].copy_from_slice(&new[..n]);
+        let seam = &seam[..3 + n];
+        if memchr::memmem::find(seam, b"\r\n\r\n").is_some()
+            || memchr::memmem::find(new, b"\r\n\r\n").is_some()
+        {
+            return true;
+        }
+        let last = if new.len() >= 3 { new } else { seam };
+        self.tail.copy_from_slice(&last[last.len() - 3..]);
+        false
+    }
+}
+
+fn headers_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "request headers not complete within client_timeout",
+    )
 }
 
 fn is_reset(e: &io::Error) -> bool {
@@ -137,25 +178,20 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.in_headers {
-            if let Some(d) = this.deadline.as_mut() {
-                if d.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request headers not complete within client_timeout",
-                    )));
-                }
-            }
-        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if this.in_headers {
                     this.saw(&buf.filled()[before..]);
+                    // A client trickling bytes never makes a read wait.
+                    if this.in_headers && this.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Poll::Ready(Err(headers_timed_out()));
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) if this.drain && is_reset(&e) => Poll::Ready(Ok(())),
+            Poll::Pending if this.headers_late(cx) => Poll::Ready(Err(headers_timed_out())),
             other => other,
         }
     }
@@ -172,7 +208,7 @@ impl AsyncWrite for GuardedStream {
         // whose deadline starts with its first byte.
         if !this.in_headers {
             this.in_headers = true;
-            this.tail = [0; 3];
+            this.end = HeaderEnd::default();
             this.deadline = None;
         }
         if this.write_broken {
@@ -269,5 +305,46 @@ impl GetSocketDigest for GuardedStream {
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderEnd;
+    use proptest::prelude::*;
+
+    fn whole(bytes: &[u8]) -> bool {
+        bytes.windows(4).any(|w| w == b"\r\n\r\n")
+    }
+
+    proptest! {
+        /// Found in pieces exactly when found in the whole, at the piece
+        /// that completes it.
+        #[test]
+        fn pieces_agree_with_the_whole(
+            bytes in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'a')], 0..40),
+            cuts in proptest::collection::vec(0usize..41, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let mut end = HeaderEnd::default();
+            let mut from = 0;
+            let mut found_at = None;
+            for &c in &cuts {
+                if end.found_in(&bytes[from..c]) {
+                    found_at = Some(c);
+                    break;
+                }
+                from = c;
+            }
+            match found_at {
+                Some(c) => {
+                    prop_assert!(whole(&bytes[..c]));
+                    prop_assert!(!whole(&bytes[..from]), "not complete before this piece");
+                }
+                None => prop_assert!(!whole(&bytes)),
+            }
+        }
     }
 }

@@ -56,6 +56,13 @@ pub const DEFAULT_CAPACITY: usize = 8192;
 /// Most records serialised into one write; bounds the writer's buffer.
 pub const MAX_BATCH: usize = 4096;
 
+/// How long the writer lets records gather after waking for one, unless
+/// [`LINGER_BATCH`] are already queued: records reach the file at most this
+/// much later, and a busy gateway makes hundreds of writes a second instead
+/// of one per request.
+const LINGER: Duration = Duration::from_millis(2);
+const LINGER_BATCH: usize = 256;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const FILE_MODE: u32 = 0o640;
@@ -656,6 +663,15 @@ impl<'a, T: LogLine> Writer<'a, T> {
             } else if self.buf.is_empty() {
                 while st.queue.is_empty() && !st.reopen && !st.stop {
                     shared.wake_writer.wait(&mut st);
+                }
+                // Under load records come in a stream: one wake-up and one
+                // write(2) per record cost more than the records (the
+                // writer was ~6 % of the proxy's CPU). Let a batch gather;
+                // producers only notify an empty queue, so only stop,
+                // reopen and flush cut this short.
+                if st.queue.len() < LINGER_BATCH && !st.stop && !st.reopen {
+                    let until = Instant::now() + LINGER;
+                    let _ = shared.wake_writer.wait_until(&mut st, until);
                 }
             }
 
