@@ -5,6 +5,8 @@
 #   fuzz/run_series.sh [TARGET ...]          # default: all six
 #   TOTAL=10000000 CHUNK=1000000 BIN=target/nosan/x86_64-unknown-linux-gnu/release
 #
+# `work/<target>.progress` gets a line per chunk (inputs so far).
+#
 # Why chunks: a shared 2-core machine also runs benchmarks. Between chunks the
 # series waits while the file `work/PAUSE` exists, so a load test can have
 # both cores without stopping libFuzzer mid-input (a stopped process would
@@ -49,6 +51,7 @@ for t in $targets; do
     fi
     done_runs=$((done_runs + ran))
     active=$((active + $(date +%s) - t0))
+    echo "$(date -u +%FT%TZ) $t $done_runs" >>"work/$t.progress"
   done
   corpus=$(find "work/$t" -type f | wc -l)
   echo "$(date -u +%FT%TZ) $t ok: $done_runs inputs in ${active}s of fuzzing, corpus $corpus, no crash/timeout/oom" | tee -a "$LOG"
