@@ -149,6 +149,35 @@ pub async fn identity_revoked(store: &dyn Store, id: &Identity) -> Result<bool, 
     Ok(false)
 }
 
+/// [`Store::admit_reserve`] as two calls; a store without a cheaper way
+/// uses this.
+pub async fn admit_then_reserve<S: Store + ?Sized>(
+    store: &S,
+    sub: &str,
+    now_ms: u64,
+    admit: AdmitLimits,
+    budget: Option<BudgetAsk>,
+) -> Result<(Admission, Option<Reserved>), StoreError> {
+    let admission = store.admit(sub, now_ms, admit).await?;
+    let Some(b) = budget.filter(|_| matches!(admission, Admission::Admitted { .. })) else {
+        return Ok((admission, None));
+    };
+    match store.reserve(sub, now_ms, b.tokens, b.usd, b.limits).await {
+        Ok(r) => Ok((admission, Some(r))),
+        Err(e) => {
+            // The slot just taken is the caller's to release only if it
+            // learns about it: give it back here.
+            if let Admission::Admitted {
+                slot_held: true, ..
+            } = admission
+            {
+                let _ = store.release_slot(sub).await;
+            }
+            Err(e)
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Releases a concurrency slot the moment a response's last byte is
@@ -192,25 +221,7 @@ pub trait Store: Send + Sync + 'static {
         admit: AdmitLimits,
         budget: Option<BudgetAsk>,
     ) -> Result<(Admission, Option<Reserved>), StoreError> {
-        let admission = self.admit(sub, now_ms, admit).await?;
-        let Some(b) = budget.filter(|_| matches!(admission, Admission::Admitted { .. })) else {
-            return Ok((admission, None));
-        };
-        let reserved = self.reserve(sub, now_ms, b.tokens, b.usd, b.limits).await;
-        match reserved {
-            Ok(r) => Ok((admission, Some(r))),
-            Err(e) => {
-                // The slot just taken is the caller's to release only if it
-                // learns about it: give it back here.
-                if let Admission::Admitted {
-                    slot_held: true, ..
-                } = admission
-                {
-                    let _ = self.release_slot(sub).await;
-                }
-                Err(e)
-            }
-        }
+        admit_then_reserve(self, sub, now_ms, admit, budget).await
     }
 
     /// Reserves a worst case against every budget at once, or nothing.

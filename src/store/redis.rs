@@ -1474,14 +1474,7 @@ impl Store for RedisStore {
         let counts = admit.requests_per_minute.is_some() || admit.max_concurrent.is_some();
         let (Some(b), true) = (budget, counts) else {
             // One script or none: the separate calls are already one round trip.
-            let admission = self.admit(sub, now_ms, admit).await?;
-            let reserved = match (budget, &admission) {
-                (Some(b), Admission::Admitted { .. }) => {
-                    Some(self.reserve(sub, now_ms, b.tokens, b.usd, b.limits).await?)
-                }
-                _ => None,
-            };
-            return Ok((admission, reserved));
+            return admit_then_reserve(self, sub, now_ms, admit, budget).await;
         };
         let (mut keys, mut args) = self.admit_call(sub, now_ms, admit);
         let (rkeys, rargs) = self.reserve_call(sub, now_ms, b.tokens, b.usd, b.limits);
