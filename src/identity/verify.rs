@@ -365,12 +365,10 @@ impl Verifier {
         key.verify_sig(parts.signing_input.as_bytes(), &signature)
             .map_err(|_| AuthError::BadSignature)?;
         let claims = parse_claims(&decode(parts.payload)?, &self.policy.names)?;
-        let mut identity = self.policy.validate(claims, token, now)?;
-        if identity.twin_jti.is_some() {
-            identity.twin_jti = ecdsa_twin(alg, &signature)
-                .map(|twin| sha256_hex_parts(parts.signing_input, &twin));
-        }
-        Ok(identity)
+        // Only ECDSA signatures have a second valid spelling.
+        let twin_jti =
+            || ecdsa_twin(alg, &signature).map(|twin| sha256_hex_parts(parts.signing_input, &twin));
+        self.policy.validate(claims, token, twin_jti, now)
     }
 }
 
@@ -619,7 +617,15 @@ fn optional_text(value: Option<Value>) -> Result<Option<String>, AuthError> {
 }
 
 impl Policy {
-    fn validate(&self, raw: RawClaims, token: &str, now: u64) -> Result<Identity, AuthError> {
+    /// `twin_jti` gives the revocation id of the token's other valid
+    /// spelling, if it has one; asked only for a token without `jti`.
+    fn validate(
+        &self,
+        raw: RawClaims,
+        token: &str,
+        twin_jti: impl FnOnce() -> Option<String>,
+        now: u64,
+    ) -> Result<Identity, AuthError> {
         let exp = numeric_date(raw.exp.as_ref().ok_or(AuthError::Malformed)?)?;
         if now >= exp.saturating_add(self.leeway) {
             return Err(AuthError::Expired);
@@ -667,11 +673,9 @@ impl Policy {
             other => optional_text(other)?.into_iter().collect(),
         };
         let tier = optional_text(raw.tier)?;
-        // `twin_jti` is only marked here (a placeholder); `check` fills it
-        // for ECDSA tokens, the only ones with a second valid spelling.
         let (jti, twin_jti) = match optional_text(raw.jti)? {
             Some(jti) => (jti, None),
-            None => (sha256_hex(token), Some(String::new())),
+            None => (sha256_hex(token), twin_jti()),
         };
         Ok(Identity {
             sub,

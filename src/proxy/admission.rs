@@ -144,7 +144,7 @@ pub async fn approve_body(
     path: &str,
     raw: &[u8],
     ctx: &mut Ctx,
-    admit: Admit,
+    mode: Admit,
 ) -> Result<Option<Vec<u8>>, GatewayError> {
     let Some(provider) = ctx.provider.clone() else {
         return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
@@ -153,14 +153,14 @@ pub async fn approve_body(
         Ok(info) => info,
         Err(e) => {
             let err = GatewayError::new(400, ErrorKind::InvalidRequest, e.to_string());
-            return Err(admit_before_refusing(app, ctx, admit, err).await);
+            return Err(admit_before_refusing(app, ctx, mode, err).await);
         }
     };
     let rewritten = body::rewrite_for_usage(provider.kind, path, raw, &info);
     let (Some(id), Some(tier)) = (ctx.identity.clone(), ctx.tier.clone()) else {
         return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
     };
-    if admit == Admit::WithBody {
+    if mode == Admit::WithBody {
         prepare_rate(ctx, &tier);
     }
     if !tier.allows_model(info.model.as_deref()) {
@@ -175,7 +175,7 @@ pub async fn approve_body(
             ErrorKind::Permission,
             format!("model {shown} is not allowed for tier {}", tier.name),
         );
-        return Err(admit_before_refusing(app, ctx, admit, err).await);
+        return Err(admit_before_refusing(app, ctx, mode, err).await);
     }
     let max_out = info.max_tokens.unwrap_or(app.default_max_tokens);
     let ask = (!tier.budget.is_unlimited()).then(|| BudgetAsk {
@@ -188,16 +188,12 @@ pub async fn approve_body(
         limits: tier.budget,
     });
     ctx.info = Some(info);
-    let with_admission = admit == Admit::WithBody && counts_requests(&tier);
+    let with_admission = mode == Admit::WithBody && counts_requests(&tier);
     let Some(ask) = ask else {
-        if !with_admission {
-            return Ok(rewritten);
+        if with_admission {
+            admit(app, ctx).await?;
         }
-        return match app.store.admit(&id.sub, now_ms(), tier.admit).await {
-            Ok(a) => apply_admission(app, ctx, a).map(|()| rewritten),
-            Err(e) if app.store_failure_allows("admit", &e) => Ok(rewritten),
-            Err(_) => Err(store_down()),
-        };
+        return Ok(rewritten);
     };
     if with_admission {
         return match app

@@ -295,6 +295,20 @@ pub struct Finish<'a> {
     pub totals: Option<(&'a str, &'a DayTotals)>,
 }
 
+impl<'a> Finish<'a> {
+    /// A finish that only gives back a concurrency slot.
+    pub fn slot_only(sub: &'a str) -> Self {
+        Finish {
+            sub,
+            slot_held: true,
+            reservation: None,
+            actual_tokens: 0,
+            actual_usd: 0.0,
+            totals: None,
+        }
+    }
+}
+
 /// The store the config asks for. Never blocks on the network: a Redis store
 /// connects in the background and reports errors per call until it answers.
 pub async fn connect(

@@ -1375,17 +1375,7 @@ impl Store for RedisStore {
         let Some(conn) = self.started_conn() else {
             return false;
         };
-        let f = QueuedFinish::new(
-            &Finish {
-                sub,
-                slot_held: true,
-                reservation: None,
-                actual_tokens: 0,
-                actual_usd: 0.0,
-                totals: None,
-            },
-            rand::random(),
-        );
+        let f = QueuedFinish::new(&Finish::slot_only(sub), rand::random());
         let client = conn.client.clone();
         let rt = conn.rt.clone();
         let created = conn.created;
@@ -1440,15 +1430,7 @@ impl Store for RedisStore {
     }
 
     async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
-        self.finish(Finish {
-            sub,
-            slot_held: true,
-            reservation: None,
-            actual_tokens: 0,
-            actual_usd: 0.0,
-            totals: None,
-        })
-        .await
+        self.finish(Finish::slot_only(sub)).await
     }
 
     async fn reserve(

@@ -823,17 +823,7 @@ async fn follows_redis_going_away_and_coming_back() {
 // ---- finishes kept while Redis is unreachable ----
 
 fn queued(sub: &str, marker: u64) -> QueuedFinish {
-    QueuedFinish::new(
-        &Finish {
-            sub,
-            slot_held: true,
-            reservation: None,
-            actual_tokens: 0,
-            actual_usd: 0.0,
-            totals: None,
-        },
-        marker,
-    )
+    QueuedFinish::new(&Finish::slot_only(sub), marker)
 }
 
 #[test]
