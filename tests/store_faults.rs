@@ -4,7 +4,7 @@
 //! nothing panics, both recover without a restart, and no limit state is
 //! double-applied: a subject with `requests_per_minute: 8` gets exactly 8
 //! requests through across a kill or a restart (Redis keeps its data: AOF,
-//! `appendfsync always`).
+//! see `common::redis_ctl`).
 //!
 //! The tests take turns (one Redis). Skipped, with a message, without a
 //! `redis-server` binary.

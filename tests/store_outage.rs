@@ -176,7 +176,13 @@ async fn redis_stopped_and_restarted_during_the_run() {
     let limited = closed.token_role(&unique("limited"), "rpm3");
     for gw in [&closed, &open, &closed] {
         let resp = proxied(gw, &limited, &unique("c")).await;
-        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(
+            resp.status,
+            200,
+            "{}\n{}",
+            resp.text(),
+            common::gateway::tail(&gw.stderr_log(), 30)
+        );
     }
     for gw in [&open, &closed] {
         let resp = proxied(gw, &limited, &unique("c")).await;

@@ -1,7 +1,11 @@
 //! A private `redis-server` the test can break: kill it (SIGKILL), pause it
-//! (`DEBUG SLEEP`), and restart it on the same port with the same data (AOF
-//! with `appendfsync always`, so nothing acknowledged before a SIGKILL is
-//! lost and a restart does not reset the limits under test).
+//! (`DEBUG SLEEP`), and restart it on the same port with the same data (AOF,
+//! so a restart does not reset the limits under test). `appendfsync no` is
+//! enough for that: Redis write()s the AOF before it sends the replies, and a
+//! SIGKILLed process leaves what it wrote in the kernel's page cache; only a
+//! machine crash needs fsync. `always` made every write wait for the disk,
+//! which on a loaded CI disk took longer than the gateway's 1 s command
+//! timeout and turned healthy requests into 503s.
 //!
 //! Unlike [`crate::common::redis::Redis`] this never uses
 //! `TOLLGATE_TEST_REDIS_URL`: a shared Redis must not be killed.
@@ -62,7 +66,7 @@ impl RedisCtl {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                "no",
                 "--enable-debug-command",
                 "yes",
                 "--dir",
