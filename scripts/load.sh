@@ -37,7 +37,8 @@ Knobs (environment):
   PER_USER_LABELS=true               metrics.per_user_labels (false only to diagnose its cost)
   SKIP_BUILD=0 SKIP_INSTALL=0 NOTE="..."     NOTE is printed above the tables
   PROFILER=callgrind|perf PROFILE_TARGETS="bare tollgate" PROFILE_SECONDS=20
-  PROFILE_CONNECTIONS=4 PROFILE_WARMUP=10   (callgrind; perf samples at CONNECTIONS)
+  PROFILE_CONNECTIONS=4 PROFILE_WARMUP=10   (callgrind; perf samples at CONNECTIONS);
+  PROFILE_TARGETS may also name tollgate_redis (starts a private redis-server)
 EOF
 }
 
@@ -582,7 +583,17 @@ if [ "$MODE" = profile ]; then
         cmd=("$TG" serve -c "$RUN/tollgate.yaml")
         port=$P_TG ready="http://127.0.0.1:$P_TG_ADMIN/readyz"
         ;;
-      *) die "PROFILE_TARGETS: bare or tollgate, not $t" ;;
+      tollgate_redis)
+        if [ -z "${REDIS_PID:-}" ]; then
+          start redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN"
+          REDIS_PID=$STARTED
+          timeout 10 bash -c "until redis-cli -p $P_REDIS ping 2>/dev/null | grep -q PONG; do sleep 0.1; done" ||
+            die "redis-server did not start"
+        fi
+        cmd=("$TG" serve -c "$RUN/tollgate-redis.yaml")
+        port=$P_TGR ready="http://127.0.0.1:$P_TGR_ADMIN/readyz"
+        ;;
+      *) die "PROFILE_TARGETS: bare, tollgate or tollgate_redis, not $t" ;;
     esac
     ADDR[$t]=127.0.0.1:$port
     if [ "$PROFILER" = callgrind ]; then

@@ -116,6 +116,7 @@
 use super::window::*;
 use super::*;
 use base64::Engine as _;
+use batch::{Batcher, CallError, Op};
 use fred::prelude::{
     Client, ClientLike, Config, ConnectionConfig, Error as FredError, ErrorKind, EventInterface,
     HashesInterface, KeysInterface, PerformanceConfig, PubsubInterface, ReconnectPolicy, TcpConfig,
@@ -187,26 +188,52 @@ struct Scripts {
     reserve: Script,
     admit_reserve: Script,
     finish: Script,
+    /// The four above in one, called with several calls at once.
+    batch: Script,
     counter: Script,
     revoke: Script,
     sync: Script,
 }
 
+/// `body` (a script reading `KEYS` and `ARGV`) as a local function.
+fn lua_function(name: &str, body: &str) -> String {
+    format!("local function {name}(KEYS, ARGV)\n{body}\nend\n")
+}
+
 impl Scripts {
     fn new() -> Self {
+        let admit = include_str!("lua/admit.lua");
+        let reserve = include_str!("lua/reserve.lua");
+        let admit_reserve = include_str!("lua/admit_reserve.lua");
+        let finish = include_str!("lua/finish.lua");
+        let admit_and_reserve = format!(
+            "{BUDGET_LUA}\n{}{}",
+            lua_function("admit", admit),
+            lua_function("reserve", reserve)
+        );
         Self {
-            admit: Script::from_lua(include_str!("lua/admit.lua")),
-            reserve: Script::from_lua(format!("{BUDGET_LUA}\n{}", include_str!("lua/reserve.lua"))),
-            admit_reserve: Script::from_lua(format!(
-                "{BUDGET_LUA}\nlocal function admit(KEYS, ARGV)\n{}\nend\nlocal function reserve(KEYS, ARGV)\n{}\nend\n{}",
-                include_str!("lua/admit.lua"),
-                include_str!("lua/reserve.lua"),
-                include_str!("lua/admit_reserve.lua")
+            admit: Script::from_lua(admit),
+            reserve: Script::from_lua(format!("{BUDGET_LUA}\n{reserve}")),
+            admit_reserve: Script::from_lua(format!("{admit_and_reserve}{admit_reserve}")),
+            finish: Script::from_lua(format!("{BUDGET_LUA}\n{finish}")),
+            batch: Script::from_lua(format!(
+                "{admit_and_reserve}{}{}{}",
+                lua_function("admit_reserve", admit_reserve),
+                lua_function("finish", finish),
+                include_str!("lua/batch.lua")
             )),
-            finish: Script::from_lua(format!("{BUDGET_LUA}\n{}", include_str!("lua/finish.lua"))),
             counter: Script::from_lua(include_str!("lua/counter.lua")),
             revoke: Script::from_lua(include_str!("lua/revoke.lua")),
             sync: Script::from_lua(include_str!("lua/sync.lua")),
+        }
+    }
+
+    fn for_op(&self, op: Op) -> &Script {
+        match op {
+            Op::Admit => &self.admit,
+            Op::Reserve => &self.reserve,
+            Op::AdmitReserve => &self.admit_reserve,
+            Op::Finish => &self.finish,
         }
     }
 }
@@ -575,20 +602,21 @@ enum Attempt {
 }
 
 /// Sends a finish once. Every later attempt writes the long-lived marker.
-async fn attempt_finish(client: &Client, ctx: &SyncCtx, f: &mut QueuedFinish) -> Attempt {
+async fn attempt_finish(link: &Link, ctx: &SyncCtx, f: &mut QueuedFinish) -> Attempt {
     let ttl = f.marker_ttl_ms;
     f.marker_ttl_ms = REPLAY_MARKER_TTL_MS;
-    if !client.is_connected() {
+    if !link.client.is_connected() {
         return Attempt::NotSent("redis is not connected".into());
     }
     let (keys, args) = f.call(&ctx.keys, ctx.clustered);
+    // Queued (batched) calls are sent at or after this instant: the marker
+    // may then outlive the estimate below, never the other way round.
     let sent = Instant::now();
-    let r = ctx
-        .scripts
-        .finish
-        .evalsha_with_reload::<Value, _, _>(client, keys, args)
-        .await
-        .map_err(store_error);
+    let r = link.script(&ctx.scripts, Op::Finish, keys, args).await;
+    let r = match r {
+        Err(CallError::NotSent) => return Attempt::NotSent("redis is not connected".into()),
+        r => r.map_err(call_error),
+    };
     match r {
         Ok(_) => Attempt::Applied,
         Err(StoreError::Unavailable(e)) => {
@@ -611,18 +639,18 @@ fn after_finish(client: &Client, rt: &tokio::runtime::Handle, ctx: &SyncCtx, f: 
 
 /// A finish with its quick retries; kept for replay when they all fail.
 async fn deliver_finish(
-    client: &Client,
+    link: &Link,
     created: Instant,
     rt: &tokio::runtime::Handle,
     ctx: &SyncCtx,
     mut f: QueuedFinish,
 ) -> Result<(), StoreError> {
-    wait_connected(client, created).await;
+    wait_connected(&link.client, created).await;
     let mut retries = FINISH_RETRY_DELAYS.iter();
     let err = loop {
-        let e = match attempt_finish(client, ctx, &mut f).await {
+        let e = match attempt_finish(link, ctx, &mut f).await {
             Attempt::Applied => {
-                after_finish(client, rt, ctx, &f);
+                after_finish(&link.client, rt, ctx, &f);
                 return Ok(());
             }
             Attempt::Failed(e) => return Err(e),
@@ -644,7 +672,8 @@ async fn deliver_finish(
 
 /// Replays the pending finishes whenever the connection is up. Runs on the
 /// store's IO thread for the life of the store.
-async fn replay_pending(client: Client, rt: tokio::runtime::Handle, ctx: SyncCtx) {
+async fn replay_pending(link: Link, rt: tokio::runtime::Handle, ctx: SyncCtx) {
+    let client = link.client.clone();
     let pending = ctx.pending.clone();
     let mut backoff = REPLAY_POLL;
     let mut replayed = 0u64;
@@ -693,10 +722,10 @@ async fn replay_pending(client: Client, rt: tokio::runtime::Handle, ctx: SyncCtx
             let tasks: Vec<_> = batch
                 .into_iter()
                 .map(|mut f| {
-                    let client = client.clone();
+                    let link = link.clone();
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        let a = attempt_finish(&client, &ctx, &mut f).await;
+                        let a = attempt_finish(&link, &ctx, &mut f).await;
                         (f, a)
                     })
                 })
@@ -768,11 +797,47 @@ fn bump_inflight_later(client: &Client, rt: &tokio::runtime::Handle, ctx: &SyncC
     });
 }
 
+/// How the per-request scripts reach Redis from one started IO thread.
+#[derive(Clone)]
+struct Link {
+    client: Client,
+    /// Group commit of the per-request scripts; `None` on a cluster.
+    batcher: Option<Batcher>,
+}
+
+impl Link {
+    /// Runs one of the per-request scripts, in a batch when there is one.
+    async fn script(
+        &self,
+        scripts: &Scripts,
+        op: Op,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, CallError> {
+        match &self.batcher {
+            Some(b) => b.call(op, keys, args).await,
+            None => scripts
+                .for_op(op)
+                .evalsha_with_reload::<Value, _, _>(&self.client, keys, args)
+                .await
+                .map_err(CallError::Redis),
+        }
+    }
+}
+
+fn call_error(e: CallError) -> StoreError {
+    match e {
+        CallError::NotSent => StoreError::Unavailable("redis is not connected".into()),
+        CallError::Redis(e) => store_error(e),
+        CallError::Script(m) => StoreError::Protocol(m),
+    }
+}
+
 /// One started IO thread and its clients, valid in the process that made it.
 struct Conn {
     pid: u32,
     created: Instant,
-    client: Client,
+    link: Link,
     rt: tokio::runtime::Handle,
     /// Dropping it ends the IO thread (and with it the clients and tasks).
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -820,13 +885,20 @@ impl Conn {
             drop(client.connect());
             drop(subscriber.connect());
         }
-        rt.spawn(replay_pending(client.clone(), rt.clone(), ctx.clone()));
-        rt.spawn(revocation_sync(client.clone(), ctx.clone()));
+        // A script touches the keys of one cluster slot only: no batches there.
+        let batcher =
+            (!ctx.clustered).then(|| Batcher::start(client.clone(), ctx.scripts.clone(), &rt));
+        let link = Link {
+            client: client.clone(),
+            batcher,
+        };
+        rt.spawn(replay_pending(link.clone(), rt.clone(), ctx.clone()));
+        rt.spawn(revocation_sync(client, ctx.clone()));
         rt.spawn(revocation_listener(subscriber, ctx));
         Ok(Self {
             pid: std::process::id(),
             created: Instant::now(),
-            client,
+            link,
             rt,
             _stop: stop_tx,
         })
@@ -939,6 +1011,14 @@ impl RedisStore {
         self.ctx.pending.dropped.load(Ordering::Acquire)
     }
 
+    /// Calls that shared a round trip with others (see [`batch`]) since this
+    /// process started its connection.
+    pub fn batched_calls(&self) -> u64 {
+        self.started_conn()
+            .and_then(|c| c.link.batcher.as_ref().map(Batcher::batched_calls))
+            .unwrap_or(0)
+    }
+
     /// The connection of this process if one was started; never starts one.
     fn started_conn(&self) -> Option<Arc<Conn>> {
         let pid = std::process::id();
@@ -972,11 +1052,20 @@ impl RedisStore {
     /// start-up grace).
     async fn ready(&self) -> Result<Arc<Conn>, StoreError> {
         let conn = self.conn()?;
-        if wait_connected(&conn.client, conn.created).await {
+        if wait_connected(&conn.link.client, conn.created).await {
             Ok(conn)
         } else {
             Err(StoreError::Unavailable("redis is not connected".into()))
         }
+    }
+
+    /// A per-request script (see [`batch`]).
+    async fn run(&self, op: Op, keys: Vec<String>, args: Vec<String>) -> Result<Value, StoreError> {
+        let conn = self.ready().await?;
+        conn.link
+            .script(&self.ctx.scripts, op, keys, args)
+            .await
+            .map_err(call_error)
     }
 
     async fn eval(
@@ -987,7 +1076,7 @@ impl RedisStore {
     ) -> Result<Value, StoreError> {
         let conn = self.ready().await?;
         script
-            .evalsha_with_reload::<Value, _, _>(&conn.client, keys, args)
+            .evalsha_with_reload::<Value, _, _>(&conn.link.client, keys, args)
             .await
             .map_err(store_error)
     }
@@ -1107,7 +1196,7 @@ impl RedisStore {
     /// See [`bump_inflight_later`].
     fn bump_inflight_later(&self, delta: i64) {
         let Ok(conn) = self.conn() else { return };
-        bump_inflight_later(&conn.client, &conn.rt, &self.ctx, delta);
+        bump_inflight_later(&conn.link.client, &conn.rt, &self.ctx, delta);
     }
 
     /// `finish` with a given idempotency marker (tests replay one).
@@ -1121,7 +1210,7 @@ impl RedisStore {
                 return Err(e);
             }
         };
-        deliver_finish(&conn.client, conn.created, &conn.rt, &self.ctx, f).await
+        deliver_finish(&conn.link, conn.created, &conn.rt, &self.ctx, f).await
     }
 }
 
@@ -1376,12 +1465,12 @@ impl Store for RedisStore {
             return false;
         };
         let f = QueuedFinish::new(&Finish::slot_only(sub), rand::random());
-        let client = conn.client.clone();
+        let link = conn.link.clone();
         let rt = conn.rt.clone();
         let created = conn.created;
         let ctx = self.ctx.clone();
         let mut release = Box::pin(async move {
-            if let Err(e) = deliver_finish(&client, created, &rt, &ctx, f).await {
+            if let Err(e) = deliver_finish(&link, created, &rt, &ctx, f).await {
                 log::debug!("redis store: early slot release: {e}");
             }
         });
@@ -1404,7 +1493,8 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let conn = self.ready().await?;
-        conn.client
+        conn.link
+            .client
             .ping::<Value>(None)
             .await
             .map(|_| ())
@@ -1425,7 +1515,7 @@ impl Store for RedisStore {
             });
         }
         let (keys, args) = self.admit_call(sub, now_ms, limits);
-        let reply = self.eval(&self.ctx.scripts.admit, keys, args).await?;
+        let reply = self.run(Op::Admit, keys, args).await?;
         parse_admit(reply, now_ms, limits)
     }
 
@@ -1442,7 +1532,7 @@ impl Store for RedisStore {
         limits: BudgetLimits,
     ) -> Result<Reserved, StoreError> {
         let (keys, args) = self.reserve_call(sub, now_ms, tokens, usd, limits);
-        let reply = self.eval(&self.ctx.scripts.reserve, keys, args).await?;
+        let reply = self.run(Op::Reserve, keys, args).await?;
         self.parse_reserve(reply, now_ms, tokens, usd, limits)
     }
 
@@ -1462,9 +1552,7 @@ impl Store for RedisStore {
         let (rkeys, rargs) = self.reserve_call(sub, now_ms, b.tokens, b.usd, b.limits);
         keys.extend(rkeys);
         args.extend(rargs);
-        let reply = self
-            .eval(&self.ctx.scripts.admit_reserve, keys, args)
-            .await?;
+        let reply = self.run(Op::AdmitReserve, keys, args).await?;
         let mut parts = reply_array(reply, "admit_reserve")?.into_iter();
         let admission = parse_admit(parts.next().unwrap_or(Value::Null), now_ms, admit)?;
         let reserved = match parts.next() {
@@ -1583,6 +1671,7 @@ impl Store for RedisStore {
         let conn = self.ready().await?;
         let key = self.ctx.keys.subject(sub).usage(day);
         let v: Vec<Value> = conn
+            .link
             .client
             .hmget(
                 key,
@@ -1618,6 +1707,7 @@ impl Store for RedisStore {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let v: Value = conn
+            .link
             .client
             .get(self.ctx.keys.inflight())
             .await
@@ -1641,3 +1731,5 @@ mod conformance;
 
 #[cfg(test)]
 mod tests;
+
+mod batch;
