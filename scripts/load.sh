@@ -645,6 +645,10 @@ if [ "$MODE" = profile ]; then
       res=$(json_add kind=profile target="$t" profiler=perf data="$RUN/perf.$t.data" <<<"$res")
     fi
     echo "$res" >>"$RUNS"
+    if [ "$t" = tollgate_redis ]; then
+      # Calls and µs per script call inside redis-server, for the whole run.
+      redis-cli -p "$P_REDIS" info commandstats >"$RUN/profile-redis-commandstats.txt" 2>&1 || true
+    fi
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
     log "profile $t: $RUN/profile-$t.txt"

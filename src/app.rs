@@ -6,7 +6,7 @@ use crate::identity::{Signer, Verifier};
 use crate::limits::Tiers;
 use crate::providers::Router;
 use crate::sinks::{Metrics, ModelLabels, UsageLog};
-use crate::store::{MemoryStore, RedisStore, Store, StoreError};
+use crate::store::{FinishFailed, MemoryStore, RedisStore, Store, StoreError};
 use crate::usage::{Pricing, UsageRecord};
 use anyhow::Context;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub struct App {
     pub pricing: Pricing,
     pub usage_log: UsageLog<UsageRecord>,
     pub metrics: Metrics,
+    /// Counts and logs a finish the store took over and could not apply.
+    pub finish_failed: FinishFailed,
     pub model_labels: ModelLabels,
     pub on_error: OnError,
     pub max_body_bytes: usize,
@@ -64,6 +66,13 @@ impl App {
         let usage_log = UsageLog::new(&cfg.usage.log_path)
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
+        let finish_failed: FinishFailed = {
+            let metrics = metrics.clone();
+            Arc::new(move |e: &StoreError| {
+                metrics.store_error("finish");
+                log::warn!("releasing a finished request's limits state failed: {e}");
+            })
+        };
         Ok(Arc::new(Self {
             verifier,
             signer,
@@ -74,6 +83,7 @@ impl App {
             pricing: Pricing::new(&cfg.usage.prices),
             usage_log,
             metrics,
+            finish_failed,
             model_labels: ModelLabels::new(),
             on_error: cfg.store.on_error,
             max_body_bytes: cfg.limits.max_body_bytes,

@@ -31,6 +31,10 @@ fn tiers(b: GatewayBuilder) -> GatewayBuilder {
     b.tier("rpm3", json!({"requests_per_minute": 3}))
         .tier("conc1", json!({"max_concurrent": 1}))
         .tier("tpm", json!({"tokens_per_minute": 2500}))
+        .tier(
+            "seq",
+            json!({"max_concurrent": 1, "tokens_per_minute": 2500}),
+        )
         .tier("day", json!({"tokens_per_day": 3000}))
         .tier("usd", json!({"usd_per_day": 0.01}))
         .tier(
@@ -98,6 +102,7 @@ both_stores!(
     every_authenticated_response_carries_the_rate_limit_headers,
     revocation_by_jti_and_by_sub,
     admin_usage_totals_match_the_usage_records,
+    a_sequential_client_finds_its_slot_free_and_its_budget_settled,
 );
 
 // ------------------------------------------------------------------ helpers
@@ -652,4 +657,37 @@ async fn admin_usage_totals_match_the_usage_records(f: &Fixture) {
         f.kind,
         resp.text()
     );
+}
+
+/// A client that sends its next request (on a new connection) only after
+/// reading the whole answer (JSON or stream) to the previous one finds the previous slot
+/// released and its ~1,560-token reservation settled to the real 10 tokens
+/// every time: with `max_concurrent: 1` and 2,500 tokens per minute, a
+/// leftover slot or an unsettled reservation would refuse it with 429.
+async fn a_sequential_client_finds_its_slot_free_and_its_budget_settled(f: &Fixture) {
+    let sub = unique("seq");
+    let token = f.env.gw.token_role(&sub, "seq");
+    for i in 0..60 {
+        let case = unique("seq");
+        let stream = i % 2 == 1;
+        let usage = Usage::new(6, 4, 0, 0);
+        let mut body = anthropic_body(&case, "claude-sonnet-4-5", stream);
+        body["max_tokens"] = json!(1500);
+        f.env.provider.script(
+            &case,
+            if stream {
+                anthropic::stream("claude-sonnet-4-5", usage)
+            } else {
+                anthropic::json("claude-sonnet-4-5", usage)
+            },
+        );
+        let resp = f.post("/v1/messages", &token, &body).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "[{}] sequential request {i}: {}",
+            f.kind,
+            resp.text()
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! The end of a request: its usage record, metrics, budget settlement and
 //! the release of everything it held. Runs exactly once per request, from
-//! Pingora's `logging` hook, whatever the outcome.
+//! Pingora's `logging` hook, whatever the outcome; the store's part is handed
+//! over earlier, at the response's last byte, when the store can take it
+//! ([`settle_at_last_byte`]).
 
 use super::ctx::Ctx;
 use crate::app::App;
@@ -27,8 +29,8 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         .as_ref()
         .map(|i| i.sub.clone())
         .unwrap_or_default();
-    let provider = ctx
-        .provider
+    let provider_arc = ctx.provider.clone();
+    let provider = provider_arc
         .as_ref()
         .map(|p| p.name.as_str())
         .unwrap_or("none");
@@ -45,13 +47,11 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         return;
     }
 
-    let metered = ctx.meter.as_mut().map(|m| m.finish()).unwrap_or(Metered {
-        usage: Usage::default(),
-        usage_seen: false,
-        complete: false,
-        model: None,
-        stream_error: false,
-    });
+    let Used {
+        metered,
+        model,
+        cost,
+    } = used(app, ctx);
     let upstream_answered = ctx.ttfb.is_some();
     let complete = if !upstream_answered || !ctx.response_done {
         false
@@ -62,13 +62,8 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         // is all there is to see.
         !metered.stream_error
     };
-    let model = ctx
-        .model()
-        .map(str::to_string)
-        .or_else(|| metered.model.clone());
     let model_str = model.as_deref().unwrap_or("");
     let u = metered.usage;
-    let cost = app.pricing.cost(model_str, &u);
     let id = ctx.identity.clone();
     let elapsed = ctx.started.elapsed();
     let record = UsageRecord {
@@ -115,16 +110,85 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         elapsed,
         ctx.ttfb,
     );
-    let totals = DayTotals {
+    if ctx.store_settled {
+        return;
+    }
+    let totals = day_totals(&u, cost);
+    let day = utc_day_string(now_ms());
+    release(app, ctx, &sub, u.total(), cost, Some((&day, &totals))).await;
+}
+
+/// What a proxied request used, as far as the provider's answer showed.
+struct Used {
+    metered: Metered,
+    model: Option<String>,
+    cost: f64,
+}
+
+/// Reads the meter (final once the response ended; reading it twice gives
+/// the same answer).
+fn used(app: &App, ctx: &mut Ctx) -> Used {
+    let metered = ctx.meter.as_mut().map(|m| m.finish()).unwrap_or(Metered {
+        usage: Usage::default(),
+        usage_seen: false,
+        complete: false,
+        model: None,
+        stream_error: false,
+    });
+    let model = ctx
+        .model()
+        .map(str::to_string)
+        .or_else(|| metered.model.clone());
+    let cost = app
+        .pricing
+        .cost(model.as_deref().unwrap_or(""), &metered.usage);
+    Used {
+        metered,
+        model,
+        cost,
+    }
+}
+
+fn day_totals(u: &Usage, cost: f64) -> DayTotals {
+    DayTotals {
         requests: 1,
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
         cache_creation_input_tokens: u.cache_creation_input_tokens,
         cache_read_input_tokens: u.cache_read_input_tokens,
         cost_usd: cost,
+    }
+}
+
+/// At the response's last byte, hands the store everything the request held
+/// and used (slot, settled reservation, the day's totals) without waiting:
+/// the client's next request, on any connection, then finds its slot free
+/// and its budget settled, and this connection does not wait a store round
+/// trip before serving its next request. What is billed does not depend on
+/// anything after the last byte; the usage record still waits for `logging`.
+pub fn settle_at_last_byte(app: &App, ctx: &mut Ctx) {
+    if ctx.store_settled || !ctx.proxied || ctx.refusal.is_some() {
+        return;
+    }
+    let Some(id) = ctx.identity.clone() else {
+        return;
     };
+    let Used { metered, cost, .. } = used(app, ctx);
+    let totals = day_totals(&metered.usage, cost);
     let day = utc_day_string(now_ms());
-    release(app, ctx, &sub, u.total(), cost, Some((&day, &totals))).await;
+    let done = Finish {
+        sub: &id.sub,
+        slot_held: ctx.slot_held,
+        reservation: ctx.reservation,
+        actual_tokens: metered.usage.total(),
+        actual_usd: cost,
+        totals: Some((&day, &totals)),
+    };
+    if app.store.finish_early(done, &app.finish_failed) {
+        ctx.slot_held = false;
+        ctx.reservation = None;
+        ctx.store_settled = true;
+    }
 }
 
 /// One store call for everything the request held: the concurrency slot,

@@ -61,6 +61,9 @@ pub struct Ctx {
     pub client_gone: bool,
     pub drain_until: Option<Instant>,
     pub inflight: Option<InflightGuard>,
+    /// The store took over the finish at the last byte: `logging` leaves
+    /// the slot, the reservation and the day's totals alone.
+    pub store_settled: bool,
     pub finished: bool,
 }
 
@@ -86,6 +89,7 @@ impl Ctx {
             client_gone: false,
             drain_until: None,
             inflight: None,
+            store_settled: false,
             finished: false,
         }
     }

@@ -362,15 +362,9 @@ impl ProxyHttp for Gateway {
         }
         if end_of_stream {
             ctx.response_done = true;
-            // Free the concurrency slot before the last byte reaches the
-            // client, so its next request cannot find it still taken.
-            if ctx.slot_held {
-                if let Some(id) = &ctx.identity {
-                    if self.app.store.release_slot_early(&id.sub) {
-                        ctx.slot_held = false;
-                    }
-                }
-            }
+            // Before the last byte reaches the client, so its next request
+            // cannot find its slot still taken or its budget unsettled.
+            accounting::settle_at_last_byte(&self.app, ctx);
         }
         let drain = self.app.drain_on_disconnect;
         if !drain.is_zero() && !ctx.client_gone && client_left(session) {

@@ -105,6 +105,44 @@ impl MemoryStore {
         self.usage.retain(|(_, day), _| **day >= *oldest_day);
     }
 
+    fn release_slot_now(&self, sub: &str) {
+        if let Some(mut s) = self.subjects.get_mut(sub) {
+            s.concurrent = s.concurrent.saturating_sub(1);
+        }
+    }
+
+    fn settle_now(&self, sub: &str, reservation: Reservation, actual_tokens: u64, actual_usd: f64) {
+        let now_ms = reservation.at_ms.max(crate::limits::now_ms());
+        let diff = i64::try_from(actual_tokens)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(reservation.tokens).unwrap_or(i64::MAX));
+        let usd_diff = actual_usd - reservation.usd;
+        let settled = self.subjects.get_mut(sub).map(|mut s| {
+            s.roll(now_ms);
+            let res_minute = reservation.at_ms / MINUTE_MS;
+            if res_minute == s.tok_minute {
+                s.tok_cur = s.tok_cur.saturating_add(diff).max(0);
+            } else if res_minute + 1 == s.tok_minute {
+                s.tok_prev = s.tok_prev.saturating_add(diff).max(0);
+            }
+            if reservation.at_ms / DAY_MS == s.day {
+                s.day_tokens = s.day_tokens.saturating_add(diff).max(0);
+                s.day_usd = (s.day_usd + usd_diff).max(0.0);
+            }
+            s.reservations = s.reservations.saturating_sub(1);
+        });
+        if settled.is_some() {
+            self.inflight_reservations.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn add_usage_now(&self, sub: &str, day: &str, totals: &DayTotals) {
+        self.usage
+            .entry((sub.into(), day.into()))
+            .or_default()
+            .add(totals);
+    }
+
     /// Number of subjects with live state (memory tests, metrics).
     pub fn subjects(&self) -> usize {
         self.subjects.len()
@@ -155,17 +193,22 @@ impl Store for MemoryStore {
         }))
     }
 
-    fn release_slot_early(&self, sub: &str) -> bool {
-        if let Some(mut s) = self.subjects.get_mut(sub) {
-            s.concurrent = s.concurrent.saturating_sub(1);
+    /// Everything is in memory: done here and now.
+    fn finish_early(&self, done: Finish<'_>, _failed: &FinishFailed) -> bool {
+        if done.slot_held {
+            self.release_slot_now(done.sub);
+        }
+        if let Some(r) = done.reservation {
+            self.settle_now(done.sub, r, done.actual_tokens, done.actual_usd);
+        }
+        if let Some((day, totals)) = done.totals {
+            self.add_usage_now(done.sub, day, totals);
         }
         true
     }
 
     async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
-        if let Some(mut s) = self.subjects.get_mut(sub) {
-            s.concurrent = s.concurrent.saturating_sub(1);
-        }
+        self.release_slot_now(sub);
         Ok(())
     }
 
@@ -236,28 +279,7 @@ impl Store for MemoryStore {
         actual_tokens: u64,
         actual_usd: f64,
     ) -> Result<(), StoreError> {
-        let now_ms = reservation.at_ms.max(crate::limits::now_ms());
-        let diff = i64::try_from(actual_tokens)
-            .unwrap_or(i64::MAX)
-            .saturating_sub(i64::try_from(reservation.tokens).unwrap_or(i64::MAX));
-        let usd_diff = actual_usd - reservation.usd;
-        let settled = self.subjects.get_mut(sub).map(|mut s| {
-            s.roll(now_ms);
-            let res_minute = reservation.at_ms / MINUTE_MS;
-            if res_minute == s.tok_minute {
-                s.tok_cur = s.tok_cur.saturating_add(diff).max(0);
-            } else if res_minute + 1 == s.tok_minute {
-                s.tok_prev = s.tok_prev.saturating_add(diff).max(0);
-            }
-            if reservation.at_ms / DAY_MS == s.day {
-                s.day_tokens = s.day_tokens.saturating_add(diff).max(0);
-                s.day_usd = (s.day_usd + usd_diff).max(0.0);
-            }
-            s.reservations = s.reservations.saturating_sub(1);
-        });
-        if settled.is_some() {
-            self.inflight_reservations.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.settle_now(sub, reservation, actual_tokens, actual_usd);
         Ok(())
     }
 
@@ -286,10 +308,7 @@ impl Store for MemoryStore {
     }
 
     async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError> {
-        self.usage
-            .entry((sub.into(), day.into()))
-            .or_default()
-            .add(totals);
+        self.add_usage_now(sub, day, totals);
         Ok(())
     }
 

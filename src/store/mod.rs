@@ -180,13 +180,16 @@ pub async fn admit_then_reserve<S: Store + ?Sized>(
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Releases a concurrency slot the moment a response's last byte is
-    /// ready, before the client can send its next request (releasing it only
-    /// when the request is logged lets a strictly sequential client race its
-    /// own slot). Must not block. Returns true when the store took the release
-    /// over — `finish` must then not release it again; false leaves it to
-    /// `finish`.
-    fn release_slot_early(&self, _sub: &str) -> bool {
+    /// Takes over a request's whole [`finish`](Store::finish) the moment its
+    /// response's last byte is ready, before the client can send its next
+    /// request, without waiting (finishing only when the request is logged
+    /// lets a strictly sequential client race its own slot, and keeps the
+    /// connection from serving its next request for a round trip). Must not
+    /// block. Returns true when the store took it over — `finish` must then
+    /// not be called for it; false leaves it to `finish`. A failure after
+    /// that is reported to `failed` (the store keeps what it could not apply,
+    /// as `finish` does).
+    fn finish_early(&self, _done: Finish<'_>, _failed: &FinishFailed) -> bool {
         false
     }
 
@@ -281,6 +284,10 @@ pub trait Store: Send + Sync + 'static {
         first_err.map_or(Ok(()), Err)
     }
 }
+
+/// Told when a finish taken over by [`Store::finish_early`] fails (it is
+/// kept for replay where the store can).
+pub type FinishFailed = std::sync::Arc<dyn Fn(&StoreError) + Send + Sync>;
 
 /// See [`Store::finish`].
 #[derive(Debug, Clone, Copy)]

@@ -78,10 +78,18 @@
 //!   re-created by newer requests, and free one of theirs: the subject may
 //!   briefly run one request more than `max_concurrent`, never fewer.
 //!
-//! `release_slot_early` does not wait: it hands the release to the IO
-//! thread, having already queued the command on the connection before it
-//! returns, so a request the same client sends next (through this replica)
-//! reaches Redis after the release.
+//! `finish_early` (a request's finish at its response's last byte) does not
+//! wait: it hands the finish to the IO thread, having already queued the
+//! command before it returns, so a request the same client sends next
+//! (through this replica) reaches Redis after the release.
+//!
+//! # Group commit
+//!
+//! The per-request scripts (admit, reserve, their combination, finish) go
+//! through one queue on the IO thread: while one call is on the wire, the
+//! calls that arrive meanwhile queue and go out together in one
+//! `batch.lua` (see [`batch`]), each answered exactly as if alone. A single
+//! Redis only: on a cluster every call goes out alone.
 //!
 //! # Revocations
 //!
@@ -1454,29 +1462,29 @@ async fn revocation_listener(subscriber: Client, ctx: SyncCtx) {
 
 #[async_trait]
 impl Store for RedisStore {
-    /// Hands the release to the IO thread (a `finish` of the slot alone,
-    /// kept for replay like any other if Redis is down) and returns at once.
-    /// The command is already queued on the connection when this returns, so
-    /// a request the client sends next through this replica cannot overtake
-    /// it. False (leaving the release to `finish`) only when no connection
-    /// was ever started in this process.
-    fn release_slot_early(&self, sub: &str) -> bool {
+    /// Hands the finish to the IO thread (kept for replay like any other if
+    /// Redis is down) and returns at once. The command is already queued
+    /// when this returns, so a request the client sends next through this
+    /// replica cannot overtake it. False (leaving it to `finish`) only when
+    /// no connection was ever started in this process.
+    fn finish_early(&self, done: Finish<'_>, failed: &FinishFailed) -> bool {
         let Some(conn) = self.started_conn() else {
             return false;
         };
-        let f = QueuedFinish::new(&Finish::slot_only(sub), rand::random());
+        let f = QueuedFinish::new(&done, rand::random());
         let link = conn.link.clone();
         let rt = conn.rt.clone();
         let created = conn.created;
         let ctx = self.ctx.clone();
+        let failed = failed.clone();
         let mut release = Box::pin(async move {
             if let Err(e) = deliver_finish(&link, created, &rt, &ctx, f).await {
-                log::debug!("redis store: early slot release: {e}");
+                failed(&e);
             }
         });
         // One poll here, in the store's runtime context (so its timers
-        // belong to that runtime): when connected it puts the command on the
-        // connection's queue and returns Pending without waiting for it.
+        // belong to that runtime): when connected it queues the command and
+        // returns Pending without waiting for the answer.
         let _enter = conn.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if std::future::Future::poll(release.as_mut(), &mut cx).is_pending() {

@@ -20,6 +20,10 @@ fn redis_url() -> Option<String> {
     }
 }
 
+fn ignore() -> FinishFailed {
+    std::sync::Arc::new(|_: &StoreError| {})
+}
+
 fn prefix() -> String {
     format!("tgtest-{:016x}", rand::random::<u64>())
 }
@@ -864,11 +868,14 @@ fn only_the_first_attempt_writes_a_short_lived_marker() {
 #[tokio::test]
 async fn an_early_release_never_waits_for_redis() {
     let s = RedisStore::with_prefix("redis://127.0.0.1:1", &prefix()).unwrap();
-    assert!(!s.release_slot_early("u"), "no connection started yet");
+    assert!(
+        !s.finish_early(Finish::slot_only("u"), &ignore()),
+        "no connection started yet"
+    );
     s.start().unwrap();
     for _ in 0..2 {
         let t = Instant::now();
-        assert!(s.release_slot_early("u"));
+        assert!(s.finish_early(Finish::slot_only("u"), &ignore()));
         assert!(
             t.elapsed() < Duration::from_millis(50),
             "took {:?}",
@@ -889,7 +896,7 @@ async fn an_early_release_never_waits_for_redis() {
     assert_eq!(s.dropped_finishes(), 0);
 }
 
-/// The release is on the connection before `release_slot_early` returns:
+/// The release is on the connection before `finish_early` returns:
 /// the next admission, sent right after, always finds the slot free.
 #[tokio::test]
 async fn an_early_release_frees_the_slot_before_the_next_admission() {
@@ -914,7 +921,7 @@ async fn an_early_release_frees_the_slot_before_the_next_admission() {
             ),
             "admission {i}: {a:?}"
         );
-        assert!(s.release_slot_early(&u));
+        assert!(s.finish_early(Finish::slot_only(&u), &ignore()));
     }
     // Released exactly once each: one slot free, not two.
     let t = Instant::now();
@@ -1094,7 +1101,7 @@ async fn releases_made_during_an_outage_are_replayed_when_redis_is_back() {
         t.elapsed()
     );
     assert_eq!(s.pending_finishes(), 1);
-    assert!(s.release_slot_early(&u));
+    assert!(s.finish_early(Finish::slot_only(&u), &ignore()));
     let t = Instant::now();
     while s.pending_finishes() < 2 {
         assert!(t.elapsed() < Duration::from_secs(3));
