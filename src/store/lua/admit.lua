@@ -19,11 +19,16 @@ if rpm >= 0 then
   end
 end
 if maxc >= 0 then
-  local held = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-  if held >= maxc then
+  -- Taken first and given back when over: one call fewer on the common path.
+  local held = redis.call('INCR', KEYS[2])
+  if held > maxc then
+    if held > 1 then
+      redis.call('DECR', KEYS[2])
+    else
+      redis.call('DEL', KEYS[2])
+    end
     return {2}
   end
-  redis.call('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 if rpm >= 0 then

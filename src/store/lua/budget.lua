@@ -4,12 +4,14 @@
 --         d day index, t tokens today, u usd today.
 -- Windows only roll forward, so a replica whose clock is slightly behind
 -- cannot reset a window another replica already counted in.
+-- b.new: the hash did not exist (expired, or never written).
 local function load_budget(key, minute, day)
   local h = redis.call('HMGET', key, 'm', 'c', 'p', 'd', 't', 'u')
   local b = {
     m = tonumber(h[1]), c = tonumber(h[2]) or 0, p = tonumber(h[3]) or 0,
     d = tonumber(h[4]), t = tonumber(h[5]) or 0, u = tonumber(h[6]) or 0,
   }
+  b.new = b.m == nil
   if b.m == nil or minute > b.m then
     if b.m ~= nil and minute == b.m + 1 then b.p = b.c else b.p = 0 end
     b.c = 0
@@ -24,10 +26,13 @@ local function load_budget(key, minute, day)
 end
 
 -- Integers are written with %d and dollars with %.17g so that values read
--- back are bit-identical to what the in-process store would hold.
+-- back are bit-identical to what the in-process store would hold. Without a
+-- ttl the key keeps the one its last reservation set.
 local function save_budget(key, b, ttl)
   redis.call('HSET', key,
     'm', string.format('%d', b.m), 'c', string.format('%d', b.c), 'p', string.format('%d', b.p),
     'd', string.format('%d', b.d), 't', string.format('%d', b.t), 'u', string.format('%.17g', b.u))
-  redis.call('PEXPIRE', key, ttl)
+  if ttl then
+    redis.call('PEXPIRE', key, ttl)
+  end
 end

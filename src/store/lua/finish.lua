@@ -8,7 +8,8 @@
 -- ARGV[4] '1' settle a reservation  ARGV[5] minute now  ARGV[6] day now
 -- ARGV[7] reservation minute        ARGV[8] reservation day
 -- ARGV[9] token difference (actual - reserved)  ARGV[10] usd difference
--- ARGV[11] budget ttl ms            ARGV[12] in-flight counter ttl ms
+-- ARGV[11] budget ttl ms, ARGV[12] in-flight counter ttl ms: unused (the
+--   reservation's expiries stand), kept so the layout does not change
 -- ARGV[13] '1' add totals  ARGV[14..18] requests, input_tokens, output_tokens,
 --   cache_creation_input_tokens, cache_read_input_tokens  ARGV[19] cost_usd
 -- ARGV[20] usage hash expiry (unix ms)
@@ -16,18 +17,21 @@
 if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then
   return 0
 end
+-- Calls are counted: every one costs redis-server as much as its work, so
+-- each step below makes the fewest on its common path.
 if ARGV[2] == '1' then
-  local held = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-  if held > 1 then
-    redis.call('DECR', KEYS[2])
+  local held = redis.call('DECR', KEYS[2])
+  if held > 0 then
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  elseif held > 0 then
+  else
+    -- Released to zero, or the key had expired (DECR made it -1).
     redis.call('DEL', KEYS[2])
   end
 end
 if ARGV[4] == '1' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    local b = load_budget(KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
+  local b = load_budget(KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
+  -- A hash gone (expired, Redis lost its data) has nothing to settle.
+  if not b.new then
     local rm = tonumber(ARGV[7])
     local rd = tonumber(ARGV[8])
     local diff = tonumber(ARGV[9])
@@ -40,27 +44,36 @@ if ARGV[4] == '1' then
       b.t = math.max(b.t + diff, 0)
       b.u = math.max(b.u + tonumber(ARGV[10]), 0)
     end
-    save_budget(KEYS[1], b, ARGV[11])
+    -- Its reservation set a 26 h expiry moments (a request's life) ago.
+    save_budget(KEYS[1], b, nil)
   end
   if KEYS[5] then
-    local n = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
-    if n > 0 then
-      redis.call('DECR', KEYS[5])
-      redis.call('PEXPIRE', KEYS[5], ARGV[12])
+    -- Kept alive by every reservation's PEXPIRE; below zero only when it
+    -- had expired (or was 0), which reads as 0.
+    if redis.call('DECR', KEYS[5]) < 0 then
+      redis.call('DEL', KEYS[5])
     end
   end
 end
 if ARGV[13] == '1' then
   local fields = {'requests', 'input_tokens', 'output_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens'}
+  -- The expiry is a fixed instant per day key: set when the hash is made
+  -- (its request count is then this call's own).
+  local made = true
   for i, f in ipairs(fields) do
     if ARGV[13 + i] ~= '0' then
-      redis.call('HINCRBY', KEYS[3], f, ARGV[13 + i])
+      local v = redis.call('HINCRBY', KEYS[3], f, ARGV[13 + i])
+      if i == 1 then
+        made = v == tonumber(ARGV[14])
+      end
     end
   end
   -- Added here rather than with HINCRBYFLOAT so the sum is the same f64
   -- addition the in-process store does.
   local cost = tonumber(redis.call('HGET', KEYS[3], 'cost_usd') or '0') or 0
   redis.call('HSET', KEYS[3], 'cost_usd', string.format('%.17g', cost + tonumber(ARGV[19])))
-  redis.call('PEXPIREAT', KEYS[3], ARGV[20])
+  if made then
+    redis.call('PEXPIREAT', KEYS[3], ARGV[20])
+  end
 end
 return 1

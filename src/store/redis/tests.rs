@@ -571,6 +571,100 @@ async fn every_key_expires() {
     );
 }
 
+/// A finish whose keys expired meanwhile (a request that outlived them, or
+/// Redis lost its data) recreates none of them: no slot counter at -1, no
+/// budget hash without its reservation, no in-flight counter below zero;
+/// a day's usage hash made by a later finish still gets its expiry, and
+/// adding to it again keeps it.
+#[tokio::test]
+async fn a_finish_after_its_keys_expired_leaves_nothing_behind() {
+    let Some(url) = redis_url() else { return };
+    let s = RedisStore::with_prefix(&url, &prefix()).unwrap();
+    let raw = raw_client(&url).await;
+    let u = subject("expired");
+    let now = crate::limits::now_ms();
+    let day = crate::limits::utc_day_string(now);
+    let one = AdmitLimits {
+        requests_per_minute: None,
+        max_concurrent: Some(1),
+    };
+    let budget = BudgetLimits {
+        tokens_per_minute: Some(1_000),
+        tokens_per_day: None,
+        usd_per_day: None,
+    };
+    let (a, r) = s
+        .admit_reserve(
+            &u,
+            now,
+            one,
+            Some(BudgetAsk {
+                tokens: 100,
+                usd: 0.0,
+                limits: budget,
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        a,
+        Admission::Admitted {
+            slot_held: true,
+            ..
+        }
+    ));
+    let Some(Reserved::Reserved { reservation, .. }) = r else {
+        panic!("{r:?}")
+    };
+    let k = s.ctx.keys.subject(&u);
+    let inflight = s.ctx.keys.inflight();
+    let _: i64 = raw
+        .del(vec![k.conc(), k.bud(), inflight.clone()])
+        .await
+        .unwrap();
+    let totals = DayTotals {
+        requests: 1,
+        input_tokens: 5,
+        ..Default::default()
+    };
+    for i in 0..2 {
+        s.finish(Finish {
+            sub: &u,
+            slot_held: i == 0,
+            reservation: (i == 0).then_some(reservation),
+            actual_tokens: 10,
+            actual_usd: 0.0,
+            totals: Some((&day, &totals)),
+        })
+        .await
+        .unwrap();
+    }
+    for key in [k.conc(), k.bud(), inflight] {
+        let n: i64 = raw.exists(key.clone()).await.unwrap();
+        assert_eq!(n, 0, "{key} was recreated by a late finish");
+    }
+    let use_key = k.usage(&day);
+    let ttl: i64 = raw.pttl(use_key).await.unwrap();
+    let want = (now / DAY_MS * DAY_MS + 36 * DAY_MS - now) as i64;
+    assert!(
+        (ttl - want).abs() < 10_000,
+        "usage ttl {ttl}, want about {want}"
+    );
+    assert_eq!(s.usage(&u, &day).await.unwrap().requests, 2);
+    // The slot is free: the next admission holds it.
+    let a = s.admit(&u, now, one).await.unwrap();
+    assert!(
+        matches!(
+            a,
+            Admission::Admitted {
+                slot_held: true,
+                ..
+            }
+        ),
+        "{a:?}"
+    );
+}
+
 /// Redis drops the store's connections: calls fail for a moment at most,
 /// then work again without any restart.
 #[tokio::test]
