@@ -333,6 +333,7 @@ async fn redis_paused_with_debug_sleep_fail_mode_holds_and_nothing_is_over_admit
         futures_util::future::join_all(cases_o.iter().map(|c| status(&s.open, &tok_o, c)));
     let (closed_during, open_during) = tokio::join!(closed_during, open_during);
     let answered_within = paused_at.elapsed();
+    eprintln!("requests made during the pause answered within {answered_within:?}");
     assert!(
         answered_within < Duration::from_millis(3000),
         "requests waited {answered_within:?} for a paused store (the pause is 4 s)"

@@ -50,7 +50,9 @@ fn bearer(value: &str) -> Result<&str, AuthError> {
 
 fn token_text(value: &str) -> Result<&str, AuthError> {
     let token = value.trim_matches(|c| c == ' ' || c == '\t');
-    if token.is_empty() || token.contains([' ', '\t', ',']) {
+    // memchr3 rather than a char pattern: this runs over every request's
+    // ~1 KB token.
+    if token.is_empty() || memchr::memchr3(b' ', b'\t', b',', token.as_bytes()).is_some() {
         return Err(AuthError::Malformed);
     }
     Ok(token)

@@ -894,8 +894,8 @@ impl Conn {
             drop(subscriber.connect());
         }
         // A script touches the keys of one cluster slot only: no batches there.
-        let batcher =
-            (!ctx.clustered).then(|| Batcher::start(client.clone(), ctx.scripts.clone(), &rt));
+        let batcher = (!ctx.clustered)
+            .then(|| Batcher::start(client.clone(), ctx.scripts.clone(), &rt, COMMAND_TIMEOUT));
         let link = Link {
             client: client.clone(),
             batcher,

@@ -17,11 +17,17 @@
 //! cannot be sent, or gets no answer, fails every call in it, each reported
 //! as it would have been alone. Only for a single Redis (not a cluster): a
 //! script can only touch keys of one cluster slot.
+//!
+//! Waiting is bounded per call, not per batch: a call gets its answer or
+//! fails within the command timeout of when it was queued, even while the
+//! batch ahead of it hangs on a stalled Redis; a call whose time ran out
+//! before its turn is not sent at all.
 
 use super::Scripts;
-use fred::prelude::{Client, ClientLike, Error as FredError, Value};
+use fred::prelude::{Client, ClientLike, Error as FredError, ErrorKind, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Calls carried by one `batch.lua`: bounds the script's run time (other
@@ -62,6 +68,8 @@ pub(super) enum CallError {
 
 struct Call {
     op: Op,
+    /// Its caller stops waiting then; not sent after it.
+    deadline: Instant,
     keys: Vec<String>,
     args: Vec<String>,
     reply: oneshot::Sender<Result<Value, CallError>>,
@@ -71,17 +79,28 @@ struct Call {
 #[derive(Clone)]
 pub(super) struct Batcher {
     tx: mpsc::UnboundedSender<Call>,
+    timeout: Duration,
     /// Calls that went out in a batch of two or more.
     batched: Arc<AtomicU64>,
 }
 
 impl Batcher {
-    /// Starts the queue's task on `rt` (the store's IO thread).
-    pub(super) fn start(client: Client, scripts: Scripts, rt: &tokio::runtime::Handle) -> Self {
+    /// Starts the queue's task on `rt` (the store's IO thread). A call
+    /// waits at most `timeout` from when it is queued.
+    pub(super) fn start(
+        client: Client,
+        scripts: Scripts,
+        rt: &tokio::runtime::Handle,
+        timeout: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let batched = Arc::new(AtomicU64::new(0));
         rt.spawn(run(client, scripts, rx, batched.clone()));
-        Self { tx, batched }
+        Self {
+            tx,
+            timeout,
+            batched,
+        }
     }
 
     /// Calls sent in a batch of two or more since start.
@@ -91,7 +110,7 @@ impl Batcher {
 
     /// Queues the call and waits for its answer. The call is queued when
     /// this future is first polled, so calls keep the order of their first
-    /// polls.
+    /// polls. Must be polled within a tokio runtime with timers.
     pub(super) async fn call(
         &self,
         op: Op,
@@ -99,8 +118,10 @@ impl Batcher {
         args: Vec<String>,
     ) -> Result<Value, CallError> {
         let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + self.timeout;
         let call = Call {
             op,
+            deadline,
             keys,
             args,
             reply,
@@ -109,7 +130,16 @@ impl Batcher {
             // The IO thread is gone (process exiting).
             return Err(CallError::NotSent);
         }
-        answer.await.unwrap_or(Err(CallError::NotSent))
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(r)) => r,
+            // Dropped unsent: its time ran out first, or the IO thread ended.
+            Ok(Err(_)) => Err(CallError::NotSent),
+            // Perhaps sent: it may have run.
+            Err(_) => Err(CallError::Redis(FredError::new(
+                ErrorKind::Timeout,
+                "no answer from redis within the command timeout",
+            ))),
+        }
     }
 }
 
@@ -121,6 +151,11 @@ async fn run(
 ) {
     let mut calls = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut calls, MAX_BATCH).await > 0 {
+        let now = Instant::now();
+        calls.retain(|c| c.deadline > now && !c.reply.is_closed());
+        if calls.is_empty() {
+            continue;
+        }
         if !client.is_connected() {
             for c in calls.drain(..) {
                 let _ = c.reply.send(Err(CallError::NotSent));
@@ -224,6 +259,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let c = Call {
             op,
+            deadline: Instant::now() + Duration::from_secs(60),
             keys: keys.iter().map(|s| s.to_string()).collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
             reply,
