@@ -58,6 +58,15 @@ pub struct JsonScanner {
     truncated: bool,
 }
 
+/// The first byte that changes state inside a nested value: a string's
+/// quote or a bracket. Two vectorised searches (the second only up to the
+/// first's hit) instead of a byte loop: response bodies are mostly text.
+fn nested_stop(b: &[u8]) -> Option<usize> {
+    let open = memchr::memchr3(b'"', b'{', b'[', b);
+    let close = memchr::memchr2(b'}', b']', &b[..open.unwrap_or(b.len())]);
+    close.or(open)
+}
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -124,7 +133,7 @@ impl JsonScanner {
                 }
                 St::InKey => {
                     let rest = &chunk[i..];
-                    let Some(j) = rest.iter().position(|&c| c == b'"' || c == b'\\') else {
+                    let Some(j) = memchr::memchr2(b'"', b'\\', rest) else {
                         self.push_key(rest);
                         return;
                     };
@@ -168,7 +177,7 @@ impl JsonScanner {
                 },
                 St::Str | St::NestedStr => {
                     let rest = &chunk[i..];
-                    let Some(j) = rest.iter().position(|&c| c == b'"' || c == b'\\') else {
+                    let Some(j) = memchr::memchr2(b'"', b'\\', rest) else {
                         self.cap(rest);
                         return;
                     };
@@ -194,10 +203,7 @@ impl JsonScanner {
                 }
                 St::Nested => {
                     let rest = &chunk[i..];
-                    let Some(j) = rest
-                        .iter()
-                        .position(|&c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'))
-                    else {
+                    let Some(j) = nested_stop(rest) else {
                         self.cap(rest);
                         return;
                     };

@@ -73,21 +73,7 @@ pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let Some((&first, rest)) = needle.split_first() else {
-        return Some(0);
-    };
-    let mut i = 0;
-    while let Some(p) = hay
-        .get(i..)
-        .and_then(|h| h.iter().position(|&b| b == first))
-    {
-        let at = i + p;
-        if hay.get(at + 1..at + needle.len()) == Some(rest) {
-            return Some(at);
-        }
-        i = at + 1;
-    }
-    None
+    memchr::memmem::find(hay, needle)
 }
 
 /// Whether `hay` has `quoted_key` (e.g. `"usage"`) followed by `:` and an
