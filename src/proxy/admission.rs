@@ -67,7 +67,7 @@ pub async fn admit(app: &App, ctx: &mut Ctx) -> Result<(), GatewayError> {
         return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
     };
     prepare_rate(ctx, &tier);
-    if !counts_requests(&tier) {
+    if tier.admit.is_unlimited() {
         return Ok(());
     }
     match app.store.admit(&id.sub, now_ms(), tier.admit).await {
@@ -81,10 +81,6 @@ fn prepare_rate(ctx: &mut Ctx, tier: &Tier) {
     ctx.rate.limit_requests = tier.admit.requests_per_minute;
     ctx.rate.limit_tokens = tier.budget.tokens_per_minute;
     ctx.rate.remaining_tokens = tier.budget.tokens_per_minute;
-}
-
-fn counts_requests(tier: &Tier) -> bool {
-    tier.admit.requests_per_minute.is_some() || tier.admit.max_concurrent.is_some()
 }
 
 fn apply_admission(app: &App, ctx: &mut Ctx, a: Admission) -> Result<(), GatewayError> {
@@ -188,7 +184,7 @@ pub async fn approve_body(
         limits: tier.budget,
     });
     ctx.info = Some(info);
-    let with_admission = mode == Admit::WithBody && counts_requests(&tier);
+    let with_admission = mode == Admit::WithBody && !tier.admit.is_unlimited();
     let Some(ask) = ask else {
         if with_admission {
             admit(app, ctx).await?;

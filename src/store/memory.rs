@@ -105,6 +105,19 @@ impl MemoryStore {
         self.usage.retain(|(_, day), _| **day >= *oldest_day);
     }
 
+    /// [`Store::finish`]'s steps; none can fail in memory.
+    fn finish_now(&self, done: Finish<'_>) {
+        if done.slot_held {
+            self.release_slot_now(done.sub);
+        }
+        if let Some(r) = done.reservation {
+            self.settle_now(done.sub, r, done.actual_tokens, done.actual_usd);
+        }
+        if let Some((day, totals)) = done.totals {
+            self.add_usage_now(done.sub, day, totals);
+        }
+    }
+
     fn release_slot_now(&self, sub: &str) {
         if let Some(mut s) = self.subjects.get_mut(sub) {
             s.concurrent = s.concurrent.saturating_sub(1);
@@ -195,16 +208,13 @@ impl Store for MemoryStore {
 
     /// Everything is in memory: done here and now.
     fn finish_early(&self, done: Finish<'_>, _failed: &FinishFailed) -> bool {
-        if done.slot_held {
-            self.release_slot_now(done.sub);
-        }
-        if let Some(r) = done.reservation {
-            self.settle_now(done.sub, r, done.actual_tokens, done.actual_usd);
-        }
-        if let Some((day, totals)) = done.totals {
-            self.add_usage_now(done.sub, day, totals);
-        }
+        self.finish_now(done);
         true
+    }
+
+    async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
+        self.finish_now(done);
+        Ok(())
     }
 
     async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {

@@ -59,6 +59,13 @@ pub struct AdmitLimits {
     pub max_concurrent: Option<u64>,
 }
 
+impl AdmitLimits {
+    /// Nothing to count: admission always succeeds and records nothing.
+    pub fn is_unlimited(&self) -> bool {
+        self.requests_per_minute.is_none() && self.max_concurrent.is_none()
+    }
+}
+
 /// A worst case to reserve against a tier's budgets.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetAsk {

@@ -236,13 +236,24 @@ impl Scripts {
         }
     }
 
-    fn for_op(&self, op: Op) -> &Script {
-        match op {
+    /// One per-request script call on its own (no batch).
+    async fn call_one(
+        &self,
+        client: &Client,
+        op: Op,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, CallError> {
+        let script = match op {
             Op::Admit => &self.admit,
             Op::Reserve => &self.reserve,
             Op::AdmitReserve => &self.admit_reserve,
             Op::Finish => &self.finish,
-        }
+        };
+        script
+            .evalsha_with_reload::<Value, _, _>(client, keys, args)
+            .await
+            .map_err(CallError::Redis)
     }
 }
 
@@ -824,11 +835,7 @@ impl Link {
     ) -> Result<Value, CallError> {
         match &self.batcher {
             Some(b) => b.call(op, keys, args).await,
-            None => scripts
-                .for_op(op)
-                .evalsha_with_reload::<Value, _, _>(&self.client, keys, args)
-                .await
-                .map_err(CallError::Redis),
+            None => scripts.call_one(&self.client, op, keys, args).await,
         }
     }
 }
@@ -1515,7 +1522,7 @@ impl Store for RedisStore {
         now_ms: u64,
         limits: AdmitLimits,
     ) -> Result<Admission, StoreError> {
-        if limits.requests_per_minute.is_none() && limits.max_concurrent.is_none() {
+        if limits.is_unlimited() {
             // Nothing to count: the in-process store records nothing either.
             return Ok(Admission::Admitted {
                 remaining_requests: None,
@@ -1551,8 +1558,7 @@ impl Store for RedisStore {
         admit: AdmitLimits,
         budget: Option<BudgetAsk>,
     ) -> Result<(Admission, Option<Reserved>), StoreError> {
-        let counts = admit.requests_per_minute.is_some() || admit.max_concurrent.is_some();
-        let (Some(b), true) = (budget, counts) else {
+        let (Some(b), false) = (budget, admit.is_unlimited()) else {
             // One script or none: the separate calls are already one round trip.
             return admit_then_reserve(self, sub, now_ms, admit, budget).await;
         };

@@ -164,11 +164,7 @@ async fn run(
         }
         if calls.len() == 1 {
             if let Some(c) = calls.pop() {
-                let r = scripts
-                    .for_op(c.op)
-                    .evalsha_with_reload::<Value, _, _>(&client, c.keys, c.args)
-                    .await
-                    .map_err(CallError::Redis);
+                let r = scripts.call_one(&client, c.op, c.keys, c.args).await;
                 let _ = c.reply.send(r);
             }
             continue;
