@@ -7,8 +7,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
-use tollgate::config::ProviderKind;
 use tollgate::providers::body::{inspect, rewrite_for_usage};
+use tollgate::providers::Endpoint;
 
 const LOAD_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/load/");
 
@@ -26,39 +26,19 @@ fn bodies(c: &mut Criterion) {
     let mut g = c.benchmark_group("body");
     g.throughput(Throughput::Bytes(anthropic.len() as u64));
     g.bench_function("inspect/anthropic_4.5k", |b| {
-        b.iter(|| {
-            inspect(
-                ProviderKind::Anthropic,
-                "/v1/messages",
-                black_box(&anthropic),
-            )
-            .expect("valid body")
-        })
+        b.iter(|| inspect(Endpoint::Messages, black_box(&anthropic)).expect("valid body"))
     });
     g.throughput(Throughput::Bytes(openai.len() as u64));
     g.bench_function("inspect/openai_4.5k", |b| {
-        b.iter(|| {
-            inspect(
-                ProviderKind::Openai,
-                "/v1/chat/completions",
-                black_box(&openai),
-            )
-            .expect("valid body")
-        })
+        b.iter(|| inspect(Endpoint::ChatCompletions, black_box(&openai)).expect("valid body"))
     });
-    let info =
-        inspect(ProviderKind::Openai, "/v1/chat/completions", &openai_stream).expect("valid body");
+    let info = inspect(Endpoint::ChatCompletions, &openai_stream).expect("valid body");
     assert!(info.stream);
     g.throughput(Throughput::Bytes(openai_stream.len() as u64));
     g.bench_function("rewrite_include_usage/openai_4.5k", |b| {
         b.iter(|| {
-            rewrite_for_usage(
-                ProviderKind::Openai,
-                "/v1/chat/completions",
-                black_box(&openai_stream),
-                &info,
-            )
-            .expect("rewritten")
+            rewrite_for_usage(Endpoint::ChatCompletions, black_box(&openai_stream), &info)
+                .expect("rewritten")
         })
     });
     g.finish();

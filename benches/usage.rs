@@ -6,7 +6,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
-use tollgate::config::ProviderKind;
+use tollgate::providers::Dialect;
 use tollgate::usage::{BodyKind, Meter, UsageRecord};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
@@ -42,12 +42,7 @@ fn long_stream(real: &[u8], is_delta: impl Fn(&str) -> bool, target: usize) -> V
     out.into_bytes()
 }
 
-fn meter(
-    kind: ProviderKind,
-    body: BodyKind,
-    bytes: &[u8],
-    chunk: usize,
-) -> tollgate::usage::Metered {
+fn meter(kind: Dialect, body: BodyKind, bytes: &[u8], chunk: usize) -> tollgate::usage::Metered {
     let mut m = Meter::new(kind, body);
     for c in bytes.chunks(chunk) {
         m.feed(c);
@@ -59,15 +54,11 @@ fn sse(c: &mut Criterion) {
     let anthropic = fixture("anthropic_stream.sse");
     let openai = fixture("openai_stream.sse");
     let streams = [
-        (
-            "anthropic_fixture",
-            ProviderKind::Anthropic,
-            anthropic.clone(),
-        ),
-        ("openai_fixture", ProviderKind::Openai, openai.clone()),
+        ("anthropic_fixture", Dialect::Anthropic, anthropic.clone()),
+        ("openai_fixture", Dialect::Openai, openai.clone()),
         (
             "anthropic_long",
-            ProviderKind::Anthropic,
+            Dialect::Anthropic,
             long_stream(
                 &anthropic,
                 |e| e.contains("content_block_delta"),
@@ -76,7 +67,7 @@ fn sse(c: &mut Criterion) {
         ),
         (
             "openai_long",
-            ProviderKind::Openai,
+            Dialect::Openai,
             long_stream(&openai, |e| e.contains(r#""delta":{"content""#), 128 * 1024),
         ),
     ];
@@ -114,9 +105,9 @@ fn json(c: &mut Criterion) {
         .replacen("\"text\": \"", &format!("\"text\": \"{long_text}"), 1)
         .into_bytes();
     let bodies = [
-        ("anthropic", ProviderKind::Anthropic, anthropic),
-        ("openai", ProviderKind::Openai, openai),
-        ("anthropic_32k", ProviderKind::Anthropic, large),
+        ("anthropic", Dialect::Anthropic, anthropic),
+        ("openai", Dialect::Openai, openai),
+        ("anthropic_32k", Dialect::Anthropic, large),
     ];
     let mut g = c.benchmark_group("json");
     for (name, kind, bytes) in &bodies {
@@ -159,6 +150,7 @@ fn record(c: &mut Criterion) {
         ttfb_ms: Some(312),
         client_disconnected: false,
         usage_complete: true,
+        endpoint: "messages",
     };
     let mut g = c.benchmark_group("record");
     let mut out = Vec::with_capacity(1024);

@@ -2,7 +2,7 @@
 //! proxy and admin services.
 
 use crate::config::{Config, OnError};
-use crate::identity::{Signer, Verifier};
+use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
 use crate::limits::Tiers;
 use crate::providers::Router;
 use crate::sinks::{Metrics, ModelLabels, UsageLog};
@@ -84,7 +84,7 @@ impl App {
             usage_log,
             metrics,
             finish_failed,
-            model_labels: ModelLabels::new(),
+            model_labels: ModelLabels::from_config(cfg),
             on_error: cfg.store.on_error,
             max_body_bytes: cfg.limits.max_body_bytes,
             default_max_tokens: cfg.limits.default_max_tokens,
@@ -93,6 +93,23 @@ impl App {
             metrics_user_idle: cfg.metrics.per_user_idle_expiry.as_duration(),
             default_ttl: cfg.identity.default_ttl.as_duration(),
         }))
+    }
+
+    /// Authenticates a request (credential, signature, revocation); every
+    /// failure is counted in `tollgate_auth_failures_total`, and a store
+    /// that cannot answer in `tollgate_store_errors_total`.
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Arc<Identity>, AuthFailure> {
+        let r = authenticate(&self.verifier, self.store.as_ref(), headers).await;
+        if let Err(f) = &r {
+            match f.reason() {
+                Some(reason) => self.metrics.auth_failure(reason),
+                None => self.metrics.store_error("revocation"),
+            }
+        }
+        r
     }
 
     /// Applies `store.on_error` to a failed store call: true lets the

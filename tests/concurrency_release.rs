@@ -52,8 +52,9 @@ fn fx() -> &'static Fixture {
             .provider_timeout("openai", 1)
             .max_body_bytes(MAX_BODY)
             .add_provider(json!({
-                "name": "dead", "kind": "anthropic", "base_url": dead_url,
-                "api_key_env": PROVIDER_KEY_ENV, "routes": ["/dead/v1/messages"],
+                // Legacy completions: an endpoint the live providers do not serve.
+                "name": "dead", "kind": "openai", "base_url": dead_url,
+                "api_key_env": PROVIDER_KEY_ENV, "routes": ["/v1/completions"],
                 "connect_timeout_seconds": 1, "timeout_seconds": 2
             }))
         });
@@ -372,8 +373,8 @@ async fn released_after_a_client_leaves_before_the_response() {
 #[tokio::test]
 async fn released_after_a_provider_refuses_the_connection() {
     let t = token();
-    let resp = post("/dead/v1/messages", &t, &small(&unique("dead"))).await;
-    assert_anthropic_error(&resp, 502, "api_error");
+    let resp = post("/v1/completions", &t, &small(&unique("dead"))).await;
+    assert_openai_error(&resp, 502);
     assert_released(&t, RELEASE_WITHIN, "provider unreachable (502)").await;
 }
 

@@ -34,8 +34,10 @@ fn faults() -> &'static Faults {
             json!({"name": name, "kind": kind, "base_url": dead_url, "api_key_env": PROVIDER_KEY_ENV,
                    "routes": [route], "connect_timeout_seconds": 2, "timeout_seconds": 5})
         };
-        let anthropic_dead = dead_provider("dead-anthropic", "anthropic", "/dead/v1/messages");
-        let openai_dead = dead_provider("dead-openai", "openai", "/dead/v1/chat/completions");
+        // Endpoints the live providers do not serve: `GET /v1/models` reaches
+        // the dead Anthropic provider, `POST /v1/completions` the dead OpenAI one.
+        let anthropic_dead = dead_provider("dead-anthropic", "anthropic", "/v1/models");
+        let openai_dead = dead_provider("dead-openai", "openai", "/v1/completions");
         let env = Env::start(move |b| {
             b.provider_timeout("anthropic", 1)
                 .client_timeout("1s")
@@ -75,15 +77,15 @@ async fn a_refused_upstream_connection_is_502_in_each_shape() {
     let sub = unique("refused-upstream");
     let token = e.gw.token(&sub);
     let start = Instant::now();
-    let a = post(
-        "/dead/v1/messages",
-        &token,
-        &anthropic_body(&unique("c"), "claude-sonnet-4-5", false),
+    let a = send(
+        client()
+            .get(env().gw.proxy_url("/v1/models"))
+            .bearer_auth(&token),
     )
     .await;
     assert_anthropic_error(&a, 502, "api_error");
     let o = post(
-        "/dead/v1/chat/completions",
+        "/v1/completions",
         &token,
         &openai_body(&unique("c"), "gpt-4o", false),
     )
@@ -321,9 +323,9 @@ async fn the_provider_key_never_appears_in_logs_or_errors() {
     e.provider.script(&case, Script::never_respond());
     let responses = [
         post(
-            "/dead/v1/messages",
+            "/v1/completions",
             &token,
-            &anthropic_body(&unique("c"), "claude-sonnet-4-5", false),
+            &openai_body(&unique("c"), "gpt-4o", false),
         )
         .await,
         post(

@@ -301,9 +301,9 @@ fn finding_1_sse_cap_is_independent_of_chunking() {
 /// (usage_complete: true) with zero tokens although no usage was read.
 #[test]
 fn finding_2_anthropic_stream_without_usage_is_incomplete() {
-    use tollgate::config::ProviderKind;
+    use tollgate::providers::Dialect;
     use tollgate::usage::{BodyKind, Meter};
-    let mut m = Meter::new(ProviderKind::Anthropic, BodyKind::Sse);
+    let mut m = Meter::new(Dialect::Anthropic, BodyKind::Sse);
     m.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\"}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
     let r = m.finish();
     assert!(!r.usage_seen);

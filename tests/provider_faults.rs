@@ -45,8 +45,10 @@ fn faults() -> &'static Faults {
             json!({"name": name, "kind": kind, "base_url": dead_url, "api_key_env": PROVIDER_KEY_ENV,
                    "routes": [route], "connect_timeout_seconds": 2, "timeout_seconds": 2})
         };
-        let a = dead_provider("dead-anthropic", "anthropic", "/dead/v1/messages");
-        let o = dead_provider("dead-openai", "openai", "/dead/v1/chat/completions");
+        // Endpoints the live providers do not serve: `GET /v1/models` reaches
+        // the dead Anthropic provider, `POST /v1/completions` the dead OpenAI one.
+        let a = dead_provider("dead-anthropic", "anthropic", "/v1/models");
+        let o = dead_provider("dead-openai", "openai", "/v1/completions");
         let env = Env::start(move |b| {
             b.provider_timeout("anthropic", TIMEOUT.as_secs())
                 .provider_timeout("openai", TIMEOUT.as_secs())
@@ -219,6 +221,35 @@ async fn assert_released(token: &str, what: &str) {
     }
 }
 
+/// An incomplete request is charged its whole reservation (the provider may
+/// bill what the gateway did not see), and its concurrency slot is given
+/// back: a follow-up of the same subject that needs another 1000 tokens is
+/// refused for `tokens_per_minute` (a held slot would refuse it for
+/// `max_concurrent` first), within 3 s. Returns a fresh caller's token for
+/// the next case.
+async fn assert_charged(token: &str, what: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let resp =
+            Resp::from(call_once("/v1/messages", token, &unique("follow-up"), false).await).await;
+        assert_eq!(
+            resp.status,
+            429,
+            "{what}: an incomplete request was not charged its reservation: {}",
+            resp.text()
+        );
+        if resp.text().contains("tokens_per_minute") {
+            return caller("one").1;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{what}: the subject's slot was not released: {}",
+            resp.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn assert_no_panic() {
     let stderr = env().gw.stderr_log();
     assert!(
@@ -266,25 +297,31 @@ async fn control_a_1500_token_budget_holds_one_1000_token_reservation() {
 #[tokio::test]
 async fn connection_refused_is_502_and_releases_limits() {
     let (_, token) = caller("one");
-    for path in ["/dead/v1/messages", "/dead/v1/chat/completions"] {
-        for stream in [false, true] {
-            let start = Instant::now();
-            let resp = call_whole(path, &token, &unique("refused"), stream).await;
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "a refused connection took {:?}",
-                start.elapsed()
-            );
-            if path.ends_with("/messages") {
-                assert_anthropic_error(&resp, 502, "api_error");
-            } else {
-                assert_openai_error(&resp, 502);
-            }
-            let r = record(&resp.request_id(), 502, false).await;
-            assert_tokens(&r, 0, 0);
-            assert_released(&token, &format!("refused on {path}")).await;
-        }
+    for stream in [false, true] {
+        let start = Instant::now();
+        let resp = call_whole("/v1/completions", &token, &unique("refused"), stream).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a refused connection took {:?}",
+            start.elapsed()
+        );
+        assert_openai_error(&resp, 502);
+        let r = record(&resp.request_id(), 502, false).await;
+        assert_tokens(&r, 0, 0);
+        assert_released(&token, &format!("refused (stream {stream})")).await;
     }
+    let resp = Resp::from(
+        client()
+            .get(env().gw.proxy_url("/v1/models"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_anthropic_error(&resp, 502, "api_error");
+    record(&resp.request_id(), 502, false).await;
+    assert_released(&token, "refused GET /v1/models").await;
     assert_no_panic();
 }
 
@@ -293,7 +330,7 @@ async fn connection_refused_is_502_and_releases_limits() {
 #[tokio::test]
 async fn a_reset_mid_stream_gives_a_partial_stream_and_an_incomplete_record() {
     let e = env();
-    let (_, token) = caller("one");
+    let (_, mut token) = caller("one");
     // Anthropic: message_start (input 21), content_block_start, ping, then RST.
     let case = unique("reset-a");
     let script = anthropic::stream(MODEL, Usage::new(21, 30, 0, 0)).cut_after(3, Step::Reset);
@@ -308,7 +345,7 @@ async fn a_reset_mid_stream_gives_a_partial_stream_and_an_incomplete_record() {
     );
     let r = record(&id, 200, false).await;
     assert_eq!(r["input_tokens"], json!(21), "usage seen so far: {r}");
-    assert_released(&token, "anthropic reset").await;
+    token = assert_charged(&token, "anthropic reset").await;
 
     // OpenAI: two content chunks, then RST (no usage chunk).
     let case = unique("reset-o");
@@ -319,7 +356,7 @@ async fn a_reset_mid_stream_gives_a_partial_stream_and_an_incomplete_record() {
     assert!(end.is_err(), "a reset stream ended cleanly for the client");
     let r = record(&id, 200, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "openai reset").await;
+    token = assert_charged(&token, "openai reset").await;
 
     // JSON: half of a declared body, then RST.
     let case = unique("reset-json");
@@ -344,7 +381,7 @@ async fn a_reset_mid_stream_gives_a_partial_stream_and_an_incomplete_record() {
     );
     let r = record(&id, status, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "JSON reset").await;
+    assert_charged(&token, "JSON reset").await;
     assert_no_panic();
 }
 
@@ -353,7 +390,7 @@ async fn a_reset_mid_stream_gives_a_partial_stream_and_an_incomplete_record() {
 #[tokio::test]
 async fn a_stream_that_ends_before_its_final_usage_is_incomplete() {
     let e = env();
-    let (_, token) = caller("one");
+    let (_, mut token) = caller("one");
     // Anthropic: a clean end of the HTTP body after the content, with no
     // message_delta and no message_stop.
     let case = unique("trunc-a");
@@ -371,7 +408,7 @@ async fn a_stream_that_ends_before_its_final_usage_is_incomplete() {
     );
     let r = record(&id, 200, false).await;
     assert_eq!(r["input_tokens"], json!(17), "usage seen so far: {r}");
-    assert_released(&token, "anthropic truncated").await;
+    token = assert_charged(&token, "anthropic truncated").await;
 
     // OpenAI: content chunks, then the end: no usage chunk, no [DONE].
     let case = unique("trunc-o");
@@ -384,7 +421,7 @@ async fn a_stream_that_ends_before_its_final_usage_is_incomplete() {
     assert_eq!(bytes, script.sent_bytes());
     let r = record(&id, 200, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "openai truncated").await;
+    token = assert_charged(&token, "openai truncated").await;
 
     // Anthropic cut by a close in the middle of an event.
     let case = unique("trunc-mid");
@@ -401,7 +438,7 @@ async fn a_stream_that_ends_before_its_final_usage_is_incomplete() {
     assert!(end.is_err(), "a stream cut mid-event ended cleanly");
     let r = record(&id, 200, false).await;
     assert_eq!(r["input_tokens"], json!(13), "{r}");
-    assert_released(&token, "anthropic cut mid-event").await;
+    assert_charged(&token, "anthropic cut mid-event").await;
     assert_no_panic();
 }
 
@@ -410,7 +447,7 @@ async fn a_stream_that_ends_before_its_final_usage_is_incomplete() {
 #[tokio::test]
 async fn malformed_sse_passes_through_and_is_incomplete() {
     let e = env();
-    let (_, token) = caller("one");
+    let (_, mut token) = caller("one");
     let case = unique("bad-sse");
     let events: Vec<Vec<u8>> = vec![
         b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":\n\n".to_vec(),
@@ -436,7 +473,7 @@ async fn malformed_sse_passes_through_and_is_incomplete() {
     );
     let r = record(&id, 200, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "malformed anthropic SSE").await;
+    token = assert_charged(&token, "malformed anthropic SSE").await;
 
     let case = unique("bad-sse-o");
     let events = vec![
@@ -454,14 +491,14 @@ async fn malformed_sse_passes_through_and_is_incomplete() {
     assert_eq!(bytes, script.sent_bytes());
     let r = record(&id, 200, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "malformed openai SSE").await;
+    assert_charged(&token, "malformed openai SSE").await;
     assert_no_panic();
 }
 
 #[tokio::test]
 async fn malformed_json_passes_through_and_is_incomplete() {
     let e = env();
-    let (_, token) = caller("one");
+    let (_, mut token) = caller("one");
     for (what, body) in [
         (
             "truncated",
@@ -495,7 +532,7 @@ async fn malformed_json_passes_through_and_is_incomplete() {
         );
         let r = record(&resp.request_id(), 200, false).await;
         assert_tokens(&r, 0, 0);
-        assert_released(&token, what).await;
+        token = assert_charged(&token, what).await;
     }
     assert_no_panic();
 }
@@ -505,7 +542,7 @@ async fn malformed_json_passes_through_and_is_incomplete() {
 #[tokio::test]
 async fn a_json_answer_without_usage_is_incomplete() {
     let e = env();
-    let (_, token) = caller("one");
+    let (_, mut token) = caller("one");
     let case = unique("no-usage-json");
     let mut msg = anthropic::message(MODEL, Usage::new(1, 1, 0, 0));
     msg.as_object_mut().unwrap().remove("usage");
@@ -514,7 +551,7 @@ async fn a_json_answer_without_usage_is_incomplete() {
     assert_eq!(resp.status, 200);
     let r = record(&resp.request_id(), 200, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "JSON without usage").await;
+    token = assert_charged(&token, "JSON without usage").await;
 
     let case = unique("no-usage-json-o");
     let mut c = openai::completion(OMODEL, Usage::new(1, 1, 0, 0));
@@ -524,7 +561,7 @@ async fn a_json_answer_without_usage_is_incomplete() {
     assert_eq!(resp.status, 200);
     let r = record(&resp.request_id(), 200, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "openai JSON without usage").await;
+    assert_charged(&token, "openai JSON without usage").await;
     assert_no_panic();
 }
 
@@ -541,7 +578,7 @@ async fn an_openai_stream_without_a_usage_chunk_is_incomplete() {
     assert!(end.is_ok(), "{end:?}");
     let r = record(&id, 200, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "openai stream without usage").await;
+    assert_charged(&token, "openai stream without usage").await;
 }
 
 #[tokio::test]
@@ -569,7 +606,7 @@ async fn an_anthropic_stream_without_any_usage_is_incomplete() {
     assert!(end.is_ok(), "{end:?}");
     let r = record(&id, 200, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "anthropic stream without usage").await;
+    assert_charged(&token, "anthropic stream without usage").await;
 }
 
 // ---------------------------------------------------------------- absurd numbers
@@ -771,7 +808,7 @@ async fn hang_json() {
     );
     let r = record(&id, status, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "JSON hang").await;
+    assert_charged(&token, "JSON hang").await;
 }
 
 /// SSE: message_start, then silence.
@@ -798,7 +835,7 @@ async fn hang_sse() {
     );
     let r = record(&id, 200, false).await;
     assert_eq!(r["input_tokens"], json!(19), "{r}");
-    assert_released(&token, "SSE hang").await;
+    assert_charged(&token, "SSE hang").await;
 }
 
 /// No headers at all: 504.
@@ -813,7 +850,7 @@ async fn hang_head() {
     assert!(start.elapsed() < TIMEOUT + Duration::from_secs(4));
     let r = record(&resp.request_id(), 504, false).await;
     assert_tokens(&r, 0, 0);
-    assert_released(&token, "no headers").await;
+    assert_charged(&token, "no headers").await;
 }
 
 #[tokio::test]

@@ -48,8 +48,9 @@ fn start(json_log: bool, dead_url: &str) -> Env {
             .max_body_bytes(4096)
             .drain_on_disconnect("1s")
             .add_provider(json!({
-                "name": "dead", "kind": "anthropic", "base_url": dead,
-                "api_key_env": PROVIDER_KEY_ENV, "routes": ["/dead/v1/messages"],
+                // Legacy completions: an endpoint the live providers do not serve.
+                "name": "dead", "kind": "openai", "base_url": dead,
+                "api_key_env": PROVIDER_KEY_ENV, "routes": ["/v1/completions"],
                 "connect_timeout_seconds": 1, "timeout_seconds": 2
             }));
         if json_log {
@@ -131,7 +132,7 @@ async fn traffic(e: &Env) -> Seen {
         assert_eq!(r.status, status);
         seen.keep("provider error", r);
     }
-    let r = post(gw, "/dead/v1/messages", Some(&token), &msg(false)).await;
+    let r = post(gw, "/v1/completions", Some(&token), &msg(false)).await;
     assert_eq!(r.status, 502, "{}", r.text());
     seen.failed_ids.push(r.request_id());
     seen.keep("502", r);
@@ -474,7 +475,7 @@ async fn failed_and_refused_requests_are_in_the_operational_log_with_their_reque
     let mut ids = Vec::new();
     let token = gw.token(&unique("user"));
     let body = anthropic_body(&unique("c"), "claude-sonnet-4-5", false);
-    let r = post(gw, "/dead/v1/messages", Some(&token), &body).await;
+    let r = post(gw, "/v1/completions", Some(&token), &body).await;
     assert_eq!(r.status, 502);
     ids.push(("502", r.request_id()));
     let r = post(gw, "/v1/messages", None, &body).await;

@@ -40,7 +40,12 @@ const FIELDS: [&str; 20] = [
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| Env::start(|b| b.max_body_bytes(MAX_BODY as u64)))
+    ENV.get_or_init(|| {
+        Env::start(|b| {
+            b.max_body_bytes(MAX_BODY as u64)
+                .tier("no-budget", json!({"requests_per_minute": 100000}))
+        })
+    })
 }
 
 /// USD per million tokens as configured by the harness: (input, output, cache_write, cache_read).
@@ -278,7 +283,8 @@ async fn a_model_without_a_price_costs_zero() {
         &case,
         anthropic::json("mystery-model-1", Usage::new(100, 100, 0, 0)),
     );
-    let token = e.gw.token(&unique("user"));
+    // A tier without usd_per_day may call unpriced models.
+    let token = e.gw.token_role(&unique("no-budget"), "no-budget");
     let resp = post(
         "/v1/messages",
         &token,

@@ -18,9 +18,10 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tollgate::config::{parse_duration, Config, HumanDuration, ProviderKind};
+use tollgate::config::{parse_duration, Config, HumanDuration};
 use tollgate::identity::{AuthError, Identity, KeyAlg, Verifier};
 use tollgate::providers::body::{self, RequestInfo};
+use tollgate::providers::{Dialect, Endpoint};
 use tollgate::usage::json_scan::{self, JsonScanner};
 use tollgate::usage::sse::SseParser;
 use tollgate::usage::{BodyKind, Meter, Metered};
@@ -91,11 +92,11 @@ pub fn is_json_object(bytes: &[u8]) -> bool {
 // ---------------------------------------------------------------------------
 
 pub fn sse_usage_anthropic(data: &[u8]) {
-    sse_usage(ProviderKind::Anthropic, data);
+    sse_usage(Dialect::Anthropic, data);
 }
 
 pub fn sse_usage_openai(data: &[u8]) {
-    sse_usage(ProviderKind::Openai, data);
+    sse_usage(Dialect::Openai, data);
 }
 
 /// Event caps tried on [`SseParser`] directly (option bits 0-2 pick one):
@@ -111,7 +112,7 @@ const SSE_CAPS: [usize; 8] = [
     4096,
 ];
 
-fn sse_usage(kind: ProviderKind, data: &[u8]) {
+fn sse_usage(kind: Dialect, data: &[u8]) {
     let s = split_input(data);
     let parts = chunks(s.body, &s.points);
 
@@ -139,7 +140,7 @@ fn sse_usage(kind: ProviderKind, data: &[u8]) {
     }
 }
 
-fn meter(kind: ProviderKind, body: BodyKind, parts: &[&[u8]]) -> Metered {
+fn meter(kind: Dialect, body: BodyKind, parts: &[&[u8]]) -> Metered {
     let mut m = Meter::new(kind, body);
     for p in parts {
         m.feed(p);
@@ -213,7 +214,7 @@ fn scan(parts: &[&[u8]]) -> Scan {
 pub fn json_usage(data: &[u8]) {
     let s = split_input(data);
     let parts = chunks(s.body, &s.points);
-    for kind in [ProviderKind::Anthropic, ProviderKind::Openai] {
+    for kind in [Dialect::Anthropic, Dialect::Openai] {
         let whole = meter(kind, BodyKind::Json, &[s.body]);
         let split = meter(kind, BodyKind::Json, &parts);
         assert_eq!(whole, split, "Meter result depends on the chunking");
@@ -287,32 +288,22 @@ pub fn json_usage(data: &[u8]) {
 // 3. Request bodies: request_body
 // ---------------------------------------------------------------------------
 
-/// Paths tried (byte 0 picks one): the rewrite depends on the path.
-pub const BODY_PATHS: &[&str] = &[
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/chat/completions/",
-    "/v1/chat/completions?stream=true&x=/",
-    "/v1/responses",
-    "/v1/embeddings",
-    "/v1/messages",
-    "/openai/deployments/x/chat/completions//",
-    "",
-    "/",
-    "?/completions",
-    "/v1/completionsx",
+/// Endpoints tried (byte 0 picks one): the fields read and the rewrite
+/// depend on the endpoint.
+pub const BODY_ENDPOINTS: &[Endpoint] = &[
+    Endpoint::ChatCompletions,
+    Endpoint::Completions,
+    Endpoint::Responses,
+    Endpoint::Embeddings,
+    Endpoint::Messages,
+    Endpoint::CountTokens,
+    Endpoint::Models,
 ];
 
 /// Whether the gateway must make this request report usage (mirrors
 /// `rewrite_for_usage`'s rule, written independently).
-fn needs_include_usage(kind: ProviderKind, path: &str, info: &RequestInfo) -> bool {
-    let path = match path.find('?') {
-        Some(q) => &path[..q],
-        None => path,
-    };
-    kind == ProviderKind::Openai
-        && info.stream
-        && path.trim_end_matches('/').ends_with("/completions")
+fn needs_include_usage(endpoint: Endpoint, info: &RequestInfo) -> bool {
+    info.stream && ["chat_completions", "completions"].contains(&endpoint.name())
 }
 
 /// Every top-level `stream_options` member of `body` (escaped spellings
@@ -360,21 +351,21 @@ pub fn request_body(data: &[u8]) {
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
-    let path = BODY_PATHS[usize::from(sel) % BODY_PATHS.len()];
+    let endpoint = BODY_ENDPOINTS[usize::from(sel) % BODY_ENDPOINTS.len()];
     let estimate = body::estimate_input_tokens(body);
     let object = is_json_object(body);
     // serde_json's Value stops at 128 levels of nesting; the checks that
     // need one are skipped deeper than that.
     let parsed = serde_json::from_slice::<Value>(body).ok();
 
-    for kind in [ProviderKind::Anthropic, ProviderKind::Openai] {
+    {
         // No panic whatever the body, even with a request info the body
         // does not back up.
         let forced = RequestInfo {
             stream: true,
             ..RequestInfo::default()
         };
-        if let Some(out) = body::rewrite_for_usage(kind, path, body, &forced) {
+        if let Some(out) = body::rewrite_for_usage(endpoint, body, &forced) {
             if object {
                 assert!(
                     is_json_object(&out),
@@ -383,13 +374,15 @@ pub fn request_body(data: &[u8]) {
             }
         }
 
-        let Ok(info) = body::inspect(kind, path, body) else {
-            continue;
+        let Ok(info) = body::inspect(endpoint, body) else {
+            return;
         };
         if body.iter().all(u8::is_ascii_whitespace) {
             assert_eq!(info, RequestInfo::default());
-            continue;
+            return;
         }
+        assert!(info.max_tokens.is_none_or(|m| m <= body::MAX_CAP));
+        assert!((1..=body::MAX_CAP).contains(&info.choices));
         assert_eq!(info.input_estimate, estimate);
         assert!(object, "inspect accepted a body that is not a JSON object");
         // The model the limits check is the only one: no second spelling.
@@ -412,8 +405,8 @@ pub fn request_body(data: &[u8]) {
             );
         }
 
-        let needed = needs_include_usage(kind, path, &info);
-        match body::rewrite_for_usage(kind, path, body, &info) {
+        let needed = needs_include_usage(endpoint, &info);
+        match body::rewrite_for_usage(endpoint, body, &info) {
             Some(out) => {
                 assert!(needed, "rewrote a request that needs no rewrite");
                 assert!(is_json_object(&out), "rewritten body is not a JSON object");
@@ -434,13 +427,13 @@ pub fn request_body(data: &[u8]) {
                         "the rewrite changed more than stream_options"
                     );
                 }
-                let again = body::inspect(kind, path, &out).expect("rewritten body refused");
+                let again = body::inspect(endpoint, &out).expect("rewritten body refused");
                 assert_eq!(
                     (&again.model, again.max_tokens, again.stream),
                     (&info.model, info.max_tokens, info.stream)
                 );
                 assert_eq!(
-                    body::rewrite_for_usage(kind, path, &out, &again),
+                    body::rewrite_for_usage(endpoint, &out, &again),
                     None,
                     "the rewrite is not idempotent"
                 );

@@ -2,11 +2,10 @@
 //! provider).
 
 use crate::app::App;
-use crate::config::ProviderKind;
-use crate::identity::{self, Identity};
+use crate::identity::{AuthFailure, Identity};
 use crate::limits::{now_ms, utc_day_string, valid_day};
 use crate::providers::errors::{error_body, ErrorKind};
-use crate::store;
+use crate::providers::Dialect;
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 use serde_json::json;
@@ -32,7 +31,7 @@ fn ok(v: serde_json::Value) -> Reply {
 fn err(status: u16, kind: ErrorKind, msg: &str) -> Reply {
     Reply {
         status,
-        body: error_body(ProviderKind::Anthropic, kind, msg),
+        body: error_body(Dialect::Anthropic, kind, msg),
     }
 }
 
@@ -77,23 +76,20 @@ struct AdminRequest {
 
 /// Authenticates an admin call: no token 401, a valid non-admin token 403.
 async fn admin_request(app: &App, s: &mut ServerSession) -> Result<AdminRequest, Reply> {
-    let id =
-        match identity::credential(&s.req_header().headers).and_then(|t| app.verifier.verify(t)) {
-            Ok(id) => id,
-            Err(e) => {
-                app.metrics.auth_failure(e.reason());
-                return Err(err(401, ErrorKind::Authentication, e.message()));
-            }
-        };
-    match store::identity_revoked(app.store.as_ref(), &id).await {
-        Ok(false) => {}
-        Ok(true) => return Err(err(403, ErrorKind::Permission, "token revoked")),
-        Err(e) => {
-            app.metrics.store_error("revocation");
+    let id = match app.authenticate(&s.req_header().headers).await {
+        Ok(id) => id,
+        Err(AuthFailure::Invalid(e)) => {
+            return Err(err(401, ErrorKind::Authentication, e.message()))
+        }
+        Err(AuthFailure::Revoked(_)) => {
+            return Err(err(403, ErrorKind::Permission, "token revoked"))
+        }
+        Err(AuthFailure::StoreDown(_, e)) => {
+            // Admin calls never fail open.
             log::warn!("admin: revocation check failed: {e}");
             return Err(err(503, ErrorKind::Api, "store unavailable"));
         }
-    }
+    };
     if !id.roles.iter().any(|r| r == "admin") {
         return Err(err(403, ErrorKind::Permission, "admin role required"));
     }
@@ -239,8 +235,10 @@ async fn revoke(app: &App, r: AdminRequest) -> Reply {
         }
     };
     match result {
-        Ok(()) => {
-            log::info!("admin {}: revoked {reply}", admin.sub);
+        Ok(changed) => {
+            if changed {
+                log::info!("admin {}: revoked {reply}", admin.sub);
+            }
             ok(reply)
         }
         Err(e) => {

@@ -214,6 +214,9 @@ fn check_limits(cfg: &Config, out: &mut Vec<Problem>) {
                 "limits.tiers.{name}.models is empty: the tier may call no model"
             )));
         }
+        if t.usd_per_day.is_some() {
+            unpriced_models(cfg, name, t, out);
+        }
     }
     if l.max_body_bytes == 0 {
         out.push(Problem::error("limits.max_body_bytes must be positive"));
@@ -223,13 +226,35 @@ fn check_limits(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+/// A tier with `usd_per_day` refuses (403) every model without a price:
+/// say which of its allowed models have none.
+fn unpriced_models(cfg: &Config, name: &str, t: &super::TierConfig, out: &mut Vec<Problem>) {
+    let pricing = crate::usage::Pricing::new(&cfg.usage.prices);
+    match &t.models {
+        Some(models) => {
+            for m in models.iter().filter(|m| pricing.price(m).is_none()) {
+                out.push(Problem::warning(format!(
+                    "limits.tiers.{name} sets usd_per_day but usage.prices has no price for \
+                     model {m:?}: its requests will be refused (403)"
+                )));
+            }
+        }
+        None if cfg.usage.prices.is_empty() => out.push(Problem::warning(format!(
+            "limits.tiers.{name} sets usd_per_day but usage.prices is empty: every request \
+             of the tier will be refused (403)"
+        ))),
+        None => {}
+    }
+}
+
 fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
     if cfg.providers.is_empty() {
         out.push(Problem::error(
             "providers: at least one provider is required",
         ));
     }
-    let mut routes: HashMap<&str, &str> = HashMap::new();
+    // Which provider answers each catalogue entry: the first that serves it.
+    let mut first: HashMap<(crate::providers::endpoint::Verb, &str), &str> = HashMap::new();
     for p in &cfg.providers {
         let n = &p.name;
         if let Err(reason) = upstream_base_url(&p.base_url) {
@@ -251,17 +276,40 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
         if p.routes.is_empty() {
             out.push(Problem::error(format!("provider {n}: routes is empty")));
         }
+        let kind = crate::providers::kind(p.kind);
         for r in &p.routes {
             if !r.starts_with('/') {
                 out.push(Problem::error(format!(
                     "provider {n}: route {r:?} must start with /"
                 )));
-            }
-            if let Some(other) = routes.insert(r.as_str(), n.as_str()) {
-                out.push(Problem::error(format!(
-                    "provider {n}: route {r} is already served by {other}"
+            } else if !kind.catalogue().iter().any(|e| e.under(r)) {
+                out.push(Problem::warning(format!(
+                    "provider {n}: route {r} covers none of the endpoints a {} provider serves \
+                     ({}); requests to it answer 404",
+                    kind.name(),
+                    catalogue_paths(kind.catalogue())
                 )));
             }
+        }
+        for e in crate::providers::router::served(kind.catalogue(), &p.routes) {
+            let key = (e.method, e.path.base());
+            match first.get(&key) {
+                Some(other) => out.push(Problem::warning(format!(
+                    "provider {n}: {} {} is already served by {other}, which answers it",
+                    e.method.name(),
+                    e.path.base()
+                ))),
+                None => {
+                    first.insert(key, n);
+                }
+            }
+        }
+        if (p.organization.is_some() || p.project.is_some())
+            && kind.dialect() != crate::providers::Dialect::Openai
+        {
+            out.push(Problem::warning(format!(
+                "provider {n}: organization and project apply to OpenAI providers only"
+            )));
         }
         if p.connect_timeout_seconds == 0 || p.timeout_seconds == 0 {
             out.push(Problem::error(format!(
@@ -278,6 +326,13 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
             }
         }
     }
+}
+
+/// The catalogue's paths, for messages.
+fn catalogue_paths(routes: &[crate::providers::Route]) -> String {
+    let mut paths: Vec<&str> = routes.iter().map(|r| r.path.base()).collect();
+    paths.dedup();
+    paths.join(", ")
 }
 
 fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {

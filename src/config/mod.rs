@@ -327,6 +327,12 @@ pub struct ProviderConfig {
     pub timeout_seconds: u64,
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// OpenAI: `openai-organization` sent upstream (clients' own is removed).
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// OpenAI: `openai-project` sent upstream (clients' own is removed).
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 fn default_connect_timeout() -> u64 {

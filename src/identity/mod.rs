@@ -12,6 +12,7 @@
 //! lookup), `sign` issues tokens, `keygen` writes key pairs and `check`
 //! reports every key problem for `tollgate check`.
 
+mod authenticate;
 mod cache;
 mod check;
 mod credential;
@@ -24,6 +25,7 @@ mod verify;
 #[cfg(test)]
 mod test_support;
 
+pub use authenticate::{authenticate, AuthFailure};
 pub use check::check_keys;
 pub use credential::credential;
 pub use keygen::{keygen, KeyAlg, UnknownKeyAlg};

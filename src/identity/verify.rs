@@ -197,6 +197,12 @@ impl Verifier {
         self.keys.read().len()
     }
 
+    /// The last second (Unix time) at which `id`'s token is still accepted:
+    /// its `exp` plus the leeway. A revocation must last at least as long.
+    pub fn accepted_until(&self, id: &Identity) -> u64 {
+        id.exp.saturating_add(self.policy.leeway)
+    }
+
     /// Verifies a token, answering from the cache when this exact token was
     /// verified before and is still unexpired under the same keys.
     pub fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {

@@ -1,25 +1,71 @@
-//! Anthropic Messages API: usage objects and stream events.
+//! Anthropic: the Messages API's endpoints, credential, usage objects and
+//! stream events.
 
-use crate::usage::{count, lenient_u64, Metered, Usage};
+use super::endpoint::{Endpoint, PathPattern, Route};
+use super::{Dialect, Kind, Provider};
+use crate::usage::{count, token_count, Metered, ReadUsage, Usage};
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub struct Anthropic;
+
+const CATALOGUE: &[Route] = &[
+    Route::post("/v1/messages", Endpoint::Messages),
+    Route::post("/v1/messages/count_tokens", Endpoint::CountTokens),
+    Route::get(PathPattern::Exact("/v1/models"), Endpoint::Models),
+    Route::get(PathPattern::OneSegment("/v1/models/"), Endpoint::Models),
+];
+
+impl Kind for Anthropic {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Anthropic
+    }
+
+    fn catalogue(&self) -> &'static [Route] {
+        CATALOGUE
+    }
+
+    fn credential(&self, key: &str) -> (&'static str, String) {
+        ("x-api-key", key.to_string())
+    }
+
+    fn upstream_headers(
+        &self,
+        client: &RequestHeader,
+        up: &mut RequestHeader,
+        _provider: &Provider,
+    ) -> pingora::Result<()> {
+        if !client.headers.contains_key("anthropic-version") {
+            up.insert_header("anthropic-version", "2023-06-01")?;
+        }
+        Ok(())
+    }
+}
+
 /// A Messages API `usage` object; missing or null fields count 0. `None`
 /// when `v` is not an object.
-pub fn usage_from_json(v: &Value) -> Option<Usage> {
+pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
     let o = v.as_object()?;
-    Some(Usage {
-        input_tokens: count(o, "input_tokens"),
-        output_tokens: count(o, "output_tokens"),
-        cache_creation_input_tokens: count(o, "cache_creation_input_tokens"),
-        cache_read_input_tokens: count(o, "cache_read_input_tokens"),
-    })
+    let mut valid = true;
+    let usage = Usage {
+        input_tokens: count(o, "input_tokens", &mut valid),
+        output_tokens: count(o, "output_tokens", &mut valid),
+        cache_creation_input_tokens: count(o, "cache_creation_input_tokens", &mut valid),
+        cache_read_input_tokens: count(o, "cache_read_input_tokens", &mut valid),
+    };
+    Some(ReadUsage { usage, valid })
 }
 
 /// Applies a `message_delta` usage: its counts are cumulative, so each field
-/// present (and not null) replaces the earlier value. Returns whether `v`
-/// was a usage object.
-pub fn apply_delta_usage(u: &mut Usage, v: &Value) -> bool {
+/// present (and not null) replaces the earlier value; an invalid value
+/// replaces it with 0 and clears `*valid`. Returns whether `v` was a usage
+/// object.
+pub fn apply_delta_usage(u: &mut Usage, v: &Value, valid: &mut bool) -> bool {
     let Some(o) = v.as_object() else {
         return false;
     };
@@ -34,7 +80,10 @@ pub fn apply_delta_usage(u: &mut Usage, v: &Value) -> bool {
     ];
     for (key, slot) in fields {
         if let Some(x) = o.get(key).filter(|x| !x.is_null()) {
-            *slot = lenient_u64(x);
+            *slot = token_count(x).unwrap_or_else(|| {
+                *valid = false;
+                0
+            });
         }
     }
     true
@@ -61,6 +110,8 @@ struct Message {
 pub struct StreamState {
     usage: Usage,
     usage_seen: bool,
+    /// Some usage value was not a token count.
+    invalid: bool,
     started: bool,
     stopped: bool,
     delta_usage: bool,
@@ -98,12 +149,17 @@ impl StreamState {
                     .as_ref()
                     .and_then(|m| m.usage.as_ref())
                     .and_then(usage_from_json);
-                self.usage = usage.unwrap_or_default();
-                self.usage_seen |= usage.is_some();
+                if let Some(r) = usage {
+                    self.usage = r.usage;
+                    self.usage_seen = true;
+                    self.invalid |= !r.valid;
+                }
             }
             Some("message_delta") => {
                 if let Some(u) = &ev.usage {
-                    if apply_delta_usage(&mut self.usage, u) {
+                    let mut valid = true;
+                    if apply_delta_usage(&mut self.usage, u, &mut valid) {
+                        self.invalid |= !valid;
                         self.usage_seen = true;
                         self.delta_usage = true;
                     }
@@ -122,7 +178,8 @@ impl StreamState {
             complete: self.started
                 && self.usage_seen
                 && (self.stopped || self.delta_usage)
-                && !self.error,
+                && !self.error
+                && !self.invalid,
             model: self.model.clone(),
             stream_error: self.error,
         }
@@ -149,7 +206,8 @@ mod tests {
         let u = usage_from_json(&json!({"input_tokens":10,"output_tokens":5,
             "cache_creation_input_tokens":null,"cache_read_input_tokens":3,
             "cache_creation":{"ephemeral_5m_input_tokens":0},"service_tier":"standard"}))
-        .unwrap();
+        .unwrap()
+        .usage;
         assert_eq!(
             (
                 u.input_tokens,
@@ -159,7 +217,18 @@ mod tests {
             ),
             (10, 5, 0, 3)
         );
-        assert_eq!(usage_from_json(&json!({})), Some(Usage::default()));
+        assert_eq!(
+            usage_from_json(&json!({})),
+            Some(ReadUsage {
+                usage: Usage::default(),
+                valid: true
+            })
+        );
+        let r =
+            usage_from_json(&json!({"input_tokens": 5, "output_tokens": 18446744073709551615u64}))
+                .unwrap();
+        assert!(!r.valid);
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (5, 0));
         assert_eq!(usage_from_json(&json!(null)), None);
         assert_eq!(usage_from_json(&json!([1])), None);
     }
@@ -240,6 +309,29 @@ mod tests {
         ]);
         assert!(!m.complete && m.stream_error);
         assert_eq!(m.usage.input_tokens, 25);
+    }
+
+    #[test]
+    fn invalid_usage_values_make_usage_incomplete() {
+        let m = run(&[
+            ("message_start", START),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"output_tokens":1e300}}"#,
+            ),
+            ("message_stop", r#"{"type":"message_stop"}"#),
+        ]);
+        assert!(!m.complete && m.usage_seen);
+        assert_eq!(m.usage.output_tokens, 0);
+        assert_eq!(m.usage.input_tokens, 25);
+        let start = START.replace(r#""input_tokens":25"#, r#""input_tokens":"25""#);
+        let m = run(&[
+            ("message_start", &start),
+            ("message_delta", r#"{"usage":{"output_tokens":3}}"#),
+            ("message_stop", "{}"),
+        ]);
+        assert!(!m.complete);
+        assert_eq!(m.usage.input_tokens, 0);
     }
 
     #[test]

@@ -1,24 +1,54 @@
 //! Request body inspection: the few fields limits need (`model`, the output
-//! cap, `stream`), an input-token estimate, and the OpenAI usage rewrite.
+//! cap and its multipliers, `stream`), an input-token estimate, and the
+//! OpenAI usage rewrite. Which fields count depends on the endpoint.
 //!
 //! Bodies can be 10 MB, so they are parsed into a borrowed struct that skips
 //! every other field, never into a whole `serde_json::Value`.
 
+use super::endpoint::Endpoint;
 use super::openai;
-use crate::config::ProviderKind;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Largest output cap (and `n`, `best_of`) accepted: what providers take
+/// (`int32`), and small enough that no product of them overflows.
+pub const MAX_CAP: u64 = (1 << 31) - 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestInfo {
     pub model: Option<String>,
     /// The output cap the request asks for, if it names one.
     pub max_tokens: Option<u64>,
+    /// Completions generated per request (`n`, or `best_of` for legacy
+    /// completions), at least 1.
+    pub choices: u64,
     pub stream: bool,
     /// Over-estimate of the input tokens, for budget reservation.
     pub input_estimate: u64,
+}
+
+impl Default for RequestInfo {
+    fn default() -> Self {
+        Self {
+            model: None,
+            max_tokens: None,
+            choices: 1,
+            stream: false,
+            input_estimate: 0,
+        }
+    }
+}
+
+impl RequestInfo {
+    /// Output tokens to reserve: the cap (or `default` when none is named)
+    /// for every choice generated.
+    pub fn output_reservation(&self, default: u64) -> u64 {
+        self.max_tokens
+            .unwrap_or(default)
+            .saturating_mul(self.choices)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +64,10 @@ pub enum BodyError {
         field: &'static str,
         expected: &'static str,
     },
+    #[error(
+        "`background: true` is not supported through the gateway: its usage would never pass it"
+    )]
+    Background,
 }
 
 /// Any JSON value, keeping only what the checks need; arrays and objects
@@ -112,12 +146,18 @@ struct Fields<'a> {
     #[serde(borrow, default)]
     max_output_tokens: Option<Scalar<'a>>,
     #[serde(borrow, default)]
+    n: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    best_of: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
     stream: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    background: Option<Scalar<'a>>,
 }
 
-/// Reads what limits need from a request body. An empty body (a `GET`) is
-/// fine and names nothing; anything else must be a JSON object.
-pub fn inspect(kind: ProviderKind, _path: &str, body: &[u8]) -> Result<RequestInfo, BodyError> {
+/// Reads what limits need from a request body for `endpoint`. An empty body
+/// names nothing; anything else must be a JSON object.
+pub fn inspect(endpoint: Endpoint, body: &[u8]) -> Result<RequestInfo, BodyError> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
     let Some(start) = start else {
         return Ok(RequestInfo::default());
@@ -138,29 +178,32 @@ pub fn inspect(kind: ProviderKind, _path: &str, body: &[u8]) -> Result<RequestIn
         Some(Scalar::Str(s)) => Some(s.into_owned()),
         Some(_) => return Err(wrong("model", "a string")),
     };
-    let stream = match f.stream {
-        None | Some(Scalar::Null) => false,
-        Some(Scalar::Bool(b)) => b,
-        Some(_) => return Err(wrong("stream", "a boolean")),
-    };
-    let caps = match kind {
-        ProviderKind::Anthropic => vec![("max_tokens", f.max_tokens)],
-        ProviderKind::Openai => vec![
-            ("max_tokens", f.max_tokens),
-            ("max_completion_tokens", f.max_completion_tokens),
-            ("max_output_tokens", f.max_output_tokens),
-        ],
-    };
-    let mut max_tokens: Option<u64> = None;
-    for (field, v) in caps {
-        if let Some(n) = token_count(field, v)? {
-            // Several caps named: the largest is the conservative one.
-            max_tokens = Some(max_tokens.map_or(n, |m| m.max(n)));
+    let stream = flag("stream", f.stream)?;
+    // Each endpoint's own cap field; `n`/`best_of` multiply it.
+    let (max_tokens, choices) = match endpoint {
+        Endpoint::Messages => (cap("max_tokens", f.max_tokens)?, 1),
+        Endpoint::ChatCompletions => {
+            let legacy = cap("max_tokens", f.max_tokens)?;
+            let preferred = cap("max_completion_tokens", f.max_completion_tokens)?;
+            (preferred.or(legacy), cap("n", f.n)?.unwrap_or(1).max(1))
         }
-    }
+        Endpoint::Completions => {
+            let n = cap("n", f.n)?.unwrap_or(1);
+            let best_of = cap("best_of", f.best_of)?.unwrap_or(1);
+            (cap("max_tokens", f.max_tokens)?, n.max(best_of).max(1))
+        }
+        Endpoint::Responses => {
+            if flag("background", f.background)? {
+                return Err(BodyError::Background);
+            }
+            (cap("max_output_tokens", f.max_output_tokens)?, 1)
+        }
+        Endpoint::Embeddings | Endpoint::CountTokens | Endpoint::Models => (None, 1),
+    };
     Ok(RequestInfo {
         model,
         max_tokens,
+        choices,
         stream,
         input_estimate: estimate_input_tokens(body),
     })
@@ -170,15 +213,25 @@ fn wrong(field: &'static str, expected: &'static str) -> BodyError {
     BodyError::WrongType { field, expected }
 }
 
-fn token_count(field: &'static str, v: Option<Scalar>) -> Result<Option<u64>, BodyError> {
+fn flag(field: &'static str, v: Option<Scalar>) -> Result<bool, BodyError> {
+    match v {
+        None | Some(Scalar::Null) => Ok(false),
+        Some(Scalar::Bool(b)) => Ok(b),
+        Some(_) => Err(wrong(field, "a boolean")),
+    }
+}
+
+/// An output cap (or multiplier): an integer from 0 to 2^31 − 1.
+fn cap(field: &'static str, v: Option<Scalar>) -> Result<Option<u64>, BodyError> {
+    const EXPECTED: &str = "an integer from 0 to 2147483647";
     match v {
         None | Some(Scalar::Null) => Ok(None),
-        Some(Scalar::U64(n)) => Ok(Some(n)),
-        // `1024.0` from a client that only has floats is still a count.
-        Some(Scalar::F64(f)) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => {
+        Some(Scalar::U64(n)) if n <= MAX_CAP => Ok(Some(n)),
+        // `1024.0` from a client that only has floats is still an integer.
+        Some(Scalar::F64(f)) if f >= 0.0 && f.fract() == 0.0 && f <= MAX_CAP as f64 => {
             Ok(Some(f as u64))
         }
-        Some(_) => Err(wrong(field, "a non-negative integer")),
+        Some(_) => Err(wrong(field, EXPECTED)),
     }
 }
 
@@ -201,6 +254,11 @@ const MEDIA_MIN_BYTES: usize = 1024;
 /// detail, gpt-4.1-nano ~3.8k; 4096 covers them all.
 const MEDIA_TOKEN_ESTIMATE: u64 = 4096;
 
+/// Keys whose string value carries media data: Anthropic's
+/// `source.data`, OpenAI's `image_url.url`, the Responses API's
+/// `image_url`, audio `data` and `file_data`.
+const MEDIA_KEYS: [&[u8]; 4] = [b"data", b"url", b"image_url", b"file_data"];
+
 /// Input tokens, over-estimated cheaply in one pass over the bytes:
 /// ceil(bytes / 3). BPE tokenizers average about 4 bytes per token on
 /// English and code and about 3 on CJK text, and the body's JSON keys and
@@ -208,27 +266,51 @@ const MEDIA_TOKEN_ESTIMATE: u64 = 4096;
 /// in under this. The exception is base64 media, billed by pixels not bytes:
 /// a 5 MB photo would otherwise reserve 1.7M tokens and never fit a
 /// per-minute budget; each such string counts the smaller of its bytes/3 and
-/// [`MEDIA_TOKEN_ESTIMATE`]. The reservation is settled to the real usage at
-/// the end of the response, so the estimate only decides admission.
+/// [`MEDIA_TOKEN_ESTIMATE`]. Only a media field's value qualifies (see
+/// [`MEDIA_KEYS`]): text that merely starts like base64 JPEG is text. The
+/// reservation is settled to the real usage at the end of the response, so
+/// the estimate only decides admission.
 pub fn estimate_input_tokens(body: &[u8]) -> u64 {
     let mut text_bytes = body.len() as u64;
     let mut media_tokens = 0u64;
     let mut i = 0;
+    let mut key: &[u8] = b"";
     // memchr: a 4–5 KB prompt is scanned in well under a microsecond.
     while let Some(p) = body.get(i..).and_then(|b| memchr::memchr(b'"', b)) {
-        let start = i + p + 1;
+        let open = i + p;
+        let start = open + 1;
         let Some(end) = string_end(body, start) else {
             break;
         };
         let s = &body[start..end];
-        if s.len() >= MEDIA_MIN_BYTES && is_media(s) {
+        i = end + 1;
+        if next_non_ws(body, i) == Some(b':') {
+            key = s;
+            continue;
+        }
+        let member_value = prev_non_ws(body, open) == Some(b':');
+        if member_value && s.len() >= MEDIA_MIN_BYTES && MEDIA_KEYS.contains(&key) && is_media(s) {
             let len = s.len() as u64;
             text_bytes -= len;
             media_tokens = media_tokens.saturating_add(len.div_ceil(3).min(MEDIA_TOKEN_ESTIMATE));
         }
-        i = end + 1;
     }
     text_bytes.div_ceil(3).saturating_add(media_tokens)
+}
+
+fn next_non_ws(b: &[u8], from: usize) -> Option<u8> {
+    b.get(from..)?
+        .iter()
+        .copied()
+        .find(|c| !c.is_ascii_whitespace())
+}
+
+fn prev_non_ws(b: &[u8], before: usize) -> Option<u8> {
+    b.get(..before)?
+        .iter()
+        .rev()
+        .copied()
+        .find(|c| !c.is_ascii_whitespace())
 }
 
 /// Index of the closing quote of the string whose contents start at `i`.
@@ -258,48 +340,37 @@ fn is_media(s: &[u8]) -> bool {
 }
 
 /// The body to send instead, when it must change so the response reports
-/// usage: a streaming OpenAI chat/completions (or legacy completions)
+/// usage: a streaming OpenAI chat completions (or legacy completions)
 /// request gets `stream_options.include_usage = true`. Not the Responses
 /// API (it rejects the option, and `response.completed` carries usage
 /// anyway) nor embeddings. `None` when nothing needs to change.
-pub fn rewrite_for_usage(
-    kind: ProviderKind,
-    path: &str,
-    body: &[u8],
-    info: &RequestInfo,
-) -> Option<Vec<u8>> {
-    if kind != ProviderKind::Openai || !info.stream {
-        return None;
+pub fn rewrite_for_usage(endpoint: Endpoint, body: &[u8], info: &RequestInfo) -> Option<Vec<u8>> {
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions if info.stream => {
+            openai::rewrite_include_usage(body)
+        }
+        _ => None,
     }
-    let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
-    if !path.ends_with("/completions") {
-        return None;
-    }
-    openai::rewrite_include_usage(body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+    use Endpoint::*;
 
-    fn ok(kind: ProviderKind, body: &str) -> RequestInfo {
-        inspect(kind, "/v1/x", body.as_bytes()).unwrap()
+    fn ok(e: Endpoint, body: &str) -> RequestInfo {
+        inspect(e, body.as_bytes()).unwrap()
     }
 
-    fn err(kind: ProviderKind, body: &str) -> String {
-        inspect(kind, "/v1/x", body.as_bytes())
-            .unwrap_err()
-            .to_string()
+    fn err(e: Endpoint, body: &str) -> String {
+        inspect(e, body.as_bytes()).unwrap_err().to_string()
     }
-
-    const A: ProviderKind = ProviderKind::Anthropic;
-    const O: ProviderKind = ProviderKind::Openai;
 
     #[test]
     fn reads_fields() {
         let i = ok(
-            A,
+            Messages,
             r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
         );
         assert_eq!(i.model.as_deref(), Some("claude-sonnet-4-5"));
@@ -307,46 +378,153 @@ mod tests {
         assert!(i.stream);
         assert!(i.input_estimate > 0);
         let i = ok(
-            O,
+            ChatCompletions,
             r#"{"model":"gpt-\u0034o","max_completion_tokens":50,"max_tokens":null}"#,
         );
         assert_eq!(i.model.as_deref(), Some("gpt-4o"));
         assert_eq!(i.max_tokens, Some(50));
         assert!(!i.stream);
         let i = ok(
-            O,
+            Responses,
             r#"{"model":"gpt-4.1","max_output_tokens":77.0,"stream":false}"#,
         );
         assert_eq!(i.max_tokens, Some(77));
-        let i = ok(O, r#"{"max_tokens":10,"max_completion_tokens":20}"#);
+        assert_eq!(ok(Messages, " \n"), RequestInfo::default());
+        assert_eq!(ok(Messages, ""), RequestInfo::default());
+    }
+
+    #[test]
+    fn each_endpoint_reads_its_own_cap() {
+        // Chat: max_completion_tokens wins over max_tokens, either order.
+        let i = ok(
+            ChatCompletions,
+            r#"{"max_tokens":10,"max_completion_tokens":20}"#,
+        );
         assert_eq!(i.max_tokens, Some(20));
-        // Anthropic has no max_completion_tokens; it is not read.
-        let i = ok(A, r#"{"max_completion_tokens":"x"}"#);
-        assert_eq!(i.max_tokens, None);
-        assert_eq!(ok(A, " \n"), RequestInfo::default());
-        assert_eq!(ok(A, ""), RequestInfo::default());
+        let i = ok(
+            ChatCompletions,
+            r#"{"max_completion_tokens":5,"max_tokens":900}"#,
+        );
+        assert_eq!(i.max_tokens, Some(5));
+        let i = ok(ChatCompletions, r#"{"max_tokens":900}"#);
+        assert_eq!(i.max_tokens, Some(900));
+        // Fields of other endpoints are not read (nor checked).
+        assert_eq!(
+            ok(Messages, r#"{"max_completion_tokens":"x"}"#).max_tokens,
+            None
+        );
+        assert_eq!(ok(Messages, r#"{"max_output_tokens":99}"#).max_tokens, None);
+        assert_eq!(ok(Responses, r#"{"max_tokens":99}"#).max_tokens, None);
+        assert_eq!(
+            ok(Responses, r#"{"max_output_tokens":99}"#).max_tokens,
+            Some(99)
+        );
+        assert_eq!(ok(Completions, r#"{"max_tokens":7}"#).max_tokens, Some(7));
+        assert_eq!(
+            ok(Embeddings, r#"{"max_tokens":7,"input":"x"}"#).max_tokens,
+            None
+        );
+        assert_eq!(ok(CountTokens, r#"{"max_tokens":7}"#).max_tokens, None);
+    }
+
+    #[test]
+    fn choices_multiply_the_cap() {
+        let i = ok(ChatCompletions, r#"{"max_tokens":100,"n":3}"#);
+        assert_eq!((i.choices, i.output_reservation(4096)), (3, 300));
+        let i = ok(ChatCompletions, r#"{"n":2}"#);
+        assert_eq!(i.output_reservation(4096), 8192);
+        let i = ok(ChatCompletions, r#"{"max_tokens":100,"n":0}"#);
+        assert_eq!(i.output_reservation(4096), 100);
+        let i = ok(Completions, r#"{"max_tokens":100,"n":2,"best_of":5}"#);
+        assert_eq!(i.output_reservation(4096), 500);
+        let i = ok(Completions, r#"{"max_tokens":100,"n":4}"#);
+        assert_eq!(i.output_reservation(4096), 400);
+        // n means nothing to the Messages API.
+        let i = ok(Messages, r#"{"max_tokens":100,"n":4}"#);
+        assert_eq!(i.output_reservation(4096), 100);
+        // The largest allowed values never overflow.
+        let i = ok(
+            Completions,
+            r#"{"max_tokens":2147483647,"n":2147483647,"best_of":2147483647}"#,
+        );
+        assert_eq!(i.output_reservation(0), MAX_CAP * MAX_CAP);
+    }
+
+    #[test]
+    fn caps_outside_int32_are_refused() {
+        let want = |f: &str| format!("`{f}` must be an integer from 0 to 2147483647");
+        for (e, body, field) in [
+            (
+                Messages,
+                r#"{"max_tokens":18446744073709551615}"#,
+                "max_tokens",
+            ),
+            (Messages, r#"{"max_tokens":2147483648}"#, "max_tokens"),
+            (Messages, r#"{"max_tokens":-1}"#, "max_tokens"),
+            (Messages, r#"{"max_tokens":1e300}"#, "max_tokens"),
+            (Messages, r#"{"max_tokens":"10"}"#, "max_tokens"),
+            (ChatCompletions, r#"{"max_tokens":1.5}"#, "max_tokens"),
+            (
+                ChatCompletions,
+                r#"{"max_completion_tokens":4294967296}"#,
+                "max_completion_tokens",
+            ),
+            (ChatCompletions, r#"{"n":-2}"#, "n"),
+            (ChatCompletions, r#"{"n":2147483648}"#, "n"),
+            (Completions, r#"{"best_of":1e10}"#, "best_of"),
+            (
+                Responses,
+                r#"{"max_output_tokens":1.5}"#,
+                "max_output_tokens",
+            ),
+        ] {
+            assert_eq!(err(e, body), want(field), "{body}");
+        }
+        assert_eq!(
+            ok(Messages, r#"{"max_tokens":2147483647}"#).max_tokens,
+            Some(MAX_CAP)
+        );
+        assert_eq!(ok(Messages, r#"{"max_tokens":0}"#).max_tokens, Some(0));
+    }
+
+    #[test]
+    fn background_responses_are_refused() {
+        assert!(matches!(
+            inspect(Responses, br#"{"model":"gpt-4.1","background":true}"#),
+            Err(BodyError::Background)
+        ));
+        assert!(inspect(Responses, br#"{"background":false}"#).is_ok());
+        assert!(inspect(Responses, br#"{"background":null}"#).is_ok());
+        assert_eq!(
+            err(Responses, r#"{"background":1}"#),
+            "`background` must be a boolean"
+        );
+        // Other endpoints have no such field.
+        assert!(inspect(ChatCompletions, br#"{"background":true}"#).is_ok());
     }
 
     #[test]
     fn errors() {
-        assert!(err(A, "not json").contains("not valid JSON"));
-        assert!(err(A, r#"{"model":"x""#).contains("not valid JSON"));
-        assert!(err(A, r#"{"model":"x"} trailing"#).contains("not valid JSON"));
-        assert_eq!(err(A, "[1,2]"), "request body must be a JSON object");
-        assert_eq!(err(A, "\"str\""), "request body must be a JSON object");
-        assert_eq!(err(A, r#"{"model":5}"#), "`model` must be a string");
-        assert_eq!(err(A, r#"{"model":["a"]}"#), "`model` must be a string");
-        assert_eq!(err(A, r#"{"stream":"yes"}"#), "`stream` must be a boolean");
+        assert!(err(Messages, "not json").contains("not valid JSON"));
+        assert!(err(Messages, r#"{"model":"x""#).contains("not valid JSON"));
+        assert!(err(Messages, r#"{"model":"x"} trailing"#).contains("not valid JSON"));
+        assert_eq!(err(Messages, "[1,2]"), "request body must be a JSON object");
         assert_eq!(
-            err(A, r#"{"max_tokens":-1}"#),
-            "`max_tokens` must be a non-negative integer"
+            err(Messages, "\"str\""),
+            "request body must be a JSON object"
+        );
+        assert_eq!(err(Messages, r#"{"model":5}"#), "`model` must be a string");
+        assert_eq!(
+            err(Messages, r#"{"model":["a"]}"#),
+            "`model` must be a string"
         );
         assert_eq!(
-            err(O, r#"{"max_output_tokens":1.5}"#),
-            "`max_output_tokens` must be a non-negative integer"
+            err(Messages, r#"{"stream":"yes"}"#),
+            "`stream` must be a boolean"
         );
-        assert!(err(A, r#"{"model":"a","model":"b"}"#).contains("duplicate field `model`"));
-        assert!(inspect(A, "/", b"{\"model\":\"\xff\"}").is_err());
+        assert!(err(Messages, r#"{"model":"a","model":"b"}"#).contains("duplicate field `model`"));
+        assert!(err(ChatCompletions, r#"{"n":1,"n":5}"#).contains("duplicate field `n`"));
+        assert!(inspect(Messages, b"{\"model\":\"\xff\"}").is_err());
     }
 
     #[test]
@@ -356,7 +534,7 @@ mod tests {
             "metadata":{"deep":[[[{"x":[1,2,3]}]]]}});
         let bytes = serde_json::to_vec(&body).unwrap();
         assert!(bytes.len() > 1 << 20);
-        let i = inspect(A, "/v1/messages", &bytes).unwrap();
+        let i = inspect(Messages, &bytes).unwrap();
         assert_eq!(i.model.as_deref(), Some("claude-sonnet-4-5"));
         assert_eq!(i.input_estimate, (bytes.len() as u64).div_ceil(3));
     }
@@ -367,22 +545,23 @@ mod tests {
         let body = json!({"model":"m","messages":[{"role":"user","content":[
             {"type":"image","source":{"type":"base64","media_type":"image/png","data":png}},
             {"type":"image_url","image_url":{"url":format!("data:image/jpeg;base64,/9j/{}", "B".repeat(1 << 20))}},
+            {"type":"input_image","image_url":format!("data:image/png;base64,iVBORw0KGgo{}", "C".repeat(1 << 20))},
             {"type":"text","text":"what is this?"}]}]});
         let bytes = serde_json::to_vec(&body).unwrap();
-        let e = inspect(A, "/v1/messages", &bytes).unwrap().input_estimate;
+        let e = inspect(Messages, &bytes).unwrap().input_estimate;
         assert!(
-            (2 * MEDIA_TOKEN_ESTIMATE..2 * MEDIA_TOKEN_ESTIMATE + 200).contains(&e),
+            (3 * MEDIA_TOKEN_ESTIMATE..3 * MEDIA_TOKEN_ESTIMATE + 300).contains(&e),
             "{e}"
         );
-        // A small image counts by bytes; text that merely starts alike is text.
-        assert_eq!(estimate_input_tokens(br#"{"d":"iVBORw0KGgoAAAA"}"#), 8);
-        let pdf = format!(r#"{{"d":"JVBERi0{}"}}"#, "C".repeat(3000));
+        // A small image counts by bytes.
+        assert_eq!(estimate_input_tokens(br#"{"data":"iVBORw0KGgoAAAA"}"#), 9);
+        let pdf = format!(r#"{{"data":"JVBERi0{}"}}"#, "C".repeat(3000));
         assert_eq!(
             estimate_input_tokens(pdf.as_bytes()),
             (pdf.len() as u64).div_ceil(3)
         );
         // Escapes are followed: a quote inside a string does not end it.
-        let tricky = format!(r#"{{"a":"\"iVBORw0KGgo{}"}}"#, "A".repeat(2000));
+        let tricky = format!(r#"{{"data":"\"iVBORw0KGgo{}"}}"#, "A".repeat(2000));
         assert_eq!(
             estimate_input_tokens(tricky.as_bytes()),
             (tricky.len() as u64).div_ceil(3)
@@ -390,29 +569,45 @@ mod tests {
     }
 
     #[test]
+    fn text_that_looks_like_media_is_text() {
+        // A text block (or any other field) starting like base64 JPEG is
+        // billed as text: it must reserve by its bytes.
+        let jpeg_like = format!("/9j/{}", "x".repeat(60_000));
+        for body in [
+            json!({"messages":[{"role":"user","content":[{"type":"text","text":jpeg_like}]}]}),
+            json!({"messages":[{"role":"user","content":jpeg_like}]}),
+            json!({"system":jpeg_like}),
+            json!({"data":[jpeg_like]}),
+        ] {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            assert_eq!(
+                estimate_input_tokens(&bytes),
+                (bytes.len() as u64).div_ceil(3),
+                "{}",
+                &String::from_utf8_lossy(&bytes)[..40]
+            );
+        }
+    }
+
+    #[test]
     fn rewrite_only_for_openai_streaming_completions() {
         let body = br#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
-        let info = inspect(O, "/v1/chat/completions", body).unwrap();
-        for path in [
-            "/v1/chat/completions",
-            "/v1/completions",
-            "/openai/v1/chat/completions/?x=1",
-        ] {
-            let out = rewrite_for_usage(O, path, body, &info).unwrap();
+        let info = inspect(ChatCompletions, body).unwrap();
+        for e in [ChatCompletions, Completions] {
+            let out = rewrite_for_usage(e, body, &info).unwrap();
             let v: Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(v["stream_options"]["include_usage"], true);
             assert_eq!(v["model"], "gpt-4o");
             assert_eq!(v["stream"], true);
             assert_eq!(v["messages"], json!([]));
         }
-        for path in ["/v1/responses", "/v1/embeddings"] {
-            assert!(rewrite_for_usage(O, path, body, &info).is_none());
+        for e in [Responses, Embeddings, Messages, CountTokens, Models] {
+            assert!(rewrite_for_usage(e, body, &info).is_none());
         }
-        assert!(rewrite_for_usage(A, "/v1/chat/completions", body, &info).is_none());
         let not_stream = RequestInfo {
             stream: false,
             ..info.clone()
         };
-        assert!(rewrite_for_usage(O, "/v1/chat/completions", body, &not_stream).is_none());
+        assert!(rewrite_for_usage(ChatCompletions, body, &not_stream).is_none());
     }
 }

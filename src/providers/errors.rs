@@ -2,7 +2,8 @@
 //! SDKs raise their usual typed exceptions (they map by HTTP status, and
 //! surface `type` / `code` to the caller).
 
-use crate::config::ProviderKind;
+use super::Dialect;
+pub use crate::store::LimitKind;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,15 +64,6 @@ impl ErrorKind {
     }
 }
 
-/// Which limit refused a request, for [`rate_limit_body`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    Requests,
-    Tokens,
-    Concurrent,
-    Budget,
-}
-
 #[derive(Serialize)]
 struct AnthropicBody<'a> {
     #[serde(rename = "type")]
@@ -103,10 +95,10 @@ struct OpenaiError<'a> {
 /// The JSON error body for `err` in `kind`'s shape. Anthropic:
 /// `{"type":"error","error":{"type":T,"message":M}}`; OpenAI:
 /// `{"error":{"message":M,"type":T,"param":null,"code":C}}`.
-pub fn error_body(kind: ProviderKind, err: ErrorKind, message: &str) -> Vec<u8> {
-    match kind {
-        ProviderKind::Anthropic => anthropic(err.anthropic_type(), message),
-        ProviderKind::Openai => {
+pub fn error_body(dialect: Dialect, err: ErrorKind, message: &str) -> Vec<u8> {
+    match dialect {
+        Dialect::Anthropic => anthropic(err.anthropic_type(), message),
+        Dialect::Openai => {
             let (ty, code) = err.openai_type_code();
             openai(ty, code, message)
         }
@@ -116,10 +108,10 @@ pub fn error_body(kind: ProviderKind, err: ErrorKind, message: &str) -> Vec<u8> 
 /// A 429 body naming the limit, where the shape can say it: OpenAI tells
 /// request-rate (`requests`) from token-rate (`tokens`) limits and reports a
 /// spent budget as `insufficient_quota`. Anthropic has one type for all.
-pub fn rate_limit_body(kind: ProviderKind, limit: LimitKind, message: &str) -> Vec<u8> {
-    match kind {
-        ProviderKind::Anthropic => anthropic(ErrorKind::RateLimit.anthropic_type(), message),
-        ProviderKind::Openai => {
+pub fn rate_limit_body(dialect: Dialect, limit: LimitKind, message: &str) -> Vec<u8> {
+    match dialect {
+        Dialect::Anthropic => anthropic(ErrorKind::RateLimit.anthropic_type(), message),
+        Dialect::Openai => {
             let (ty, code) = match limit {
                 LimitKind::Requests | LimitKind::Concurrent => ("requests", "rate_limit_exceeded"),
                 LimitKind::Tokens => ("tokens", "rate_limit_exceeded"),
@@ -188,7 +180,7 @@ mod tests {
             "overloaded_error",
         ];
         for (k, t) in ALL.iter().zip(want) {
-            let v = parse(error_body(ProviderKind::Anthropic, *k, "token expired"));
+            let v = parse(error_body(Dialect::Anthropic, *k, "token expired"));
             assert_eq!(
                 v,
                 json!({"type":"error","error":{"type":t,"message":"token expired"}})
@@ -199,52 +191,36 @@ mod tests {
     #[test]
     fn openai_shape() {
         for k in ALL {
-            let v = parse(error_body(ProviderKind::Openai, k, "msg"));
+            let v = parse(error_body(Dialect::Openai, k, "msg"));
             let e = v["error"].as_object().unwrap();
             assert_eq!(e["message"], "msg");
             assert!(e["type"].is_string());
             assert!(e["code"].is_string() || e["code"].is_null());
             assert!(e.contains_key("param"));
         }
-        let v = parse(error_body(
-            ProviderKind::Openai,
-            ErrorKind::Authentication,
-            "m",
-        ));
+        let v = parse(error_body(Dialect::Openai, ErrorKind::Authentication, "m"));
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "invalid_api_key");
-        let v = parse(error_body(ProviderKind::Openai, ErrorKind::Api, "m"));
+        let v = parse(error_body(Dialect::Openai, ErrorKind::Api, "m"));
         assert_eq!(v["error"]["type"], "server_error");
         assert_eq!(v["error"]["code"], Value::Null);
     }
 
     #[test]
     fn rate_limit_kinds() {
-        let v = parse(rate_limit_body(
-            ProviderKind::Openai,
-            LimitKind::Tokens,
-            "m",
-        ));
+        let v = parse(rate_limit_body(Dialect::Openai, LimitKind::Tokens, "m"));
         assert_eq!(v["error"]["type"], "tokens");
         assert_eq!(v["error"]["code"], "rate_limit_exceeded");
-        let v = parse(rate_limit_body(
-            ProviderKind::Openai,
-            LimitKind::Budget,
-            "m",
-        ));
+        let v = parse(rate_limit_body(Dialect::Openai, LimitKind::Budget, "m"));
         assert_eq!(v["error"]["type"], "insufficient_quota");
-        let v = parse(rate_limit_body(
-            ProviderKind::Anthropic,
-            LimitKind::Budget,
-            "m",
-        ));
+        let v = parse(rate_limit_body(Dialect::Anthropic, LimitKind::Budget, "m"));
         assert_eq!(v["error"]["type"], "rate_limit_error");
     }
 
     #[test]
     fn messages_are_escaped() {
         let m = "bad \"quote\" \\ new\nline \u{1} é";
-        for kind in [ProviderKind::Anthropic, ProviderKind::Openai] {
+        for kind in [Dialect::Anthropic, Dialect::Openai] {
             let v = parse(error_body(kind, ErrorKind::InvalidRequest, m));
             assert_eq!(v["error"]["message"], m);
         }

@@ -1,96 +1,100 @@
-//! Providers: which upstream serves a path, its credential, and the
-//! provider-specific shapes of request bodies, usage and errors.
+//! Providers: which deployment serves a request's endpoint, its credential,
+//! and the provider-specific shapes of request bodies, usage and errors.
+//!
+//! Everything that differs between provider kinds lives behind [`Kind`], one
+//! module per kind; [`kind`] is the one place that maps the config's
+//! `ProviderKind` to it. Adding a kind is a module plus an arm there.
 
 pub mod anthropic;
 pub mod body;
+pub mod endpoint;
 pub mod errors;
 pub mod openai;
 mod resolve;
+pub mod router;
 mod tls_roots;
 mod upstream;
 
+pub use endpoint::{check_canonical, Endpoint, Metering, NonCanonical, PathPattern, Route};
 pub use resolve::Resolver;
+pub use router::Router;
 pub use upstream::{load_credential, parse_base_url as upstream_base_url, Upstream, UpstreamError};
 
-use crate::config::{Config, ProviderKind};
-use std::sync::Arc;
+use crate::config::{ProviderConfig, ProviderKind};
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+
+/// The API a client speaks to the gateway through a provider: it decides the
+/// shape of the gateway's own errors and how usage is read from answers.
+/// Every kind speaks one of these two to its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Anthropic,
+    Openai,
+}
+
+/// What is specific to one provider kind.
+pub trait Kind: Send + Sync {
+    /// The `kind` spelling in the config file.
+    fn name(&self) -> &'static str;
+
+    fn dialect(&self) -> Dialect;
+
+    /// Every endpoint this kind serves; a provider's `routes` narrow it.
+    fn catalogue(&self) -> &'static [Route];
+
+    /// The header (name, value) that carries the provider key.
+    fn credential(&self, key: &str) -> (&'static str, String);
+
+    /// Headers this kind adds to every upstream request, given the client's.
+    fn upstream_headers(
+        &self,
+        client: &RequestHeader,
+        up: &mut RequestHeader,
+        provider: &Provider,
+    ) -> pingora::Result<()>;
+}
+
+/// The implementation of a configured kind.
+pub fn kind(k: ProviderKind) -> &'static dyn Kind {
+    match k {
+        ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::Openai => &openai::Openai,
+    }
+}
 
 /// One configured provider, ready to proxy to.
 pub struct Provider {
     pub name: String,
-    pub kind: ProviderKind,
+    pub kind: &'static dyn Kind,
     pub upstream: Upstream,
+    /// `openai-organization` / `openai-project` sent upstream (clients'
+    /// own are removed: the organisation is the gateway's to choose).
+    pub organization: Option<HeaderValue>,
+    pub project: Option<HeaderValue>,
 }
 
-/// Path-prefix routing table, longest prefix first.
-pub struct Router {
-    routes: Vec<(String, Arc<Provider>)>,
-}
-
-impl Router {
-    /// Builds every provider; fails on a bad URL or a missing credential.
-    pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
-        let mut routes = Vec::new();
-        for p in &cfg.providers {
-            let upstream = Upstream::from_config(p, cfg)?;
-            let provider = Arc::new(Provider {
-                name: p.name.clone(),
-                kind: p.kind,
-                upstream,
-            });
-            for r in &p.routes {
-                routes.push((r.trim_end_matches('/').to_string(), provider.clone()));
-            }
-        }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
-        Ok(Self { routes })
-    }
-
-    /// The provider serving `path` (no query string): a route prefix matches
-    /// at a segment boundary, so `/v1/messages` serves `/v1/messages` and
-    /// `/v1/messages/count_tokens` but not `/v1/messagesX`.
-    pub fn route(&self, path: &str) -> Option<&Arc<Provider>> {
-        self.routes.iter().find_map(|(prefix, p)| {
-            let rest = path.strip_prefix(prefix.as_str())?;
-            (rest.is_empty() || rest.starts_with('/')).then_some(p)
+impl Provider {
+    pub fn from_config(p: &ProviderConfig, cfg: &crate::config::Config) -> anyhow::Result<Self> {
+        let header = |what: &str, v: &Option<String>| -> anyhow::Result<Option<HeaderValue>> {
+            v.as_deref()
+                .map(|s| {
+                    HeaderValue::from_str(s).map_err(|_| {
+                        anyhow::anyhow!("provider {}: {what} is not a valid header value", p.name)
+                    })
+                })
+                .transpose()
+        };
+        Ok(Self {
+            name: p.name.clone(),
+            kind: kind(p.kind),
+            upstream: Upstream::from_config(p, cfg)?,
+            organization: header("organization", &p.organization)?,
+            project: header("project", &p.project)?,
         })
     }
 
-    pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
-        self.routes.iter().map(|(_, p)| p)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_by_segment_prefix() {
-        let mut cfg = Config::parse(include_str!("../../conf/tollgate.yaml")).expect("example");
-        for p in &mut cfg.providers {
-            p.api_key_env = None;
-            p.api_key_file = None;
-        }
-        let router = Router::from_config(&cfg).expect("router");
-        assert_eq!(
-            router.route("/v1/messages").map(|p| p.name.as_str()),
-            Some("anthropic")
-        );
-        assert_eq!(
-            router
-                .route("/v1/messages/count_tokens")
-                .map(|p| p.name.as_str()),
-            Some("anthropic")
-        );
-        assert!(router.route("/v1/messagesX").is_none());
-        assert_eq!(
-            router
-                .route("/v1/chat/completions")
-                .map(|p| p.name.as_str()),
-            Some("openai")
-        );
-        assert!(router.route("/").is_none());
-        assert!(router.route("/v1/models").is_none());
+    pub fn dialect(&self) -> Dialect {
+        self.kind.dialect()
     }
 }

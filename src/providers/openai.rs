@@ -1,18 +1,66 @@
-//! OpenAI and compatible servers: usage objects of chat completions,
-//! completions, embeddings and the Responses API; their stream events; and
-//! the `stream_options.include_usage` request rewrite.
+//! OpenAI and compatible servers: the endpoints, the credential, usage
+//! objects of chat completions, completions, embeddings and the Responses
+//! API; their stream events; and the `stream_options.include_usage` request
+//! rewrite.
 
+use super::endpoint::{Endpoint, PathPattern, Route};
+use super::{Dialect, Kind, Provider};
 use crate::usage::json_scan::{key_is, object_members, skip_ws};
-use crate::usage::{contains, count, has_object_member, Metered, Usage};
+use crate::usage::{contains, count, has_object_member, Metered, ReadUsage, Usage};
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::Value;
+
+pub struct Openai;
+
+const CATALOGUE: &[Route] = &[
+    Route::post("/v1/chat/completions", Endpoint::ChatCompletions),
+    Route::post("/v1/completions", Endpoint::Completions),
+    Route::post("/v1/responses", Endpoint::Responses),
+    Route::post("/v1/embeddings", Endpoint::Embeddings),
+    Route::get(PathPattern::Exact("/v1/models"), Endpoint::Models),
+    Route::get(PathPattern::OneSegment("/v1/models/"), Endpoint::Models),
+];
+
+impl Kind for Openai {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Openai
+    }
+
+    fn catalogue(&self) -> &'static [Route] {
+        CATALOGUE
+    }
+
+    fn credential(&self, key: &str) -> (&'static str, String) {
+        ("authorization", format!("Bearer {key}"))
+    }
+
+    fn upstream_headers(
+        &self,
+        _client: &RequestHeader,
+        up: &mut RequestHeader,
+        provider: &Provider,
+    ) -> pingora::Result<()> {
+        if let Some(org) = &provider.organization {
+            up.insert_header("openai-organization", org.clone())?;
+        }
+        if let Some(project) = &provider.project {
+            up.insert_header("openai-project", project.clone())?;
+        }
+        Ok(())
+    }
+}
 
 /// A `usage` object of any OpenAI endpoint, with `input_tokens` as uncached
 /// input only: chat / completions / embeddings report `prompt_tokens`
 /// including `prompt_tokens_details.cached_tokens`; the Responses API
 /// reports `input_tokens` including `input_tokens_details.cached_tokens`.
 /// `None` when `v` is not an object.
-pub fn usage_from_json(v: &Value) -> Option<Usage> {
+pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
     let o = v.as_object()?;
     let (input, details, output) =
         if o.contains_key("prompt_tokens") || o.contains_key("completion_tokens") {
@@ -24,16 +72,18 @@ pub fn usage_from_json(v: &Value) -> Option<Usage> {
         } else {
             ("input_tokens", "input_tokens_details", "output_tokens")
         };
+    let mut valid = true;
     let cached = o
         .get(details)
         .and_then(Value::as_object)
-        .map_or(0, |d| count(d, "cached_tokens"));
-    Some(Usage {
-        input_tokens: count(o, input).saturating_sub(cached),
-        output_tokens: count(o, output),
+        .map_or(0, |d| count(d, "cached_tokens", &mut valid));
+    let usage = Usage {
+        input_tokens: count(o, input, &mut valid).saturating_sub(cached),
+        output_tokens: count(o, output, &mut valid),
         cache_creation_input_tokens: 0,
         cache_read_input_tokens: cached,
-    })
+    };
+    Some(ReadUsage { usage, valid })
 }
 
 /// The parts of a stream event we read (chat chunk or Responses API event).
@@ -62,6 +112,8 @@ struct Response {
 pub struct StreamState {
     usage: Usage,
     usage_seen: bool,
+    /// The final usage had a value that was not a token count.
+    invalid: bool,
     final_usage: bool,
     done: bool,
     error: bool,
@@ -119,9 +171,12 @@ impl StreamState {
     }
 
     fn take_usage(&mut self, v: Option<&Value>, last: bool) {
-        if let Some(u) = v.and_then(usage_from_json) {
-            self.usage = u;
+        if let Some(r) = v.and_then(usage_from_json) {
+            self.usage = r.usage;
             self.usage_seen = true;
+            // Continuous usage stats repeat on every chunk: only the value
+            // that stands at the end counts.
+            self.invalid = !r.valid;
             self.final_usage |= last;
         }
     }
@@ -130,7 +185,9 @@ impl StreamState {
         Metered {
             usage: self.usage,
             usage_seen: self.usage_seen,
-            complete: (self.final_usage || (self.done && self.usage_seen)) && !self.error,
+            complete: (self.final_usage || (self.done && self.usage_seen))
+                && !self.error
+                && !self.invalid,
             model: self.model.clone(),
             stream_error: self.error,
         }
@@ -231,18 +288,31 @@ mod tests {
     fn usage_shapes() {
         let chat = json!({"prompt_tokens":100,"completion_tokens":20,"total_tokens":120,
             "prompt_tokens_details":{"cached_tokens":64,"audio_tokens":0}});
-        assert_eq!(usage_from_json(&chat), Some(u(36, 20, 64)));
+        let ok = |x: Usage| {
+            Some(ReadUsage {
+                usage: x,
+                valid: true,
+            })
+        };
+        assert_eq!(usage_from_json(&chat), ok(u(36, 20, 64)));
         let no_details =
             json!({"prompt_tokens":100,"completion_tokens":20,"prompt_tokens_details":null});
-        assert_eq!(usage_from_json(&no_details), Some(u(100, 20, 0)));
+        assert_eq!(usage_from_json(&no_details), ok(u(100, 20, 0)));
         let responses = json!({"input_tokens":50,"input_tokens_details":{"cached_tokens":10},
             "output_tokens":7,"output_tokens_details":{"reasoning_tokens":3},"total_tokens":57});
-        assert_eq!(usage_from_json(&responses), Some(u(40, 7, 10)));
+        assert_eq!(usage_from_json(&responses), ok(u(40, 7, 10)));
         let embeddings = json!({"prompt_tokens":8,"total_tokens":8});
-        assert_eq!(usage_from_json(&embeddings), Some(u(8, 0, 0)));
-        // More cached than prompt: saturates instead of wrapping.
+        assert_eq!(usage_from_json(&embeddings), ok(u(8, 0, 0)));
+        // More cached than prompt: saturates instead of wrapping; a negative
+        // count is not usage.
         let absurd = json!({"prompt_tokens":5,"completion_tokens":-1,"prompt_tokens_details":{"cached_tokens":9}});
-        assert_eq!(usage_from_json(&absurd), Some(u(0, 0, 9)));
+        assert_eq!(
+            usage_from_json(&absurd),
+            Some(ReadUsage {
+                usage: u(0, 0, 9),
+                valid: false
+            })
+        );
         assert_eq!(usage_from_json(&json!(null)), None);
     }
 

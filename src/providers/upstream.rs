@@ -2,7 +2,7 @@
 //! for it, and the credential we present to it.
 
 use super::resolve::Resolver;
-use crate::config::{Config, ProviderConfig, ProviderKind};
+use crate::config::{Config, ProviderConfig};
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub struct Upstream {
     /// Path prefix from `base_url` (e.g. `/openai` for a server mounted
     /// below the root), prepended to the client's path.
     pub base_path: String,
+    /// The header carrying the credential (`x-api-key`, `authorization`).
+    pub credential_header: &'static str,
     /// The full header value to send: `Bearer sk-…` or the bare key.
     pub credential: HeaderValue,
     pub connect_timeout: Duration,
@@ -111,6 +113,7 @@ pub fn load_credential(p: &ProviderConfig, cfg: &Config) -> Result<String, Upstr
             provider: p.name.clone(),
         });
     }
+    crate::oplog::register_secret(&key);
     Ok(key)
 }
 
@@ -130,10 +133,7 @@ impl Upstream {
             (None, None) => String::new(),
             _ => load_credential(p, cfg)?,
         };
-        let value = match p.kind {
-            ProviderKind::Anthropic => key,
-            ProviderKind::Openai => format!("Bearer {key}"),
-        };
+        let (credential_header, value) = super::kind(p.kind).credential(&key);
         let mut credential = HeaderValue::from_str(&value).map_err(|_| bad_key())?;
         credential.set_sensitive(true);
         let ca =
@@ -163,6 +163,7 @@ impl Upstream {
             host: base.host,
             port: base.port,
             base_path: base.path,
+            credential_header,
             credential,
             connect_timeout: Duration::from_secs(p.connect_timeout_seconds),
             timeout: Duration::from_secs(p.timeout_seconds),

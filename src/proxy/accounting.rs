@@ -1,15 +1,16 @@
-//! The end of a request: its usage record, metrics, budget settlement and
-//! the release of everything it held. Runs exactly once per request, from
-//! Pingora's `logging` hook, whatever the outcome; the store's part is handed
-//! over earlier, at the response's last byte, when the store can take it
-//! ([`settle_at_last_byte`]).
+//! The end of a request: its usage record, metrics, what it is charged
+//! against its limits, and the release of everything it held. Runs once per
+//! request, from Pingora's `logging` hook, whatever the outcome; the store's
+//! part is handed over earlier, at the response's last byte, when the store
+//! can take it ([`settle_at_last_byte`]).
 
-use super::ctx::Ctx;
+use super::ctx::{Ctx, Lease};
 use crate::app::App;
+use crate::config::Price;
 use crate::limits::{now_ms, utc_day_string};
 use crate::sinks::TokenCounts;
-use crate::store::{DayTotals, Finish};
-use crate::usage::{Metered, Usage, UsageRecord};
+use crate::store::{DayTotals, Finish, Reservation};
+use crate::usage::{Metered, Pricing, Usage, UsageRecord};
 
 pub struct Outcome<'a> {
     pub path: &'a str,
@@ -19,66 +20,43 @@ pub struct Outcome<'a> {
 }
 
 pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
-    if ctx.finished {
-        return;
-    }
-    ctx.finished = true;
     ctx.inflight = None;
-    let sub = ctx
-        .identity
-        .as_ref()
-        .map(|i| i.sub.clone())
-        .unwrap_or_default();
-    let provider_arc = ctx.provider.clone();
-    let provider = provider_arc
-        .as_ref()
-        .map(|p| p.name.as_str())
-        .unwrap_or("none");
+    let provider = ctx
+        .provider()
+        .map_or("none", |p| p.name.as_str())
+        .to_string();
     let status = ctx.status.unwrap_or(out.fallback_status);
     if !ctx.proxied || ctx.refusal.is_some() {
         app.metrics.request_refused(
-            provider,
+            &provider,
             app.model_labels.label(ctx.model().unwrap_or("")),
             status,
-            &sub,
+            ctx.sub(),
         );
         // Nothing was used: give back the slot and the whole reservation.
-        release(app, ctx, &sub, 0, 0.0, None).await;
+        if let Some(lease) = ctx.lease.take() {
+            release(app, ctx, lease, Charge::default(), None).await;
+        }
         return;
     }
 
-    let Used {
-        metered,
-        model,
-        cost,
-    } = used(app, ctx);
-    let upstream_answered = ctx.ttfb.is_some();
-    let complete = if !upstream_answered || !ctx.response_done {
-        false
-    } else if (200..300).contains(&status) {
-        metered.complete
-    } else {
-        // A provider error carries no billable usage: having read all of it
-        // is all there is to see.
-        !metered.stream_error
-    };
-    let model_str = model.as_deref().unwrap_or("");
-    let u = metered.usage;
-    let id = ctx.identity.clone();
+    let used = used(app, ctx);
+    let u = used.metered.usage;
     let elapsed = ctx.started.elapsed();
     let record = UsageRecord {
         ts: UsageRecord::now_rfc3339(),
         request_id: ctx.request_id.clone(),
-        sub: sub.clone(),
-        role: id.as_ref().and_then(|i| i.role.clone()),
+        sub: ctx.sub().to_string(),
+        role: ctx.identity().and_then(|i| i.role.clone()),
         tier: ctx
-            .tier
+            .caller
             .as_ref()
-            .map(|t| t.name.clone())
+            .map(|c| c.tier.name.clone())
             .unwrap_or_default(),
-        jti: id.as_ref().map(|i| i.jti.clone()).unwrap_or_default(),
-        provider: provider.to_string(),
-        model: model.clone(),
+        jti: ctx.identity().map(|i| i.jti.clone()).unwrap_or_default(),
+        provider: provider.clone(),
+        model: used.model.clone(),
+        endpoint: ctx.endpoint().map_or("", |e| e.name()),
         path: out.path.to_string(),
         status,
         stream: ctx.info.as_ref().is_some_and(|i| i.stream),
@@ -86,66 +64,108 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         output_tokens: u.output_tokens,
         cache_creation_input_tokens: u.cache_creation_input_tokens,
         cache_read_input_tokens: u.cache_read_input_tokens,
-        cost_usd: cost,
+        cost_usd: used.cost,
         duration_ms: elapsed.as_millis() as u64,
         ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
-        client_disconnected: out.client_disconnected || ctx.client_gone,
-        usage_complete: complete,
+        client_disconnected: out.client_disconnected || ctx.drain.is_some(),
+        usage_complete: used.complete,
     };
     // Never awaits: a dropped future (runtime shutdown) must not lose the
     // record; a full queue spills to the writer's overflow instead.
     app.usage_log.try_send(record);
     app.metrics.request_finished(
-        provider,
-        app.model_labels.label(model_str),
+        &provider,
+        app.model_labels.label(used.model.as_deref().unwrap_or("")),
         status,
-        &sub,
+        ctx.sub(),
         TokenCounts {
             input: u.input_tokens,
             output: u.output_tokens,
             cache_read: u.cache_read_input_tokens,
             cache_creation: u.cache_creation_input_tokens,
         },
-        cost,
+        used.cost,
         elapsed,
         ctx.ttfb,
     );
-    if ctx.store_settled {
-        return;
+    // Settled at the last byte already, unless the response never ended.
+    if let Some(lease) = ctx.lease.take() {
+        let charge = charge(ctx, &lease, &used);
+        let totals = day_totals(&u, used.cost);
+        let day = utc_day_string(now_ms());
+        release(app, ctx, lease, charge, Some((&day, &totals))).await;
     }
-    let totals = day_totals(&u, cost);
-    let day = utc_day_string(now_ms());
-    release(app, ctx, &sub, u.total(), cost, Some((&day, &totals))).await;
 }
 
 /// What a proxied request used, as far as the provider's answer showed.
 struct Used {
     metered: Metered,
+    /// The model the client asked for, else the one the provider named.
     model: Option<String>,
     cost: f64,
+    /// The record's `usage_complete`: the provider's whole answer and its
+    /// final, valid usage were seen.
+    complete: bool,
 }
 
 /// Reads the meter (final once the response ended; reading it twice gives
-/// the same answer).
+/// the same answer) and prices what it saw.
 fn used(app: &App, ctx: &mut Ctx) -> Used {
-    let metered = ctx.meter.as_mut().map(|m| m.finish()).unwrap_or(Metered {
-        usage: Usage::default(),
-        usage_seen: false,
-        complete: false,
-        model: None,
-        stream_error: false,
-    });
+    let metered = ctx.meter.as_mut().map(|m| m.finish()).unwrap_or_default();
     let model = ctx
         .model()
         .map(str::to_string)
         .or_else(|| metered.model.clone());
-    let cost = app
-        .pricing
-        .cost(model.as_deref().unwrap_or(""), &metered.usage);
+    let price: Option<&Price> = app.pricing.price_for(metered.model.as_deref(), ctx.model());
+    let cost = Pricing::cost_at(price, &metered.usage);
+    let metered_endpoint = ctx.endpoint().is_some_and(|e| e.metered());
+    let status = ctx.status.unwrap_or(0);
+    let complete = if ctx.ttfb.is_none() || !ctx.response_done {
+        false
+    } else if !metered_endpoint {
+        // Nothing to meter: the whole answer was seen.
+        true
+    } else if (200..300).contains(&status) {
+        metered.complete
+    } else {
+        // A provider error carries no billable usage: having read all of it
+        // is all there is to see.
+        !metered.stream_error
+    };
     Used {
         metered,
         model,
         cost,
+        complete,
+    }
+}
+
+/// Tokens and dollars charged against the caller's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Charge {
+    tokens: u64,
+    usd: f64,
+}
+
+/// What a request is charged: the usage seen when it is complete; when it
+/// is not (cut stream, drain elapsed, missing or invalid usage), the larger
+/// of what was seen and what was reserved, since the provider may bill the
+/// rest. A request that never reached the provider is charged what was seen
+/// (nothing).
+fn charge(ctx: &Ctx, lease: &Lease, used: &Used) -> Charge {
+    let seen = Charge {
+        tokens: used.metered.usage.total(),
+        usd: used.cost,
+    };
+    if used.complete || !ctx.reached {
+        return seen;
+    }
+    match lease.reservation {
+        Some(r) => Charge {
+            tokens: seen.tokens.max(r.tokens),
+            usd: seen.usd.max(r.usd),
+        },
+        None => seen,
     }
 }
 
@@ -160,6 +180,28 @@ fn day_totals(u: &Usage, cost: f64) -> DayTotals {
     }
 }
 
+/// The store's view of settling `lease` with `charge`: the reservation, or
+/// a reservation of nothing so that usage seen without one is still charged.
+fn finish_of<'a>(
+    sub: &'a str,
+    lease: Lease,
+    charge: Charge,
+    totals: Option<(&'a str, &'a DayTotals)>,
+) -> Finish<'a> {
+    let reservation = lease.reservation.or_else(|| {
+        (lease.budgeted && (charge.tokens > 0 || charge.usd > 0.0))
+            .then(|| Reservation::nothing(now_ms()))
+    });
+    Finish {
+        sub,
+        slot_held: lease.slot_held,
+        reservation,
+        actual_tokens: charge.tokens,
+        actual_usd: charge.usd,
+        totals,
+    }
+}
+
 /// At the response's last byte, hands the store everything the request held
 /// and used (slot, settled reservation, the day's totals) without waiting:
 /// the client's next request, on any connection, then finds its slot free
@@ -167,58 +209,86 @@ fn day_totals(u: &Usage, cost: f64) -> DayTotals {
 /// trip before serving its next request. What is billed does not depend on
 /// anything after the last byte; the usage record still waits for `logging`.
 pub fn settle_at_last_byte(app: &App, ctx: &mut Ctx) {
-    if ctx.store_settled || !ctx.proxied || ctx.refusal.is_some() {
+    if !ctx.proxied || ctx.refusal.is_some() {
         return;
     }
-    let Some(id) = ctx.identity.clone() else {
+    let Some(lease) = ctx.lease.take() else {
         return;
     };
-    let Used { metered, cost, .. } = used(app, ctx);
-    let totals = day_totals(&metered.usage, cost);
+    let used = used(app, ctx);
+    let charge = charge(ctx, &lease, &used);
+    let totals = day_totals(&used.metered.usage, used.cost);
     let day = utc_day_string(now_ms());
-    let done = Finish {
-        sub: &id.sub,
-        slot_held: ctx.slot_held,
-        reservation: ctx.reservation,
-        actual_tokens: metered.usage.total(),
-        actual_usd: cost,
-        totals: Some((&day, &totals)),
-    };
-    if app.store.finish_early(done, &app.finish_failed) {
-        ctx.slot_held = false;
-        ctx.reservation = None;
-        ctx.store_settled = true;
+    let done = finish_of(ctx.sub(), lease, charge, Some((&day, &totals)));
+    if !app.store.finish_early(done, &app.finish_failed) {
+        // The store wants it done in `logging`.
+        ctx.lease = Some(lease);
     }
 }
 
 /// One store call for everything the request held: the concurrency slot,
-/// the budget reservation (settled to what was used) and the day's totals.
+/// the budget reservation (settled to the charge) and the day's totals.
 async fn release(
     app: &App,
-    ctx: &mut Ctx,
-    sub: &str,
-    tokens: u64,
-    usd: f64,
+    ctx: &Ctx,
+    lease: Lease,
+    charge: Charge,
     totals: Option<(&str, &DayTotals)>,
 ) {
-    let slot_held = std::mem::take(&mut ctx.slot_held);
-    let reservation = ctx.reservation.take();
-    if !slot_held && reservation.is_none() && totals.is_none() {
+    let done = finish_of(ctx.sub(), lease, charge, totals);
+    if !done.slot_held && done.reservation.is_none() && done.totals.is_none() {
         return;
     }
-    let done = Finish {
-        sub,
-        slot_held,
-        reservation,
-        actual_tokens: tokens,
-        actual_usd: usd,
-        totals,
-    };
     if let Err(e) = app.store.finish(done).await {
         app.metrics.store_error("finish");
         log::warn!(
             "request {}: releasing limits state failed: {e}",
             ctx.request_id
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_reserved_is_charged_through_a_reservation_of_nothing() {
+        let lease = Lease {
+            slot_held: false,
+            reservation: None,
+            budgeted: true,
+        };
+        let f = finish_of(
+            "a",
+            lease,
+            Charge {
+                tokens: 7,
+                usd: 0.5,
+            },
+            None,
+        );
+        let r = f.reservation.expect("a charge");
+        assert!(!r.held && r.tokens == 0 && r.usd == 0.0);
+        assert_eq!((f.actual_tokens, f.actual_usd), (7, 0.5));
+        // Nothing used, or a tier without budgets: nothing to charge.
+        assert!(finish_of("a", lease, Charge::default(), None)
+            .reservation
+            .is_none());
+        let unbudgeted = Lease {
+            budgeted: false,
+            ..lease
+        };
+        assert!(finish_of(
+            "a",
+            unbudgeted,
+            Charge {
+                tokens: 7,
+                usd: 0.5
+            },
+            None
+        )
+        .reservation
+        .is_none());
     }
 }

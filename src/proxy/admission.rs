@@ -1,86 +1,98 @@
-//! The decisions taken before a request may reach a provider: who is
-//! calling, whether they may call now, and whether this body fits their
-//! tier and budget. Free of Pingora types so it can be tested directly.
+//! The decisions taken before a request may reach a provider: where it
+//! goes, who is calling, whether they may call now, and whether this body
+//! fits their tier and budget. Free of Pingora's session so it can be
+//! tested directly.
 
-use super::ctx::Ctx;
-use super::respond::GatewayError;
+use super::ctx::{Caller, Ctx, Lease, Routed};
+use super::error::GatewayError;
 use crate::app::App;
-use crate::identity::{self, AuthError};
+use crate::config::OnError;
+use crate::identity::{AuthFailure, Identity};
 use crate::limits::now_ms;
-use crate::limits::Tier;
-use crate::providers::body;
-use crate::providers::errors::ErrorKind;
-use crate::store::{self, Admission, BudgetAsk, Refusal, Reserved};
-use http::HeaderMap;
+use crate::providers::body::{self, RequestInfo};
+use crate::providers::{Endpoint, Metering};
+use crate::store::{Admission, BudgetAsk, LimitKind, Reserved};
+use http::{HeaderMap, Method};
+use std::sync::Arc;
 
-fn auth_error(app: &App, e: AuthError) -> GatewayError {
-    app.metrics.auth_failure(e.reason());
-    GatewayError::new(401, ErrorKind::Authentication, e.message())
+/// The provider and endpoint serving `method` and `path`: 400 for a
+/// non-canonical path, 404 for anything outside the catalogue.
+pub fn route(app: &App, method: &Method, path: &str, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    let (provider, endpoint) = app
+        .router
+        .route(method, path)
+        .map_err(GatewayError::bad_path)?
+        .ok_or_else(GatewayError::not_found)?;
+    ctx.route = Some(Routed {
+        provider: provider.clone(),
+        endpoint,
+    });
+    Ok(())
 }
 
-fn rate_limited(app: &App, r: Refusal) -> GatewayError {
-    app.metrics.rate_limited(r.limit.label());
-    let mut e = GatewayError::new(
-        429,
-        ErrorKind::RateLimit,
-        format!("rate limit exceeded: {}", r.detail),
-    );
-    e.retry_after = Some(r.retry_after_secs.max(1));
-    e
-}
-
-fn store_down() -> GatewayError {
-    GatewayError::new(503, ErrorKind::Api, "rate limit store unavailable")
-}
-
-/// Verifies the credential and checks revocation.
+/// Verifies the credential and checks revocation (`store.on_error` decides
+/// when the store cannot tell), then resolves the caller's tier.
 pub async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     ctx: &mut Ctx,
 ) -> Result<(), GatewayError> {
-    let token = identity::credential(headers).map_err(|e| auth_error(app, e))?;
-    let id = app.verifier.verify(token).map_err(|e| auth_error(app, e))?;
-    match store::identity_revoked(app.store.as_ref(), &id).await {
-        Ok(false) => {}
-        Ok(true) => {
-            app.metrics.auth_failure("revoked");
-            return Err(GatewayError::new(
-                403,
-                ErrorKind::Permission,
-                "token revoked",
-            ));
+    let id = match app.authenticate(headers).await {
+        Ok(id) => id,
+        Err(AuthFailure::Invalid(e)) => return Err(GatewayError::unauthorized(e)),
+        Err(AuthFailure::Revoked(_)) => return Err(GatewayError::revoked()),
+        Err(AuthFailure::StoreDown(id, e)) => {
+            // Already counted by `App::authenticate`.
+            log::warn!("store revocation check failed: {e}");
+            if app.on_error != OnError::FailOpen {
+                return Err(GatewayError::store_down());
+            }
+            id
         }
-        Err(e) if app.store_failure_allows("revocation", &e) => {}
-        Err(_) => return Err(store_down()),
-    }
-    ctx.tier = Some(app.tiers.resolve(id.tier.as_deref(), &id.roles).clone());
-    ctx.identity = Some(id);
+    };
+    set_caller(app, ctx, id);
     Ok(())
+}
+
+fn set_caller(app: &App, ctx: &mut Ctx, identity: Arc<Identity>) {
+    let tier = app
+        .tiers
+        .resolve(identity.tier.as_deref(), &identity.roles)
+        .clone();
+    ctx.rate.limit_requests = tier.admit.requests_per_minute;
+    ctx.rate.limit_tokens = tier.budget.tokens_per_minute;
+    ctx.rate.remaining_tokens = tier.budget.tokens_per_minute;
+    ctx.lease = Some(Lease {
+        budgeted: !tier.budget.is_unlimited(),
+        ..Lease::default()
+    });
+    ctx.caller = Some(Caller { identity, tier });
+}
+
+fn caller(ctx: &Ctx) -> Result<Caller, GatewayError> {
+    ctx.caller.clone().ok_or_else(GatewayError::internal)
 }
 
 /// Request-count limits: sliding-window requests per minute and concurrency.
 /// For a request whose body is read before anything else, use
 /// [`approve_body`] with [`Admit::WithBody`] instead: one store call.
 pub async fn admit(app: &App, ctx: &mut Ctx) -> Result<(), GatewayError> {
-    let (Some(id), Some(tier)) = (ctx.identity.clone(), ctx.tier.clone()) else {
-        return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
-    };
-    prepare_rate(ctx, &tier);
+    let Caller { identity, tier } = caller(ctx)?;
     if tier.admit.is_unlimited() {
         return Ok(());
     }
-    match app.store.admit(&id.sub, now_ms(), tier.admit).await {
+    match app.store.admit(&identity.sub, now_ms(), tier.admit).await {
         Ok(a) => apply_admission(app, ctx, a),
         Err(e) if app.store_failure_allows("admit", &e) => Ok(()),
-        Err(_) => Err(store_down()),
+        Err(_) => Err(GatewayError::store_down()),
     }
 }
 
-fn prepare_rate(ctx: &mut Ctx, tier: &Tier) {
-    ctx.rate.limit_requests = tier.admit.requests_per_minute;
-    ctx.rate.limit_tokens = tier.budget.tokens_per_minute;
-    ctx.rate.remaining_tokens = tier.budget.tokens_per_minute;
+fn refused(app: &App, err: GatewayError) -> GatewayError {
+    if let Some(limit) = err.limit {
+        app.metrics.rate_limited(limit.label());
+    }
+    err
 }
 
 fn apply_admission(app: &App, ctx: &mut Ctx, a: Admission) -> Result<(), GatewayError> {
@@ -90,14 +102,16 @@ fn apply_admission(app: &App, ctx: &mut Ctx, a: Admission) -> Result<(), Gateway
             slot_held,
         } => {
             ctx.rate.remaining_requests = remaining_requests;
-            ctx.slot_held = slot_held;
+            if let Some(lease) = ctx.lease.as_mut() {
+                lease.slot_held = slot_held;
+            }
             Ok(())
         }
         Admission::Refused(r) => {
-            if r.limit == crate::store::LimitKind::Requests {
+            if r.limit == LimitKind::Requests {
                 ctx.rate.remaining_requests = Some(0);
             }
-            Err(rate_limited(app, r))
+            Err(refused(app, GatewayError::rate_limited(r)))
         }
     }
 }
@@ -108,7 +122,9 @@ fn apply_reserved(app: &App, ctx: &mut Ctx, r: Reserved) -> Result<(), GatewayEr
             reservation,
             remaining_tokens_minute,
         } => {
-            ctx.reservation = Some(reservation);
+            if let Some(lease) = ctx.lease.as_mut() {
+                lease.reservation = Some(reservation);
+            }
             ctx.rate.remaining_tokens = remaining_tokens_minute;
             Ok(())
         }
@@ -116,7 +132,7 @@ fn apply_reserved(app: &App, ctx: &mut Ctx, r: Reserved) -> Result<(), GatewayEr
             if r.detail == "tokens_per_minute" {
                 ctx.rate.remaining_tokens = Some(0);
             }
-            Err(rate_limited(app, r))
+            Err(refused(app, GatewayError::rate_limited(r)))
         }
     }
 }
@@ -131,58 +147,30 @@ pub enum Admit {
     WithBody,
 }
 
-/// Inspects the whole request body, applies the tier's model allow-list and
+/// Inspects the whole request body, applies the tier's model rules and
 /// reserves the worst case against token and dollar budgets (admitting the
 /// request in the same store call with [`Admit::WithBody`]). Returns the
 /// body to send upstream when it had to be rewritten.
 pub async fn approve_body(
     app: &App,
-    path: &str,
     raw: &[u8],
     ctx: &mut Ctx,
     mode: Admit,
 ) -> Result<Option<Vec<u8>>, GatewayError> {
-    let Some(provider) = ctx.provider.clone() else {
-        return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
-    };
-    let info = match body::inspect(provider.kind, path, raw) {
+    let endpoint = ctx.endpoint().ok_or_else(GatewayError::internal)?;
+    let info = match body::inspect(endpoint, raw) {
         Ok(info) => info,
         Err(e) => {
-            let err = GatewayError::new(400, ErrorKind::InvalidRequest, e.to_string());
+            let err = GatewayError::bad_body(e);
             return Err(admit_before_refusing(app, ctx, mode, err).await);
         }
     };
-    let rewritten = body::rewrite_for_usage(provider.kind, path, raw, &info);
-    let (Some(id), Some(tier)) = (ctx.identity.clone(), ctx.tier.clone()) else {
-        return Err(GatewayError::new(500, ErrorKind::Api, "internal error"));
-    };
-    if mode == Admit::WithBody {
-        prepare_rate(ctx, &tier);
-    }
-    if !tier.allows_model(info.model.as_deref()) {
-        let model = info.model.as_deref().unwrap_or("(none)");
-        let shown: String = model
-            .chars()
-            .take(128)
-            .filter(|c| !c.is_control())
-            .collect();
-        let err = GatewayError::new(
-            403,
-            ErrorKind::Permission,
-            format!("model {shown} is not allowed for tier {}", tier.name),
-        );
+    let rewritten = body::rewrite_for_usage(endpoint, raw, &info);
+    let Caller { identity, tier } = caller(ctx)?;
+    if let Err(err) = model_rules(app, &tier, endpoint, &info) {
         return Err(admit_before_refusing(app, ctx, mode, err).await);
     }
-    let max_out = info.max_tokens.unwrap_or(app.default_max_tokens);
-    let ask = (!tier.budget.is_unlimited()).then(|| BudgetAsk {
-        tokens: info.input_estimate.saturating_add(max_out),
-        usd: app.pricing.worst_case(
-            info.model.as_deref().unwrap_or(""),
-            info.input_estimate,
-            max_out,
-        ),
-        limits: tier.budget,
-    });
+    let ask = budget_ask(app, &tier, endpoint, &info);
     ctx.info = Some(info);
     let with_admission = mode == Admit::WithBody && !tier.admit.is_unlimited();
     let Some(ask) = ask else {
@@ -191,10 +179,11 @@ pub async fn approve_body(
         }
         return Ok(rewritten);
     };
+    let sub = &identity.sub;
     if with_admission {
         return match app
             .store
-            .admit_reserve(&id.sub, now_ms(), tier.admit, Some(ask))
+            .admit_reserve(sub, now_ms(), tier.admit, Some(ask))
             .await
         {
             Ok((a, reserved)) => {
@@ -205,18 +194,90 @@ pub async fn approve_body(
                 }
             }
             Err(e) if app.store_failure_allows("admit", &e) => Ok(rewritten),
-            Err(_) => Err(store_down()),
+            Err(_) => Err(GatewayError::store_down()),
         };
     }
     match app
         .store
-        .reserve(&id.sub, now_ms(), ask.tokens, ask.usd, ask.limits)
+        .reserve(sub, now_ms(), ask.tokens, ask.usd, ask.limits)
         .await
     {
         Ok(r) => apply_reserved(app, ctx, r).map(|()| rewritten),
         Err(e) if app.store_failure_allows("reserve", &e) => Ok(rewritten),
-        Err(_) => Err(store_down()),
+        Err(_) => Err(GatewayError::store_down()),
     }
+}
+
+/// The tier's model allow-list (by the name the client sent), and, where
+/// the tier has a dollar budget, a price to hold the request to. Endpoints
+/// that generate nothing (`count_tokens`) are not held to either.
+fn model_rules(
+    app: &App,
+    tier: &crate::limits::Tier,
+    endpoint: Endpoint,
+    info: &RequestInfo,
+) -> Result<(), GatewayError> {
+    if endpoint.metering() == Metering::RequestOnly {
+        return Ok(());
+    }
+    let shown = || {
+        info.model.as_deref().map_or_else(
+            || "(none)".to_string(),
+            |m| {
+                m.chars()
+                    .take(128)
+                    .filter(|c| !c.is_control())
+                    .collect::<String>()
+            },
+        )
+    };
+    if !tier.allows_model(info.model.as_deref()) {
+        return Err(GatewayError::forbidden(format!(
+            "model {} is not allowed for tier {}",
+            shown(),
+            tier.name
+        )));
+    }
+    if tier.budget.usd_per_day.is_some()
+        && info
+            .model
+            .as_deref()
+            .and_then(|m| app.pricing.price(m))
+            .is_none()
+    {
+        return Err(GatewayError::forbidden(format!(
+            "no price configured for model {}",
+            shown()
+        )));
+    }
+    Ok(())
+}
+
+/// The worst case to reserve, when the tier has budgets and the endpoint
+/// generates tokens.
+fn budget_ask(
+    app: &App,
+    tier: &crate::limits::Tier,
+    endpoint: Endpoint,
+    info: &RequestInfo,
+) -> Option<BudgetAsk> {
+    if tier.budget.is_unlimited() {
+        return None;
+    }
+    let output = match endpoint.metering() {
+        Metering::Generation => info.output_reservation(app.default_max_tokens),
+        Metering::InputOnly => 0,
+        Metering::RequestOnly => return None,
+    };
+    Some(BudgetAsk {
+        tokens: info.input_estimate.saturating_add(output),
+        usd: app.pricing.worst_case(
+            info.model.as_deref().unwrap_or(""),
+            info.input_estimate,
+            output,
+        ),
+        limits: tier.budget,
+    })
 }
 
 /// A body refused on its own merits still counts as a request, as when the

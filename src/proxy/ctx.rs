@@ -1,26 +1,42 @@
 //! Per-request state carried between Pingora's hooks.
 
+use super::error::GatewayError;
 use crate::identity::Identity;
 use crate::limits::{RateHeaders, Tier};
 use crate::providers::body::RequestInfo;
-use crate::providers::errors::ErrorKind;
-use crate::providers::Provider;
+use crate::providers::{Endpoint, Provider};
 use crate::sinks::InflightGuard;
-use crate::store::{LimitKind, Reservation};
+use crate::store::Reservation;
 use crate::usage::Meter;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A refusal decided after Pingora already owns the response path (body
-/// phase): `fail_to_proxy` writes it.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub status: u16,
-    pub kind: ErrorKind,
-    pub message: String,
-    pub retry_after: Option<u64>,
-    pub limit: Option<LimitKind>,
+/// Where a request goes: the provider serving it and which endpoint it is.
+#[derive(Clone)]
+pub struct Routed {
+    pub provider: Arc<Provider>,
+    pub endpoint: Endpoint,
+}
+
+/// Who is calling, and the tier whose limits apply.
+#[derive(Clone)]
+pub struct Caller {
+    pub identity: Arc<Identity>,
+    pub tier: Arc<Tier>,
+}
+
+/// What the store holds for one request until it is settled: its
+/// concurrency slot and its budget reservation. Exactly one party settles
+/// it — the response's last byte, or the end of the request — by taking it
+/// out of the context, so nothing is released twice or forgotten.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lease {
+    pub slot_held: bool,
+    pub reservation: Option<Reservation>,
+    /// The tier has token or dollar limits: usage seen must be charged even
+    /// where nothing was reserved (the store failed open).
+    pub budgeted: bool,
 }
 
 #[derive(Default)]
@@ -28,43 +44,45 @@ pub enum BodyPhase {
     /// Not yet read.
     #[default]
     Pending,
-    /// Read and approved in `request_filter` (small bodies): this is what
-    /// goes upstream, replacing the replayed retry buffer.
-    Prepared(Bytes),
     /// Being collected chunk by chunk in `request_body_filter` (large or
     /// chunked bodies), released whole once approved.
     Collecting(BytesMut),
-    /// Sent upstream.
-    Sent,
-    /// No body to inspect (GET/DELETE): passed through as is.
+    /// Approved: this is what goes upstream, on the first attempt and on
+    /// every retry (it replaces whatever Pingora replays).
+    Approved(Bytes),
+    /// No body to inspect (`GET /v1/models`): passed through as is.
     Passthrough,
+}
+
+/// A client that left mid-response while its stream is still read.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub until: Instant,
 }
 
 pub struct Ctx {
     pub request_id: String,
     pub started: Instant,
-    pub provider: Option<Arc<Provider>>,
-    pub identity: Option<Arc<Identity>>,
-    pub tier: Option<Arc<Tier>>,
-    pub slot_held: bool,
-    pub reservation: Option<Reservation>,
+    pub route: Option<Routed>,
+    pub caller: Option<Caller>,
+    pub lease: Option<Lease>,
     pub rate: RateHeaders,
     pub body: BodyPhase,
     pub info: Option<RequestInfo>,
-    pub refusal: Option<Refusal>,
-    /// Upstream was contacted: the request yields a usage record.
+    /// A refusal decided after Pingora took over the response path (body
+    /// phase): `fail_to_proxy` writes it.
+    pub refusal: Option<GatewayError>,
+    /// An upstream was chosen: the request yields a usage record.
     pub proxied: bool,
+    /// A connection to the provider was made: it may have processed the
+    /// request even without answering.
+    pub reached: bool,
     pub status: Option<u16>,
     pub ttfb: Option<Duration>,
     pub meter: Option<Meter>,
     pub response_done: bool,
-    pub client_gone: bool,
-    pub drain_until: Option<Instant>,
+    pub drain: Option<Drain>,
     pub inflight: Option<InflightGuard>,
-    /// The store took over the finish at the last byte: `logging` leaves
-    /// the slot, the reservation and the day's totals alone.
-    pub store_settled: bool,
-    pub finished: bool,
 }
 
 impl Ctx {
@@ -72,30 +90,43 @@ impl Ctx {
         Self {
             request_id,
             started: Instant::now(),
-            provider: None,
-            identity: None,
-            tier: None,
-            slot_held: false,
-            reservation: None,
+            route: None,
+            caller: None,
+            lease: None,
             rate: RateHeaders::default(),
             body: BodyPhase::Pending,
             info: None,
             refusal: None,
             proxied: false,
+            reached: false,
             status: None,
             ttfb: None,
             meter: None,
             response_done: false,
-            client_gone: false,
-            drain_until: None,
+            drain: None,
             inflight: None,
-            store_settled: false,
-            finished: false,
         }
     }
 
+    /// The model the client asked for.
     pub fn model(&self) -> Option<&str> {
         self.info.as_ref().and_then(|i| i.model.as_deref())
+    }
+
+    pub fn provider(&self) -> Option<&Arc<Provider>> {
+        self.route.as_ref().map(|r| &r.provider)
+    }
+
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.route.as_ref().map(|r| r.endpoint)
+    }
+
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.caller.as_ref().map(|c| &c.identity)
+    }
+
+    pub fn sub(&self) -> &str {
+        self.identity().map_or("", |i| i.sub.as_str())
     }
 }
 

@@ -128,27 +128,63 @@ impl GuardedStream {
     }
 }
 
-/// Finds CRLFCRLF in a byte stream read in pieces.
+/// Finds the end of a request's header block in a byte stream read in
+/// pieces: the empty line after the request line and headers (CRLF CRLF,
+/// or LF LF, which HTTP/1 parsers also accept). Blank lines before the
+/// request line are skipped by parsers, so they neither start nor end a
+/// header block here: sending `\r\n\r\n` first must not disarm the
+/// deadline.
 #[derive(Debug, Default)]
 struct HeaderEnd {
-    /// The last three bytes seen, for a CRLFCRLF split across reads.
-    tail: [u8; 3],
+    /// A byte of the request line has been seen.
+    started: bool,
+    /// How the last piece ended: after an LF, or after LF CR.
+    pending: Pending,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    #[default]
+    None,
+    Lf,
+    LfCr,
 }
 
 impl HeaderEnd {
     fn found_in(&mut self, new: &[u8]) -> bool {
-        let mut seam = [0u8; 6];
-        let n = new.len().min(3);
-        seam[..3].copy_from_slice(&self.tail);
-        seam[3..3 + n].copy_from_slice(&new[..n]);
-        let seam = &seam[..3 + n];
-        if memchr::memmem::find(seam, b"\r\n\r\n").is_some()
-            || memchr::memmem::find(new, b"\r\n\r\n").is_some()
-        {
-            return true;
+        let mut b = new;
+        if !self.started {
+            match b.iter().position(|&c| c != b'\r' && c != b'\n') {
+                Some(p) => {
+                    self.started = true;
+                    b = &b[p..];
+                }
+                None => return false,
+            }
         }
-        let last = if new.len() >= 3 { new } else { seam };
-        self.tail.copy_from_slice(&last[last.len() - 3..]);
+        if b.is_empty() {
+            return false;
+        }
+        // An empty line split across pieces.
+        match (self.pending, b) {
+            (Pending::Lf, [b'\n', ..] | [b'\r', b'\n', ..]) | (Pending::LfCr, [b'\n', ..]) => {
+                return true
+            }
+            (Pending::Lf, [b'\r']) => {
+                self.pending = Pending::LfCr;
+                return false;
+            }
+            _ => {}
+        }
+        self.pending = Pending::None;
+        for p in memchr::memchr_iter(b'\n', b) {
+            match (b.get(p + 1), b.get(p + 2)) {
+                (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n')) => return true,
+                (None, _) => self.pending = Pending::Lf,
+                (Some(b'\r'), None) => self.pending = Pending::LfCr,
+                _ => {}
+            }
+        }
         false
     }
 }
@@ -313,8 +349,27 @@ mod tests {
     use super::HeaderEnd;
     use proptest::prelude::*;
 
+    /// The reference: after any leading blank lines, an LF followed by an
+    /// empty line (LF, or CR LF).
     fn whole(bytes: &[u8]) -> bool {
-        bytes.windows(4).any(|w| w == b"\r\n\r\n")
+        let Some(start) = bytes.iter().position(|&c| c != b'\r' && c != b'\n') else {
+            return false;
+        };
+        let b = &bytes[start..];
+        b.windows(2).any(|w| w == b"\n\n") || b.windows(3).any(|w| w == b"\n\r\n")
+    }
+
+    #[test]
+    fn leading_blank_lines_do_not_end_the_headers() {
+        let mut end = HeaderEnd::default();
+        assert!(!end.found_in(b"\r\n\r\n"));
+        assert!(!end.found_in(b"\r\n\n\r\n"));
+        assert!(!end.found_in(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(end.found_in(b"\r\n"));
+        let mut end = HeaderEnd::default();
+        assert!(end.found_in(b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        let mut end = HeaderEnd::default();
+        assert!(end.found_in(b"GET / HTTP/1.1\nHost: x\n\n"));
     }
 
     proptest! {

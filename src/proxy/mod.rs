@@ -1,46 +1,36 @@
 //! The Pingora `ProxyHttp` implementation. Each hook is a short sentence of
-//! calls into the modules that own the decisions: `admission` (identity,
-//! limits, body), `upstream` (request rewriting), `accounting` (records,
-//! metrics, settlement).
-//!
-//! Body handling takes one of two paths, both refusing a request before the
-//! provider receives it whole:
-//! - `Content-Length` ≤ 64 KiB (nearly every chat request): the body is read
-//!   in `request_filter`, approved, and only then is an upstream contacted.
-//! - larger or chunked bodies: collected in `request_body_filter` while the
-//!   upstream request headers are already out; a refusal then aborts the
-//!   upstream request before its body is complete.
+//! calls into the modules that own the decisions: `admission` (route,
+//! identity, limits), `body` (the request body's path), `upstream` (request
+//! rewriting), `accounting` (records, metrics, settlement), `respond` (the
+//! gateway's own answers).
 
 mod accounting;
 mod admission;
+mod body;
 mod ctx;
 mod downstream;
+mod error;
 mod respond;
+mod self_revoke;
 mod upstream;
 
 pub use ctx::Ctx;
 pub use downstream::Guarded;
+pub use error::GatewayError;
 
 use crate::app::App;
-use crate::config::ProviderKind;
-use crate::providers::errors::ErrorKind;
 use crate::usage::{BodyKind, Meter};
-use admission::Admit;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use ctx::{BodyPhase, Refusal};
+use bytes::Bytes;
+use ctx::Drain;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType};
-use respond::GatewayError;
+use pingora::{Error, ErrorSource, ErrorType, RetryType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Bodies up to this size are read and approved before any upstream
-/// connection (Pingora's retry buffer replays at most 64 KiB).
-const EARLY_BODY_LIMIT: usize = 64 * 1024;
 
 pub struct Gateway {
     app: Arc<App>,
@@ -51,13 +41,6 @@ impl Gateway {
         Self { app }
     }
 
-    fn kind(ctx: &Ctx) -> ProviderKind {
-        ctx.provider
-            .as_ref()
-            .map(|p| p.kind)
-            .unwrap_or(ProviderKind::Anthropic)
-    }
-
     async fn refuse(
         &self,
         session: &mut Session,
@@ -65,87 +48,55 @@ impl Gateway {
         err: GatewayError,
     ) -> Result<bool> {
         ctx.status = Some(err.status);
-        log_refusal(ctx, session.req_header().uri.path(), &err);
-        respond::send_error(session, ctx, Self::kind(ctx), &err).await?;
+        respond::log_refusal(ctx, session.req_header().uri.path(), &err);
+        respond::send_error(session, ctx, &err).await?;
         Ok(true)
     }
 
-    /// `POST /auth/revoke`: a caller revokes the token it presents.
-    async fn revoke_self(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if session.req_header().method != http::Method::POST {
-            let err = GatewayError::new(405, ErrorKind::InvalidRequest, "use POST");
-            return self.refuse(session, ctx, err).await;
-        }
+    /// Everything `request_filter` decides, in order: the route (400/404),
+    /// `/auth/revoke`, the caller (401/403), then the body's path with the
+    /// caller's limits (413/400/403/429).
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Decision> {
         let app = &self.app;
-        let verified = crate::identity::credential(&session.req_header().headers)
-            .and_then(|t| app.verifier.verify(t));
-        let id = match verified {
-            Ok(id) => id,
-            Err(e) => {
-                app.metrics.auth_failure(e.reason());
-                let err = GatewayError::new(401, ErrorKind::Authentication, e.message());
-                return self.refuse(session, ctx, err).await;
-            }
-        };
-        let mut revoked = Ok(());
-        for jti in id.revocation_ids() {
-            revoked = revoked.and(app.store.revoke_jti(jti, id.exp).await);
+        let req = session.req_header();
+        if is_upgrade(req) {
+            return Ok(Decision::Refuse(GatewayError::upgrade()));
         }
-        if let Err(e) = revoked {
-            app.metrics.store_error("revoke");
-            log::warn!("request {}: revocation failed: {e}", ctx.request_id);
-            let err = GatewayError::new(503, ErrorKind::Api, "revocation store unavailable");
-            return self.refuse(session, ctx, err).await;
+        if req.uri.path() == "/auth/revoke" {
+            return self.revoke_self(session, ctx).await;
         }
-        log::info!(
-            "request {}: token {} of {} revoked by its holder",
-            ctx.request_id,
-            id.jti,
-            id.sub
-        );
-        let body = serde_json::json!({"status": "revoked", "jti": id.jti});
-        ctx.status = Some(200);
-        respond::send_json(session, ctx, 200, body.to_string().into_bytes()).await?;
-        Ok(true)
+        if let Err(e) = admission::route(app, &req.method, req.uri.path(), ctx) {
+            return Ok(Decision::Refuse(e));
+        }
+        if let Err(e) = admission::authenticate(app, &session.req_header().headers, ctx).await {
+            return Ok(Decision::Refuse(e));
+        }
+        Ok(match body::plan(app, session, ctx).await? {
+            Ok(()) => Decision::Proxy,
+            Err(e) => Decision::Refuse(e),
+        })
     }
 
-    /// Reads a small body whole, before any upstream is chosen, keeping
-    /// Pingora's retry buffer so it is replayed to the upstream afterwards.
-    async fn read_small_body(
-        &self,
-        session: &mut Session,
-        expected: usize,
-    ) -> Result<Option<BytesMut>> {
-        session.enable_retry_buffering();
-        let mut buf = BytesMut::with_capacity(expected);
-        // A failure here is the client's (idle past client_timeout, reset).
-        while let Some(chunk) = session
-            .read_request_body()
-            .await
-            .map_err(|e| e.into_down())?
-        {
-            if buf.len() + chunk.len() > self.app.max_body_bytes {
-                return Ok(None);
+    /// `POST /auth/revoke`, answered by the gateway itself.
+    async fn revoke_self(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Decision> {
+        let req = session.req_header();
+        match self_revoke::revoke(&self.app, &req.method, &req.headers, ctx).await {
+            Ok(answer) => {
+                ctx.status = Some(200);
+                respond::send_json(session, ctx, 200, answer).await?;
+                Ok(Decision::Answered)
             }
-            buf.extend_from_slice(&chunk);
+            Err(e) => Ok(Decision::Refuse(e)),
         }
-        Ok(Some(buf))
-    }
-
-    fn too_large(&self) -> GatewayError {
-        GatewayError::new(
-            413,
-            ErrorKind::RequestTooLarge,
-            format!("request body exceeds {} bytes", self.app.max_body_bytes),
-        )
     }
 }
 
-fn content_length(req: &RequestHeader) -> Option<usize> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+/// What `request_filter` does with a request.
+enum Decision {
+    Proxy,
+    /// The gateway answered it (`/auth/revoke`).
+    Answered,
+    Refuse(GatewayError),
 }
 
 /// `Upgrade` (WebSocket, h2c, TLS) would turn the connection into a tunnel
@@ -162,20 +113,6 @@ fn is_upgrade(req: &RequestHeader) -> bool {
             })
 }
 
-fn has_body(req: &RequestHeader) -> bool {
-    content_length(req).is_some_and(|n| n > 0)
-        || req.headers.contains_key(http::header::TRANSFER_ENCODING)
-}
-
-fn upstream_error(status: u16, what: &str) -> GatewayError {
-    let kind = if status == 504 {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Api
-    };
-    GatewayError::new(status, kind, what)
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -190,44 +127,10 @@ impl ProxyHttp for Gateway {
         // client that stops reading its response.
         session.set_read_timeout(Some(app.client_timeout));
         session.set_write_timeout(Some(app.client_timeout));
-        let path = session.req_header().uri.path();
-        if path == "/auth/revoke" {
-            return self.revoke_self(session, ctx).await;
-        }
-        if is_upgrade(session.req_header()) {
-            let err = GatewayError::new(
-                400,
-                ErrorKind::InvalidRequest,
-                "protocol upgrades are not supported",
-            );
-            return self.refuse(session, ctx, err).await;
-        }
-        let Some(provider) = app.router.route(path).cloned() else {
-            let err = GatewayError::new(404, ErrorKind::NotFound, "no provider serves this path");
-            return self.refuse(session, ctx, err).await;
-        };
-        ctx.provider = Some(provider);
-
-        if let Err(err) = admission::authenticate(app, &session.req_header().headers, ctx).await {
-            return self.refuse(session, ctx, err).await;
-        }
-        let declared = content_length(session.req_header());
-        if declared.is_some_and(|n| n > app.max_body_bytes) {
-            return self.refuse(session, ctx, self.too_large()).await;
-        }
-        let req = session.req_header();
-        let method_takes_body = !matches!(
-            req.method,
-            http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
-        );
-        let passthrough = !method_takes_body && !has_body(req);
-        let early_body = !passthrough && declared.is_some_and(|n| n <= EARLY_BODY_LIMIT);
-        // A body read up front is admitted together with its reservation
-        // (one store call); the others are admitted now.
-        if !early_body {
-            if let Err(err) = admission::admit(app, ctx).await {
-                return self.refuse(session, ctx, err).await;
-            }
+        match self.admit(session, ctx).await? {
+            Decision::Proxy => {}
+            Decision::Answered => return Ok(true),
+            Decision::Refuse(refusal) => return self.refuse(session, ctx, refusal).await,
         }
         // We ask providers for identity encoding; one that compresses anyway
         // is decoded before the meter sees its body.
@@ -237,23 +140,7 @@ impl ProxyHttp for Gateway {
             // final usage is still seen (see response_body_filter).
             session.set_abort_on_close(false);
         }
-
-        if passthrough {
-            ctx.body = BodyPhase::Passthrough;
-        } else if early_body {
-            let Some(raw) = self.read_small_body(session, declared.unwrap_or(0)).await? else {
-                return self.refuse(session, ctx, self.too_large()).await;
-            };
-            let path = session.req_header().uri.path().to_string();
-            match admission::approve_body(app, &path, &raw, ctx, Admit::WithBody).await {
-                Ok(Some(rewritten)) => ctx.body = BodyPhase::Prepared(Bytes::from(rewritten)),
-                Ok(None) => ctx.body = BodyPhase::Prepared(raw.freeze()),
-                Err(err) => return self.refuse(session, ctx, err).await,
-            }
-        } else {
-            ctx.body = BodyPhase::Collecting(BytesMut::new());
-        }
-        if let Some(p) = &ctx.provider {
+        if let Some(p) = ctx.provider() {
             ctx.inflight = Some(app.metrics.inflight(&p.name));
         }
         Ok(false)
@@ -261,7 +148,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.proxied = true;
-        let Some(p) = &ctx.provider else {
+        let Some(p) = ctx.provider() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no provider selected",
@@ -272,6 +159,20 @@ impl ProxyHttp for Gateway {
             err.esource = ErrorSource::Upstream;
             err
         })
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.reached = true;
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -285,53 +186,41 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        match &mut ctx.body {
-            BodyPhase::Prepared(_) => {
-                // The replayed retry buffer is replaced by the approved body.
-                if end_of_stream {
-                    if let BodyPhase::Prepared(b) =
-                        std::mem::replace(&mut ctx.body, BodyPhase::Sent)
-                    {
-                        *body = Some(b);
-                    }
-                } else if body.is_some() {
-                    *body = Some(Bytes::new());
-                }
-                Ok(())
-            }
-            BodyPhase::Collecting(buf) => {
-                if let Some(chunk) = body.take() {
-                    if buf.len() + chunk.len() > self.app.max_body_bytes {
-                        return Err(self.body_refusal(ctx, self.too_large()));
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                if !end_of_stream {
-                    // Held back: the provider must not get a complete
-                    // request that we might still refuse.
-                    *body = Some(Bytes::new());
-                    return Ok(());
-                }
-                let raw = match std::mem::replace(&mut ctx.body, BodyPhase::Sent) {
-                    BodyPhase::Collecting(buf) => buf.freeze(),
-                    _ => Bytes::new(),
-                };
-                let path = session.req_header().uri.path().to_string();
-                match admission::approve_body(&self.app, &path, &raw, ctx, Admit::Done).await {
-                    Ok(rewritten) => {
-                        *body = Some(rewritten.map(Bytes::from).unwrap_or(raw));
-                        Ok(())
-                    }
-                    Err(err) => Err(self.body_refusal(ctx, err)),
-                }
-            }
-            BodyPhase::Pending | BodyPhase::Sent | BodyPhase::Passthrough => Ok(()),
+        match body::filter(&self.app, body, end_of_stream, ctx).await {
+            Ok(()) => Ok(()),
+            Err(err) => Err(self.body_refusal(ctx, err)),
         }
+    }
+
+    /// A connection reused from the pool that the provider had closed
+    /// (`ReusedOnly`: nothing was answered on it) is retried on a fresh one
+    /// for any method, because the gateway holds the exact body approved
+    /// for the first attempt (`body::filter` resends it). Pingora's default
+    /// refuses every retry of a POST.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = matches!(
+            ctx.body,
+            ctx::BodyPhase::Approved(_) | ctx::BodyPhase::Passthrough
+        ) && session.is_body_done();
+        if replayable && matches!(e.retry, RetryType::ReusedOnly) && ctx.status.is_none() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
     }
 
     async fn response_filter(
@@ -342,11 +231,16 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.status = Some(upstream_response.status.as_u16());
         ctx.ttfb = Some(ctx.started.elapsed());
-        let ct = upstream_response
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        ctx.meter = Some(Meter::new(Self::kind(ctx), BodyKind::from_content_type(ct)));
+        if let Some(route) = ctx.route.as_ref().filter(|r| r.endpoint.metered()) {
+            let ct = upstream_response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            ctx.meter = Some(Meter::new(
+                route.provider.dialect(),
+                BodyKind::from_content_type(ct),
+            ));
+        }
         respond::common_headers(upstream_response, ctx)
     }
 
@@ -366,48 +260,18 @@ impl ProxyHttp for Gateway {
             // cannot find its slot still taken or its budget unsettled.
             accounting::settle_at_last_byte(&self.app, ctx);
         }
-        let drain = self.app.drain_on_disconnect;
-        if !drain.is_zero() && !ctx.client_gone && client_left(session) {
-            ctx.client_gone = true;
-            ctx.drain_until = Some(Instant::now() + drain);
-            session.set_keepalive(None);
-            log::info!(
-                "request {}: client left; draining the provider's response",
-                ctx.request_id
-            );
-        }
-        if ctx.client_gone {
-            // Metered above; nothing is written to the departed client.
-            if body.is_some() {
-                *body = Some(Bytes::new());
-            }
-            if !end_of_stream && ctx.drain_until.is_some_and(|t| Instant::now() > t) {
-                return Err(Error::explain(
-                    ErrorType::ReadTimedout,
-                    "drain_on_disconnect elapsed before the provider finished",
-                ));
-            }
-        }
-        Ok(None)
+        self.drain_if_client_left(session, body, end_of_stream, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let err = match ctx.refusal.clone() {
-            Some(r) => Some(GatewayError {
-                status: r.status,
-                kind: r.kind,
-                message: r.message,
-                retry_after: r.retry_after,
-            }),
-            None => classify(e),
-        };
-        let code = err.as_ref().map(|e| e.status).unwrap_or(0);
+        let err = ctx.refusal.clone().or_else(|| respond::classify(e));
+        let code = err.as_ref().map_or(0, |e| e.status);
         if let Some(err) = err {
             if ctx.status.is_none() {
                 ctx.status = Some(err.status);
             }
             if session.response_written().is_none() {
-                if let Ok((resp, body)) = respond::error_response(Self::kind(ctx), &err, ctx) {
+                if let Ok((resp, body)) = respond::error_response(&err, ctx) {
                     let _ = session.write_response_header(Box::new(resp), false).await;
                     let _ = session.write_response_body(Some(body), true).await;
                 }
@@ -447,37 +311,50 @@ impl Gateway {
     /// Records a refusal decided in the body phase and returns the error that
     /// aborts the upstream request; `fail_to_proxy` then answers the client.
     fn body_refusal(&self, ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
-        log_refusal(ctx, "", &err);
-        let limit = (err.status == 429).then_some(crate::store::LimitKind::Requests);
+        respond::log_refusal(ctx, "", &err);
         let status = err.status;
-        ctx.refusal = Some(Refusal {
-            status: err.status,
-            kind: err.kind,
-            message: err.message,
-            retry_after: err.retry_after,
-            limit,
-        });
+        ctx.refusal = Some(err);
         Error::explain(
             ErrorType::HTTPStatus(status),
             "request refused after its body was read",
         )
     }
-}
 
-/// One operational log line per refused request: what was refused and why,
-/// never the credential. Claims reaching here are free of control
-/// characters (the verifier refuses such tokens).
-fn log_refusal(ctx: &Ctx, path: &str, err: &GatewayError) {
-    let sub = ctx.identity.as_ref().map(|i| i.sub.as_str()).unwrap_or("-");
-    let path: String = path.chars().take(200).collect();
-    log::info!(
-        "request {}: refused {} {:?} (sub {sub}{}{path}): {}",
-        ctx.request_id,
-        err.status,
-        err.kind,
-        if path.is_empty() { "" } else { ", path " },
-        err.message
-    );
+    /// Once the client has left mid-response, keeps metering the provider's
+    /// answer without writing it anywhere, for up to `drain_on_disconnect`.
+    fn drain_if_client_left(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let drain = self.app.drain_on_disconnect;
+        if !drain.is_zero() && ctx.drain.is_none() && client_left(session) {
+            ctx.drain = Some(Drain {
+                until: Instant::now() + drain,
+            });
+            session.set_keepalive(None);
+            log::info!(
+                "request {}: client left; draining the provider's response",
+                ctx.request_id
+            );
+        }
+        let Some(d) = ctx.drain else {
+            return Ok(None);
+        };
+        // Metered already; nothing is written to the departed client.
+        if body.is_some() {
+            *body = Some(Bytes::new());
+        }
+        if !end_of_stream && Instant::now() > d.until {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "drain_on_disconnect elapsed before the provider finished",
+            ));
+        }
+        Ok(None)
+    }
 }
 
 /// Whether the downstream client has gone (HTTP/1: the read side saw EOF).
@@ -486,37 +363,4 @@ fn client_left(session: &Session) -> bool {
         .as_downstream()
         .as_http1()
         .is_some_and(|s| s.is_half_closed())
-}
-
-/// Maps a proxying failure to what the client is told. `None`: nobody to
-/// tell (the client itself went away).
-fn classify(e: &Error) -> Option<GatewayError> {
-    use ErrorType::*;
-    match (e.esource(), e.etype()) {
-        (_, HTTPStatus(code)) => Some(GatewayError::new(*code, ErrorKind::Api, "request failed")),
-        (ErrorSource::Upstream, ConnectTimedout) => {
-            Some(upstream_error(504, "provider connect timed out"))
-        }
-        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
-            Some(upstream_error(504, "provider timed out"))
-        }
-        (ErrorSource::Upstream, _) => Some(upstream_error(502, "provider unreachable")),
-        (ErrorSource::Downstream, ReadTimedout) => Some(GatewayError::new(
-            408,
-            ErrorKind::InvalidRequest,
-            "client too slow: request body idle past client_timeout",
-        )),
-        (ErrorSource::Downstream, _) => None,
-        (_, ConnectTimedout) => Some(upstream_error(504, "provider connect timed out")),
-        (
-            _,
-            ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
-            | TLSHandshakeTimedout,
-        ) => Some(upstream_error(502, "provider unreachable")),
-        _ => Some(GatewayError::new(
-            500,
-            ErrorKind::Api,
-            "internal gateway error",
-        )),
-    }
 }

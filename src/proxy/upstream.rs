@@ -2,28 +2,31 @@
 //! credential swapped for the provider's, and headers fit for accounting.
 
 use super::ctx::{BodyPhase, Ctx};
-use crate::config::ProviderKind;
+use crate::providers::Endpoint;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
+/// Client headers that never reach a provider: credentials (ours or any
+/// other), and OpenAI's organisation and project, which are the gateway's
+/// to choose (a provider's `organization` / `project` keys).
+const REMOVED: [&str; 5] = [
+    "authorization",
+    "x-api-key",
+    "proxy-authorization",
+    "openai-organization",
+    "openai-project",
+];
+
 pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-    let Some(p) = &ctx.provider else {
+    let Some(route) = &ctx.route else {
         return Ok(());
     };
-    up.remove_header("authorization");
-    up.remove_header("x-api-key");
-    up.remove_header("proxy-authorization");
-    match p.kind {
-        ProviderKind::Anthropic => {
-            up.insert_header("x-api-key", p.upstream.credential.clone())?;
-            if !client.headers.contains_key("anthropic-version") {
-                up.insert_header("anthropic-version", "2023-06-01")?;
-            }
-        }
-        ProviderKind::Openai => {
-            up.insert_header("authorization", p.upstream.credential.clone())?;
-        }
+    let p = &route.provider;
+    for name in REMOVED {
+        up.remove_header(name);
     }
+    up.insert_header(p.upstream.credential_header, p.upstream.credential.clone())?;
+    p.kind.upstream_headers(client, up, p)?;
     up.insert_header("host", p.upstream.authority.clone())?;
     // Usage is read from the body: ask for it uncompressed.
     up.insert_header("accept-encoding", "identity")?;
@@ -39,11 +42,16 @@ pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx
         up.set_uri(uri);
     }
     match &ctx.body {
-        BodyPhase::Prepared(b) => {
+        BodyPhase::Approved(b) => {
             up.remove_header("transfer-encoding");
             up.insert_header("content-length", b.len())?;
         }
-        BodyPhase::Collecting(_) if p.kind == ProviderKind::Openai => {
+        BodyPhase::Collecting(_)
+            if matches!(
+                route.endpoint,
+                Endpoint::ChatCompletions | Endpoint::Completions
+            ) =>
+        {
             // The approved body may be rewritten (stream_options), so its
             // length is unknown until the end: send it chunked.
             up.remove_header("content-length");

@@ -1,40 +1,65 @@
 //! The `model` metric label comes from what callers send, so its values are
-//! bounded: well-formed names are kept as they are until a fixed number of
-//! distinct ones has been seen, then anything new is counted as `other`.
-//! A caller inventing model names cannot grow Prometheus' series without end.
+//! limited to the names the config itself uses (price keys, tier
+//! allow-lists, model routes): a configured name labels itself, a model
+//! matching a configured glob is labelled with that glob, anything else is
+//! `other`. Callers inventing model names cannot grow Prometheus' series,
+//! nor crowd real models out of them.
 
-use dashmap::DashSet;
+use crate::config::Config;
+use crate::limits::glob_match;
+use std::collections::HashSet;
 
-pub const MAX_MODELS: usize = 512;
 pub const OTHER: &str = "other";
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct ModelLabels {
-    seen: DashSet<Box<str>>,
+    exact: HashSet<Box<str>>,
+    /// Most characters first: the most specific pattern labels a model.
+    globs: Vec<Box<str>>,
 }
 
 impl ModelLabels {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn from_config(cfg: &Config) -> Self {
+        let names = cfg
+            .usage
+            .prices
+            .keys()
+            .chain(
+                cfg.limits
+                    .tiers
+                    .values()
+                    .filter_map(|t| t.models.as_ref())
+                    .flatten(),
+            )
+            .map(String::as_str);
+        Self::new(names)
+    }
+
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut exact = HashSet::new();
+        let mut globs: Vec<Box<str>> = Vec::new();
+        for n in names {
+            if n.contains('*') || n.contains('?') {
+                if !globs.iter().any(|g| &**g == n) {
+                    globs.push(n.into());
+                }
+            } else {
+                exact.insert(n.into());
+            }
+        }
+        globs.sort_by_key(|g| std::cmp::Reverse(g.chars().count()));
+        Self { exact, globs }
     }
 
     /// The label to use for `model`.
-    pub fn label<'a>(&self, model: &'a str) -> &'a str {
-        let well_formed = model.len() <= 100
-            && model
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:/@".contains(&b));
-        if !well_formed {
-            return OTHER;
-        }
-        if self.seen.contains(model) {
+    pub fn label<'a>(&'a self, model: &'a str) -> &'a str {
+        if self.exact.contains(model) {
             return model;
         }
-        if self.seen.len() >= MAX_MODELS {
-            return OTHER;
-        }
-        self.seen.insert(model.into());
-        model
+        self.globs
+            .iter()
+            .find(|g| glob_match(g, model))
+            .map_or(OTHER, |g| g)
     }
 }
 
@@ -43,16 +68,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bounded_and_sanitised() {
-        let l = ModelLabels::new();
+    fn only_configured_names() {
+        let l = ModelLabels::new([
+            "claude-sonnet-4-5",
+            "claude-haiku-*",
+            "gpt-4o*",
+            "gpt-4o-mini*",
+        ]);
         assert_eq!(l.label("claude-sonnet-4-5"), "claude-sonnet-4-5");
-        assert_eq!(l.label(""), "");
+        assert_eq!(l.label("claude-haiku-4-5"), "claude-haiku-*");
+        assert_eq!(l.label("gpt-4o-mini-2024-07-18"), "gpt-4o-mini*");
+        assert_eq!(l.label("gpt-4o"), "gpt-4o*");
+        assert_eq!(l.label("claude-sonnet-4-5-20250929"), OTHER);
+        assert_eq!(l.label(""), OTHER);
         assert_eq!(l.label("bad\nname"), OTHER);
-        assert_eq!(l.label(&"x".repeat(200)), OTHER);
-        for i in 0..MAX_MODELS {
-            l.label(&format!("m{i}"));
+        // However many junk names come first, a configured one keeps its label.
+        for i in 0..10_000 {
+            assert_eq!(l.label(&format!("junk-{i}")), OTHER);
         }
         assert_eq!(l.label("claude-sonnet-4-5"), "claude-sonnet-4-5");
-        assert_eq!(l.label("brand-new"), OTHER);
     }
 }

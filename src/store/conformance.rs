@@ -208,7 +208,8 @@ pub async fn reserve_then_settle_budget(s: &dyn Store) {
         Reservation {
             tokens: 600,
             usd: 0.5,
-            at_ms: T0
+            at_ms: T0,
+            held: true
         }
     );
     assert_eq!(rem, None);

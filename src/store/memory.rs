@@ -130,7 +130,7 @@ impl MemoryStore {
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(reservation.tokens).unwrap_or(i64::MAX));
         let usd_diff = actual_usd - reservation.usd;
-        let settled = self.subjects.get_mut(sub).map(|mut s| {
+        let apply = |s: &mut Subject| {
             s.roll(now_ms);
             let res_minute = reservation.at_ms / MINUTE_MS;
             if res_minute == s.tok_minute {
@@ -142,6 +142,15 @@ impl MemoryStore {
                 s.day_tokens = s.day_tokens.saturating_add(diff).max(0);
                 s.day_usd = (s.day_usd + usd_diff).max(0.0);
             }
+        };
+        if !reservation.held {
+            // A charge of usage nothing was reserved for: the subject may
+            // have no state yet.
+            self.with_subject(sub, now_ms, apply);
+            return;
+        }
+        let settled = self.subjects.get_mut(sub).map(|mut s| {
+            apply(&mut s);
             s.reservations = s.reservations.saturating_sub(1);
         });
         if settled.is_some() {
@@ -159,6 +168,21 @@ impl MemoryStore {
     /// Number of subjects with live state (memory tests, metrics).
     pub fn subjects(&self) -> usize {
         self.subjects.len()
+    }
+}
+
+/// Keeps the larger of `map[key]` and `v`; true when that changed the map.
+fn raise(map: &DashMap<Box<str>, u64>, key: &str, v: u64) -> bool {
+    match map.entry(key.into()) {
+        dashmap::mapref::entry::Entry::Vacant(e) => {
+            e.insert(v);
+            true
+        }
+        dashmap::mapref::entry::Entry::Occupied(mut e) if *e.get() < v => {
+            e.insert(v);
+            true
+        }
+        dashmap::mapref::entry::Entry::Occupied(_) => false,
     }
 }
 
@@ -243,7 +267,7 @@ impl Store for MemoryStore {
                 }
             }
             if let Some(tpd) = limits.tokens_per_day {
-                if s.day_tokens.max(0) as u64 + tokens > tpd {
+                if (s.day_tokens.max(0) as u64).saturating_add(tokens) > tpd {
                     return Reserved::Refused(Refusal {
                         limit: LimitKind::Tokens,
                         retry_after_secs: until_next_day(now_ms),
@@ -270,6 +294,7 @@ impl Store for MemoryStore {
                     tokens,
                     usd,
                     at_ms: now_ms,
+                    held: true,
                 },
                 remaining_tokens_minute: limits
                     .tokens_per_minute
@@ -293,17 +318,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<(), StoreError> {
-        self.revoked_jti.insert(jti.into(), exp);
-        Ok(())
+    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<bool, StoreError> {
+        Ok(raise(&self.revoked_jti, jti, until))
     }
 
-    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<(), StoreError> {
-        self.revoked_sub
-            .entry(sub.into())
-            .and_modify(|t| *t = (*t).max(at_secs))
-            .or_insert(at_secs);
-        Ok(())
+    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<bool, StoreError> {
+        Ok(raise(&self.revoked_sub, sub, at_secs))
     }
 
     async fn is_revoked(&self, jti: &str, sub: &str, iat: Option<u64>) -> Result<bool, StoreError> {

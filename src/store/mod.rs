@@ -108,6 +108,24 @@ pub struct Reservation {
     /// Unix milliseconds when reserved: settling adjusts the windows it was
     /// counted in, not the current ones.
     pub at_ms: u64,
+    /// Taken by `reserve` (and counted among in-flight reservations). False
+    /// for [`Reservation::nothing`]: usage seen where nothing was reserved
+    /// (the store failed open) is still charged through it.
+    pub held: bool,
+}
+
+impl Reservation {
+    /// A reservation of nothing at `at_ms`, so that settling it charges the
+    /// usage seen in the windows of that instant (creating the subject's
+    /// budget state if it has none).
+    pub fn nothing(at_ms: u64) -> Self {
+        Self {
+            tokens: 0,
+            usd: 0.0,
+            at_ms,
+            held: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -253,9 +271,14 @@ pub trait Store: Send + Sync + 'static {
         actual_usd: f64,
     ) -> Result<(), StoreError>;
 
-    async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<(), StoreError>;
-    /// Revokes every token of `sub` with `iat <= at_secs`.
-    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<(), StoreError>;
+    /// Revokes the token `jti` until the Unix second `until` (when it is no
+    /// longer accepted anyway). A revocation is never shortened. True when
+    /// this changed anything; revoking again changes nothing and tells no
+    /// replica.
+    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<bool, StoreError>;
+    /// Revokes every token of `sub` with `iat <= at_secs`; true when that
+    /// moved the cut-off.
+    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<bool, StoreError>;
     async fn is_revoked(&self, jti: &str, sub: &str, iat: Option<u64>) -> Result<bool, StoreError>;
 
     async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError>;

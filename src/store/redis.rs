@@ -359,8 +359,10 @@ impl LocalRevocations {
         self.age_ms().is_some_and(|a| a <= STALE_AFTER_MS)
     }
 
-    fn insert_jti(&self, jti: &str, exp: u64) {
-        self.sets.write().jti.insert(jti.into(), exp);
+    fn insert_jti(&self, jti: &str, until: u64) {
+        let mut sets = self.sets.write();
+        let kept = sets.jti.entry(jti.into()).or_insert(until);
+        *kept = (*kept).max(until);
     }
 
     fn insert_sub(&self, sub: &str, at: u64) {
@@ -383,8 +385,9 @@ impl LocalRevocations {
 
     fn merge(&self, jti: Vec<(String, u64)>, sub: Vec<(String, u64)>, now_s: u64) {
         let mut sets = self.sets.write();
-        for (j, exp) in jti {
-            sets.jti.insert(j.into(), exp);
+        for (j, until) in jti {
+            let kept = sets.jti.entry(j.into()).or_insert(until);
+            *kept = (*kept).max(until);
         }
         for (s, at) in sub {
             let cut = sets.sub.entry(s.into()).or_insert(at);
@@ -489,7 +492,7 @@ impl QueuedFinish {
                 let now = r.at_ms.max(now_ms);
                 let diff = lua_int(self.actual_tokens) as i64 - lua_int(r.tokens) as i64;
                 args.extend([
-                    "1".into(),
+                    if r.held { "1" } else { "2" }.into(),
                     (now / MINUTE_MS).to_string(),
                     (now / DAY_MS).to_string(),
                     (r.at_ms / MINUTE_MS).to_string(),
@@ -522,6 +525,15 @@ impl QueuedFinish {
             None => args.extend(["0", "0", "0", "0", "0", "0", "0", "0"].map(String::from)),
         }
         (keys_v, args)
+    }
+}
+
+/// `revoke.lua` answers the new epoch, or 0 when the revocation was
+/// already in force.
+fn revocation_changed(reply: &Value) -> bool {
+    match reply {
+        Value::Integer(n) => *n != 0,
+        _ => true,
     }
 }
 
@@ -651,7 +663,7 @@ async fn attempt_finish(link: &Link, ctx: &SyncCtx, f: &mut QueuedFinish) -> Att
 
 /// What a finish does once applied, beyond its script.
 fn after_finish(client: &Client, rt: &tokio::runtime::Handle, ctx: &SyncCtx, f: &QueuedFinish) {
-    if ctx.clustered && f.reservation.is_some() {
+    if ctx.clustered && f.reservation.is_some_and(|r| r.held) {
         bump_inflight_later(client, rt, ctx, -1);
     }
 }
@@ -1173,6 +1185,7 @@ impl RedisStore {
                         tokens,
                         usd,
                         at_ms: now_ms,
+                        held: true,
                     },
                     remaining_tokens_minute: limits.tokens_per_minute.map(|tpm| {
                         tpm.saturating_sub(tokens_in_window(now_ms, cur, prev).ceil() as u64)
@@ -1601,45 +1614,45 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<(), StoreError> {
+    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<bool, StoreError> {
         let keys = &self.ctx.keys;
         let now_s = crate::limits::now_ms() / 1000;
-        self.eval(
-            &self.ctx.scripts.revoke,
-            vec![keys.revoked_jti(), keys.revocation_epoch()],
-            vec![
-                jti.to_string(),
-                exp.to_string(),
-                "set".into(),
-                now_s.to_string(),
-                REVOCATION_KEY_TTL_S.to_string(),
-                keys.channel(),
-                format!("j {exp} {jti}"),
-            ],
-        )
-        .await?;
-        self.ctx.revs.insert_jti(jti, exp);
-        Ok(())
+        let changed = self
+            .eval(
+                &self.ctx.scripts.revoke,
+                vec![keys.revoked_jti(), keys.revocation_epoch()],
+                vec![
+                    jti.to_string(),
+                    until.to_string(),
+                    now_s.to_string(),
+                    REVOCATION_KEY_TTL_S.to_string(),
+                    keys.channel(),
+                    format!("j {until} {jti}"),
+                ],
+            )
+            .await?;
+        self.ctx.revs.insert_jti(jti, until);
+        Ok(revocation_changed(&changed))
     }
 
-    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<(), StoreError> {
+    async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<bool, StoreError> {
         let keys = &self.ctx.keys;
-        self.eval(
-            &self.ctx.scripts.revoke,
-            vec![keys.revoked_sub(), keys.revocation_epoch()],
-            vec![
-                sub.to_string(),
-                at_secs.to_string(),
-                "max".into(),
-                String::new(),
-                REVOCATION_KEY_TTL_S.to_string(),
-                keys.channel(),
-                format!("s {at_secs} {sub}"),
-            ],
-        )
-        .await?;
+        let changed = self
+            .eval(
+                &self.ctx.scripts.revoke,
+                vec![keys.revoked_sub(), keys.revocation_epoch()],
+                vec![
+                    sub.to_string(),
+                    at_secs.to_string(),
+                    String::new(),
+                    REVOCATION_KEY_TTL_S.to_string(),
+                    keys.channel(),
+                    format!("s {at_secs} {sub}"),
+                ],
+            )
+            .await?;
         self.ctx.revs.insert_sub(sub, at_secs);
-        Ok(())
+        Ok(revocation_changed(&changed))
     }
 
     /// Answers from the local set, without a round trip. Errs when that set

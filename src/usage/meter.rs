@@ -3,8 +3,7 @@
 use super::json_scan::JsonScanner;
 use super::sse::SseParser;
 use super::Usage;
-use crate::config::ProviderKind;
-use crate::providers::{anthropic, openai};
+use crate::providers::{anthropic, openai, Dialect};
 use serde_json::Value;
 
 /// How the response body is framed, from its `Content-Type`.
@@ -76,19 +75,19 @@ impl SseState {
 
 #[derive(Debug)]
 pub struct Meter {
-    kind: ProviderKind,
+    kind: Dialect,
     inner: Inner,
     result: Option<Metered>,
 }
 
 impl Meter {
-    pub fn new(kind: ProviderKind, body: BodyKind) -> Self {
+    pub fn new(kind: Dialect, body: BodyKind) -> Self {
         let inner = match body {
             BodyKind::Sse => Inner::Sse(
                 SseParser::new(),
                 match kind {
-                    ProviderKind::Anthropic => SseState::Anthropic(Default::default()),
-                    ProviderKind::Openai => SseState::Openai(Default::default()),
+                    Dialect::Anthropic => SseState::Anthropic(Default::default()),
+                    Dialect::Openai => SseState::Openai(Default::default()),
                 },
             ),
             BodyKind::Json => Inner::Json(JsonScanner::new(JSON_KEYS)),
@@ -137,21 +136,21 @@ impl Meter {
     }
 }
 
-fn json_metered(kind: ProviderKind, scanner: &JsonScanner) -> Metered {
+fn json_metered(kind: Dialect, scanner: &JsonScanner) -> Metered {
     let parse = |key| {
         scanner
             .get(key)
             .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
     };
-    let usage = parse("usage").and_then(|v| match kind {
-        ProviderKind::Anthropic => anthropic::usage_from_json(&v),
-        ProviderKind::Openai => openai::usage_from_json(&v),
+    let read = parse("usage").and_then(|v| match kind {
+        Dialect::Anthropic => anthropic::usage_from_json(&v),
+        Dialect::Openai => openai::usage_from_json(&v),
     });
     let model = parse("model").and_then(|v| v.as_str().map(str::to_owned));
     Metered {
-        usage: usage.unwrap_or_default(),
-        usage_seen: usage.is_some(),
-        complete: usage.is_some() && scanner.closed(),
+        usage: read.map(|r| r.usage).unwrap_or_default(),
+        usage_seen: read.is_some(),
+        complete: read.is_some_and(|r| r.valid) && scanner.closed(),
         model,
         stream_error: false,
     }
@@ -167,7 +166,7 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    fn meter(kind: ProviderKind, body: BodyKind, chunks: &[&[u8]]) -> Metered {
+    fn meter(kind: Dialect, body: BodyKind, chunks: &[&[u8]]) -> Metered {
         let mut m = Meter::new(kind, body);
         for c in chunks {
             m.feed(c);
@@ -187,9 +186,9 @@ mod tests {
     }
 
     /// (fixture, provider, body kind, expected usage, model)
-    fn cases() -> Vec<(&'static str, ProviderKind, BodyKind, Usage, &'static str)> {
+    fn cases() -> Vec<(&'static str, Dialect, BodyKind, Usage, &'static str)> {
         use BodyKind::*;
-        use ProviderKind::*;
+        use Dialect::*;
         vec![
             (
                 "anthropic_stream.sse",
@@ -294,7 +293,7 @@ mod tests {
     #[test]
     fn anthropic_error_stream() {
         let m = meter(
-            ProviderKind::Anthropic,
+            Dialect::Anthropic,
             BodyKind::Sse,
             &[&fixture("anthropic_stream_error.sse")],
         );
@@ -305,11 +304,7 @@ mod tests {
 
     #[test]
     fn other_body_sees_nothing() {
-        let m = meter(
-            ProviderKind::Openai,
-            BodyKind::Other,
-            &[b"<html>usage</html>"],
-        );
+        let m = meter(Dialect::Openai, BodyKind::Other, &[b"<html>usage</html>"]);
         assert_eq!(m, Metered::default());
     }
 
@@ -317,22 +312,43 @@ mod tests {
     fn json_error_body_has_no_usage() {
         let body =
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-        let m = meter(ProviderKind::Anthropic, BodyKind::Json, &[body]);
+        let m = meter(Dialect::Anthropic, BodyKind::Json, &[body]);
         assert!(!m.usage_seen && !m.complete);
     }
 
     #[test]
     fn json_unclosed_is_incomplete() {
         let body = br#"{"model":"m","usage":{"input_tokens":3,"output_tokens":4}"#;
-        let m = meter(ProviderKind::Anthropic, BodyKind::Json, &[body]);
+        let m = meter(Dialect::Anthropic, BodyKind::Json, &[body]);
         assert!(m.usage_seen && !m.complete);
         assert_eq!(m.usage, u(3, 4, 0, 0));
         assert_eq!(m.model.as_deref(), Some("m"));
     }
 
     #[test]
+    fn json_invalid_usage_is_incomplete() {
+        for n in [
+            "-5",
+            "1e400",
+            "3.7",
+            "\"12\"",
+            "18446744073709551615",
+            "9007199254740992",
+        ] {
+            let body =
+                format!(r#"{{"model":"m","usage":{{"input_tokens":{n},"output_tokens":4}}}}"#);
+            let m = meter(Dialect::Anthropic, BodyKind::Json, &[body.as_bytes()]);
+            assert!(!m.complete, "{n}");
+            // 1e400 is not even JSON serde reads: no usage at all.
+            if m.usage_seen {
+                assert_eq!(m.usage, u(0, 4, 0, 0), "{n}");
+            }
+        }
+    }
+
+    #[test]
     fn feed_after_finish_is_ignored() {
-        let mut m = Meter::new(ProviderKind::Anthropic, BodyKind::Json);
+        let mut m = Meter::new(Dialect::Anthropic, BodyKind::Json);
         m.feed(br#"{"usage":{"input_tokens":1}}"#);
         let r = m.finish();
         m.feed(br#"{"usage":{"input_tokens":5}}"#);
@@ -376,7 +392,7 @@ mod tests {
 
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            for kind in [ProviderKind::Anthropic, ProviderKind::Openai] {
+            for kind in [Dialect::Anthropic, Dialect::Openai] {
                 for body in [BodyKind::Sse, BodyKind::Json, BodyKind::Other] {
                     let _ = meter(kind, body, &[&data]);
                 }
@@ -392,13 +408,13 @@ mod tests {
                 "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"model\":\"m\",\"usage\":{{\"input_tokens\":{n},\"output_tokens\":1}}}}}}\n\n\
                  event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{n}}}}}\n\n\
                  event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n");
-            let _ = meter(ProviderKind::Anthropic, BodyKind::Sse, &[a.as_bytes()]);
+            let _ = meter(Dialect::Anthropic, BodyKind::Sse, &[a.as_bytes()]);
             let o = format!(
                 "data: {{\"model\":\"m\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{n},\"completion_tokens\":{n},\"prompt_tokens_details\":{{\"cached_tokens\":{n}}}}}}}\n\ndata: [DONE]\n\n");
-            let _ = meter(ProviderKind::Openai, BodyKind::Sse, &[o.as_bytes()]);
+            let _ = meter(Dialect::Openai, BodyKind::Sse, &[o.as_bytes()]);
             let j = format!("{{\"usage\":{{\"input_tokens\":{n},\"output_tokens\":{n}}}}}");
-            let _ = meter(ProviderKind::Openai, BodyKind::Json, &[j.as_bytes()]);
-            let _ = meter(ProviderKind::Anthropic, BodyKind::Json, &[j.as_bytes()]);
+            let _ = meter(Dialect::Openai, BodyKind::Json, &[j.as_bytes()]);
+            let _ = meter(Dialect::Anthropic, BodyKind::Json, &[j.as_bytes()]);
         }
     }
 }

@@ -37,33 +37,44 @@ impl Usage {
     }
 }
 
-/// A token count from a provider's JSON, never failing: a provider bug must
-/// not take the gateway down, nor bill a negative amount. Negative numbers and
-/// non-numbers count as 0; fractions are truncated; numbers beyond `u64`
-/// (serde_json reads them as floats) saturate at `u64::MAX`.
-pub(crate) fn lenient_u64(v: &Value) -> u64 {
-    match v {
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                u
-            } else if let Some(f) = n.as_f64() {
-                // `as` saturates and maps NaN to 0.
-                if f > 0.0 {
-                    f as u64
-                } else {
-                    0
-                }
-            } else {
-                0
-            }
-        }
-        _ => 0,
+/// Largest token count taken as usage: JSON numbers beyond 2^53 are not
+/// exact in most JSON implementations, and no response uses that many.
+pub const MAX_USAGE_VALUE: u64 = 1 << 53;
+
+/// A token count as a provider reports it: an integer in 0..2^53 (an
+/// integral float such as `12.0` included). `None` for anything else: a
+/// provider bug must neither take the gateway down, nor bill a negative
+/// amount, nor lock a caller out for the day with 2^64 tokens.
+pub(crate) fn token_count(v: &Value) -> Option<u64> {
+    let Value::Number(n) = v else {
+        return None;
+    };
+    if let Some(u) = n.as_u64() {
+        return (u < MAX_USAGE_VALUE).then_some(u);
+    }
+    let f = n.as_f64()?;
+    (f >= 0.0 && f.fract() == 0.0 && f < MAX_USAGE_VALUE as f64).then_some(f as u64)
+}
+
+/// `o[key]` as a count: 0 when missing or null; 0 and `*valid = false`
+/// when it is not a token count.
+pub(crate) fn count(o: &serde_json::Map<String, Value>, key: &str, valid: &mut bool) -> u64 {
+    match o.get(key) {
+        None | Some(Value::Null) => 0,
+        Some(v) => token_count(v).unwrap_or_else(|| {
+            *valid = false;
+            0
+        }),
     }
 }
 
-/// `o[key]` as a count, 0 when missing or null.
-pub(crate) fn count(o: &serde_json::Map<String, Value>, key: &str) -> u64 {
-    o.get(key).map_or(0, lenient_u64)
+/// A usage object read from a response: the counts, and whether every
+/// count in it was a valid one (an invalid one reads 0 and makes the
+/// usage incomplete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadUsage {
+    pub usage: Usage,
+    pub valid: bool,
 }
 
 /// Substring search for the cheap pre-filters that decide whether an SSE
@@ -117,17 +128,31 @@ mod tests {
     }
 
     #[test]
-    fn lenient_numbers() {
-        assert_eq!(lenient_u64(&json!(12)), 12);
-        assert_eq!(lenient_u64(&json!(-3)), 0);
-        assert_eq!(lenient_u64(&json!(7.9)), 7);
-        assert_eq!(lenient_u64(&json!(-7.9)), 0);
-        assert_eq!(lenient_u64(&json!(1e30)), u64::MAX);
-        assert_eq!(lenient_u64(&json!("12")), 0);
-        assert_eq!(lenient_u64(&json!(null)), 0);
-        assert_eq!(lenient_u64(&json!([1])), 0);
+    fn token_counts() {
+        assert_eq!(token_count(&json!(12)), Some(12));
+        assert_eq!(token_count(&json!(0)), Some(0));
+        assert_eq!(token_count(&json!(12.0)), Some(12));
+        assert_eq!(token_count(&json!(-3)), None);
+        assert_eq!(token_count(&json!(7.9)), None);
+        assert_eq!(token_count(&json!(-7.0)), None);
+        assert_eq!(token_count(&json!(1e30)), None);
+        assert_eq!(token_count(&json!((1u64 << 53) - 1)), Some((1 << 53) - 1));
+        assert_eq!(token_count(&json!(1u64 << 53)), None);
+        assert_eq!(token_count(&json!(u64::MAX)), None);
+        assert_eq!(token_count(&json!("12")), None);
+        assert_eq!(token_count(&json!(null)), None);
+        assert_eq!(token_count(&json!([1])), None);
         let big: Value = serde_json::from_str("184467440737095516160000").unwrap();
-        assert_eq!(lenient_u64(&big), u64::MAX);
+        assert_eq!(token_count(&big), None);
+        let o = json!({"a": 3, "b": null, "c": "x"});
+        let o = o.as_object().unwrap();
+        let mut valid = true;
+        assert_eq!(count(o, "a", &mut valid), 3);
+        assert_eq!(count(o, "b", &mut valid), 0);
+        assert_eq!(count(o, "missing", &mut valid), 0);
+        assert!(valid);
+        assert_eq!(count(o, "c", &mut valid), 0);
+        assert!(!valid);
     }
 
     #[test]

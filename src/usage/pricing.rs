@@ -7,49 +7,31 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default)]
 pub struct Pricing {
     exact: BTreeMap<String, Price>,
-    /// Plain keys, longest first, for the dated-snapshot prefix rule.
-    prefixes: Vec<(String, Price)>,
-    /// Keys with `*`, most literal characters first so the most specific
+    /// Keys with `*`, the most characters first so the most specific
     /// pattern wins.
     globs: Vec<(String, Price)>,
 }
 
 impl Pricing {
     pub fn new(prices: &BTreeMap<String, Price>) -> Self {
-        let mut prefixes = Vec::new();
+        let mut exact = BTreeMap::new();
         let mut globs = Vec::new();
         for (k, p) in prices {
             if k.contains('*') {
                 globs.push((k.clone(), *p));
             } else {
-                prefixes.push((k.clone(), *p));
+                exact.insert(k.clone(), *p);
             }
         }
-        prefixes.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
-        let literal = |k: &str| k.chars().filter(|&c| c != '*').count();
-        globs.sort_by_key(|(k, _)| std::cmp::Reverse(literal(k)));
-        Self {
-            exact: prices.clone(),
-            prefixes,
-            globs,
-        }
+        // Stable: equally long patterns keep the file's (sorted) order.
+        globs.sort_by_key(|(k, _)| std::cmp::Reverse(k.chars().count()));
+        Self { exact, globs }
     }
 
-    /// The price of `model`: its exact name; else the longest configured
-    /// name it extends with `-`, `@` or `:` (a dated snapshot such as
-    /// `claude-sonnet-4-5-20250929`, a Vertex `model@version`, an Ollama
-    /// `model:tag`); else the most specific `*` pattern matching it.
+    /// The price of `model`: its exact key, else the matching `*` pattern
+    /// with the most characters.
     pub fn price(&self, model: &str) -> Option<&Price> {
         if let Some(p) = self.exact.get(model) {
-            return Some(p);
-        }
-        let extends = |k: &str| {
-            model
-                .strip_prefix(k)
-                .and_then(|rest| rest.chars().next())
-                .is_some_and(|c| matches!(c, '-' | '@' | ':'))
-        };
-        if let Some((_, p)) = self.prefixes.iter().find(|(k, _)| extends(k)) {
             return Some(p);
         }
         self.globs
@@ -58,11 +40,17 @@ impl Pricing {
             .map(|(_, p)| p)
     }
 
-    /// cost = input × input price + output × output price + cache creation ×
-    /// cache_write price + cache read × cache_read price, per million tokens;
-    /// 0 when the model has no price.
-    pub fn cost(&self, model: &str, u: &Usage) -> f64 {
-        let Some(p) = self.price(model) else {
+    /// The price for a response: by the model the provider reported, else by
+    /// the model sent upstream.
+    pub fn price_for(&self, reported: Option<&str>, sent: Option<&str>) -> Option<&Price> {
+        reported
+            .and_then(|m| self.price(m))
+            .or_else(|| sent.and_then(|m| self.price(m)))
+    }
+
+    /// cost of `u` at `price`, 0 without one.
+    pub fn cost_at(price: Option<&Price>, u: &Usage) -> f64 {
+        let Some(p) = price else {
             return 0.0;
         };
         (u.input_tokens as f64 * p.input
@@ -70,6 +58,13 @@ impl Pricing {
             + u.cache_creation_input_tokens as f64 * p.cache_write
             + u.cache_read_input_tokens as f64 * p.cache_read)
             / 1e6
+    }
+
+    /// cost = input × input price + output × output price + cache creation ×
+    /// cache_write price + cache read × cache_read price, per million tokens;
+    /// 0 when the model has no price.
+    pub fn cost(&self, model: &str, u: &Usage) -> f64 {
+        Self::cost_at(self.price(model), u)
     }
 
     /// The most a request can cost before it is sent: every input token at
@@ -136,18 +131,51 @@ mod tests {
         let t = table();
         let input = |m: &str| t.price(m).map(|p| p.input);
         assert_eq!(input("claude-sonnet-4-5"), Some(3.0));
-        assert_eq!(input("claude-sonnet-4-5-20250929"), Some(3.0));
-        assert_eq!(input("claude-sonnet-4-5@20250929"), Some(3.0));
-        assert_eq!(input("claude-sonnet-4-20250514"), Some(1.0));
-        assert_eq!(input("gpt-4o-2024-08-06"), Some(2.5));
-        assert_eq!(input("gpt-4o-mini-2024-07-18"), Some(0.15));
-        assert_eq!(input("gpt-4o:latest"), Some(2.5));
-        // Not at a separator: falls through to the catch-all glob.
-        assert_eq!(input("gpt-4oo"), Some(9.0));
+        assert_eq!(input("gpt-4o"), Some(2.5));
+        assert_eq!(input("gpt-4o-mini"), Some(0.15));
+        // No exact key: the longest matching glob.
         assert_eq!(input("claude-haiku-4-5"), Some(0.8));
+        assert_eq!(input("claude-sonnet-4-5-20250929"), Some(9.0));
         assert_eq!(input("anything"), Some(9.0));
+        let mut m = BTreeMap::new();
+        m.insert("claude-sonnet-4-5".into(), price(3.0, 15.0, 0.3, 3.75));
+        m.insert("claude-sonnet-4-5*".into(), price(4.0, 15.0, 0.3, 3.75));
+        m.insert("claude-*".into(), price(5.0, 15.0, 0.3, 3.75));
+        m.insert("*-20250929".into(), price(6.0, 15.0, 0.3, 3.75));
+        let t = Pricing::new(&m);
+        let input = |m: &str| t.price(m).map(|p| p.input);
+        assert_eq!(input("claude-sonnet-4-5"), Some(3.0));
+        assert_eq!(input("claude-sonnet-4-5-20250929"), Some(4.0));
+        assert_eq!(input("claude-opus-4-1-20250929"), Some(6.0));
+        assert_eq!(input("claude-opus-4-1"), Some(5.0));
+        assert_eq!(input("gpt-4o"), None);
         let empty = Pricing::new(&BTreeMap::new());
         assert!(empty.price("gpt-4o").is_none());
+    }
+
+    #[test]
+    fn reported_model_first_then_sent() {
+        let mut m = BTreeMap::new();
+        m.insert("claude-sonnet-4-5".into(), price(3.0, 15.0, 0.3, 3.75));
+        m.insert(
+            "claude-sonnet-4-5-20250929".into(),
+            price(4.0, 15.0, 0.3, 3.75),
+        );
+        let t = Pricing::new(&m);
+        let input = |r: Option<&str>, s: Option<&str>| t.price_for(r, s).map(|p| p.input);
+        assert_eq!(
+            input(
+                Some("claude-sonnet-4-5-20250929"),
+                Some("claude-sonnet-4-5")
+            ),
+            Some(4.0)
+        );
+        assert_eq!(
+            input(Some("unpriced-snapshot"), Some("claude-sonnet-4-5")),
+            Some(3.0)
+        );
+        assert_eq!(input(None, Some("claude-sonnet-4-5")), Some(3.0));
+        assert_eq!(input(Some("x"), Some("y")), None);
     }
 
     #[test]
@@ -170,7 +198,7 @@ mod tests {
             cache_creation_input_tokens: 1_000_000,
             cache_read_input_tokens: 10_000_000,
         };
-        let c = t.cost("claude-sonnet-4-5-20250929", &u);
+        let c = t.cost("claude-sonnet-4-5", &u);
         assert!((c - (3.0 + 30.0 + 3.75 + 3.0)).abs() < 1e-9, "{c}");
         let small = Usage {
             input_tokens: 100,

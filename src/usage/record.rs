@@ -27,6 +27,8 @@ pub struct UsageRecord {
     pub ttfb_ms: Option<u64>,
     pub client_disconnected: bool,
     pub usage_complete: bool,
+    /// The catalogue endpoint (`messages`, `chat_completions`, …).
+    pub endpoint: &'static str,
 }
 
 const TS_FORMAT: StaticFormatDescription =
@@ -87,6 +89,7 @@ mod tests {
             ttfb_ms: Some(300),
             client_disconnected: false,
             usage_complete: true,
+            endpoint: "messages",
         }
     }
 
@@ -121,6 +124,7 @@ mod tests {
             "ttfb_ms",
             "client_disconnected",
             "usage_complete",
+            "endpoint",
         ];
         let mut got = keys.clone();
         got.sort_unstable();

@@ -5,11 +5,14 @@
 -- KEYS[4] idempotency marker  KEYS[5] (absent on a cluster) global in-flight counter
 -- ARGV[1] marker ttl ms
 -- ARGV[2] '1' release a slot        ARGV[3] slot counter ttl ms
--- ARGV[4] '1' settle a reservation  ARGV[5] minute now  ARGV[6] day now
+-- ARGV[4] '1' settle a reservation, '2' charge usage nothing was reserved for
+--   (creates the budget hash when missing; no in-flight counter)
+-- ARGV[5] minute now  ARGV[6] day now
 -- ARGV[7] reservation minute        ARGV[8] reservation day
 -- ARGV[9] token difference (actual - reserved)  ARGV[10] usd difference
--- ARGV[11] budget ttl ms, ARGV[12] in-flight counter ttl ms: unused (the
---   reservation's expiries stand), kept so the layout does not change
+-- ARGV[11] budget ttl ms (for a hash a charge creates)
+-- ARGV[12] in-flight counter ttl ms: unused (the reservation's expiries
+--   stand), kept so the layout does not change
 -- ARGV[13] '1' add totals  ARGV[14..18] requests, input_tokens, output_tokens,
 --   cache_creation_input_tokens, cache_read_input_tokens  ARGV[19] cost_usd
 -- ARGV[20] usage hash expiry (unix ms)
@@ -28,10 +31,12 @@ if ARGV[2] == '1' then
     redis.call('DEL', KEYS[2])
   end
 end
-if ARGV[4] == '1' then
+if ARGV[4] == '1' or ARGV[4] == '2' then
+  local charge = ARGV[4] == '2'
   local b = load_budget(KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
-  -- A hash gone (expired, Redis lost its data) has nothing to settle.
-  if not b.new then
+  -- A hash gone (expired, Redis lost its data) has no reservation to
+  -- settle; a charge makes it.
+  if charge or not b.new then
     local rm = tonumber(ARGV[7])
     local rd = tonumber(ARGV[8])
     local diff = tonumber(ARGV[9])
@@ -45,9 +50,9 @@ if ARGV[4] == '1' then
       b.u = math.max(b.u + tonumber(ARGV[10]), 0)
     end
     -- Its reservation set a 26 h expiry moments (a request's life) ago.
-    save_budget(KEYS[1], b, nil)
+    save_budget(KEYS[1], b, (b.new and ARGV[11]) or nil)
   end
-  if KEYS[5] then
+  if KEYS[5] and not charge then
     -- Kept alive by every reservation's PEXPIRE; below zero only when it
     -- had expired (or was 0), which reads as 0.
     if redis.call('DECR', KEYS[5]) < 0 then

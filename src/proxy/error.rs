@@ -1,0 +1,116 @@
+//! The answers the gateway gives itself instead of a provider's, one
+//! constructor per situation so status, error type and message agree
+//! everywhere they are produced.
+
+use crate::identity::AuthError;
+use crate::providers::body::BodyError;
+use crate::providers::errors::ErrorKind;
+use crate::providers::NonCanonical;
+use crate::store::{LimitKind, Refusal};
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayError {
+    pub status: u16,
+    pub kind: ErrorKind,
+    pub message: Cow<'static, str>,
+    /// `retry-after` seconds, for limits that will reset.
+    pub retry_after: Option<u64>,
+    /// The limit that refused the request, for a 429.
+    pub limit: Option<LimitKind>,
+}
+
+impl GatewayError {
+    pub fn new(status: u16, kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+            limit: None,
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            404,
+            ErrorKind::NotFound,
+            "endpoint not served by the gateway",
+        )
+    }
+
+    pub fn bad_path(why: NonCanonical) -> Self {
+        Self::new(400, ErrorKind::InvalidRequest, why.to_string())
+    }
+
+    pub fn upgrade() -> Self {
+        Self::new(
+            400,
+            ErrorKind::InvalidRequest,
+            "protocol upgrades are not supported",
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(405, ErrorKind::InvalidRequest, "use POST")
+    }
+
+    pub fn unauthorized(e: AuthError) -> Self {
+        Self::new(401, ErrorKind::Authentication, e.message())
+    }
+
+    pub fn revoked() -> Self {
+        Self::new(403, ErrorKind::Permission, "token revoked")
+    }
+
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(403, ErrorKind::Permission, message)
+    }
+
+    pub fn rate_limited(r: Refusal) -> Self {
+        let mut e = Self::new(
+            429,
+            ErrorKind::RateLimit,
+            format!("rate limit exceeded: {}", r.detail),
+        );
+        e.retry_after = Some(r.retry_after_secs.max(1));
+        e.limit = Some(r.limit);
+        e
+    }
+
+    pub fn store_down() -> Self {
+        Self::new(503, ErrorKind::Api, "rate limit store unavailable")
+    }
+
+    pub fn too_large(max: usize) -> Self {
+        Self::new(
+            413,
+            ErrorKind::RequestTooLarge,
+            format!("request body exceeds {max} bytes"),
+        )
+    }
+
+    pub fn bad_body(e: BodyError) -> Self {
+        Self::new(400, ErrorKind::InvalidRequest, e.to_string())
+    }
+
+    pub fn internal() -> Self {
+        Self::new(500, ErrorKind::Api, "internal gateway error")
+    }
+
+    pub fn provider_unreachable() -> Self {
+        Self::new(502, ErrorKind::Api, "provider unreachable")
+    }
+
+    pub fn provider_timeout(what: &'static str) -> Self {
+        Self::new(504, ErrorKind::Timeout, what)
+    }
+
+    pub fn client_too_slow() -> Self {
+        Self::new(
+            408,
+            ErrorKind::InvalidRequest,
+            "client too slow: request body idle past client_timeout",
+        )
+    }
+}

@@ -1,0 +1,51 @@
+//! `POST /auth/revoke`: a caller revokes the token it presents, until that
+//! token would no longer be accepted anyway (`exp` plus leeway). Revoking
+//! an already revoked token succeeds again and changes nothing.
+
+use super::ctx::Ctx;
+use super::error::GatewayError;
+use crate::app::App;
+use crate::identity::AuthFailure;
+use http::{HeaderMap, Method};
+
+/// The JSON answer, or the error to send.
+pub async fn revoke(
+    app: &App,
+    method: &Method,
+    headers: &HeaderMap,
+    ctx: &Ctx,
+) -> Result<Vec<u8>, GatewayError> {
+    if method != Method::POST {
+        return Err(GatewayError::method_not_allowed());
+    }
+    let id = match app.authenticate(headers).await {
+        Ok(id) | Err(AuthFailure::StoreDown(id, _)) => id,
+        Err(AuthFailure::Revoked(id)) => return Ok(answer(&id.jti)),
+        Err(AuthFailure::Invalid(e)) => return Err(GatewayError::unauthorized(e)),
+    };
+    let until = app.verifier.accepted_until(&id);
+    for jti in id.revocation_ids() {
+        if let Err(e) = app.store.revoke_jti(jti, until).await {
+            app.metrics.store_error("revoke");
+            log::warn!("request {}: revocation failed: {e}", ctx.request_id);
+            return Err(GatewayError::new(
+                503,
+                crate::providers::errors::ErrorKind::Api,
+                "revocation store unavailable",
+            ));
+        }
+    }
+    log::info!(
+        "request {}: token {} of {} revoked by its holder",
+        ctx.request_id,
+        id.jti,
+        id.sub
+    );
+    Ok(answer(&id.jti))
+}
+
+fn answer(jti: &str) -> Vec<u8> {
+    serde_json::json!({"status": "revoked", "jti": jti})
+        .to_string()
+        .into_bytes()
+}
