@@ -342,6 +342,67 @@ pub async fn revocation_by_jti_and_sub(s: &dyn Store) {
     assert!(s.is_revoked(&odd, &b, Some(1)).await.unwrap());
 }
 
+/// Revoking is idempotent and never shortens: the answer says whether
+/// anything changed (only then is it worth telling other replicas).
+pub async fn revocations_only_grow(s: &dyn Store) {
+    let j = subject("jti");
+    let a = subject("sub");
+    let far = crate::limits::now_ms() / 1000 + 400 * 86_400;
+    assert!(s.revoke_jti(&j, far).await.unwrap(), "a new revocation");
+    assert!(!s.revoke_jti(&j, far).await.unwrap(), "the same again");
+    assert!(
+        !s.revoke_jti(&j, far - 86_400).await.unwrap(),
+        "a shorter one"
+    );
+    assert!(s.revoke_jti(&j, far + 1).await.unwrap(), "a longer one");
+    assert!(s.is_revoked(&j, &a, Some(1)).await.unwrap());
+    assert!(s.revoke_sub(&a, 100).await.unwrap());
+    assert!(!s.revoke_sub(&a, 100).await.unwrap());
+    assert!(!s.revoke_sub(&a, 99).await.unwrap());
+    assert!(s.revoke_sub(&a, 101).await.unwrap());
+}
+
+/// Usage seen where nothing was reserved (the store failed open at
+/// admission) is charged through a reservation of nothing: it counts in the
+/// windows of its instant, and creates the subject's state when missing.
+pub async fn usage_without_a_reservation_is_charged(s: &dyn Store) {
+    let u = subject("unreserved");
+    let lim = BudgetLimits {
+        tokens_per_minute: Some(1000),
+        tokens_per_day: Some(1500),
+        usd_per_day: Some(1.0),
+    };
+    let before = s.inflight_reservations().await.unwrap();
+    s.settle(&u, Reservation::nothing(T0), 800, 0.75)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.inflight_reservations().await.unwrap(),
+        before,
+        "no reservation was held, none is given back"
+    );
+    let r = refused(s.reserve(&u, T0, 300, 0.0, lim).await.unwrap());
+    assert_eq!(r.detail, "tokens_per_minute");
+    let r = refused(
+        s.reserve(&u, T0 + 2 * MINUTE_MS, 800, 0.0, lim)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r.detail, "tokens_per_day");
+    let r = refused(
+        s.reserve(&u, T0 + 2 * MINUTE_MS, 10, 0.3, lim)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r.detail, "usd_per_day");
+    let (_, rem) = reservation(
+        s.reserve(&u, T0 + 2 * MINUTE_MS, 10, 0.1, lim)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rem, Some(990));
+}
+
 pub async fn usage_totals_accumulate(s: &dyn Store) {
     let u = subject("usage");
     let day = crate::limits::utc_day_string(crate::limits::now_ms());

@@ -150,6 +150,16 @@ impl Script {
         }
     }
 
+    /// Reads the request and closes the connection without a byte back (a
+    /// server that closed a kept-alive connection just as it was reused).
+    pub fn close_without_answer() -> Self {
+        Self {
+            send_headers: false,
+            steps: vec![Step::Close],
+            ..Self::body(200, "application/json", Vec::new())
+        }
+    }
+
     /// Reads the request and never sends a byte back.
     pub fn never_respond() -> Self {
         Self {
@@ -972,7 +982,11 @@ async fn hold_until_peer_leaves(stream: &mut TcpStream) {
 /// Writes the scripted answer; true when every step went out.
 async fn write_response(stream: &mut TcpStream, script: &Script, state: &State) -> bool {
     if !script.send_headers {
-        hold_until_peer_leaves(stream).await;
+        if matches!(script.steps.as_slice(), [Step::Close]) {
+            let _ = stream.shutdown().await;
+        } else {
+            hold_until_peer_leaves(stream).await;
+        }
         return false;
     }
     let mut head = format!("HTTP/1.1 {} {}\r\n", script.status, reason(script.status));

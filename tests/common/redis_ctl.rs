@@ -153,20 +153,7 @@ impl RedisCtl {
     /// One command in RESP; the first reply line (e.g. `+PONG`, `:3`), or
     /// None when the server does not answer within 2 s.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(&resp(args)).ok()?;
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !out.windows(2).any(|w| w == b"\r\n") {
-            let n = s.read(&mut buf).ok()?;
-            if n == 0 {
-                return None;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&out).to_string();
-        text.split("\r\n").next().map(str::to_string)
+        command_on(self.port, args)
     }
 
     /// An integer reply (`:N`) as a number.
@@ -176,29 +163,52 @@ impl RedisCtl {
 
     /// Every key matching `pattern` (KEYS; fine for a test's tiny data set).
     pub fn keys(&self, pattern: &str) -> Vec<String> {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return Vec::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(&resp(&["KEYS", pattern])).is_err() {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Read until the array is complete: `*N` then N `$len` + value pairs.
-        loop {
-            if let Some(keys) = parse_array(&out) {
-                return keys;
-            }
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return Vec::new(),
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
+        keys_on(self.port, pattern)
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+/// One command to the Redis on `port` (any Redis, e.g. the shared one); the
+/// first reply line, or None when it does not answer within 2 s.
+pub fn command_on(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(&resp(args)).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.windows(2).any(|w| w == b"\r\n") {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out).to_string();
+    text.split("\r\n").next().map(str::to_string)
+}
+
+fn keys_on(port: u16, pattern: &str) -> Vec<String> {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return Vec::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(&resp(&["KEYS", pattern])).is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the array is complete: `*N` then N `$len` + value pairs.
+    loop {
+        if let Some(keys) = parse_array(&out) {
+            return keys;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return Vec::new(),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
     }
 }
 

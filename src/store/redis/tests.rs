@@ -76,6 +76,8 @@ conformance_tests!(
     tokens_per_minute_retry_after_is_honest,
     settle_adjusts_the_window_it_was_counted_in,
     revocation_by_jti_and_sub,
+    revocations_only_grow,
+    usage_without_a_reservation_is_charged,
     usage_totals_accumulate,
     finish_does_everything_in_one_call,
     inflight_reservations_return_to_previous,
