@@ -31,6 +31,13 @@ fn content_length(req: &RequestHeader) -> Option<usize> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
 fn has_body(req: &RequestHeader) -> bool {
     content_length(req).is_some_and(|n| n > 0)
         || req.headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -53,6 +60,11 @@ pub async fn plan(
     if !takes_body && !has_body(session.req_header()) {
         ctx.body = BodyPhase::Passthrough;
         return Ok(admission::admit(app, ctx).await);
+    }
+    if expects_continue(session.req_header()) {
+        // The body is read here (or collected before the provider sees
+        // it), so the 100 is ours to send; `Expect` is not passed on.
+        session.write_continue_response().await?;
     }
     let Some(len) = declared.filter(|n| *n <= EARLY_BODY_LIMIT) else {
         if let Err(e) = admission::admit(app, ctx).await {

@@ -270,7 +270,11 @@ impl ProxyHttp for Gateway {
             if ctx.status.is_none() {
                 ctx.status = Some(err.status);
             }
-            if session.response_written().is_none() {
+            // Only an informational answer (our 100 Continue) may have gone out.
+            let final_written = session
+                .response_written()
+                .is_some_and(|r| r.status.as_u16() >= 200);
+            if !final_written {
                 if let Ok((resp, body)) = respond::error_response(&err, ctx) {
                     let _ = session.write_response_header(Box::new(resp), false).await;
                     let _ = session.write_response_body(Some(body), true).await;

@@ -7,14 +7,16 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
 /// Client headers that never reach a provider: credentials (ours or any
-/// other), and OpenAI's organisation and project, which are the gateway's
-/// to choose (a provider's `organization` / `project` keys).
-const REMOVED: [&str; 5] = [
+/// other); OpenAI's organisation and project, which are the gateway's to
+/// choose (a provider's `organization` / `project` keys); and `Expect`, which
+/// the gateway answers itself since it reads the body first.
+const REMOVED: [&str; 6] = [
     "authorization",
     "x-api-key",
     "proxy-authorization",
     "openai-organization",
     "openai-project",
+    "expect",
 ];
 
 pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
