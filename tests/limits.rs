@@ -136,7 +136,14 @@ async fn a_request_whose_worst_case_exceeds_the_token_budget_is_refused_upfront(
     let case = unique("huge");
     let resp = post("/v1/messages", &token, &body(&case, 5000)).await;
     assert_anthropic_error(&resp, 429, "rate_limit_error");
-    assert_retry_after(&resp, 60);
+    // It can never fit: nothing invites the client to wait and retry.
+    assert!(resp.header("retry-after").is_none(), "{resp:?}");
+    assert_eq!(resp.header("x-should-retry").as_deref(), Some("false"));
+    assert!(
+        resp.text().contains("tier allows 2500 per minute"),
+        "{}",
+        resp.text()
+    );
     assert!(
         e.provider.requests_for(&case).is_empty(),
         "the provider got the over-budget request"

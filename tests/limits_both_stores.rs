@@ -145,6 +145,25 @@ fn retry_after(resp: &Resp) -> u64 {
         .unwrap_or_else(|_| panic!("retry-after {ra:?} is not whole seconds"))
 }
 
+/// A request that can never be admitted (its worst case alone exceeds a
+/// whole limit): 429 with nothing that invites a retry, and a message that
+/// names the need, the limit and the fix.
+fn assert_impossible(resp: &Resp, allows: &str) {
+    assert_eq!(resp.status, 429, "{}", resp.text());
+    assert!(
+        resp.header("retry-after").is_none(),
+        "an impossible request was told to retry: {resp:?}"
+    );
+    assert_eq!(resp.header("x-should-retry").as_deref(), Some("false"));
+    let m = error_message(resp);
+    assert!(
+        m.starts_with("request needs ")
+            && m.contains(&format!("tier allows {}", allows.to_lowercase())),
+        "{m}"
+    );
+    assert!(m.contains("max_tokens"), "{m}");
+}
+
 fn secs_to_utc_midnight() -> u64 {
     86_400 - now_secs() % 86_400
 }
@@ -320,15 +339,11 @@ async fn the_tier_model_allow_list_answers_403_in_the_route_shape(f: &Fixture) {
 async fn tokens_per_minute_reserves_the_worst_case_and_settles_to_the_real_usage(f: &Fixture) {
     let token = f.env.gw.token_role(&unique("tpm"), "tpm");
 
-    // A worst case bigger than the whole budget is refused up front.
+    // A worst case bigger than the whole budget can never be admitted.
     let huge = unique("huge");
     let resp = f.post("/v1/messages", &token, &msg(&huge, 5000)).await;
     assert_anthropic_error(&resp, 429, "rate_limit_error");
-    assert!(
-        (1..=60).contains(&retry_after(&resp)),
-        "[{}] retry-after",
-        f.kind
-    );
+    assert_impossible(&resp, "2500 per minute");
     assert_eq!(num_header(&resp, "x-ratelimit-limit-tokens"), 2500);
 
     // A held request reserves ~1560 of 2500: a second one cannot fit beside it.
@@ -383,10 +398,12 @@ async fn tokens_per_day_refuses_until_the_utc_day_ends(f: &Fixture) {
     );
     let resp = f.post("/v1/messages", &token, &msg(&case, 2000)).await;
     assert_eq!(resp.status, 200, "[{}] {}", f.kind, resp.text());
-    // 50 spent of 3000: a worst case of ~2990 + estimate does not fit today.
+    // 50 spent of 3000: a worst case of ~2930 + estimate fits the day's
+    // budget, but not what is left of it today.
     let big = unique("big");
-    let resp = admitted_or_refused(f, &token, &msg(&big, 2990)).await;
+    let resp = admitted_or_refused(f, &token, &msg(&big, 2930)).await;
     assert_anthropic_error(&resp, 429, "rate_limit_error");
+    assert_eq!(resp.header("x-should-retry").as_deref(), Some("true"));
     let ra = retry_after(&resp);
     let left = secs_to_utc_midnight();
     assert!(
@@ -394,12 +411,17 @@ async fn tokens_per_day_refuses_until_the_utc_day_ends(f: &Fixture) {
         "[{}] retry-after {ra} s for a daily budget, {left} s before the UTC day ends",
         f.kind
     );
+    // One bigger than the whole day's budget never fits.
+    let never = unique("never");
+    let resp = f.post("/v1/messages", &token, &msg(&never, 2990)).await;
+    assert_impossible(&resp, "3000 per day");
     // A request that still fits is admitted.
     let resp = f
         .post("/v1/messages", &token, &msg(&unique("fits"), 2000))
         .await;
     assert_eq!(resp.status, 200, "[{}] {}", f.kind, resp.text());
     assert!(f.env.provider.requests_for(&big).is_empty());
+    assert!(f.env.provider.requests_for(&never).is_empty());
 }
 
 /// One attempt, after the previous request of the subject had time to settle.
@@ -425,7 +447,7 @@ async fn usd_per_day_reserves_priced_worst_cases(f: &Fixture) {
     let over = unique("over");
     let resp = admitted_or_refused(f, &token, &msg(&over, 700)).await;
     assert_anthropic_error(&resp, 429, "rate_limit_error");
-    assert!(retry_after(&resp) >= 1);
+    assert_impossible(&resp, "0.01 USD per day");
     assert!(f.env.provider.requests_for(&beside).is_empty());
     assert!(f.env.provider.requests_for(&over).is_empty());
 }

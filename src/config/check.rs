@@ -217,6 +217,16 @@ fn check_limits(cfg: &Config, out: &mut Vec<Problem>) {
         if t.usd_per_day.is_some() {
             unpriced_models(cfg, name, t, out);
         }
+        let typical = l.default_max_tokens.saturating_add(TYPICAL_INPUT_TOKENS);
+        if let Some(tpm) = t.tokens_per_minute.filter(|tpm| *tpm < typical) {
+            out.push(Problem::warning(format!(
+                "limits.tiers.{name}.tokens_per_minute ({tpm}) is below default_max_tokens ({}) \
+                 plus a typical input ({TYPICAL_INPUT_TOKENS} tokens): such requests can never \
+                 be admitted (429); coding agents reserve far more (Claude Code: 70,000-92,000 \
+                 tokens per request)",
+                l.default_max_tokens
+            )));
+        }
     }
     if l.max_body_bytes == 0 {
         out.push(Problem::error("limits.max_body_bytes must be positive"));
@@ -225,6 +235,9 @@ fn check_limits(cfg: &Config, out: &mut Vec<Problem>) {
         out.push(Problem::error("limits.client_timeout must be positive"));
     }
 }
+
+/// The input of a typical chat request, in reserved tokens (a 12 KB body).
+const TYPICAL_INPUT_TOKENS: u64 = 4096;
 
 /// A tier with `usd_per_day` refuses (403) every model without a price:
 /// say which of its allowed models have none.

@@ -171,6 +171,12 @@ impl StreamState {
         }
     }
 
+    /// The stream's last event (`message_stop`, or an error) was seen:
+    /// whatever follows is framing.
+    pub fn ended(&self) -> bool {
+        self.stopped || self.error
+    }
+
     pub fn metered(&self) -> Metered {
         Metered {
             usage: self.usage,

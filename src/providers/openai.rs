@@ -114,6 +114,8 @@ pub struct StreamState {
     usage_seen: bool,
     /// The final usage had a value that was not a token count.
     invalid: bool,
+    /// A Responses API stream's last event (completed, incomplete, failed).
+    final_response: bool,
     final_usage: bool,
     done: bool,
     error: bool,
@@ -147,9 +149,11 @@ impl StreamState {
         }
         match ev.ty.as_ref().and_then(Value::as_str) {
             Some("response.completed" | "response.incomplete") => {
+                self.final_response = true;
                 self.take_usage(ev.response.as_ref().and_then(|r| r.usage.as_ref()), true);
             }
             Some("response.failed") => {
+                self.final_response = true;
                 self.error = true;
                 self.take_usage(ev.response.as_ref().and_then(|r| r.usage.as_ref()), true);
             }
@@ -179,6 +183,12 @@ impl StreamState {
             self.invalid = !r.valid;
             self.final_usage |= last;
         }
+    }
+
+    /// The stream's last event (`[DONE]`, or the Responses API's final
+    /// event) was seen: whatever follows is framing.
+    pub fn ended(&self) -> bool {
+        self.done || self.final_response
     }
 
     pub fn metered(&self) -> Metered {

@@ -120,7 +120,10 @@ fn used(app: &App, ctx: &mut Ctx) -> Used {
     let cost = Pricing::cost_at(price, &metered.usage);
     let metered_endpoint = ctx.endpoint().is_some_and(|e| e.metered());
     let status = ctx.status.unwrap_or(0);
-    let complete = if ctx.ttfb.is_none() || !ctx.response_done {
+    // Content that ended is whole even if the stream's framing was cut
+    // (the client closed after the last event).
+    let ended = ctx.response_done || ctx.meter.as_ref().is_some_and(|m| m.content_ended());
+    let complete = if ctx.ttfb.is_none() || !ended {
         false
     } else if !metered_endpoint {
         // Nothing to meter: the whole answer was seen.

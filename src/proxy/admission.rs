@@ -171,6 +171,14 @@ pub async fn approve_body(
         return Err(admit_before_refusing(app, ctx, mode, err).await);
     }
     let ask = budget_ask(app, &tier, endpoint, &info);
+    if let Some(err) = ask
+        .as_ref()
+        .and_then(|a| impossible(a, info.max_tokens.is_some()))
+    {
+        ctx.info = Some(info);
+        let err = refused(app, err);
+        return Err(admit_before_refusing(app, ctx, mode, err).await);
+    }
     ctx.info = Some(info);
     let with_admission = mode == Admit::WithBody && !tier.admit.is_unlimited();
     let Some(ask) = ask else {
@@ -278,6 +286,42 @@ fn budget_ask(
         ),
         limits: tier.budget,
     })
+}
+
+/// The refusal of a request whose worst case alone exceeds a whole limit
+/// (one that resets per minute, or a whole day's budget).
+fn impossible(ask: &BudgetAsk, names_cap: bool) -> Option<GatewayError> {
+    let fix = if names_cap {
+        "lower max_tokens"
+    } else {
+        "set a smaller max_tokens, or shorten the input"
+    };
+    let l = &ask.limits;
+    if let Some(tpm) = l.tokens_per_minute.filter(|tpm| ask.tokens > *tpm) {
+        return Some(GatewayError::impossible(
+            format!("{} tokens", ask.tokens),
+            format!("{tpm} per minute"),
+            fix,
+            LimitKind::Tokens,
+        ));
+    }
+    if let Some(tpd) = l.tokens_per_day.filter(|tpd| ask.tokens > *tpd) {
+        return Some(GatewayError::impossible(
+            format!("{} tokens", ask.tokens),
+            format!("{tpd} per day"),
+            fix,
+            LimitKind::Tokens,
+        ));
+    }
+    if let Some(usd) = l.usd_per_day.filter(|usd| ask.usd > *usd) {
+        return Some(GatewayError::impossible(
+            format!("up to {:.4} USD", ask.usd),
+            format!("{usd} USD per day"),
+            fix,
+            LimitKind::Budget,
+        ));
+    }
+    None
 }
 
 /// A body refused on its own merits still counts as a request, as when the

@@ -78,6 +78,30 @@ impl GatewayError {
         e
     }
 
+    /// A request whose reservation alone exceeds a whole limit: it can never
+    /// be admitted, so nothing tells the client to wait and retry.
+    pub fn impossible(need: String, allows: String, fix: &str, limit: LimitKind) -> Self {
+        let mut e = Self::new(
+            429,
+            ErrorKind::RateLimit,
+            format!("request needs {need}; tier allows {allows}: {fix}"),
+        );
+        e.limit = Some(limit);
+        e
+    }
+
+    /// Whether retrying the same request later can succeed: a limit that
+    /// resets, or a failure on the gateway's or provider's side. Official
+    /// SDKs (and the coding agents built on them) read `x-should-retry`
+    /// before their own rules, which retry a 401 or a 429 for minutes.
+    pub fn should_retry(&self) -> bool {
+        match self.status {
+            429 => self.retry_after.is_some(),
+            408 | 500.. => true,
+            _ => false,
+        }
+    }
+
     pub fn store_down() -> Self {
         Self::new(503, ErrorKind::Api, "rate limit store unavailable")
     }

@@ -298,13 +298,17 @@ impl ProxyHttp for Gateway {
             }
         }
         let path = session.req_header().uri.path().to_string();
+        // A client that closes once it has the whole answer (after
+        // `[DONE]` or `message_stop`, before the last chunk's framing) did
+        // not leave early.
+        let client_disconnected = client_error && ctx.status.is_some() && !content_ended(ctx);
         accounting::finish(
             &self.app,
             ctx,
             accounting::Outcome {
                 path: &path,
                 fallback_status: 502,
-                client_disconnected: client_error && ctx.status.is_some(),
+                client_disconnected,
             },
         )
         .await;
@@ -334,7 +338,7 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         let drain = self.app.drain_on_disconnect;
-        if !drain.is_zero() && ctx.drain.is_none() && client_left(session) {
+        if !drain.is_zero() && ctx.drain.is_none() && !content_ended(ctx) && client_left(session) {
             ctx.drain = Some(Drain {
                 until: Instant::now() + drain,
             });
@@ -359,6 +363,12 @@ impl Gateway {
         }
         Ok(None)
     }
+}
+
+/// Whether the response's content is over (its last event, or the close of
+/// its JSON object, has passed through).
+fn content_ended(ctx: &Ctx) -> bool {
+    ctx.meter.as_ref().is_some_and(|m| m.content_ended())
 }
 
 /// Whether the downstream client has gone (HTTP/1: the read side saw EOF).

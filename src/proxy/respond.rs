@@ -4,7 +4,7 @@
 
 use super::ctx::Ctx;
 use super::error::GatewayError;
-use crate::providers::errors::error_body;
+use crate::providers::errors::{error_body, rate_limit_body};
 use crate::providers::Dialect;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -40,7 +40,12 @@ pub fn common_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
 }
 
 pub fn error_response(err: &GatewayError, ctx: &Ctx) -> Result<(ResponseHeader, Bytes)> {
-    let body = Bytes::from(error_body(dialect(ctx), err.kind, &err.message));
+    let body = match err.limit {
+        // OpenAI tells request rate from token rate and a spent quota.
+        Some(limit) if err.status == 429 => rate_limit_body(dialect(ctx), limit, &err.message),
+        _ => error_body(dialect(ctx), err.kind, &err.message),
+    };
+    let body = Bytes::from(body);
     let mut resp = ResponseHeader::build(err.status, Some(6))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len())?;
@@ -50,6 +55,10 @@ pub fn error_response(err: &GatewayError, ctx: &Ctx) -> Result<(ResponseHeader, 
     if let Some(s) = err.retry_after {
         resp.insert_header("retry-after", s)?;
     }
+    resp.insert_header(
+        "x-should-retry",
+        if err.should_retry() { "true" } else { "false" },
+    )?;
     common_headers(&mut resp, ctx)?;
     Ok((resp, body))
 }

@@ -78,6 +78,9 @@ pub struct Meter {
     kind: Dialect,
     inner: Inner,
     result: Option<Metered>,
+    /// [`Meter::content_ended`] as it stood when the body stopped (an event
+    /// cut short at the end is metered, but did not end the content).
+    ended_at_finish: bool,
 }
 
 impl Meter {
@@ -97,6 +100,7 @@ impl Meter {
             kind,
             inner,
             result: None,
+            ended_at_finish: false,
         }
     }
 
@@ -114,12 +118,28 @@ impl Meter {
         }
     }
 
+    /// The response's content is over: its last SSE event, or the close of
+    /// its JSON object, has passed. A client that leaves after this has its
+    /// whole answer; only framing may still be on its way.
+    pub fn content_ended(&self) -> bool {
+        if self.result.is_some() {
+            return self.ended_at_finish;
+        }
+        match &self.inner {
+            Inner::Sse(_, SseState::Anthropic(s)) => s.ended(),
+            Inner::Sse(_, SseState::Openai(s)) => s.ended(),
+            Inner::Json(scanner) => scanner.closed(),
+            Inner::Other => false,
+        }
+    }
+
     /// The result, at the end of the body or when it was cut short. Calling
     /// it again returns the same result.
     pub fn finish(&mut self) -> Metered {
         if let Some(r) = &self.result {
             return r.clone();
         }
+        self.ended_at_finish = self.content_ended();
         let r = match &mut self.inner {
             Inner::Sse(parser, state) => {
                 parser.finish(|name, data| state.on_event(name, data));
