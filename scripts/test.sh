@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and property tests, and the
-# end-to-end tests that run the real gateway against a fake provider and a
-# private Redis started here (and stopped on exit).
+# end-to-end tests that run the real gateway against a fake provider, real
+# clients (Claude Code, llm; installed pinned under target/) and a private
+# Redis started here (and stopped on exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The real clients the end-to-end tests drive (Claude Code, llm), pinned.
+bash scripts/real-clients.sh target/real-clients
+export TOLLGATE_REAL_CLIENTS_DIR="$PWD/target/real-clients"
+export TOLLGATE_REAL_CLIENTS_REQUIRED=1
 
 build_dir="$PWD/target/test-redis"
 mkdir -p "$build_dir"

@@ -186,6 +186,30 @@ fn check_accepts_a_clean_config() {
     assert_no_panic(&out);
 }
 
+/// A tier whose `tokens_per_minute` cannot hold a request naming no
+/// `max_tokens` (default_max_tokens plus a typical input) is a warning: such
+/// requests would be refused for ever.
+#[test]
+fn check_warns_about_a_tier_too_small_for_a_default_request() {
+    let s = setup();
+    let mut config = s.config.clone();
+    config["limits"]["tiers"]["narrow"] = json!({"tokens_per_minute": 3000});
+    config["limits"]["tiers"]["roomy"] = json!({"tokens_per_minute": 500000});
+    write_config(&s.config_path, &config);
+    let out = run_cli(s.dir.path(), &["check", "-c", path_str(&s.config_path)]);
+    let text = all_output(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not an error: {text}"
+    );
+    assert!(
+        text.contains("warning: limits.tiers.narrow.tokens_per_minute"),
+        "{text}"
+    );
+    assert!(!text.contains("limits.tiers.roomy"), "{text}");
+}
+
 #[test]
 fn check_names_an_unknown_key_and_exits_1() {
     let s = setup();

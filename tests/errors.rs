@@ -44,6 +44,8 @@ fn faults() -> &'static Faults {
                 .max_body_bytes(MAX_BODY as u64)
                 .add_provider(anthropic_dead)
                 .add_provider(openai_dead)
+                .tier("rpm1", json!({"requests_per_minute": 1}))
+                .tier("tpm100", json!({"tokens_per_minute": 100}))
         });
         Faults { env, _dead: dead }
     })
@@ -371,4 +373,149 @@ async fn the_provider_key_never_appears_in_logs_or_errors() {
         !usage.contains(PROVIDER_KEY),
         "usage log contains the provider key"
     );
+}
+
+/// Every answer of the gateway's own says whether retrying can help, in
+/// both shapes: `x-should-retry: false` for 400, 401, 403, 404, 413 and a
+/// 429 that can never fit; `true` for a 429 of a limit that resets, and for
+/// 502/504. A provider's own answers pass unchanged.
+#[tokio::test]
+async fn every_answer_of_the_gateways_own_says_whether_to_retry() {
+    let e = env();
+    let gw = &e.gw;
+    let token = gw.token(&unique("retry-hint"));
+    let rpm1 = gw.token_role(&unique("retry-rpm1"), "rpm1");
+    let tiny = gw.token_role(&unique("retry-tiny"), "tpm100");
+    let batch = gw.token_role(&unique("retry-batch"), "batch");
+    let revoked = gw.token(&unique("retry-revoked"));
+    let r = send(
+        client()
+            .post(gw.proxy_url("/auth/revoke"))
+            .bearer_auth(&revoked),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let a = |case: &str| anthropic_body(case, "claude-sonnet-4-5", false);
+    let o = |case: &str| openai_body(case, "gpt-4o", false);
+    let post_as = |path: &'static str, token: Option<String>, body: Value| {
+        let mut req = client().post(gw.proxy_url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        send(req)
+    };
+    // (what, response, status, x-should-retry)
+    let mut cases: Vec<(&str, Resp, u16, &str)> = Vec::new();
+    for (path, body) in [
+        ("/v1/messages", a(&unique("c"))),
+        ("/v1/chat/completions", o(&unique("c"))),
+    ] {
+        cases.push((
+            "no credential",
+            post_as(path, None, body.clone()).await,
+            401,
+            "false",
+        ));
+        let forged = common::jwt::tampered_signature(&token);
+        cases.push((
+            "forged",
+            post_as(path, Some(forged), body.clone()).await,
+            401,
+            "false",
+        ));
+        cases.push((
+            "revoked",
+            post_as(path, Some(revoked.clone()), body.clone()).await,
+            403,
+            "false",
+        ));
+        let mut denied = body.clone();
+        denied["model"] = json!("claude-opus-4-1");
+        cases.push((
+            "model not allowed",
+            post_as(path, Some(batch.clone()), denied).await,
+            403,
+            "false",
+        ));
+        let mut bad = body.clone();
+        bad["max_tokens"] = json!("lots");
+        cases.push((
+            "bad body",
+            post_as(path, Some(token.clone()), bad).await,
+            400,
+            "false",
+        ));
+        let mut big = body.clone();
+        big["messages"][0]["content"] = json!("x".repeat(MAX_BODY));
+        cases.push((
+            "too large",
+            post_as(path, Some(token.clone()), big).await,
+            413,
+            "false",
+        ));
+        cases.push((
+            "impossible",
+            post_as(path, Some(tiny.clone()), body.clone()).await,
+            429,
+            "false",
+        ));
+        let first = post_as(path, Some(rpm1.clone()), body.clone()).await;
+        if first.status == 200 {
+            cases.push((
+                "rate limited",
+                post_as(path, Some(rpm1.clone()), body.clone()).await,
+                429,
+                "true",
+            ));
+        } else {
+            cases.push(("rate limited", first, 429, "true"));
+        }
+    }
+    cases.push((
+        "not found",
+        post_as("/v1/files", Some(token.clone()), json!({})).await,
+        404,
+        "false",
+    ));
+    cases.push((
+        "unreachable",
+        post_as("/v1/completions", Some(token.clone()), o(&unique("c"))).await,
+        502,
+        "true",
+    ));
+    let silent = unique("silent");
+    e.provider.script(&silent, Script::never_respond());
+    cases.push((
+        "timed out",
+        post_as("/v1/messages", Some(token.clone()), a(&silent)).await,
+        504,
+        "true",
+    ));
+    for (what, resp, status, hint) in &cases {
+        assert_eq!(resp.status, *status, "{what}: {}", resp.text());
+        assert_eq!(
+            resp.header("x-should-retry").as_deref(),
+            Some(*hint),
+            "{what} ({status})"
+        );
+        assert_eq!(
+            resp.header("retry-after").is_some(),
+            *status == 429 && *hint == "true",
+            "{what}: retry-after"
+        );
+    }
+    // A provider's own answer is passed on as it is.
+    let own = unique("own-429");
+    e.provider.script(
+        &own,
+        Script::json(
+            429,
+            &json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}}),
+        )
+        .with_header("retry-after", "7"),
+    );
+    let resp = post_as("/v1/messages", Some(token.clone()), a(&own)).await;
+    assert_eq!(resp.status, 429);
+    assert_eq!(resp.header("retry-after").as_deref(), Some("7"));
+    assert!(resp.header("x-should-retry").is_none());
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 const MODEL: &str = "claude-sonnet-4-5";
+const MODEL_OPENAI: &str = "gpt-4o";
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
@@ -326,4 +327,80 @@ async fn a_provider_that_cuts_the_stream_gives_one_incomplete_record() {
     let record = e.gw.record_for_request(&request_id).await;
     assert_eq!(record["usage_complete"], json!(false), "{record}");
     assert_eq!(record["stream"], json!(true), "{record}");
+}
+
+/// A client that closes (or resets) once it has the whole stream — right
+/// after `message_stop` or `[DONE]`, while the provider's final chunk
+/// framing is still on its way — did not leave early: the record says
+/// `client_disconnected: false` and carries the complete usage.
+async fn assert_closing_after_the_last_event_is_no_disconnect(openai_api: bool, reset: bool) {
+    let e = env();
+    let case = unique("closer");
+    let gate = unique("gate");
+    let sub = unique("closer-sub");
+    let usage = Usage::new(21, 34, 0, 5);
+    let (path, script, last, body) = if openai_api {
+        let s = openai::stream(MODEL_OPENAI, Some(usage));
+        let n = s.steps.len();
+        (
+            "/v1/chat/completions",
+            s.gate_after(n, &gate),
+            &b"[DONE]"[..],
+            openai_body(&case, MODEL_OPENAI, true),
+        )
+    } else {
+        let s = anthropic::stream(MODEL, usage);
+        let n = s.steps.len();
+        (
+            "/v1/messages",
+            s.gate_after(n, &gate),
+            &b"message_stop"[..],
+            anthropic_body(&case, MODEL, true),
+        )
+    };
+    e.provider.script(&case, script);
+    let token = e.gw.token(&sub);
+    let body = body.to_string();
+    let auth = format!("Bearer {token}");
+    let port = e.gw.setup.proxy_port;
+    let mut request = raw::head(
+        "POST",
+        path,
+        port,
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body.len()),
+    );
+    request.extend_from_slice(body.as_bytes());
+    let mut stream = raw::connect(port).await;
+    stream.write_all(&request).await.expect("write request");
+    let mut acc = Vec::new();
+    let seen = raw::read_until(&mut stream, &mut acc, last, Duration::from_secs(10)).await;
+    assert!(seen, "{}", String::from_utf8_lossy(&acc));
+    if reset {
+        stream.set_zero_linger().expect("SO_LINGER 0");
+    }
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    e.provider.open_gate(&gate);
+    let records = e.gw.records_for_sub(&sub, 1).await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!(r["client_disconnected"], json!(false), "{r}");
+    assert_eq!(r["usage_complete"], json!(true), "{r}");
+    assert_usage(r, usage);
+}
+
+#[tokio::test]
+async fn closing_after_message_stop_is_no_disconnect() {
+    assert_closing_after_the_last_event_is_no_disconnect(false, false).await;
+    assert_closing_after_the_last_event_is_no_disconnect(false, true).await;
+}
+
+#[tokio::test]
+async fn closing_after_done_is_no_disconnect() {
+    assert_closing_after_the_last_event_is_no_disconnect(true, false).await;
+    assert_closing_after_the_last_event_is_no_disconnect(true, true).await;
 }

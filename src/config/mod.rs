@@ -455,6 +455,42 @@ mod tests {
         assert_eq!(cfg.limits.default_tier, "user");
     }
 
+    /// The example's default tier admits a coding agent: Claude Code sends
+    /// up to 128,000 `max_tokens` with a prompt of up to ~100 KB, and its
+    /// newest model names must be priced (the tier has a dollar budget).
+    #[test]
+    fn example_user_tier_fits_a_coding_agent() {
+        let cfg = Config::parse(EXAMPLE).expect("example");
+        let tier = &cfg.limits.tiers[&cfg.limits.default_tier];
+        let input = (100 * 1024u64).div_ceil(3);
+        let need = input + 128_000;
+        let pricing = crate::usage::Pricing::new(&cfg.usage.prices);
+        for model in [
+            "claude-opus-5-5",
+            "claude-sonnet-4-5",
+            "claude-haiku-5-5",
+            "gpt-5",
+        ] {
+            assert!(pricing.price(model).is_some(), "{model} has no price");
+            let usd = pricing.worst_case(model, input, 128_000);
+            assert!(
+                usd * 5.0 <= tier.usd_per_day.unwrap(),
+                "{model}: five requests in flight need {}",
+                usd * 5.0
+            );
+        }
+        assert!(need * 10 <= tier.tokens_per_minute.unwrap());
+        assert!(need * 100 <= tier.tokens_per_day.unwrap());
+        assert!(tier.max_concurrent.unwrap() >= 8);
+        let problems = check::check(&cfg);
+        assert!(
+            !problems
+                .iter()
+                .any(|p| p.message.contains("tokens_per_minute")),
+            "{problems:?}"
+        );
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let text = EXAMPLE.replace("leeway_seconds:", "leway_seconds:");

@@ -2,7 +2,8 @@
 //! so tests control every fault) that records every request it receives and
 //! answers per a [`Script`] the test chose.
 //!
-//! A request is matched to a test by its *case*: the body's
+//! A request is matched to a test by its *case*: an `x-test-case` header
+//! (for real clients, whose bodies the test does not write), else the body's
 //! `metadata.user_id` (Anthropic) or `user` (OpenAI). A case without a
 //! registered script gets a default answer shaped by the path and `stream`
 //! flag, with usage that varies per request; [`Recorded::reported`] says what
@@ -611,8 +612,12 @@ pub fn default_script(req: &Recorded) -> Script {
     }
 }
 
-/// The case a request body names: `metadata.user_id` or `user`.
-fn case_of(body: &[u8]) -> Option<String> {
+/// The case a request names: its `x-test-case` header, else the body's
+/// `metadata.user_id` or `user`.
+fn case_of(headers: &[(String, String)], body: &[u8]) -> Option<String> {
+    if let Some((_, v)) = headers.iter().find(|(k, _)| k == "x-test-case") {
+        return Some(v.clone());
+    }
     let v: Value = serde_json::from_slice(body).ok()?;
     v["metadata"]["user_id"]
         .as_str()
@@ -923,12 +928,13 @@ async fn read_request(
 async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
     let mut buf = Vec::new();
     while let Some((head, body)) = read_request(&mut stream, &mut buf, &state).await {
+        let case = case_of(&head.headers, &body);
         let mut rec = Recorded {
             seq: state.seq.fetch_add(1, Ordering::Relaxed),
             method: head.method,
             target: head.target,
             headers: head.headers,
-            case: case_of(&body),
+            case,
             body,
             chunked: head.chunked,
             reported: None,
