@@ -478,7 +478,7 @@ fn per_user_series_are_dropped_when_idle_and_restart_from_zero() {
 
     let now = crate::limits::now_ms();
     // Not idle long enough: kept. (Which users stay while others go is
-    // covered end to end in tests/metrics.rs.)
+    // covered end to end in tests/it/metrics.rs.)
     assert_eq!(m.sweep_idle_users(now + 30_000, Duration::from_secs(60)), 0);
     assert_eq!(m.sweep_idle_users(now + 61_000, Duration::from_secs(60)), 2);
     assert_eq!(m.tracked_users(), 0);

@@ -1,0 +1,32 @@
+//! The end-to-end tests, one crate: each module covers one area and runs
+//! the real `tollgate` binary (and, where it matters, real Redis servers and
+//! real clients) against the fake provider of `common/`.
+
+mod common;
+
+mod admin;
+mod auth;
+mod budget_two_replicas;
+mod cli;
+mod concurrency_release;
+mod deploy_gate;
+mod endpoints;
+mod errors;
+mod hostile_requests;
+mod identity_sources;
+mod key_permissions;
+mod lifecycle;
+mod limits;
+mod limits_both_stores;
+mod metrics;
+mod parsers_smoke;
+mod provider_faults;
+mod proxy_basic;
+mod real_clients;
+mod redis_store;
+mod secrets;
+mod store_faults;
+mod store_outage;
+mod store_unreachable;
+mod streaming;
+mod usage_records;
