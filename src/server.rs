@@ -26,8 +26,8 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
         error_log: s.error_log.clone(),
         user: s.user.clone(),
         group: s.group.clone(),
-        grace_period_seconds: Some(s.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        grace_period_seconds: Some(s.grace_period_seconds.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds.as_secs()),
         daemon_wait_for_ready: s.daemon_wait_for_ready,
         ..ServerConf::default()
     };

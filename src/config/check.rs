@@ -324,7 +324,7 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
                 "provider {n}: organization and project apply to OpenAI providers only"
             )));
         }
-        if p.connect_timeout_seconds == 0 || p.timeout_seconds == 0 {
+        if p.connect_timeout_seconds.as_secs() == 0 || p.timeout_seconds.as_secs() == 0 {
             out.push(Problem::error(format!(
                 "provider {n}: timeouts must be at least 1 second"
             )));

@@ -95,6 +95,22 @@ impl Serialize for HumanDuration {
     }
 }
 
+/// `#[serde(with = "seconds")]` for a `Duration` under a `*_seconds` key:
+/// written as whole seconds; read from seconds or any human duration.
+pub mod seconds {
+    use super::HumanDuration;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        HumanDuration::deserialize(d).map(HumanDuration::as_duration)
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

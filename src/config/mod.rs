@@ -12,6 +12,7 @@ pub use duration::{parse_duration, DurationError, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,8 +44,9 @@ pub struct Config {
     pub usage: UsageConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
-    /// Directory relative paths in the file are resolved against (the file's
-    /// own directory's parent when the file sits in `conf/`, see [`Config::load`]).
+    /// The working directory at load time: relative paths in the file are
+    /// resolved against it, and made absolute before a daemon fork changes
+    /// directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
 }
@@ -78,10 +80,10 @@ pub struct ServerSection {
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
     /// Pingora's default is 300 s of unconditional sleep; ours is short.
-    #[serde(default = "default_grace")]
-    pub grace_period_seconds: u64,
-    #[serde(default = "default_shutdown_timeout")]
-    pub graceful_shutdown_timeout_seconds: u64,
+    #[serde(default = "default_grace", with = "duration::seconds")]
+    pub grace_period_seconds: Duration,
+    #[serde(default = "default_shutdown_timeout", with = "duration::seconds")]
+    pub graceful_shutdown_timeout_seconds: Duration,
     #[serde(default)]
     pub error_log: Option<String>,
     #[serde(default)]
@@ -118,11 +120,11 @@ fn default_pid_file() -> String {
 fn default_upgrade_sock() -> String {
     "/tmp/tollgate_upgrade.sock".into()
 }
-fn default_grace() -> u64 {
-    30
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_shutdown_timeout() -> u64 {
-    10
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_true() -> bool {
     true
@@ -321,10 +323,10 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
     pub routes: Vec<String>,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_seconds: u64,
-    #[serde(default = "default_provider_timeout")]
-    pub timeout_seconds: u64,
+    #[serde(default = "default_connect_timeout", with = "duration::seconds")]
+    pub connect_timeout_seconds: Duration,
+    #[serde(default = "default_provider_timeout", with = "duration::seconds")]
+    pub timeout_seconds: Duration,
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
     /// OpenAI: `openai-organization` sent upstream (clients' own is removed).
@@ -335,11 +337,11 @@ pub struct ProviderConfig {
     pub project: Option<String>,
 }
 
-fn default_connect_timeout() -> u64 {
-    10
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_provider_timeout() -> u64 {
-    600
+fn default_provider_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

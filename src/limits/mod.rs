@@ -1,5 +1,6 @@
-//! Policy: which tier a caller is in, what that tier allows, and the
-//! reserve-then-settle arithmetic. State lives in the [`Store`](crate::store::Store).
+//! Policy: which tier a caller is in, what that tier allows (its limits and
+//! model allow-list), and the rate-limit headers a caller is shown. The
+//! counting itself is the [`Store`](crate::store::Store)'s.
 
 mod glob;
 mod tiers;

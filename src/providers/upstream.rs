@@ -165,8 +165,8 @@ impl Upstream {
             base_path: base.path,
             credential_header,
             credential,
-            connect_timeout: Duration::from_secs(p.connect_timeout_seconds),
-            timeout: Duration::from_secs(p.timeout_seconds),
+            connect_timeout: p.connect_timeout_seconds,
+            timeout: p.timeout_seconds,
             ca,
         })
     }

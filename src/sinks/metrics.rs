@@ -1,4 +1,5 @@
-//! Prometheus metrics (spec "Metrics").
+//! Prometheus metrics: the documented families (README, "Metrics") and
+//! their labels.
 //!
 //! Registered in the default registry of `prometheus` 0.14, the one
 //! `pingora_prometheus::prometheus_http_service` serves. A registry accepts a

@@ -17,7 +17,7 @@ pub use record::UsageRecord;
 
 use serde_json::Value;
 
-/// Tokens of one response, in the spec's terms: `input_tokens` is uncached
+/// Tokens of one response, in billing terms: `input_tokens` is uncached
 /// input only, so the four fields add up to everything the provider billed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {

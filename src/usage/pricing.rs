@@ -1,4 +1,5 @@
-//! Model prices (USD per million tokens) and the spec's cost formula.
+//! Model prices (USD per million tokens) and the cost formula: each token
+//! kind at its own price.
 
 use super::Usage;
 use crate::config::Price;

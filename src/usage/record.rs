@@ -1,4 +1,5 @@
-//! One line of the usage log. Field names are the spec's contract.
+//! One line of the usage log. Its field names are a public contract (billing
+//! and audit tools read them): never rename one.
 
 use time::format_description::StaticFormatDescription;
 use time::macros::format_description;

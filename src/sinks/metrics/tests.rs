@@ -327,7 +327,7 @@ fn types_help_and_buckets() {
         assert!(line.len() > help.len() + 10, "{name}: no help text");
     }
     let families = registry.gather();
-    assert_eq!(families.len(), 9, "exactly the spec's metrics");
+    assert_eq!(families.len(), 9, "exactly the documented metrics");
 
     let all = parse(&text);
     let les = |name: &str| -> Vec<String> {
