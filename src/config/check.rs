@@ -66,6 +66,10 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     check_store(cfg, &mut out);
     check_limits(cfg, &mut out);
     check_providers(cfg, &mut out);
+    for e in crate::providers::models::problems(cfg) {
+        out.push(Problem::error(e.to_string()));
+    }
+    check_routing(cfg, &mut out);
     check_usage(cfg, &mut out);
     out
 }
@@ -290,6 +294,7 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
             out.push(Problem::error(format!("provider {n}: routes is empty")));
         }
         let kind = crate::providers::kind(p.kind);
+        out.extend(kind.config_problems(p).into_iter().map(Problem::error));
         for r in &p.routes {
             if !r.starts_with('/') {
                 out.push(Problem::error(format!(
@@ -338,6 +343,18 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
                 )));
             }
         }
+    }
+}
+
+fn check_routing(cfg: &Config, out: &mut Vec<Problem>) {
+    let r = &cfg.routing;
+    if r.max_attempts == 0 {
+        out.push(Problem::error("routing.max_attempts must be at least 1"));
+    }
+    for s in r.retry_on.iter().filter(|s| !(100..=599).contains(*s)) {
+        out.push(Problem::error(format!(
+            "routing.retry_on: {s} is not an HTTP status"
+        )));
     }
 }
 

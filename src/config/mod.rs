@@ -6,8 +6,10 @@
 
 pub mod check;
 mod duration;
+mod models;
 
 pub use duration::{parse_duration, DurationError, HumanDuration};
+pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,6 +42,11 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     pub providers: Vec<ProviderConfig>,
+    /// Model name (exact or glob) → the deployments serving it.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
     #[serde(default)]
     pub usage: UsageConfig,
     #[serde(default)]
@@ -310,6 +317,7 @@ pub struct TierConfig {
 pub enum ProviderKind {
     Anthropic,
     Openai,
+    AzureOpenai,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -335,6 +343,9 @@ pub struct ProviderConfig {
     /// OpenAI: `openai-project` sent upstream (clients' own is removed).
     #[serde(default)]
     pub project: Option<String>,
+    /// Azure OpenAI: the `api-version` query parameter of every call.
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 fn default_connect_timeout() -> Duration {

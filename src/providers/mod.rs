@@ -6,9 +6,11 @@
 //! `ProviderKind` to it. Adding a kind is a module plus an arm there.
 
 pub mod anthropic;
+pub mod azure;
 pub mod body;
 pub mod endpoint;
 pub mod errors;
+pub mod models;
 pub mod openai;
 mod resolve;
 pub mod router;
@@ -53,6 +55,30 @@ pub trait Kind: Send + Sync {
         up: &mut RequestHeader,
         provider: &Provider,
     ) -> pingora::Result<()>;
+
+    /// The upstream path and query for `endpoint` asked of `model`, when the
+    /// kind does not simply take the client's below its base path. `None`
+    /// from a kind that needs a model and got none refuses the request.
+    fn upstream_path(
+        &self,
+        _provider: &Provider,
+        _endpoint: Endpoint,
+        _model: Option<&str>,
+        _client_path_and_query: &str,
+    ) -> Option<String> {
+        None
+    }
+
+    /// Whether [`Kind::upstream_path`] decides the path (it then must).
+    fn rewrites_path(&self) -> bool {
+        false
+    }
+
+    /// What is wrong with a provider entry of this kind beyond the common
+    /// keys (`tollgate check`; `serve` refuses to start on any).
+    fn config_problems(&self, _p: &ProviderConfig) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The implementation of a configured kind.
@@ -60,6 +86,7 @@ pub fn kind(k: ProviderKind) -> &'static dyn Kind {
     match k {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Openai => &openai::Openai,
+        ProviderKind::AzureOpenai => &azure::Azure,
     }
 }
 
@@ -68,10 +95,14 @@ pub struct Provider {
     pub name: String,
     pub kind: &'static dyn Kind,
     pub upstream: Upstream,
+    /// The `routes` prefixes: which of the kind's endpoints it serves.
+    pub routes: Vec<String>,
     /// `openai-organization` / `openai-project` sent upstream (clients'
     /// own are removed: the organisation is the gateway's to choose).
     pub organization: Option<HeaderValue>,
     pub project: Option<HeaderValue>,
+    /// Azure OpenAI's `api-version`.
+    pub api_version: Option<String>,
 }
 
 impl Provider {
@@ -89,8 +120,10 @@ impl Provider {
             name: p.name.clone(),
             kind: kind(p.kind),
             upstream: Upstream::from_config(p, cfg)?,
+            routes: p.routes.clone(),
             organization: header("organization", &p.organization)?,
             project: header("project", &p.project)?,
+            api_version: p.api_version.clone(),
         })
     }
 

@@ -1,6 +1,6 @@
 //! The `model` metric label comes from what callers send, so its values are
 //! limited to the names the config itself uses (price keys, tier
-//! allow-lists, model routes): a configured name labels itself, a model
+//! allow-lists, `models:` entries): a configured name labels itself, a model
 //! matching a configured glob is labelled with that glob, anything else is
 //! `other`. Callers inventing model names cannot grow Prometheus' series,
 //! nor crowd real models out of them.
@@ -31,6 +31,7 @@ impl ModelLabels {
                     .filter_map(|t| t.models.as_ref())
                     .flatten(),
             )
+            .chain(cfg.models.keys())
             .map(String::as_str);
         Self::new(names)
     }
