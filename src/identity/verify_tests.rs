@@ -1,0 +1,675 @@
+use super::*;
+use crate::identity::test_support::*;
+use crate::identity::KeyAlg;
+use proptest::prelude::*;
+use serde_json::json;
+
+#[test]
+fn round_trip_each_algorithm() {
+    for alg in [KeyAlg::Rs256, KeyAlg::Es256, KeyAlg::EdDsa] {
+        let env = Env::new(&[(alg, Some("k1"))]);
+        let token = env.sign(0, &env.claims());
+        let id = env.verifier.verify(&token).unwrap();
+        assert_eq!(id.sub, "alice");
+        assert_eq!(id.role.as_deref(), Some("admin"));
+        assert_eq!(id.roles, vec!["admin".to_string()]);
+        assert_eq!(id.tier.as_deref(), Some("batch"));
+        assert_eq!(id.jti, "jti-1");
+        assert_eq!(id.exp, now_secs() + 3600);
+    }
+}
+
+#[test]
+fn extra_rsa_and_ec_algorithms() {
+    let env = Env::with_algorithms(&[(KeyAlg::Rs256, Some("k1"))], &["RS384", "PS256"]);
+    for alg in [
+        jsonwebtoken::Algorithm::RS384,
+        jsonwebtoken::Algorithm::PS256,
+    ] {
+        let token = env.sign_with(0, alg, Some("k1"), &env.claims());
+        assert!(env.verifier.verify_uncached(&token).is_ok(), "{alg:?}");
+    }
+    // RS256 is not in this allow-list.
+    let token = env.sign(0, &env.claims());
+    assert_eq!(
+        env.verifier.verify_uncached(&token),
+        Err(AuthError::UnsupportedAlgorithm)
+    );
+}
+
+#[test]
+fn alg_none_refused() {
+    let env = Env::new(&[(KeyAlg::Rs256, None)]);
+    let claims = env.claims();
+    for alg in ["none", "None", "NONE"] {
+        let unsigned = forge(&json!({ "alg": alg, "typ": "JWT" }), &claims, b"");
+        assert_eq!(env.verifier.verify(&unsigned), Err(AuthError::Malformed));
+        let with_sig = forge(&json!({ "alg": alg }), &claims, b"x");
+        assert_eq!(
+            env.verifier.verify(&with_sig),
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+    }
+}
+
+#[test]
+fn hmac_with_public_key_as_secret_refused() {
+    let env = Env::new(&[(KeyAlg::Rs256, Some("k1"))]);
+    for alg in [
+        jsonwebtoken::Algorithm::HS256,
+        jsonwebtoken::Algorithm::HS384,
+        jsonwebtoken::Algorithm::HS512,
+    ] {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some("k1".into());
+        // The classic confusion: the public PEM bytes as the HMAC secret.
+        let key = jsonwebtoken::EncodingKey::from_secret(&env.public_pem(0));
+        let token = jsonwebtoken::encode(&header, &env.claims(), &key).unwrap();
+        assert_eq!(
+            env.verifier.verify(&token),
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+    }
+}
+
+#[test]
+fn key_type_must_match_alg() {
+    // An ES256 token pointed at the RSA key's kid must not reach any
+    // verifier, whatever its signature.
+    let env = Env::new(&[(KeyAlg::Rs256, Some("k1")), (KeyAlg::Es256, Some("k2"))]);
+    let es_token = env.sign(1, &env.claims());
+    assert!(env.verifier.verify(&es_token).is_ok());
+    let (h, p, s) = parts(&es_token);
+    let mut header: Value = serde_json::from_slice(&b64d(h)).unwrap();
+    header["kid"] = json!("k1");
+    let swapped = format!("{}.{p}.{s}", b64e(&serde_json::to_vec(&header).unwrap()));
+    assert_eq!(
+        env.verifier.verify(&swapped),
+        Err(AuthError::UnsupportedAlgorithm)
+    );
+}
+
+#[test]
+fn kid_rules() {
+    let env = Env::new(&[(KeyAlg::Rs256, Some("k1")), (KeyAlg::EdDsa, Some("k2"))]);
+    let claims = env.claims();
+    // Signed by key 0 but naming key 1's kid: checked against key 1 only.
+    let wrong = env.sign_with(0, jsonwebtoken::Algorithm::RS256, Some("k2"), &claims);
+    assert_eq!(
+        env.verifier.verify(&wrong),
+        Err(AuthError::UnsupportedAlgorithm)
+    );
+    let unknown = env.sign_with(0, jsonwebtoken::Algorithm::RS256, Some("k9"), &claims);
+    assert_eq!(env.verifier.verify(&unknown), Err(AuthError::UnknownKid));
+    for weird in ["../../etc/passwd", "' OR 1=1 --", "k1\u{0}", ""] {
+        let t = env.sign_with(0, jsonwebtoken::Algorithm::RS256, Some(weird), &claims);
+        assert_eq!(env.verifier.verify(&t), Err(AuthError::UnknownKid));
+    }
+    let no_kid = env.sign_with(0, jsonwebtoken::Algorithm::RS256, None, &claims);
+    assert_eq!(env.verifier.verify(&no_kid), Err(AuthError::AmbiguousKey));
+
+    // Two keys of one type: naming the other kid fails the signature.
+    let env = Env::new(&[(KeyAlg::EdDsa, Some("a")), (KeyAlg::EdDsa, Some("b"))]);
+    let t = env.sign_with(0, jsonwebtoken::Algorithm::EdDSA, Some("b"), &env.claims());
+    assert_eq!(env.verifier.verify(&t), Err(AuthError::BadSignature));
+    let t = env.sign_with(1, jsonwebtoken::Algorithm::EdDSA, Some("b"), &env.claims());
+    assert!(env.verifier.verify(&t).is_ok());
+}
+
+#[test]
+fn single_key_serves_tokens_without_kid() {
+    let env = Env::new(&[(KeyAlg::Es256, Some("k1"))]);
+    let t = env.sign_with(0, jsonwebtoken::Algorithm::ES256, None, &env.claims());
+    assert!(env.verifier.verify(&t).is_ok());
+    // A key configured without kid can only serve tokens without kid.
+    let env = Env::new(&[(KeyAlg::Es256, None)]);
+    let t = env.sign_with(0, jsonwebtoken::Algorithm::ES256, None, &env.claims());
+    assert!(env.verifier.verify(&t).is_ok());
+    let t = env.sign_with(0, jsonwebtoken::Algorithm::ES256, Some("k1"), &env.claims());
+    assert_eq!(env.verifier.verify(&t), Err(AuthError::UnknownKid));
+}
+
+#[test]
+fn time_claims_and_leeway() {
+    let env = Env::new(&[(KeyAlg::EdDsa, Some("k1"))]); // leeway 30
+    let now = now_secs() as i64;
+    let check = |patch: Value| {
+        let mut claims = env.claims();
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        env.verifier.verify_uncached(&env.sign(0, &claims))
+    };
+    assert_eq!(check(json!({ "exp": now - 31 })), Err(AuthError::Expired));
+    assert_eq!(check(json!({ "exp": now - 30 })), Err(AuthError::Expired));
+    assert!(check(json!({ "exp": now - 10 })).is_ok(), "within leeway");
+    assert_eq!(check(json!({ "exp": null })), Err(AuthError::Malformed));
+    assert_eq!(check(json!({ "exp": "soon" })), Err(AuthError::Malformed));
+    assert_eq!(check(json!({ "exp": -5 })), Err(AuthError::Malformed));
+    assert!(check(json!({ "exp": (now + 60) as f64 + 0.5 })).is_ok());
+    assert_eq!(
+        check(json!({ "nbf": now + 60 })),
+        Err(AuthError::NotYetValid)
+    );
+    assert!(check(json!({ "nbf": now + 20 })).is_ok(), "within leeway");
+    assert_eq!(
+        check(json!({ "iat": now + 60 })),
+        Err(AuthError::IssuedInFuture)
+    );
+    assert!(check(json!({ "iat": now + 20 })).is_ok());
+    assert_eq!(check(json!({ "iat": "x" })), Err(AuthError::Malformed));
+
+    let mut claims = env.claims();
+    claims.as_object_mut().unwrap().remove("exp");
+    assert_eq!(
+        env.verifier.verify(&env.sign(0, &claims)),
+        Err(AuthError::Malformed)
+    );
+}
+
+#[test]
+fn zero_leeway() {
+    let env = Env::with_leeway(&[(KeyAlg::EdDsa, None)], 0);
+    let now = now_secs();
+    let mut claims = env.claims();
+    claims["exp"] = json!(now);
+    assert_eq!(
+        env.verifier.verify(&env.sign(0, &claims)),
+        Err(AuthError::Expired)
+    );
+    claims["exp"] = json!(now + 100);
+    claims["nbf"] = json!(now + 2);
+    assert_eq!(
+        env.verifier.verify(&env.sign(0, &claims)),
+        Err(AuthError::NotYetValid)
+    );
+}
+
+#[test]
+fn issuer_and_audience() {
+    let env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    let check = |k: &str, v: Value| {
+        let mut claims = env.claims();
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v;
+        }
+        env.verifier.verify_uncached(&env.sign(0, &claims))
+    };
+    assert_eq!(check("iss", json!("evil")), Err(AuthError::BadIssuer));
+    assert_eq!(check("iss", json!("TOLLGATE")), Err(AuthError::BadIssuer));
+    assert_eq!(check("iss", json!(["tollgate"])), Err(AuthError::BadIssuer));
+    assert_eq!(check("iss", Value::Null), Err(AuthError::BadIssuer));
+    assert_eq!(check("aud", json!("other")), Err(AuthError::BadAudience));
+    assert_eq!(check("aud", Value::Null), Err(AuthError::BadAudience));
+    assert_eq!(check("aud", json!(["a", "b"])), Err(AuthError::BadAudience));
+    assert!(check("aud", json!(["a", "llm-gateway"])).is_ok());
+    assert!(check("aud", json!("llm-gateway")).is_ok());
+}
+
+#[test]
+fn audience_optional_when_not_configured() {
+    let mut env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    env.cfg.audience = None;
+    let verifier = env.rebuild();
+    let mut claims = env.claims();
+    claims.as_object_mut().unwrap().remove("aud");
+    assert!(verifier.verify(&env.sign(0, &claims)).is_ok());
+}
+
+#[test]
+fn subject_role_tier_jti() {
+    let env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    let check = |k: &str, v: Value| {
+        let mut claims = env.claims();
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v;
+        }
+        env.verifier.verify_uncached(&env.sign(0, &claims))
+    };
+    assert_eq!(check("sub", Value::Null), Err(AuthError::MissingSubject));
+    assert_eq!(check("sub", json!("")), Err(AuthError::MissingSubject));
+    assert_eq!(check("sub", json!(" ")), Err(AuthError::MissingSubject));
+    assert_eq!(check("sub", json!(42)), Err(AuthError::MissingSubject));
+    for bad in ["a\r\nx-admin: 1", "a\nb", "a\u{0}", "a\u{7f}", "a\u{2028}"] {
+        assert_eq!(
+            check("sub", json!(bad)),
+            Err(AuthError::Malformed),
+            "{bad:?}"
+        );
+        assert_eq!(check("role", json!(bad)), Err(AuthError::Malformed));
+        assert_eq!(check("role", json!(["ok", bad])), Err(AuthError::Malformed));
+        assert_eq!(check("tier", json!(bad)), Err(AuthError::Malformed));
+        assert_eq!(check("jti", json!(bad)), Err(AuthError::Malformed));
+    }
+    let id = check("role", json!(["dev", "admin"])).unwrap();
+    assert_eq!(id.role.as_deref(), Some("dev"));
+    assert_eq!(id.roles, vec!["dev".to_string(), "admin".to_string()]);
+    let id = check("role", Value::Null).unwrap();
+    assert_eq!((id.role, id.roles.len()), (None, 0));
+    assert_eq!(check("role", json!(7)), Err(AuthError::Malformed));
+    assert_eq!(check("role", json!([7])), Err(AuthError::Malformed));
+    assert_eq!(check("tier", json!({})), Err(AuthError::Malformed));
+    assert_eq!(check("tier", Value::Null).unwrap().tier, None);
+
+    let mut claims = env.claims();
+    claims.as_object_mut().unwrap().remove("jti");
+    let token = env.sign(0, &claims);
+    let id = env.verifier.verify(&token).unwrap();
+    assert_eq!(id.jti, sha256_hex(&token));
+    assert_eq!(id.jti.len(), 64);
+    assert!(id
+        .jti
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert_eq!(
+        sha256_hex("abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
+
+#[test]
+fn custom_claim_names() {
+    let mut env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    env.cfg.claims.sub = "email".into();
+    env.cfg.claims.role = "groups".into();
+    let verifier = env.rebuild();
+    let mut claims = env.claims();
+    claims["email"] = json!("bob@example.com");
+    claims["groups"] = json!(["eng", "batch"]);
+    let id = verifier.verify(&env.sign(0, &claims)).unwrap();
+    assert_eq!(id.sub, "bob@example.com");
+    assert_eq!(id.roles, vec!["eng".to_string(), "batch".to_string()]);
+    claims.as_object_mut().unwrap().remove("email");
+    assert_eq!(
+        verifier.verify(&env.sign(0, &claims)),
+        Err(AuthError::MissingSubject)
+    );
+}
+
+#[test]
+fn duplicate_claims_and_header_fields_refused() {
+    let env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    let exp = now_secs() + 600;
+    let payload = format!(
+        r#"{{"iss":"tollgate","aud":"llm-gateway","sub":"alice","sub":"root","exp":{exp}}}"#
+    );
+    let t = env.sign_raw(0, br#"{"alg":"EdDSA"}"#, payload.as_bytes());
+    assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
+    let payload = format!(r#"{{"iss":"tollgate","aud":"llm-gateway","sub":"alice","exp":{exp}}}"#);
+    let t = env.sign_raw(0, br#"{"alg":"EdDSA","alg":"EdDSA"}"#, payload.as_bytes());
+    assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
+    let t = env.sign_raw(0, br#"{"alg":"EdDSA"}"#, payload.as_bytes());
+    assert!(env.verifier.verify(&t).is_ok());
+    // Arrays where objects belong.
+    let t = env.sign_raw(0, br#"["EdDSA"]"#, payload.as_bytes());
+    assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
+    let t = env.sign_raw(0, br#"{"alg":"EdDSA"}"#, b"[1,2]");
+    assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
+    let t = env.sign_raw(0, br#"{"alg":"EdDSA"}"#, format!("{payload} x").as_bytes());
+    assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
+}
+
+#[test]
+fn payload_must_be_utf8_json_throughout_even_in_unread_claims() {
+    // Found by the jwt_verify fuzz target: claims we do not read are
+    // skipped by serde_json without decoding, so a signed payload with
+    // invalid UTF-8 or a lone surrogate escape there was accepted.
+    let env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    let exp = now_secs() + 600;
+    let with = |extra: &[u8]| {
+        let mut p =
+            format!(r#"{{"iss":"tollgate","aud":"llm-gateway","sub":"alice","exp":{exp},"x":""#)
+                .into_bytes();
+        p.extend_from_slice(extra);
+        p.extend_from_slice(b"\"}");
+        env.verifier
+            .verify_uncached(&env.sign_raw(0, br#"{"alg":"EdDSA"}"#, &p))
+    };
+    for bad in [
+        &b"\xba\xba"[..],
+        b"\\ud800",
+        b"\\ud800x",
+        b"\\udbff\\u0041",
+        b"\\udc00",
+        b"a\\uDFFFb",
+    ] {
+        assert_eq!(with(bad).map(|_| ()), Err(AuthError::Malformed), "{bad:?}");
+    }
+    for good in [
+        &b"\\ud83d\\ude00"[..],
+        b"\\uD83D\\uDE00",
+        b"\\\\ud800",
+        b"\\u00e9 \xc3\xa9",
+        b"\\n\\\\",
+    ] {
+        assert!(with(good).is_ok(), "{good:?}");
+    }
+    // Also in the header.
+    let payload = format!(r#"{{"iss":"tollgate","aud":"llm-gateway","sub":"alice","exp":{exp}}}"#);
+    let t = env.sign_raw(0, b"{\"alg\":\"EdDSA\",\"x\":\"\xff\"}", payload.as_bytes());
+    assert_eq!(env.verifier.verify(&t), Err(AuthError::Malformed));
+    assert!(surrogates_paired(b"\\"));
+    assert!(surrogates_paired(b"x\\u12"));
+    assert!(!surrogates_paired(b"\\ud800\\u"));
+}
+
+#[test]
+fn tampered_payload_and_signature() {
+    for alg in [KeyAlg::Rs256, KeyAlg::Es256, KeyAlg::EdDsa] {
+        let env = Env::new(&[(alg, None)]);
+        let token = env.sign(0, &env.claims());
+        let (h, _, s) = parts(&token);
+        let mut claims = env.claims();
+        claims["sub"] = json!("root");
+        let tampered = format!("{h}.{}.{s}", b64e(&serde_json::to_vec(&claims).unwrap()));
+        assert_eq!(env.verifier.verify(&tampered), Err(AuthError::BadSignature));
+        // Flip one bit in the middle of the signature.
+        let mut sig = b64d(s);
+        let mid = sig.len() / 2;
+        sig[mid] ^= 1;
+        let bad_sig = format!("{h}.{}.{}", parts(&token).1, b64e(&sig));
+        assert_eq!(env.verifier.verify(&bad_sig), Err(AuthError::BadSignature));
+        // A signature from another key of the same type.
+        let other = sign_fixture(fixture_n(alg, 1), jwt(alg), None, &env.claims());
+        let (_, _, s2) = parts(&other);
+        let (h1, p1, _) = parts(&token);
+        let wrong = format!("{h1}.{p1}.{s2}");
+        assert_eq!(env.verifier.verify(&wrong), Err(AuthError::BadSignature));
+    }
+}
+
+#[test]
+fn refused_header_fields() {
+    let env = Env::new(&[(KeyAlg::EdDsa, Some("k1"))]);
+    let claims = env.claims();
+    for (field, value) in [
+        ("jku", json!("https://evil.example/jwks.json")),
+        ("x5u", json!("https://evil.example/cert.pem")),
+        (
+            "jwk",
+            json!({ "kty": "OKP", "crv": "Ed25519", "x": "AAAA" }),
+        ),
+        ("x5c", json!(["MIIB"])),
+        ("crit", json!(["exp"])),
+        ("crit", json!([])),
+        ("enc", json!("A128GCM")),
+        ("zip", json!("DEF")),
+    ] {
+        let mut header = json!({ "alg": "EdDSA", "kid": "k1" });
+        header[field] = value;
+        let t = env.sign_raw(
+            0,
+            &serde_json::to_vec(&header).unwrap(),
+            &serde_json::to_vec(&claims).unwrap(),
+        );
+        assert_eq!(
+            env.verifier.verify(&t),
+            Err(AuthError::Malformed),
+            "{field}"
+        );
+    }
+    // Harmless extras pass.
+    let header = json!({ "alg": "EdDSA", "kid": "k1", "typ": "at+jwt", "x5t": "abc" });
+    let t = env.sign_raw(
+        0,
+        &serde_json::to_vec(&header).unwrap(),
+        &serde_json::to_vec(&claims).unwrap(),
+    );
+    assert!(env.verifier.verify(&t).is_ok());
+}
+
+#[test]
+fn shape_checks() {
+    let env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    let token = env.sign(0, &env.claims());
+    let v = &env.verifier;
+    assert_eq!(v.verify(""), Err(AuthError::Malformed));
+    assert_eq!(v.verify("a.b"), Err(AuthError::Malformed));
+    assert_eq!(v.verify("a.b.c.d"), Err(AuthError::Malformed));
+    assert_eq!(v.verify(".."), Err(AuthError::Malformed));
+    assert_eq!(v.verify(&format!("{token}=")), Err(AuthError::Malformed));
+    assert_eq!(v.verify(&format!(" {token}")), Err(AuthError::Malformed));
+    assert_eq!(v.verify(&format!("{token}.")), Err(AuthError::Malformed));
+    let padded = token.replacen('.', "=.", 1);
+    assert_eq!(v.verify(&padded), Err(AuthError::Malformed));
+    // Header that is not JSON.
+    let (_, p, s) = parts(&token);
+    assert_eq!(
+        v.verify(&format!("{}.{p}.{s}", b64e(b"not json"))),
+        Err(AuthError::Malformed)
+    );
+    assert_eq!(
+        v.verify(&format!("{}.{p}.{s}", b64e(b"{\"kid\":\"x\"}"))),
+        Err(AuthError::Malformed)
+    );
+    // Oversized, refused without looking further.
+    let big = format!("{}.{}.{}", "a".repeat(MAX_TOKEN_LEN), "b", "c");
+    assert_eq!(v.verify(&big), Err(AuthError::Malformed));
+    assert_eq!(v.verify_uncached(&big), Err(AuthError::Malformed));
+    // A valid token padded with a huge ignored claim is still refused.
+    let mut claims = env.claims();
+    claims["junk"] = json!("x".repeat(MAX_TOKEN_LEN));
+    assert_eq!(v.verify(&env.sign(0, &claims)), Err(AuthError::Malformed));
+    assert!(v.verify(&token).is_ok());
+}
+
+#[test]
+fn cache_hits_and_never_serves_expired() {
+    let env = Env::with_leeway(&[(KeyAlg::EdDsa, None)], 0);
+    let token = env.sign(0, &env.claims());
+    let a = env.verifier.verify(&token).unwrap();
+    let b = env.verifier.verify(&token).unwrap();
+    assert!(Arc::ptr_eq(&a, &b), "second verify is a cache hit");
+
+    let mut claims = env.claims();
+    claims["exp"] = json!(now_secs() + 2);
+    let short = env.sign(0, &claims);
+    assert!(env.verifier.verify(&short).is_ok());
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(env.verifier.verify(&short), Err(AuthError::Expired));
+}
+
+#[test]
+fn cache_respects_leeway_by_reverifying() {
+    // exp already passed but within leeway: accepted, never cached.
+    let env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    let mut claims = env.claims();
+    claims["exp"] = json!(now_secs() - 5);
+    let t = env.sign(0, &claims);
+    let a = env.verifier.verify(&t).unwrap();
+    let b = env.verifier.verify(&t).unwrap();
+    assert!(!Arc::ptr_eq(&a, &b));
+}
+
+#[test]
+fn jwks_file_with_rsa_ec_okp() {
+    let env = Env::jwks(&[
+        (KeyAlg::Rs256, Some("rsa")),
+        (KeyAlg::Es256, Some("ec")),
+        (KeyAlg::EdDsa, Some("ed")),
+    ]);
+    assert_eq!(env.verifier.key_count(), 3);
+    for i in 0..3 {
+        let t = env.sign(i, &env.claims());
+        assert!(env.verifier.verify(&t).is_ok(), "key {i}");
+    }
+}
+
+#[test]
+fn jwks_file_rotation() {
+    let mut env = Env::jwks(&[(KeyAlg::EdDsa, Some("old"))]);
+    let old_token = env.sign(0, &env.claims());
+    assert!(env.verifier.verify(&old_token).is_ok());
+
+    // Rotate: a new key under a new kid, the old one removed.
+    env.replace_key(0, KeyAlg::Es256, Some("new"));
+    let new_token = env.sign(0, &env.claims());
+    // Lazily picked up by verify (mtime looked at once per second).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(env.verifier.verify(&new_token).is_ok());
+    assert_eq!(env.verifier.verify(&old_token), Err(AuthError::UnknownKid));
+
+    // A broken file keeps the last good keys.
+    std::fs::write(env.jwks_path(), b"{ broken").unwrap();
+    assert!(!env.verifier.reload_if_changed());
+    assert!(env.verifier.verify(&new_token).is_ok());
+    assert!(
+        !env.verifier.reload_if_changed(),
+        "reported once, not retried"
+    );
+    std::fs::remove_file(env.jwks_path()).unwrap();
+    assert!(!env.verifier.reload_if_changed());
+    assert!(env.verifier.verify_uncached(&new_token).is_ok());
+
+    // Restored: picked up again, and the cache was dropped on the swap.
+    env.write_jwks();
+    assert!(env.verifier.reload_if_changed());
+    assert!(env.verifier.verify(&new_token).is_ok());
+}
+
+#[test]
+fn remote_jwks_hook() {
+    let mut env = Env::new(&[(KeyAlg::Rs256, Some("local"))]);
+    env.cfg.jwks_url = Some("https://idp.example/keys".into());
+    env.verifier = env.rebuild();
+    let remote = Env::new(&[(KeyAlg::EdDsa, Some("idp"))]);
+    let token = remote.sign(0, &remote.claims());
+    assert!(!env.verifier.take_unknown_kid());
+    assert_eq!(env.verifier.verify(&token), Err(AuthError::UnknownKid));
+    assert!(env.verifier.take_unknown_kid());
+    assert!(!env.verifier.take_unknown_kid(), "cleared by take");
+    let doc = remote.jwks_document();
+    assert_eq!(env.verifier.set_remote_jwks(&doc).unwrap(), 1);
+    assert_eq!(env.verifier.key_count(), 2);
+    assert!(env.verifier.verify(&token).is_ok());
+    assert!(env.verifier.set_remote_jwks(b"nope").is_err());
+    assert_eq!(env.verifier.key_count(), 2);
+}
+
+#[test]
+fn jwks_url_only_starts_empty() {
+    let mut env = Env::new(&[(KeyAlg::EdDsa, Some("k1"))]);
+    env.cfg.keys.clear();
+    env.cfg.jwks_url = Some("https://idp.example/keys".into());
+    let verifier = env.rebuild();
+    assert_eq!(verifier.key_count(), 0);
+    let t = env.sign(0, &env.claims());
+    assert_eq!(verifier.verify(&t), Err(AuthError::UnknownKid));
+    let t = env.sign_with(0, jsonwebtoken::Algorithm::EdDSA, None, &env.claims());
+    assert_eq!(verifier.verify(&t), Err(AuthError::UnknownKid));
+    verifier.set_remote_jwks(&env.jwks_document()).unwrap();
+    assert!(verifier.verify(&env.sign(0, &env.claims())).is_ok());
+}
+
+#[test]
+fn shared_across_threads_during_rotation() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Verifier>();
+    assert_send_sync::<crate::identity::Signer>();
+    let env = Env::jwks(&[(KeyAlg::EdDsa, Some("a")), (KeyAlg::Es256, Some("b"))]);
+    let tokens = [env.sign(0, &env.claims()), env.sign(1, &env.claims())];
+    std::thread::scope(|scope| {
+        for t in 0..2 {
+            let (env, tokens) = (&env, &tokens);
+            scope.spawn(move || {
+                for i in 0..300 {
+                    let token = &tokens[(i + t) % 2];
+                    assert!(env.verifier.verify(token).is_ok());
+                }
+            });
+        }
+        for _ in 0..20 {
+            env.write_jwks();
+            env.verifier.reload_if_changed();
+        }
+    });
+}
+
+#[test]
+fn config_errors_name_the_problem() {
+    let mut env = Env::new(&[(KeyAlg::Rs256, Some("k1"))]);
+    env.cfg.algorithms = vec!["RS256".into(), "HS256".into()];
+    let err = env.try_rebuild().unwrap_err().to_string();
+    assert!(
+        err.contains("HS256") && err.contains("never accepted"),
+        "{err}"
+    );
+    env.cfg.algorithms = vec!["ES256".into()];
+    let err = env.try_rebuild().unwrap_err().to_string();
+    assert!(err.contains("allows no algorithm"), "{err}");
+    env.cfg.algorithms = vec!["RS256".into()];
+    env.cfg.keys[0].public_key = "missing.pem".into();
+    let err = env.try_rebuild().unwrap_err().to_string();
+    assert!(err.contains("missing.pem"), "{err}");
+    env.cfg.keys.clear();
+    let err = env.try_rebuild().unwrap_err().to_string();
+    assert!(err.contains("no verification key"), "{err}");
+}
+
+#[test]
+fn signer_tokens_verify() {
+    for alg in [KeyAlg::Rs256, KeyAlg::Es256, KeyAlg::EdDsa] {
+        let env = Env::new(&[(alg, Some("k1"))]);
+        let signer = env.signer(Some("k1"));
+        let issued = signer
+            .issue("carol", Some("user"), std::time::Duration::from_secs(60))
+            .unwrap();
+        let id = env.verifier.verify(&issued.token).unwrap();
+        assert_eq!(id.sub, "carol");
+        assert_eq!(id.role.as_deref(), Some("user"));
+        assert_eq!(id.jti, issued.jti);
+        assert_eq!(id.exp, issued.exp);
+        assert_eq!(id.iat, Some(issued.iat));
+    }
+}
+
+fn garbage_never_panics(env: &Env, s: &str) {
+    let _ = env.verifier.verify(s);
+    let _ = env.verifier.verify_uncached(s);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_strings(s in "\\PC{0,300}") {
+        let env = shared_env();
+        garbage_never_panics(env, &s);
+        prop_assert!(env.verifier.verify(&s).is_err());
+    }
+
+    #[test]
+    fn random_jwt_shapes(
+        h in "[A-Za-z0-9_-]{0,60}", p in "[A-Za-z0-9_-]{0,60}", s in "[A-Za-z0-9_-]{0,90}"
+    ) {
+        let env = shared_env();
+        let t = format!("{h}.{p}.{s}");
+        prop_assert!(env.verifier.verify(&t).is_err());
+    }
+
+    #[test]
+    fn mutated_valid_tokens(pos in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+        let env = shared_env();
+        let token = shared_token();
+        let mut bytes = token.as_bytes().to_vec();
+        let i = pos.index(bytes.len());
+        if cut { bytes.truncate(i) } else { bytes[i] = byte }
+        let mutated = String::from_utf8_lossy(&bytes).into_owned();
+        let result = env.verifier.verify(&mutated);
+        if mutated != token {
+            // Base64 tail bits aside, any change must be refused.
+            prop_assert!(result.is_err(), "accepted {mutated}");
+        }
+    }
+
+    #[test]
+    fn signed_garbage_claims(payload in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let env = shared_env();
+        let t = env.sign_raw(0, br#"{"alg":"EdDSA"}"#, &payload);
+        prop_assert!(env.verifier.verify(&t).is_err());
+    }
+}
