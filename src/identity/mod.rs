@@ -16,6 +16,7 @@ mod authenticate;
 mod cache;
 mod check;
 mod credential;
+mod jws;
 mod keygen;
 mod keys;
 mod remote;

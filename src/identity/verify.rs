@@ -8,6 +8,7 @@
 //! such tokens are refused outright.
 
 use super::cache::TokenCache;
+use super::jws::{self, is_object};
 use super::keys::{self, Alg, AlgSet, KeyEntry, KeySet};
 use super::{now_secs, AuthError, Identity, DEFAULT_CACHE_CAPACITY, MAX_TOKEN_LEN};
 use crate::config::IdentityConfig;
@@ -16,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use parking_lot::{Mutex, RwLock};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer as _};
+use serde::Deserializer as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -355,8 +356,8 @@ impl Verifier {
     }
 
     fn check(&self, keys: &KeySet, token: &str, now: u64) -> Result<Identity, AuthError> {
-        let parts = split(token)?;
-        let header = parse_header(&decode(parts.header)?)?;
+        let parts = jws::split(token)?;
+        let header = jws::parse_header(&jws::decode(parts.header)?)?;
         let alg = Alg::from_header(&header.alg)
             .filter(|a| self.policy.allowed.contains(*a))
             .ok_or(AuthError::UnsupportedAlgorithm)?;
@@ -367,135 +368,15 @@ impl Verifier {
         })?;
         // The key's own type decides: an RSA key has no ES256 verifier.
         let key = entry.verifier(alg).ok_or(AuthError::UnsupportedAlgorithm)?;
-        let signature = decode(parts.signature)?;
+        let signature = jws::decode(parts.signature)?;
         key.verify_sig(parts.signing_input.as_bytes(), &signature)
             .map_err(|_| AuthError::BadSignature)?;
-        let claims = parse_claims(&decode(parts.payload)?, &self.policy.names)?;
+        let claims = parse_claims(&jws::decode(parts.payload)?, &self.policy.names)?;
         // Only ECDSA signatures have a second valid spelling.
         let twin_jti =
             || ecdsa_twin(alg, &signature).map(|twin| sha256_hex_parts(parts.signing_input, &twin));
         self.policy.validate(claims, token, twin_jti, now)
     }
-}
-
-struct Parts<'a> {
-    header: &'a str,
-    payload: &'a str,
-    signature: &'a str,
-    signing_input: &'a str,
-}
-
-fn split(token: &str) -> Result<Parts<'_>, AuthError> {
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-        return Err(AuthError::Malformed);
-    }
-    if !token
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        return Err(AuthError::Malformed);
-    }
-    let (signing_input, signature) = token.rsplit_once('.').ok_or(AuthError::Malformed)?;
-    let (header, payload) = signing_input.split_once('.').ok_or(AuthError::Malformed)?;
-    // An empty signature is how `alg: none` tokens look; an empty header or
-    // payload is no JWT either.
-    if header.is_empty() || payload.is_empty() || signature.is_empty() || payload.contains('.') {
-        return Err(AuthError::Malformed);
-    }
-    Ok(Parts {
-        header,
-        payload,
-        signature,
-        signing_input,
-    })
-}
-
-fn decode(segment: &str) -> Result<Vec<u8>, AuthError> {
-    // Strict: no padding, no non-canonical trailing bits, so one token has one
-    // spelling (and one cache entry).
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| AuthError::Malformed)
-}
-
-/// The JOSE header fields we act on. Anything naming where to fetch a key, an
-/// embedded key, a critical extension or a JWE field refuses the token:
-/// honoring any of them would let the token choose its own verifier.
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-    kid: Option<String>,
-    jku: Option<IgnoredAny>,
-    x5u: Option<IgnoredAny>,
-    jwk: Option<IgnoredAny>,
-    x5c: Option<IgnoredAny>,
-    crit: Option<IgnoredAny>,
-    enc: Option<IgnoredAny>,
-    zip: Option<IgnoredAny>,
-}
-
-/// Whether a decoded segment can be a JOSE header or claims set: a JSON
-/// object (serde would also read a struct from an array), UTF-8 throughout,
-/// and no lone UTF-16 surrogate escape. The last two matter because fields
-/// we do not read are skipped by serde_json without decoding them, so
-/// otherwise a signed payload that no JSON parser reads whole (RFC 7519
-/// 7.2: "a completely valid JSON object") would be accepted.
-fn is_object(json: &[u8]) -> bool {
-    json.trim_ascii_start().first() == Some(&b'{')
-        && std::str::from_utf8(json).is_ok()
-        && surrogates_paired(json)
-}
-
-/// Every `\uD800`–`\uDBFF` escape is followed by a `\uDC00`–`\uDFFF` one,
-/// and no low surrogate escape stands alone. Backslashes outside strings are
-/// not valid JSON anyway, so no string tracking is needed.
-fn surrogates_paired(json: &[u8]) -> bool {
-    let hex = |at: usize| -> Option<u16> {
-        let digits = json.get(at..at + 4)?;
-        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
-    };
-    let mut i = 0;
-    while let Some(p) = json.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
-        i += p;
-        if json.get(i + 1) != Some(&b'u') {
-            i += 2; // any other escape, `\\` included
-            continue;
-        }
-        match hex(i + 2) {
-            Some(0xD800..=0xDBFF) => {
-                if json.get(i + 6..i + 8) != Some(b"\\u") {
-                    return false;
-                }
-                if !matches!(hex(i + 8), Some(0xDC00..=0xDFFF)) {
-                    return false;
-                }
-                i += 12;
-            }
-            Some(0xDC00..=0xDFFF) => return false,
-            // Not four hex digits: serde_json refuses it wherever it is.
-            _ => i += 2,
-        }
-    }
-    true
-}
-
-fn parse_header(json: &[u8]) -> Result<Header, AuthError> {
-    if !is_object(json) {
-        return Err(AuthError::Malformed);
-    }
-    // Derived Deserialize refuses duplicate fields: no `alg` twice.
-    let h: Header = serde_json::from_slice(json).map_err(|_| AuthError::Malformed)?;
-    if h.jku.is_some()
-        || h.x5u.is_some()
-        || h.jwk.is_some()
-        || h.x5c.is_some()
-        || h.crit.is_some()
-        || h.enc.is_some()
-        || h.zip.is_some()
-    {
-        return Err(AuthError::Malformed);
-    }
-    Ok(h)
 }
 
 /// The claims we read, as raw JSON values; everything else is skipped unparsed.
