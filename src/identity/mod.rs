@@ -15,11 +15,13 @@
 mod authenticate;
 mod cache;
 mod check;
+mod claims;
 mod credential;
 mod jws;
 mod keygen;
 mod keys;
 mod remote;
+mod revocation_ids;
 mod sign;
 mod verify;
 

@@ -8,18 +8,14 @@
 //! such tokens are refused outright.
 
 use super::cache::TokenCache;
-use super::jws::{self, is_object};
+use super::claims::{parse_claims, ClaimsPolicy};
+use super::jws;
 use super::keys::{self, Alg, AlgSet, KeyEntry, KeySet};
+use super::revocation_ids::{ecdsa_twin, sha256_hex_parts};
 use super::{now_secs, AuthError, Identity, DEFAULT_CACHE_CAPACITY, MAX_TOKEN_LEN};
 use crate::config::IdentityConfig;
 use anyhow::bail;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use parking_lot::{Mutex, RwLock};
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde::Deserializer as _;
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +26,8 @@ use std::time::SystemTime;
 ///
 /// Cheap to share (`Arc<Verifier>`); every method takes `&self`.
 pub struct Verifier {
-    policy: Policy,
+    allowed: AlgSet,
+    claims: ClaimsPolicy,
     static_keys: Vec<Arc<KeyEntry>>,
     /// Key sources that change at run time; also serializes key-set swaps.
     sources: Mutex<Sources>,
@@ -44,20 +41,6 @@ pub struct Verifier {
     remote_configured: bool,
     unknown_kid_seen: AtomicBool,
     cache: TokenCache,
-}
-
-struct Policy {
-    issuer: String,
-    audience: Option<String>,
-    allowed: AlgSet,
-    leeway: u64,
-    names: ClaimNames,
-}
-
-struct ClaimNames {
-    sub: String,
-    role: String,
-    tier: String,
 }
 
 #[derive(Default)]
@@ -101,9 +84,9 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
-            .field("issuer", &self.policy.issuer)
-            .field("audience", &self.policy.audience)
-            .field("algorithms", &self.policy.allowed.names())
+            .field("issuer", &self.claims.issuer)
+            .field("audience", &self.claims.audience)
+            .field("algorithms", &self.allowed.names())
             .field("keys", &self.key_count())
             .finish()
     }
@@ -128,17 +111,7 @@ impl Verifier {
     ) -> anyhow::Result<Self> {
         let mut problems = Vec::new();
         let allowed = keys::parse_algorithms(&cfg.algorithms, &mut problems);
-        if cfg.issuer.trim().is_empty() {
-            problems.push("identity.issuer is empty".into());
-        }
-        let names = ClaimNames {
-            sub: cfg.claims.sub.clone(),
-            role: cfg.claims.role.clone(),
-            tier: cfg.claims.tier.clone(),
-        };
-        if names.sub.is_empty() || names.role.is_empty() || names.tier.is_empty() {
-            problems.push("identity.claims: claim names must not be empty".into());
-        }
+        let claims = ClaimsPolicy::from_config(cfg, &mut problems);
         let static_keys = keys::load_pem_keys(cfg, resolve, allowed, &mut problems);
         let mut file = None;
         if let Some(p) = &cfg.jwks_file {
@@ -171,13 +144,8 @@ impl Verifier {
         }
         let set = KeySet::build(all, 1).map_err(|e| anyhow::anyhow!("identity: {e}"))?;
         Ok(Verifier {
-            policy: Policy {
-                issuer: cfg.issuer.clone(),
-                audience: cfg.audience.clone(),
-                allowed,
-                leeway: cfg.leeway_seconds,
-                names,
-            },
+            allowed,
+            claims,
             static_keys,
             watches_file: file.is_some(),
             sources: Mutex::new(Sources {
@@ -201,7 +169,7 @@ impl Verifier {
     /// The last second (Unix time) at which `id`'s token is still accepted:
     /// its `exp` plus the leeway. A revocation must last at least as long.
     pub fn accepted_until(&self, id: &Identity) -> u64 {
-        id.exp.saturating_add(self.policy.leeway)
+        id.exp.saturating_add(self.claims.leeway)
     }
 
     /// Verifies a token, answering from the cache when this exact token was
@@ -261,7 +229,7 @@ impl Verifier {
         if file.loaded == Some(version) || file.failed == Some(version) {
             return false;
         }
-        let result = keys::load_jwks_file(&file.path, self.policy.allowed).and_then(|new_keys| {
+        let result = keys::load_jwks_file(&file.path, self.allowed).and_then(|new_keys| {
             self.install(&new_keys, remote)?;
             Ok(new_keys)
         });
@@ -294,9 +262,8 @@ impl Verifier {
     /// used alongside `keys` and `jwks_file`; each call replaces the previous
     /// document's keys. Returns the number of keys taken from it.
     pub fn set_remote_jwks(&self, document: &[u8]) -> anyhow::Result<usize> {
-        let (new_keys, skipped) =
-            keys::parse_jwks(document, self.policy.allowed, "identity.jwks_url")
-                .map_err(|e| anyhow::anyhow!("identity.jwks_url: {e}"))?;
+        let (new_keys, skipped) = keys::parse_jwks(document, self.allowed, "identity.jwks_url")
+            .map_err(|e| anyhow::anyhow!("identity.jwks_url: {e}"))?;
         for note in skipped {
             log::warn!("identity.jwks_url: {note}");
         }
@@ -359,7 +326,7 @@ impl Verifier {
         let parts = jws::split(token)?;
         let header = jws::parse_header(&jws::decode(parts.header)?)?;
         let alg = Alg::from_header(&header.alg)
-            .filter(|a| self.policy.allowed.contains(*a))
+            .filter(|a| self.allowed.contains(*a))
             .ok_or(AuthError::UnsupportedAlgorithm)?;
         let entry = keys.select(header.kid.as_deref()).inspect_err(|e| {
             if *e == AuthError::UnknownKid && self.remote_configured {
@@ -371,271 +338,12 @@ impl Verifier {
         let signature = jws::decode(parts.signature)?;
         key.verify_sig(parts.signing_input.as_bytes(), &signature)
             .map_err(|_| AuthError::BadSignature)?;
-        let claims = parse_claims(&jws::decode(parts.payload)?, &self.policy.names)?;
+        let claims = parse_claims(&jws::decode(parts.payload)?, &self.claims.names)?;
         // Only ECDSA signatures have a second valid spelling.
         let twin_jti =
             || ecdsa_twin(alg, &signature).map(|twin| sha256_hex_parts(parts.signing_input, &twin));
-        self.policy.validate(claims, token, twin_jti, now)
+        self.claims.validate(claims, token, twin_jti, now)
     }
-}
-
-/// The claims we read, as raw JSON values; everything else is skipped unparsed.
-#[derive(Default)]
-struct RawClaims {
-    iss: Option<Value>,
-    aud: Option<Value>,
-    exp: Option<Value>,
-    nbf: Option<Value>,
-    iat: Option<Value>,
-    jti: Option<Value>,
-    sub: Option<Value>,
-    role: Option<Value>,
-    tier: Option<Value>,
-}
-
-struct ClaimsVisitor<'a>(&'a ClaimNames);
-
-fn put<E: de::Error>(slot: &mut Option<Value>, value: &Value) -> Result<(), E> {
-    // A claim given twice is ambiguous between parsers: refuse, don't pick.
-    if slot.is_some() {
-        return Err(E::custom("duplicate claim"));
-    }
-    *slot = Some(value.clone());
-    Ok(())
-}
-
-impl<'de> Visitor<'de> for ClaimsVisitor<'_> {
-    type Value = RawClaims;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawClaims, A::Error> {
-        let names = self.0;
-        let mut raw = RawClaims::default();
-        while let Some(key) = map.next_key::<String>()? {
-            let registered = matches!(key.as_str(), "iss" | "aud" | "exp" | "nbf" | "iat" | "jti");
-            let named = key == names.sub || key == names.role || key == names.tier;
-            if !registered && !named {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            }
-            let value: Value = map.next_value()?;
-            match key.as_str() {
-                "iss" => put(&mut raw.iss, &value)?,
-                "aud" => put(&mut raw.aud, &value)?,
-                "exp" => put(&mut raw.exp, &value)?,
-                "nbf" => put(&mut raw.nbf, &value)?,
-                "iat" => put(&mut raw.iat, &value)?,
-                "jti" => put(&mut raw.jti, &value)?,
-                _ => {}
-            }
-            if key == names.sub {
-                put(&mut raw.sub, &value)?;
-            }
-            if key == names.role {
-                put(&mut raw.role, &value)?;
-            }
-            if key == names.tier {
-                put(&mut raw.tier, &value)?;
-            }
-        }
-        Ok(raw)
-    }
-}
-
-fn parse_claims(json: &[u8], names: &ClaimNames) -> Result<RawClaims, AuthError> {
-    if !is_object(json) {
-        return Err(AuthError::Malformed);
-    }
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let raw = (&mut de)
-        .deserialize_map(ClaimsVisitor(names))
-        .map_err(|_| AuthError::Malformed)?;
-    de.end().map_err(|_| AuthError::Malformed)?;
-    Ok(raw)
-}
-
-/// RFC 7519 NumericDate: seconds, possibly fractional; negative is nonsense.
-fn numeric_date(value: &Value) -> Result<u64, AuthError> {
-    let Value::Number(n) = value else {
-        return Err(AuthError::Malformed);
-    };
-    if let Some(secs) = n.as_u64() {
-        return Ok(secs);
-    }
-    match n.as_f64() {
-        Some(f) if f >= 0.0 && f.is_finite() => Ok(f as u64),
-        _ => Err(AuthError::Malformed),
-    }
-}
-
-fn optional_date(value: Option<&Value>) -> Result<Option<u64>, AuthError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => numeric_date(v).map(Some),
-    }
-}
-
-/// These values end up in upstream headers, log lines and metric labels: a
-/// CR/LF or other control character could split or forge them.
-fn clean(s: &str) -> Result<&str, AuthError> {
-    if s.chars()
-        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
-    {
-        Err(AuthError::Malformed)
-    } else {
-        Ok(s)
-    }
-}
-
-/// Absent, null and "" all mean "not given".
-fn optional_text(value: Option<Value>) -> Result<Option<String>, AuthError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => {
-            clean(&s)?;
-            Ok(Some(s))
-        }
-        Some(_) => Err(AuthError::Malformed),
-    }
-}
-
-impl Policy {
-    /// `twin_jti` gives the revocation id of the token's other valid
-    /// spelling, if it has one; asked only for a token without `jti`.
-    fn validate(
-        &self,
-        raw: RawClaims,
-        token: &str,
-        twin_jti: impl FnOnce() -> Option<String>,
-        now: u64,
-    ) -> Result<Identity, AuthError> {
-        let exp = numeric_date(raw.exp.as_ref().ok_or(AuthError::Malformed)?)?;
-        if now >= exp.saturating_add(self.leeway) {
-            return Err(AuthError::Expired);
-        }
-        let horizon = now.saturating_add(self.leeway);
-        if optional_date(raw.nbf.as_ref())?.is_some_and(|nbf| nbf > horizon) {
-            return Err(AuthError::NotYetValid);
-        }
-        let iat = optional_date(raw.iat.as_ref())?;
-        if iat.is_some_and(|iat| iat > horizon) {
-            return Err(AuthError::IssuedInFuture);
-        }
-        match &raw.iss {
-            Some(Value::String(iss)) if *iss == self.issuer => {}
-            _ => return Err(AuthError::BadIssuer),
-        }
-        if let Some(want) = &self.audience {
-            let ok = match &raw.aud {
-                Some(Value::String(aud)) => aud == want,
-                Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(want)),
-                _ => false,
-            };
-            if !ok {
-                return Err(AuthError::BadAudience);
-            }
-        }
-        let sub = match raw.sub {
-            Some(Value::String(s)) if !s.trim().is_empty() => {
-                clean(&s)?;
-                s
-            }
-            _ => return Err(AuthError::MissingSubject),
-        };
-        let roles = match raw.role {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => {
-                let mut roles = Vec::with_capacity(items.len());
-                for item in items {
-                    if let Some(role) = optional_text(Some(item))? {
-                        roles.push(role);
-                    }
-                }
-                roles
-            }
-            other => optional_text(other)?.into_iter().collect(),
-        };
-        let tier = optional_text(raw.tier)?;
-        let (jti, twin_jti) = match optional_text(raw.jti)? {
-            Some(jti) => (jti, None),
-            None => (sha256_hex(token), twin_jti()),
-        };
-        Ok(Identity {
-            sub,
-            role: roles.first().cloned(),
-            roles,
-            tier,
-            jti,
-            twin_jti,
-            iat,
-            exp,
-        })
-    }
-}
-
-/// P-256 and P-384 group orders, big-endian.
-const P256_N: [u8; 32] = [
-    0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-    0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51,
-];
-const P384_N: [u8; 48] = [
-    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xC7, 0x63, 0x4D, 0x81, 0xF4, 0x37, 0x2D, 0xDF,
-    0x58, 0x1A, 0x0D, 0xB2, 0x48, 0xB0, 0xA7, 0x7A, 0xEC, 0xEC, 0x19, 0x6A, 0xCC, 0xC5, 0x29, 0x73,
-];
-
-/// The signature text of the other valid ECDSA spelling, `r || n - s`, of a
-/// verified fixed-size signature; `None` for other algorithms.
-fn ecdsa_twin(alg: Alg, signature: &[u8]) -> Option<String> {
-    let n: &[u8] = match alg {
-        Alg::Es256 => &P256_N,
-        Alg::Es384 => &P384_N,
-        _ => return None,
-    };
-    if signature.len() != 2 * n.len() {
-        return None;
-    }
-    let (r, s) = signature.split_at(n.len());
-    let mut twin = Vec::with_capacity(signature.len());
-    twin.extend_from_slice(r);
-    twin.resize(signature.len(), 0);
-    // A verified s is in [1, n - 1], so n - s is too: no final borrow.
-    let mut borrow = 0u16;
-    for i in (0..n.len()).rev() {
-        let d = u16::from(n[i])
-            .wrapping_sub(u16::from(s[i]))
-            .wrapping_sub(borrow);
-        borrow = d >> 15;
-        twin[n.len() + i] = d as u8;
-    }
-    Some(URL_SAFE_NO_PAD.encode(twin))
-}
-
-/// `sha256_hex` of `input.signature` without building that string.
-fn sha256_hex_parts(input: &str, signature: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(input.as_bytes());
-    h.update(b".");
-    h.update(signature.as_bytes());
-    hex(&h.finalize())
-}
-
-fn sha256_hex(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
-}
-
-fn hex(digest: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for &b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
 }
 
 #[cfg(test)]
