@@ -18,6 +18,7 @@ mod check;
 mod claims;
 mod credential;
 mod jws;
+mod key_sources;
 mod keygen;
 mod keys;
 mod remote;
