@@ -1,5 +1,6 @@
 //! `tollgate check` for the `identity` section: every key problem at once.
 
+use super::alg;
 use super::keys::{self, KeySet};
 use super::sign::{check_private_key_permissions, read_private_key, signing_alg};
 use crate::config::IdentityConfig;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Messages name paths, never key material.
 pub fn check_keys(cfg: &IdentityConfig, resolve: &dyn Fn(&Path) -> PathBuf) -> Vec<String> {
     let mut problems = Vec::new();
-    let allowed = keys::parse_algorithms(&cfg.algorithms, &mut problems);
+    let allowed = alg::parse_algorithms(&cfg.algorithms, &mut problems);
     if cfg.issuer.trim().is_empty() {
         problems.push("identity.issuer is empty".into());
     }

@@ -9,8 +9,9 @@
 //! next generation number and swaps it in whole; a broken new version of a
 //! source is reported and the last good keys stay in force.
 
+use super::alg::AlgSet;
 use super::cache::TokenCache;
-use super::keys::{self, AlgSet, KeyEntry, KeySet};
+use super::keys::{self, KeyEntry, KeySet};
 use crate::config::IdentityConfig;
 use anyhow::bail;
 use parking_lot::{Mutex, RwLock};

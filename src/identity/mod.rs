@@ -12,6 +12,7 @@
 //! lookup), `sign` issues tokens, `keygen` writes key pairs and `check`
 //! reports every key problem for `tollgate check`.
 
+mod alg;
 mod authenticate;
 mod cache;
 mod check;

@@ -3,7 +3,7 @@
 //! spelling. (r, s) and (r, n - s) both verify, so without the second id
 //! the holder of a revoked ECDSA token could present its twin.
 
-use super::keys::Alg;
+use super::alg::Alg;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};

@@ -1,6 +1,7 @@
 //! Token issuance (`tollgate token issue`, `POST /admin/tokens`).
 
-use super::keys::{self, Alg, KeyKind};
+use super::alg::Alg;
+use super::keys::{self, KeyKind};
 use super::now_secs;
 use crate::config::IdentityConfig;
 use anyhow::{anyhow, bail, Context};

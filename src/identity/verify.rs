@@ -7,11 +7,12 @@
 //! URL in a header (`jku`, `x5u`) or embedded key (`jwk`, `x5c`) is ever used:
 //! such tokens are refused outright.
 
+use super::alg::{self, Alg, AlgSet};
 use super::cache::TokenCache;
 use super::claims::{parse_claims, ClaimsPolicy};
 use super::jws;
 use super::key_sources::KeySources;
-use super::keys::{self, Alg, AlgSet, KeySet};
+use super::keys::KeySet;
 use super::revocation_ids::{ecdsa_twin, sha256_hex_parts};
 use super::{now_secs, AuthError, Identity, DEFAULT_CACHE_CAPACITY, MAX_TOKEN_LEN};
 use crate::config::IdentityConfig;
@@ -58,7 +59,7 @@ impl Verifier {
         capacity: usize,
     ) -> anyhow::Result<Self> {
         let mut problems = Vec::new();
-        let allowed = keys::parse_algorithms(&cfg.algorithms, &mut problems);
+        let allowed = alg::parse_algorithms(&cfg.algorithms, &mut problems);
         let claims = ClaimsPolicy::from_config(cfg, &mut problems);
         let keys = KeySources::from_config(cfg, resolve, allowed, problems)?;
         Ok(Verifier {
