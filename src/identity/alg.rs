@@ -1,13 +1,19 @@
 //! The JWS algorithms tollgate verifies and signs with, and the configured
-//! allow-list of them (`identity.algorithms`).
+//! allow-list of them (`identity.algorithms`, read into [`Alg`]s when the
+//! config is loaded).
 
 use super::keys::KeyKind;
 use aws_lc_rs::signature::{self as sig, VerificationAlgorithm};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::str::FromStr;
 
 /// The asymmetric JWS algorithms we verify. HMAC and `none` have no variant on
 /// purpose: they cannot be configured, looked up or matched to a key.
+///
+/// In the config (`identity.algorithms`) it is written as its JWS name,
+/// case-insensitively (its [`FromStr`] impl); it serializes as that name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Alg {
+pub enum Alg {
     Rs256,
     Rs384,
     Rs512,
@@ -49,14 +55,6 @@ impl Alg {
     /// Header `alg` values are case-sensitive (RFC 7515 §4.1.1).
     pub(crate) fn from_header(name: &str) -> Option<Alg> {
         Alg::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// Config names are matched case-insensitively: `rs256` is not a typo
-    /// worth refusing to start over.
-    pub(crate) fn from_config(name: &str) -> Option<Alg> {
-        Alg::ALL
-            .into_iter()
-            .find(|a| a.name().eq_ignore_ascii_case(name.trim()))
     }
 
     pub(crate) fn kind(self) -> KeyKind {
@@ -126,29 +124,58 @@ impl AlgSet {
     }
 }
 
-/// Reads `identity.algorithms`, adding one problem per bad entry.
-pub(crate) fn parse_algorithms(names: &[String], problems: &mut Vec<String>) -> AlgSet {
-    let mut set = AlgSet::default();
-    if names.is_empty() {
-        problems
-            .push("identity.algorithms is empty: list at least one of RS256, ES256, EdDSA".into());
-    }
-    for name in names {
+impl FromStr for Alg {
+    type Err = String;
+
+    /// A name as written in `identity.algorithms`: matched case-insensitively
+    /// and trimmed (`rs256` is not a typo worth refusing to start over).
+    /// `none` and every `HS*` get their own error: the gateway holds public
+    /// keys, so accepting them would let anyone who read one mint tokens.
+    fn from_str(name: &str) -> Result<Alg, String> {
         let shown: String = name.trim().chars().take(32).collect();
         let upper = shown.to_ascii_uppercase();
         if upper == "NONE" || upper.starts_with("HS") {
-            problems.push(format!(
-                "identity.algorithms: {shown:?} is never accepted: the gateway holds public keys, \
+            return Err(format!(
+                "{shown:?} is never accepted: the gateway holds public keys, \
                  and unsigned or HMAC tokens could be forged by anyone who has read them"
             ));
-        } else if let Some(alg) = Alg::from_config(name) {
-            set.insert(alg);
-        } else {
-            problems.push(format!(
-                "identity.algorithms: unknown algorithm {shown:?} (supported: RS256, RS384, \
-                 RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
-            ));
         }
+        Alg::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown algorithm {shown:?} (supported: RS256, RS384, \
+                     RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+                )
+            })
+    }
+}
+
+/// The config loader's error names the key and the entry
+/// (`identity.algorithms: "HS256" is never accepted: … at line 17 column 15`).
+impl<'de> Deserialize<'de> for Alg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Alg, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Alg {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// The allow-list `identity.algorithms` makes; an empty list is a problem.
+pub(crate) fn allow_list(algorithms: &[Alg], problems: &mut Vec<String>) -> AlgSet {
+    let mut set = AlgSet::default();
+    if algorithms.is_empty() {
+        problems
+            .push("identity.algorithms is empty: list at least one of RS256, ES256, EdDSA".into());
+    }
+    for alg in algorithms {
+        set.insert(*alg);
     }
     set
 }
@@ -159,20 +186,40 @@ mod tests {
 
     #[test]
     fn algorithm_list_refuses_hmac_and_none() {
+        let mut algs = Vec::new();
         let mut problems = Vec::new();
-        let names: Vec<String> = ["RS256", "es256", "EdDSA", "HS256", "none", "hs512", "XX1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let set = parse_algorithms(&names, &mut problems);
+        for name in ["RS256", "es256", "EdDSA", "HS256", "none", "hs512", "XX1"] {
+            match name.parse::<Alg>() {
+                Ok(alg) => algs.push(alg),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        let set = allow_list(&algs, &mut problems);
         assert!(set.contains(Alg::Rs256) && set.contains(Alg::Es256) && set.contains(Alg::EdDsa));
         assert!(!set.contains(Alg::Ps256));
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].contains("never accepted"));
         assert!(problems[3].contains("unknown algorithm"));
         let mut problems = Vec::new();
-        assert_eq!(parse_algorithms(&[], &mut problems), AlgSet::default());
+        assert_eq!(allow_list(&[], &mut problems), AlgSet::default());
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn config_names_trimmed_any_case_serialized_canonical() {
+        assert_eq!(" eddsa ".parse::<Alg>(), Ok(Alg::EdDsa));
+        assert_eq!("Ps384".parse::<Alg>(), Ok(Alg::Ps384));
+        let algs: Vec<Alg> = serde_json::from_str(r#"["rs256", "ES384"]"#).unwrap();
+        assert_eq!(algs, [Alg::Rs256, Alg::Es384]);
+        assert_eq!(
+            serde_json::to_string(&algs).unwrap(),
+            r#"["RS256","ES384"]"#
+        );
+        let err = serde_json::from_str::<Vec<Alg>>(r#"["HS256"]"#).unwrap_err();
+        assert!(
+            err.to_string().contains("\"HS256\" is never accepted"),
+            "{err}"
+        );
     }
 
     #[test]

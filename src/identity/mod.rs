@@ -30,6 +30,7 @@ mod verify;
 #[cfg(test)]
 mod test_support;
 
+pub use alg::Alg;
 pub use authenticate::{authenticate, AuthFailure};
 pub use check::check_keys;
 pub use credential::credential;

@@ -129,11 +129,8 @@ fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, String> {
 
 /// The algorithm to sign with: the first configured one that fits the key,
 /// so issued tokens are ones our own verifier accepts.
-pub(crate) fn signing_alg(kind: KeyKind, algorithms: &[String]) -> Option<Alg> {
-    algorithms
-        .iter()
-        .filter_map(|name| Alg::from_config(name))
-        .find(|alg| alg.kind() == kind)
+pub(crate) fn signing_alg(kind: KeyKind, algorithms: &[Alg]) -> Option<Alg> {
+    algorithms.iter().copied().find(|alg| alg.kind() == kind)
 }
 
 /// Refuses a private key that group or others may access.
@@ -188,7 +185,11 @@ impl Signer {
                 "private key {} is a {} key, but identity.algorithms ({}) allows no algorithm for it",
                 path.display(),
                 key.kind.name(),
-                cfg.algorithms.join(", ")
+                cfg.algorithms
+                    .iter()
+                    .map(|alg| alg.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
         Ok(Signer {
@@ -359,11 +360,11 @@ mod tests {
 
         let path = env.private_path(0);
         env.cfg.private_key = Some(path.clone());
-        env.cfg.algorithms = vec!["RS256".into()];
+        env.cfg.algorithms = vec![Alg::Rs256];
         let err = Signer::from_config(&env.cfg, &env.resolver()).unwrap_err();
         assert!(err.to_string().contains("allows no algorithm"), "{err}");
 
-        env.cfg.algorithms = vec!["EdDSA".into()];
+        env.cfg.algorithms = vec![Alg::EdDsa];
         set_mode(&path, 0o644);
         let err = Signer::from_config(&env.cfg, &env.resolver())
             .unwrap_err()

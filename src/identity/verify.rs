@@ -59,7 +59,7 @@ impl Verifier {
         capacity: usize,
     ) -> anyhow::Result<Self> {
         let mut problems = Vec::new();
-        let allowed = alg::parse_algorithms(&cfg.algorithms, &mut problems);
+        let allowed = alg::allow_list(&cfg.algorithms, &mut problems);
         let claims = ClaimsPolicy::from_config(cfg, &mut problems);
         let keys = KeySources::from_config(cfg, resolve, allowed, problems)?;
         Ok(Verifier {
