@@ -7,7 +7,8 @@ use crate::config::IdentityConfig;
 use std::path::{Path, PathBuf};
 
 /// Lists every problem with the identity keys: unreadable or unparsable
-/// public keys and JWKS file, unknown or forbidden algorithm names, and for
+/// public keys and JWKS file, an empty `algorithms` list (unknown and
+/// forbidden algorithm names already failed the config load), and for
 /// the private key: unreadable, unparsable, too permissive, not matching any
 /// configured public key, or `signing_kid` naming no key. Empty when clean.
 /// Messages name paths, never key material.

@@ -147,10 +147,8 @@ impl KeySources {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Re-reads `identity.jwks_file` if it changed since it was last read.
-    /// A broken new version is reported (once) and the last good keys stay in
-    /// force. Returns whether a new key set was installed. `verify` calls this
-    /// on its own at most once per second; call it directly to force a check.
+    /// [`Verifier::reload_if_changed`](super::Verifier::reload_if_changed);
+    /// a new key set empties `cache`.
     pub(super) fn reload_if_changed(&self, cache: &TokenCache) -> bool {
         let mut sources = self.sources.lock();
         let Sources { file, remote } = &mut *sources;
@@ -203,10 +201,8 @@ impl KeySources {
         }
     }
 
-    /// Installs the keys of a JWKS document fetched from `identity.jwks_url`
-    /// (fetching is the caller's: this module does no network I/O). They are
-    /// used alongside `keys` and `jwks_file`; each call replaces the previous
-    /// document's keys. Returns the number of keys taken from it.
+    /// [`Verifier::set_remote_jwks`](super::Verifier::set_remote_jwks); a
+    /// new key set empties `cache`.
     pub(super) fn set_remote_jwks(
         &self,
         document: &[u8],
@@ -230,22 +226,23 @@ impl KeySources {
         Ok(count)
     }
 
-    /// Whether a token named an unknown key id since the last call, when
-    /// `identity.jwks_url` is configured: the fetcher uses it to refresh
-    /// early (the spec allows once per 30 s) after an IdP key rotation.
+    /// [`Verifier::take_unknown_kid`](super::Verifier::take_unknown_kid).
     pub(super) fn take_unknown_kid(&self) -> bool {
         self.unknown_kid_seen.swap(false, Ordering::Relaxed)
     }
 
-    /// A token named a key id not in the set in force.
+    /// A token named a key id not in the set in force: remembered for the
+    /// `jwks_url` fetcher only (with no URL there is nothing to refetch).
     pub(super) fn note_unknown_kid(&self) {
         if self.remote_configured {
             self.unknown_kid_seen.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Swaps in a key set made of the static keys plus the given dynamic ones.
-    /// Callers hold `sources`, which orders swaps.
+    /// Swaps in a key set made of the static keys plus the given dynamic ones,
+    /// and empties `cache` (its entries were verified under the old set; their
+    /// generation already keeps them from being served). Callers hold
+    /// `sources`, which orders swaps.
     fn install(
         &self,
         file_keys: &[Arc<KeyEntry>],

@@ -1,4 +1,5 @@
-//! Verification keys: public keys from PEM files and JWKS documents, and the immutable [`KeySet`] the verifier swaps as a whole.
+//! Verification keys: public keys from PEM files and JWKS documents, and
+//! the immutable [`KeySet`] the verifier swaps as a whole.
 //!
 //! Every key is parsed once, into one aws-lc `ParsedPublicKey` per algorithm
 //! it may verify, so a verification is a table lookup plus the signature

@@ -170,7 +170,8 @@ fn check_text(what: &str, value: &str) -> anyhow::Result<()> {
 
 impl Signer {
     /// Loads `identity.private_key` (which must be mode 0600 or stricter).
-    /// The algorithm follows from the key type; `kid` is `signing_kid`.
+    /// The algorithm is the first of `identity.algorithms` that fits the
+    /// key's type; `kid` is `signing_kid`.
     pub fn from_config(
         cfg: &IdentityConfig,
         resolve: &dyn Fn(&Path) -> PathBuf,

@@ -119,7 +119,7 @@ impl Verifier {
     }
 
     /// Installs the keys of a JWKS document fetched from `identity.jwks_url`
-    /// (fetching is the caller's: this module does no network I/O). They are
+    /// (by [`super::JwksFetcher`]: verification does no network I/O). They are
     /// used alongside `keys` and `jwks_file`; each call replaces the previous
     /// document's keys. Returns the number of keys taken from it.
     pub fn set_remote_jwks(&self, document: &[u8]) -> anyhow::Result<usize> {
@@ -127,8 +127,9 @@ impl Verifier {
     }
 
     /// Whether a token named an unknown key id since the last call, when
-    /// `identity.jwks_url` is configured: the fetcher uses it to refresh
-    /// early (the spec allows once per 30 s) after an IdP key rotation.
+    /// `identity.jwks_url` is configured: [`super::JwksFetcher`] uses it to
+    /// refetch early after an IdP key rotation (at most once per 30 s, so
+    /// tokens with made-up kids cannot make it hammer the IdP).
     pub fn take_unknown_kid(&self) -> bool {
         self.keys.take_unknown_kid()
     }
