@@ -11,6 +11,7 @@ mod models;
 pub use duration::{parse_duration, DurationError, HumanDuration};
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
 
+use crate::identity::Alg;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -163,8 +164,10 @@ pub struct IdentityConfig {
     pub issuer: String,
     #[serde(default)]
     pub audience: Option<String>,
+    /// Read as [`Alg`]s: an unknown name, `none` or any `HS*` fails the
+    /// load, naming the entry.
     #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<Alg>,
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
     #[serde(default)]
@@ -185,8 +188,8 @@ pub struct IdentityConfig {
     pub default_ttl: HumanDuration,
 }
 
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".into()]
+fn default_algorithms() -> Vec<Alg> {
+    vec![Alg::Rs256]
 }
 fn default_jwks_refresh() -> HumanDuration {
     HumanDuration::from_secs(600)
@@ -509,6 +512,25 @@ mod tests {
         let text = EXAMPLE.replace("leeway_seconds:", "leway_seconds:");
         let err = Config::parse(&text).unwrap_err();
         assert!(err.contains("leway_seconds"), "{err}");
+    }
+
+    #[test]
+    fn forbidden_and_unknown_algorithms_are_named() {
+        for (list, needle) in [
+            (
+                "[RS256, HS256]",
+                "identity.algorithms: \"HS256\" is never accepted",
+            ),
+            ("[none]", "identity.algorithms: \"none\" is never accepted"),
+            ("[FOO]", "identity.algorithms: unknown algorithm \"FOO\""),
+        ] {
+            let text = EXAMPLE.replacen("algorithms: [RS256]", &format!("algorithms: {list}"), 1);
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+        let text = EXAMPLE.replacen("algorithms: [RS256]", "algorithms: [' es256 ', eddsa]", 1);
+        let cfg = Config::parse(&text).expect("parses");
+        assert_eq!(cfg.identity.algorithms, [Alg::Es256, Alg::EdDsa]);
     }
 
     #[test]

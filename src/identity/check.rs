@@ -1,18 +1,20 @@
 //! `tollgate check` for the `identity` section: every key problem at once.
 
+use super::alg;
 use super::keys::{self, KeySet};
 use super::sign::{check_private_key_permissions, read_private_key, signing_alg};
 use crate::config::IdentityConfig;
 use std::path::{Path, PathBuf};
 
 /// Lists every problem with the identity keys: unreadable or unparsable
-/// public keys and JWKS file, unknown or forbidden algorithm names, and for
+/// public keys and JWKS file, an empty `algorithms` list (unknown and
+/// forbidden algorithm names already failed the config load), and for
 /// the private key: unreadable, unparsable, too permissive, not matching any
 /// configured public key, or `signing_kid` naming no key. Empty when clean.
 /// Messages name paths, never key material.
 pub fn check_keys(cfg: &IdentityConfig, resolve: &dyn Fn(&Path) -> PathBuf) -> Vec<String> {
     let mut problems = Vec::new();
-    let allowed = keys::parse_algorithms(&cfg.algorithms, &mut problems);
+    let allowed = alg::allow_list(&cfg.algorithms, &mut problems);
     if cfg.issuer.trim().is_empty() {
         problems.push("identity.issuer is empty".into());
     }
@@ -108,7 +110,7 @@ pub fn check_keys(cfg: &IdentityConfig, resolve: &dyn Fn(&Path) -> PathBuf) -> V
 mod tests {
     use super::*;
     use crate::identity::test_support::*;
-    use crate::identity::KeyAlg;
+    use crate::identity::{Alg, KeyAlg};
 
     #[test]
     fn clean_config_has_no_problems() {
@@ -121,7 +123,9 @@ mod tests {
     #[test]
     fn reports_everything_at_once() {
         let mut env = Env::new(&[(KeyAlg::EdDsa, Some("k1")), (KeyAlg::Es256, Some("k2"))]);
-        env.cfg.algorithms = vec!["EdDSA".into(), "ES256".into(), "HS256".into(), "XY9".into()];
+        // Forbidden and unknown algorithm names fail the config load before
+        // `check_keys` runs (`config::tests::forbidden_and_unknown_algorithms_are_named`).
+        env.cfg.algorithms = vec![Alg::EdDsa, Alg::Es256];
         env.cfg.keys.push(crate::config::KeyConfig {
             kid: Some("k3".into()),
             public_key: "does-not-exist.pem".into(),
@@ -147,8 +151,6 @@ mod tests {
         let problems = check_keys(&env.cfg, &env.resolver());
         let all = problems.join("\n");
         for needle in [
-            "HS256",
-            "XY9",
             "does-not-exist.pem",
             "garbage.pem",
             "jwks.json",

@@ -1,6 +1,7 @@
 //! `tollgate keygen`: writes a signing key pair.
 
-use super::keys::{Alg, PublicKey};
+use super::alg::Alg;
+use super::keys::PublicKey;
 use anyhow::{anyhow, Context};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{

@@ -6,25 +6,43 @@
 //! a public key mint tokens (the classic RS256→HS256 confusion): `none` and
 //! every `HS*` are refused before any key is looked at.
 //!
-//! Layout: [`credential`] pulls the token out of the request headers,
-//! `keys` loads PEM and JWKS keys into an immutable key set, `verify` checks a
-//! token against it (with `cache` in front so a reused token costs a hash
-//! lookup), `sign` issues tokens, `keygen` writes key pairs and `check`
-//! reports every key problem for `tollgate check`.
+//! Layout:
+//! - [`credential`] pulls the token out of the request headers, and
+//!   [`authenticate`] adds verification and the revocation check: the one
+//!   way a request is authenticated.
+//! - `verify` holds the [`Verifier`] and the order of a verification:
+//!   `jws` splits the token and reads its header, `alg` names the accepted
+//!   algorithms, the signature is checked against a key of the set
+//!   `key_sources` keeps current (built by `keys` from PEM files, a JWKS
+//!   file and `remote`'s fetches of the IdP's JWKS URL), then `claims` reads
+//!   and checks the claims and `revocation_ids` derives the revocation ids of
+//!   a token without `jti`. `cache` sits in front, so a reused token costs a
+//!   hash lookup.
+//! - `sign` issues tokens, `keygen` writes key pairs, and `check` reports
+//!   every key problem for `tollgate check`.
+//!
+//! Why verification is written here on aws-lc-rs rather than done by the
+//! `jsonwebtoken` crate (which only signs): `docs/decisions/verification-on-aws-lc-rs.md`.
 
+mod alg;
 mod authenticate;
 mod cache;
 mod check;
+mod claims;
 mod credential;
+mod jws;
+mod key_sources;
 mod keygen;
 mod keys;
 mod remote;
+mod revocation_ids;
 mod sign;
 mod verify;
 
 #[cfg(test)]
 mod test_support;
 
+pub use alg::Alg;
 pub use authenticate::{authenticate, AuthFailure};
 pub use check::check_keys;
 pub use credential::credential;
@@ -70,8 +88,8 @@ impl Identity {
     }
 }
 
-/// Why a credential was refused. Each maps to a 401 (see the spec's error
-/// table); [`AuthError::message`] is safe to show a client and
+/// Why a credential was refused. Each is answered with a 401;
+/// [`AuthError::message`] is safe to show a client and
 /// [`AuthError::reason`] is the `tollgate_auth_failures_total` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum AuthError {

@@ -1,6 +1,7 @@
 //! Token issuance (`tollgate token issue`, `POST /admin/tokens`).
 
-use super::keys::{self, Alg, KeyKind};
+use super::alg::Alg;
+use super::keys::{self, KeyKind};
 use super::now_secs;
 use crate::config::IdentityConfig;
 use anyhow::{anyhow, bail, Context};
@@ -128,11 +129,8 @@ fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, String> {
 
 /// The algorithm to sign with: the first configured one that fits the key,
 /// so issued tokens are ones our own verifier accepts.
-pub(crate) fn signing_alg(kind: KeyKind, algorithms: &[String]) -> Option<Alg> {
-    algorithms
-        .iter()
-        .filter_map(|name| Alg::from_config(name))
-        .find(|alg| alg.kind() == kind)
+pub(crate) fn signing_alg(kind: KeyKind, algorithms: &[Alg]) -> Option<Alg> {
+    algorithms.iter().copied().find(|alg| alg.kind() == kind)
 }
 
 /// Refuses a private key that group or others may access.
@@ -172,7 +170,8 @@ fn check_text(what: &str, value: &str) -> anyhow::Result<()> {
 
 impl Signer {
     /// Loads `identity.private_key` (which must be mode 0600 or stricter).
-    /// The algorithm follows from the key type; `kid` is `signing_kid`.
+    /// The algorithm is the first of `identity.algorithms` that fits the
+    /// key's type; `kid` is `signing_kid`.
     pub fn from_config(
         cfg: &IdentityConfig,
         resolve: &dyn Fn(&Path) -> PathBuf,
@@ -187,7 +186,11 @@ impl Signer {
                 "private key {} is a {} key, but identity.algorithms ({}) allows no algorithm for it",
                 path.display(),
                 key.kind.name(),
-                cfg.algorithms.join(", ")
+                cfg.algorithms
+                    .iter()
+                    .map(|alg| alg.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
         Ok(Signer {
@@ -358,11 +361,11 @@ mod tests {
 
         let path = env.private_path(0);
         env.cfg.private_key = Some(path.clone());
-        env.cfg.algorithms = vec!["RS256".into()];
+        env.cfg.algorithms = vec![Alg::Rs256];
         let err = Signer::from_config(&env.cfg, &env.resolver()).unwrap_err();
         assert!(err.to_string().contains("allows no algorithm"), "{err}");
 
-        env.cfg.algorithms = vec!["EdDSA".into()];
+        env.cfg.algorithms = vec![Alg::EdDsa];
         set_mode(&path, 0o644);
         let err = Signer::from_config(&env.cfg, &env.resolver())
             .unwrap_err()

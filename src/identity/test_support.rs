@@ -185,7 +185,7 @@ impl Env {
         let mut cfg = IdentityConfig {
             issuer: "tollgate".into(),
             audience: Some("llm-gateway".into()),
-            algorithms: algs.iter().map(|s| s.to_string()).collect(),
+            algorithms: algs.iter().map(|s| s.parse().unwrap()).collect(),
             keys: Vec::new(),
             jwks_file: None,
             jwks_url: None,
