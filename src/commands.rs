@@ -108,7 +108,7 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start a runtime")?;
     rt.block_on(async {
         let store = tollgate::store::connect(&cfg.store).await?;
-        let now = tollgate::limits::now_ms() / 1000;
+        let now = tollgate::clock::now_ms() / 1000;
         match (&args.jti, &args.sub) {
             (Some(jti), _) => {
                 store

@@ -64,7 +64,7 @@ impl BackgroundService for Housekeeping {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let now = crate::limits::now_ms();
+                    let now = crate::clock::now_ms();
                     if let Some(m) = &self.app.memory_store {
                         m.sweep(now);
                     }

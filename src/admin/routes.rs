@@ -2,8 +2,8 @@
 //! provider).
 
 use crate::app::App;
+use crate::clock::{now_ms, utc_day_string, valid_day};
 use crate::identity::{AuthFailure, Identity};
-use crate::limits::{now_ms, utc_day_string, valid_day};
 use crate::providers::errors::{error_body, ErrorKind};
 use crate::providers::Dialect;
 use pingora::protocols::http::ServerSession;

@@ -1,7 +1,7 @@
 //! Token issuance (`tollgate token issue`, `POST /admin/tokens`).
 
 use super::keys::{self, Alg, KeyKind};
-use super::now_secs;
+use crate::clock::now_secs;
 use crate::config::IdentityConfig;
 use anyhow::{anyhow, bail, Context};
 use aws_lc_rs::encoding::AsDer;

@@ -9,7 +9,8 @@
 
 use super::cache::TokenCache;
 use super::keys::{self, Alg, AlgSet, KeyEntry, KeySet};
-use super::{now_secs, AuthError, Identity, DEFAULT_CACHE_CAPACITY, MAX_TOKEN_LEN};
+use super::{AuthError, Identity, DEFAULT_CACHE_CAPACITY, MAX_TOKEN_LEN};
+use crate::clock::now_secs;
 use crate::config::IdentityConfig;
 use anyhow::bail;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -6,8 +6,8 @@
 
 use super::ctx::{Ctx, Lease};
 use crate::app::App;
+use crate::clock::{now_ms, utc_day_string};
 use crate::config::Price;
-use crate::limits::{now_ms, utc_day_string};
 use crate::sinks::TokenCounts;
 use crate::store::{DayTotals, Finish, Reservation};
 use crate::usage::{Metered, Pricing, Usage, UsageRecord};

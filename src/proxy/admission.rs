@@ -6,9 +6,9 @@
 use super::ctx::{Caller, Ctx, Lease, Routed};
 use super::error::GatewayError;
 use crate::app::App;
+use crate::clock::now_ms;
 use crate::config::OnError;
 use crate::identity::{AuthFailure, Identity};
-use crate::limits::now_ms;
 use crate::providers::body::{self, RequestInfo};
 use crate::providers::{Endpoint, Metering};
 use crate::store::{Admission, BudgetAsk, LimitKind, Reserved};

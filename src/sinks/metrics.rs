@@ -292,7 +292,7 @@ impl Metrics {
                 model,
                 status,
                 Some((tokens, cost)),
-                crate::limits::now_ms(),
+                crate::clock::now_ms(),
             ),
             UsageCounters::Plain {
                 requests,
@@ -337,7 +337,7 @@ impl Metrics {
                 model,
                 status,
                 None,
-                crate::limits::now_ms(),
+                crate::clock::now_ms(),
             ),
             UsageCounters::Plain { requests, .. } => {
                 let status = StatusLabel::new(status);

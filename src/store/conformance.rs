@@ -296,13 +296,13 @@ pub async fn settle_adjusts_the_window_it_was_counted_in(s: &dyn Store) {
     // Work a few minutes in the past of the wall clock so "now" is later than
     // every reservation, away from a minute boundary so the clock does not
     // tick into another minute meanwhile.
-    let mut now = crate::limits::now_ms();
+    let mut now = crate::clock::now_ms();
     if now % MINUTE_MS > 50_000 {
         tokio::time::sleep(std::time::Duration::from_millis(
             MINUTE_MS - now % MINUTE_MS + 100,
         ))
         .await;
-        now = crate::limits::now_ms();
+        now = crate::clock::now_ms();
     }
     let this_minute = now / MINUTE_MS * MINUTE_MS;
     let prev_minute = this_minute - MINUTE_MS;
@@ -347,7 +347,7 @@ pub async fn revocation_by_jti_and_sub(s: &dyn Store) {
 pub async fn revocations_only_grow(s: &dyn Store) {
     let j = subject("jti");
     let a = subject("sub");
-    let far = crate::limits::now_ms() / 1000 + 400 * 86_400;
+    let far = crate::clock::now_ms() / 1000 + 400 * 86_400;
     assert!(s.revoke_jti(&j, far).await.unwrap(), "a new revocation");
     assert!(!s.revoke_jti(&j, far).await.unwrap(), "the same again");
     assert!(
@@ -405,7 +405,7 @@ pub async fn usage_without_a_reservation_is_charged(s: &dyn Store) {
 
 pub async fn usage_totals_accumulate(s: &dyn Store) {
     let u = subject("usage");
-    let day = crate::limits::utc_day_string(crate::limits::now_ms());
+    let day = crate::clock::utc_day_string(crate::clock::now_ms());
     let t = DayTotals {
         requests: 1,
         input_tokens: 10,
@@ -432,7 +432,7 @@ pub async fn usage_totals_accumulate(s: &dyn Store) {
 
 pub async fn finish_does_everything_in_one_call(s: &dyn Store) {
     let u = subject("finish");
-    let day = crate::limits::utc_day_string(crate::limits::now_ms());
+    let day = crate::clock::utc_day_string(crate::clock::now_ms());
     let lim = BudgetLimits {
         tokens_per_minute: Some(1000),
         tokens_per_day: Some(10_000),

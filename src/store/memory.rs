@@ -101,7 +101,7 @@ impl MemoryStore {
         let now_s = now_ms / 1000;
         self.revoked_jti.retain(|_, exp| *exp >= now_s);
         let oldest_day =
-            crate::limits::utc_day_string(now_ms.saturating_sub(USAGE_RETENTION_DAYS * DAY_MS));
+            crate::clock::utc_day_string(now_ms.saturating_sub(USAGE_RETENTION_DAYS * DAY_MS));
         self.usage.retain(|(_, day), _| **day >= *oldest_day);
     }
 
@@ -125,7 +125,7 @@ impl MemoryStore {
     }
 
     fn settle_now(&self, sub: &str, reservation: Reservation, actual_tokens: u64, actual_usd: f64) {
-        let now_ms = reservation.at_ms.max(crate::limits::now_ms());
+        let now_ms = reservation.at_ms.max(crate::clock::now_ms());
         let diff = i64::try_from(actual_tokens)
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(reservation.tokens).unwrap_or(i64::MAX));

@@ -471,7 +471,7 @@ impl QueuedFinish {
     /// current time.
     fn call(&self, keys: &Keys, clustered: bool) -> (Vec<String>, Vec<String>) {
         let k = keys.subject(&self.sub);
-        let now_ms = crate::limits::now_ms();
+        let now_ms = crate::clock::now_ms();
         let mut keys_v = vec![
             k.bud(),
             k.conc(),
@@ -506,7 +506,7 @@ impl QueuedFinish {
         args.extend([BUDGET_TTL_MS.to_string(), INFLIGHT_TTL_MS.to_string()]);
         match &self.totals {
             Some((day, t)) => {
-                let expire_at = match day_index(day) {
+                let expire_at = match crate::clock::day_index(day) {
                     Some(d) => (d + USAGE_RETENTION_DAYS + 1) * DAY_MS,
                     None => now_ms + (USAGE_RETENTION_DAYS + 1) * DAY_MS,
                 };
@@ -1350,23 +1350,6 @@ fn tokens_in_window(now_ms: u64, cur: i64, prev: i64) -> f64 {
     prev.max(0) as f64 * (1.0 - into) + cur.max(0) as f64
 }
 
-/// Days since 1970-01-01 of a `YYYY-MM-DD` (H. Hinnant's days_from_civil).
-fn day_index(day: &str) -> Option<u64> {
-    if !crate::limits::valid_day(day) {
-        return None;
-    }
-    let y: i64 = day.get(0..4)?.parse().ok()?;
-    let m: i64 = day.get(5..7)?.parse().ok()?;
-    let d: i64 = day.get(8..10)?.parse().ok()?;
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    u64::try_from(era * 146_097 + doe - 719_468).ok()
-}
-
 /// Polls the epoch and reloads the revocation sets when it moved. Runs on the
 /// store's IO thread for the life of the store.
 async fn revocation_sync(client: Client, ctx: SyncCtx) {
@@ -1410,7 +1393,7 @@ async fn sync_once(client: &Client, ctx: &SyncCtx, force: bool) -> Result<(), St
     } else {
         held.to_string()
     };
-    let now_s = crate::limits::now_ms() / 1000;
+    let now_s = crate::clock::now_ms() / 1000;
     let keys = vec![
         ctx.keys.revoked_jti(),
         ctx.keys.revoked_sub(),
@@ -1616,7 +1599,7 @@ impl Store for RedisStore {
 
     async fn revoke_jti(&self, jti: &str, until: u64) -> Result<bool, StoreError> {
         let keys = &self.ctx.keys;
-        let now_s = crate::limits::now_ms() / 1000;
+        let now_s = crate::clock::now_ms() / 1000;
         let changed = self
             .eval(
                 &self.ctx.scripts.revoke,

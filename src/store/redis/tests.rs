@@ -147,24 +147,6 @@ fn a_subjects_keys_share_one_slot_whatever_its_name() {
 }
 
 #[test]
-fn day_index_matches_the_day_strings() {
-    for ms in [
-        0,
-        86_399_999,
-        86_400_000,
-        951_782_400_000,
-        1_795_000_000_000,
-        T0,
-        T0 - 1,
-    ] {
-        let day = crate::limits::utc_day_string(ms);
-        assert_eq!(day_index(&day), Some(ms / DAY_MS), "{day}");
-    }
-    assert_eq!(day_index("2026-13-01"), None);
-    assert_eq!(day_index("garbage"), None);
-}
-
-#[test]
 fn retry_after_formula_matches_the_memory_store() {
     // Spot checks of the copied formula against values the memory store's
     // own tests rely on.
@@ -419,7 +401,7 @@ async fn revocations_reach_every_replica_within_a_second() {
 async fn finish_replayed_with_its_marker_counts_once() {
     let Some(s) = test_store() else { return };
     let u = subject("replay");
-    let day = crate::limits::utc_day_string(crate::limits::now_ms());
+    let day = crate::clock::utc_day_string(crate::clock::now_ms());
     let lim = BudgetLimits {
         tokens_per_day: Some(1000),
         ..Default::default()
@@ -496,8 +478,8 @@ async fn every_key_expires() {
     let p = prefix();
     let s = RedisStore::with_prefix(&url, &p).unwrap();
     let u = subject("ttl");
-    let now = crate::limits::now_ms();
-    let day = crate::limits::utc_day_string(now);
+    let now = crate::clock::now_ms();
+    let day = crate::clock::utc_day_string(now);
     let both = AdmitLimits {
         requests_per_minute: Some(10),
         max_concurrent: Some(10),
@@ -528,7 +510,7 @@ async fn every_key_expires() {
     })
     .await
     .unwrap();
-    s.revoke_jti("j", crate::limits::now_ms() / 1000 + 3600)
+    s.revoke_jti("j", crate::clock::now_ms() / 1000 + 3600)
         .await
         .unwrap();
     s.revoke_sub(&u, 1).await.unwrap();
@@ -584,8 +566,8 @@ async fn a_finish_after_its_keys_expired_leaves_nothing_behind() {
     let s = RedisStore::with_prefix(&url, &prefix()).unwrap();
     let raw = raw_client(&url).await;
     let u = subject("expired");
-    let now = crate::limits::now_ms();
-    let day = crate::limits::utc_day_string(now);
+    let now = crate::clock::now_ms();
+    let day = crate::clock::utc_day_string(now);
     let one = AdmitLimits {
         requests_per_minute: None,
         max_concurrent: Some(1),
@@ -1054,7 +1036,7 @@ async fn wait_replayed(s: &RedisStore, n: u64, within: Duration) {
 async fn a_queued_finish_replayed_twice_counts_once() {
     let Some(s) = test_store() else { return };
     let u = subject("requeue");
-    let day = crate::limits::utc_day_string(crate::limits::now_ms());
+    let day = crate::clock::utc_day_string(crate::clock::now_ms());
     let two = AdmitLimits {
         requests_per_minute: None,
         max_concurrent: Some(2),
@@ -1145,7 +1127,7 @@ async fn releases_made_during_an_outage_are_replayed_when_redis_is_back() {
     let s = RedisStore::with_prefix(&url, &p).unwrap();
     wait_until_up(&s, Duration::from_secs(5)).await;
     let u = subject("outage");
-    let day = crate::limits::utc_day_string(crate::limits::now_ms());
+    let day = crate::clock::utc_day_string(crate::clock::now_ms());
     let two = AdmitLimits {
         requests_per_minute: None,
         max_concurrent: Some(2),
