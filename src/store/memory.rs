@@ -54,8 +54,7 @@ impl Subject {
     }
 
     fn tokens_in_window(&self, now_ms: u64) -> f64 {
-        let into = (now_ms % MINUTE_MS) as f64 / MINUTE_MS as f64;
-        self.tok_prev.max(0) as f64 * (1.0 - into) + self.tok_cur.max(0) as f64
+        tokens_in_window(now_ms, self.tok_cur, self.tok_prev)
     }
 
     fn idle(&self, now_ms: u64) -> bool {
@@ -204,7 +203,7 @@ impl Store for MemoryStore {
                     let oldest = s.admitted.front().copied().unwrap_or(now_ms);
                     return Admission::Refused(Refusal {
                         limit: LimitKind::Requests,
-                        retry_after_secs: ceil_secs((oldest + MINUTE_MS).saturating_sub(now_ms)),
+                        retry_after_secs: requests_retry_after(oldest, now_ms),
                         detail: "requests_per_minute",
                     });
                 }
@@ -298,7 +297,7 @@ impl Store for MemoryStore {
                 },
                 remaining_tokens_minute: limits
                     .tokens_per_minute
-                    .map(|tpm| tpm.saturating_sub(s.tokens_in_window(now_ms).ceil() as u64)),
+                    .map(|tpm| tokens_remaining(tpm, now_ms, s.tok_cur, s.tok_prev)),
             }
         });
         if matches!(out, Reserved::Reserved { .. }) {

@@ -1187,9 +1187,9 @@ impl RedisStore {
                         at_ms: now_ms,
                         held: true,
                     },
-                    remaining_tokens_minute: limits.tokens_per_minute.map(|tpm| {
-                        tpm.saturating_sub(tokens_in_window(now_ms, cur, prev).ceil() as u64)
-                    }),
+                    remaining_tokens_minute: limits
+                        .tokens_per_minute
+                        .map(|tpm| tokens_remaining(tpm, now_ms, cur, prev)),
                 }
             }
             1 => Reserved::Refused(Refusal {
@@ -1297,7 +1297,7 @@ fn parse_admit(reply: Value, now_ms: u64, limits: AdmitLimits) -> Result<Admissi
             let oldest = a.get(1).and_then(score).unwrap_or(now_ms);
             Admission::Refused(Refusal {
                 limit: LimitKind::Requests,
-                retry_after_secs: ceil_secs((oldest + MINUTE_MS).saturating_sub(now_ms)),
+                retry_after_secs: requests_retry_after(oldest, now_ms),
                 detail: "requests_per_minute",
             })
         }
@@ -1341,13 +1341,6 @@ fn pairs(v: Option<Value>) -> Vec<(String, u64)> {
     flat.chunks_exact(2)
         .filter_map(|p| Some((p[0].as_str()?.into_owned(), score(&p[1])?)))
         .collect()
-}
-
-/// The sliding-window token count, computed exactly as the in-process store
-/// does (and as reserve.lua checks it).
-fn tokens_in_window(now_ms: u64, cur: i64, prev: i64) -> f64 {
-    let into = (now_ms % MINUTE_MS) as f64 / MINUTE_MS as f64;
-    prev.max(0) as f64 * (1.0 - into) + cur.max(0) as f64
 }
 
 /// Polls the epoch and reloads the revocation sets when it moved. Runs on the

@@ -147,15 +147,6 @@ fn a_subjects_keys_share_one_slot_whatever_its_name() {
 }
 
 #[test]
-fn retry_after_formula_matches_the_memory_store() {
-    // Spot checks of the copied formula against values the memory store's
-    // own tests rely on.
-    assert_eq!(tokens_retry_after(100, 0, T0 + 1000, 100, 50), 89);
-    assert_eq!(tokens_retry_after(0, 0, T0, 100, 101), 60);
-    assert_eq!(tokens_in_window(T0 + 30_000, 20, 80), 60.0);
-}
-
-#[test]
 fn revocation_messages_parse() {
     let r = LocalRevocations::new();
     assert!(r.apply_message("j 99 some id with spaces"));
