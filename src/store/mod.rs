@@ -7,6 +7,10 @@ pub mod memory;
 pub mod redis;
 pub mod window;
 
+/// The behaviour every store shows, run against both (from `redis/tests.rs`).
+#[cfg(test)]
+mod conformance;
+
 use crate::identity::Identity;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -1729,10 +1729,6 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
-#[path = "conformance.rs"]
-mod conformance;
-
-#[cfg(test)]
 mod tests;
 
 mod batch;
