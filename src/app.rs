@@ -6,7 +6,7 @@ use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
 use crate::limits::Tiers;
 use crate::providers::Router;
 use crate::sinks::{Metrics, ModelLabels, UsageLog};
-use crate::store::{FinishFailed, MemoryStore, RedisStore, Store, StoreError};
+use crate::store::{FinishFailed, MemoryStore, RedisStore, Store, StoreError, StoreOp};
 use crate::usage::{Pricing, UsageRecord};
 use anyhow::Context;
 use std::sync::Arc;
@@ -69,7 +69,7 @@ impl App {
         let finish_failed: FinishFailed = {
             let metrics = metrics.clone();
             Arc::new(move |e: &StoreError| {
-                metrics.store_error("finish");
+                metrics.store_error(StoreOp::Finish);
                 log::warn!("releasing a finished request's limits state failed: {e}");
             })
         };
@@ -106,7 +106,7 @@ impl App {
         if let Err(f) = &r {
             match f.reason() {
                 Some(reason) => self.metrics.auth_failure(reason),
-                None => self.metrics.store_error("revocation"),
+                None => self.metrics.store_error(StoreOp::Revocation),
             }
         }
         r
@@ -115,7 +115,7 @@ impl App {
     /// Applies `store.on_error` to a failed store call: true lets the
     /// request go on (fail_open), false refuses it (fail_closed). Either way
     /// the failure is counted.
-    pub fn store_failure_allows(&self, op: &str, e: &StoreError) -> bool {
+    pub fn store_failure_allows(&self, op: StoreOp, e: &StoreError) -> bool {
         self.metrics.store_error(op);
         log::warn!("store {op} failed: {e}");
         self.on_error == OnError::FailOpen

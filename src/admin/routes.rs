@@ -6,6 +6,7 @@ use crate::clock::{now_ms, utc_day_string, valid_day};
 use crate::identity::{AuthFailure, Identity};
 use crate::providers::errors::{error_body, ErrorKind};
 use crate::providers::Dialect;
+use crate::store::StoreOp;
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 use serde_json::json;
@@ -43,7 +44,7 @@ pub async fn handle(app: &App, s: &mut ServerSession) -> Reply {
         ("GET", "/readyz") => match app.store.ping().await {
             Ok(()) => ok(json!({"status": "ready"})),
             Err(e) => {
-                app.metrics.store_error("ping");
+                app.metrics.store_error(StoreOp::Ping);
                 log::warn!("readiness: {e}");
                 err(503, ErrorKind::Api, "store unavailable")
             }
@@ -242,7 +243,7 @@ async fn revoke(app: &App, r: AdminRequest) -> Reply {
             ok(reply)
         }
         Err(e) => {
-            app.metrics.store_error("revoke");
+            app.metrics.store_error(StoreOp::Revoke);
             log::warn!("admin: revocation failed: {e}");
             err(503, ErrorKind::Api, "store unavailable")
         }
@@ -310,7 +311,7 @@ async fn usage(app: &App, r: AdminRequest) -> Reply {
             "cost_usd": t.cost_usd,
         })),
         Err(e) => {
-            app.metrics.store_error("usage");
+            app.metrics.store_error(StoreOp::Usage);
             log::warn!("admin: usage read failed: {e}");
             err(503, ErrorKind::Api, "store unavailable")
         }

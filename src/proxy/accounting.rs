@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::clock::{now_ms, utc_day_string};
 use crate::config::Price;
 use crate::sinks::TokenCounts;
-use crate::store::{DayTotals, Finish, Reservation};
+use crate::store::{DayTotals, Finish, Reservation, StoreOp};
 use crate::usage::{Metered, Pricing, Usage, UsageRecord};
 
 pub struct Outcome<'a> {
@@ -243,7 +243,7 @@ async fn release(
         return;
     }
     if let Err(e) = app.store.finish(done).await {
-        app.metrics.store_error("finish");
+        app.metrics.store_error(StoreOp::Finish);
         log::warn!(
             "request {}: releasing limits state failed: {e}",
             ctx.request_id

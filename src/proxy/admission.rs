@@ -11,7 +11,7 @@ use crate::config::OnError;
 use crate::identity::{AuthFailure, Identity};
 use crate::providers::body::{self, RequestInfo};
 use crate::providers::{Endpoint, Metering};
-use crate::store::{Admission, BudgetAsk, LimitKind, Reserved};
+use crate::store::{Admission, BudgetAsk, LimitKind, Reserved, StoreOp};
 use http::{HeaderMap, Method};
 use std::sync::Arc;
 
@@ -83,7 +83,7 @@ pub async fn admit(app: &App, ctx: &mut Ctx) -> Result<(), GatewayError> {
     }
     match app.store.admit(&identity.sub, now_ms(), tier.admit).await {
         Ok(a) => apply_admission(app, ctx, a),
-        Err(e) if app.store_failure_allows("admit", &e) => Ok(()),
+        Err(e) if app.store_failure_allows(StoreOp::Admit, &e) => Ok(()),
         Err(_) => Err(GatewayError::store_down()),
     }
 }
@@ -201,7 +201,7 @@ pub async fn approve_body(
                     None => Ok(rewritten),
                 }
             }
-            Err(e) if app.store_failure_allows("admit", &e) => Ok(rewritten),
+            Err(e) if app.store_failure_allows(StoreOp::Admit, &e) => Ok(rewritten),
             Err(_) => Err(GatewayError::store_down()),
         };
     }
@@ -211,7 +211,7 @@ pub async fn approve_body(
         .await
     {
         Ok(r) => apply_reserved(app, ctx, r).map(|()| rewritten),
-        Err(e) if app.store_failure_allows("reserve", &e) => Ok(rewritten),
+        Err(e) if app.store_failure_allows(StoreOp::Reserve, &e) => Ok(rewritten),
         Err(_) => Err(GatewayError::store_down()),
     }
 }

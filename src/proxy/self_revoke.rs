@@ -6,6 +6,7 @@ use super::ctx::Ctx;
 use super::error::GatewayError;
 use crate::app::App;
 use crate::identity::AuthFailure;
+use crate::store::StoreOp;
 use http::{HeaderMap, Method};
 
 /// The JSON answer, or the error to send.
@@ -26,7 +27,7 @@ pub async fn revoke(
     let until = app.verifier.accepted_until(&id);
     for jti in id.revocation_ids() {
         if let Err(e) = app.store.revoke_jti(jti, until).await {
-            app.metrics.store_error("revoke");
+            app.metrics.store_error(StoreOp::Revoke);
             log::warn!("request {}: revocation failed: {e}", ctx.request_id);
             return Err(GatewayError::new(
                 503,

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::store::StoreOp;
 use anyhow::{bail, Context};
 use prometheus::core::Collector;
 use prometheus::{
@@ -382,10 +383,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn store_error(&self, op: &str) {
+    pub fn store_error(&self, op: StoreOp) {
         self.inner
             .store_errors
-            .with_label_values(&[or_unknown(op)])
+            .with_label_values(&[op.label()])
             .inc();
     }
 

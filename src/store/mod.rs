@@ -26,6 +26,40 @@ pub enum StoreError {
     Protocol(String),
 }
 
+/// A store operation whose failure the gateway counts: the `op` label of
+/// `tollgate_store_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Admit,
+    Reserve,
+    Finish,
+    /// The revocation check of a request's token.
+    Revocation,
+    Revoke,
+    Usage,
+    Ping,
+}
+
+impl StoreOp {
+    pub fn label(self) -> &'static str {
+        match self {
+            StoreOp::Admit => "admit",
+            StoreOp::Reserve => "reserve",
+            StoreOp::Finish => "finish",
+            StoreOp::Revocation => "revocation",
+            StoreOp::Revoke => "revoke",
+            StoreOp::Usage => "usage",
+            StoreOp::Ping => "ping",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// Which limit refused a request; also the `limit` label of
 /// `tollgate_rate_limited_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

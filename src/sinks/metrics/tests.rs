@@ -102,8 +102,8 @@ fn exercise(m: &Metrics) {
     m.request_refused("", "", 401, "");
     m.auth_failure("expired");
     m.rate_limited("tokens");
-    m.store_error("incr");
-    m.store_error("incr");
+    m.store_error(StoreOp::Admit);
+    m.store_error(StoreOp::Admit);
 }
 
 #[test]
@@ -227,7 +227,7 @@ fn metrics_without_user_labels() {
         );
     }
     assert_eq!(
-        value(&all, "tollgate_store_errors_total", &[("op", "incr")]),
+        value(&all, "tollgate_store_errors_total", &[("op", "admit")]),
         Some(2.0)
     );
 }

@@ -3,8 +3,8 @@
 //! `TOLLGATE_TEST_REDIS_URL` is set (e.g. `redis://127.0.0.1:6391`); each
 //! uses its own key prefix, so they can run in parallel on one server.
 
-use crate::store::conformance::{self, subject, T0};
 use super::*;
+use crate::store::conformance::{self, subject, T0};
 use crate::store::MemoryStore;
 use fred::prelude::{ClientLike, KeysInterface, SortedSetsInterface};
 use futures_util::TryStreamExt;
