@@ -12,6 +12,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use std::time::{Duration, Instant};
 use tollgate::store::{
     Admission, AdmitLimits, BudgetLimits, DayTotals, Finish, MemoryStore, Reserved, Store,
+    StoreTesting,
 };
 
 const ADMIT: AdmitLimits = AdmitLimits {

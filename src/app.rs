@@ -6,7 +6,7 @@ use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
 use crate::limits::Tiers;
 use crate::providers::Router;
 use crate::sinks::{Metrics, ModelLabels, UsageLog};
-use crate::store::{FinishFailed, MemoryStore, RedisStore, Store, StoreError, StoreOp};
+use crate::store::{FinishFailed, Store, StoreError, StoreOp};
 use crate::usage::{Pricing, UsageRecord};
 use anyhow::Context;
 use std::sync::Arc;
@@ -18,8 +18,6 @@ pub struct App {
     pub router: Router,
     pub tiers: Tiers,
     pub store: Arc<dyn Store>,
-    /// Set when the store is in-process, for its periodic sweep.
-    pub memory_store: Option<Arc<MemoryStore>>,
     pub pricing: Pricing,
     pub usage_log: UsageLog<UsageRecord>,
     pub metrics: Metrics,
@@ -49,20 +47,7 @@ impl App {
             None => None,
         };
         let router = Router::from_config(cfg)?;
-        let (store, memory_store): (Arc<dyn Store>, _) = match &cfg.store.redis_url {
-            // Parses the URL only: the connection is made after a daemon fork,
-            // in the background, and start-up never waits for Redis.
-            Some(url) => (
-                Arc::new(
-                    RedisStore::new(url).map_err(|e| anyhow::anyhow!("store.redis_url: {e}"))?,
-                ),
-                None,
-            ),
-            None => {
-                let m = Arc::new(MemoryStore::new());
-                (m.clone(), Some(m))
-            }
-        };
+        let store = crate::store::connect(&cfg.store)?;
         let usage_log = UsageLog::new(&cfg.usage.log_path)
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
@@ -79,7 +64,6 @@ impl App {
             router,
             tiers: Tiers::new(&cfg.limits),
             store,
-            memory_store,
             pricing: Pricing::new(&cfg.usage.prices),
             usage_log,
             metrics,

@@ -107,7 +107,7 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start a runtime")?;
     rt.block_on(async {
-        let store = tollgate::store::connect(&cfg.store).await?;
+        let store = tollgate::store::connect(&cfg.store)?;
         let now = tollgate::clock::now_ms() / 1000;
         match (&args.jti, &args.sub) {
             (Some(jti), _) => {

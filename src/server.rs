@@ -65,9 +65,7 @@ impl BackgroundService for Housekeeping {
             tokio::select! {
                 _ = tick.tick() => {
                     let now = crate::clock::now_ms();
-                    if let Some(m) = &self.app.memory_store {
-                        m.sweep(now);
-                    }
+                    self.app.store.sweep(now);
                     self.app.metrics.sweep_idle_users(now, self.app.metrics_user_idle);
                 }
                 _ = shutdown.changed() => break,

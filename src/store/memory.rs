@@ -93,17 +93,6 @@ impl MemoryStore {
         f(&mut entry)
     }
 
-    /// Drops state that no window, slot, reservation or budget needs any
-    /// more, and revocations of tokens that have expired anyway.
-    pub fn sweep(&self, now_ms: u64) {
-        self.subjects.retain(|_, s| !s.idle(now_ms));
-        let now_s = now_ms / 1000;
-        self.revoked_jti.retain(|_, exp| *exp >= now_s);
-        let oldest_day =
-            crate::clock::utc_day_string(now_ms.saturating_sub(USAGE_RETENTION_DAYS * DAY_MS));
-        self.usage.retain(|(_, day), _| **day >= *oldest_day);
-    }
-
     /// [`Store::finish`]'s steps; none can fail in memory.
     fn finish_now(&self, done: Finish<'_>) {
         if done.slot_held {
@@ -187,6 +176,17 @@ fn raise(map: &DashMap<Box<str>, u64>, key: &str, v: u64) -> bool {
 
 #[async_trait]
 impl Store for MemoryStore {
+    /// Drops state that no window, slot, reservation or budget needs any
+    /// more, and revocations of tokens that have expired anyway.
+    fn sweep(&self, now_ms: u64) {
+        self.subjects.retain(|_, s| !s.idle(now_ms));
+        let now_s = now_ms / 1000;
+        self.revoked_jti.retain(|_, exp| *exp >= now_s);
+        let oldest_day =
+            crate::clock::utc_day_string(now_ms.saturating_sub(USAGE_RETENTION_DAYS * DAY_MS));
+        self.usage.retain(|(_, day), _| **day >= *oldest_day);
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -237,11 +237,6 @@ impl Store for MemoryStore {
 
     async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
         self.finish_now(done);
-        Ok(())
-    }
-
-    async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
-        self.release_slot_now(sub);
         Ok(())
     }
 
@@ -306,17 +301,6 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    async fn settle(
-        &self,
-        sub: &str,
-        reservation: Reservation,
-        actual_tokens: u64,
-        actual_usd: f64,
-    ) -> Result<(), StoreError> {
-        self.settle_now(sub, reservation, actual_tokens, actual_usd);
-        Ok(())
-    }
-
     async fn revoke_jti(&self, jti: &str, until: u64) -> Result<bool, StoreError> {
         Ok(raise(&self.revoked_jti, jti, until))
     }
@@ -336,16 +320,14 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError> {
-        self.add_usage_now(sub, day, totals);
-        Ok(())
-    }
-
     async fn usage(&self, sub: &str, day: &str) -> Result<DayTotals, StoreError> {
         let key: (Box<str>, Box<str>) = (sub.into(), day.into());
         Ok(self.usage.get(&key).map(|t| *t).unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl StoreTesting for MemoryStore {
     async fn inflight_reservations(&self) -> Result<u64, StoreError> {
         Ok(self.inflight_reservations.load(Ordering::Relaxed))
     }

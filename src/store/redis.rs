@@ -1523,10 +1523,6 @@ impl Store for RedisStore {
         parse_admit(reply, now_ms, limits)
     }
 
-    async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
-        self.finish(Finish::slot_only(sub)).await
-    }
-
     async fn reserve(
         &self,
         sub: &str,
@@ -1570,24 +1566,6 @@ impl Store for RedisStore {
             ));
         }
         Ok((admission, reserved))
-    }
-
-    async fn settle(
-        &self,
-        sub: &str,
-        reservation: Reservation,
-        actual_tokens: u64,
-        actual_usd: f64,
-    ) -> Result<(), StoreError> {
-        self.finish(Finish {
-            sub,
-            slot_held: false,
-            reservation: Some(reservation),
-            actual_tokens,
-            actual_usd,
-            totals: None,
-        })
-        .await
     }
 
     async fn revoke_jti(&self, jti: &str, until: u64) -> Result<bool, StoreError> {
@@ -1658,18 +1636,6 @@ impl Store for RedisStore {
         Ok(revs.check(jti, sub, iat))
     }
 
-    async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError> {
-        self.finish(Finish {
-            sub,
-            slot_held: false,
-            reservation: None,
-            actual_tokens: 0,
-            actual_usd: 0.0,
-            totals: Some((day, totals)),
-        })
-        .await
-    }
-
     async fn usage(&self, sub: &str, day: &str) -> Result<DayTotals, StoreError> {
         let conn = self.ready().await?;
         let key = self.ctx.keys.subject(sub).usage(day);
@@ -1700,6 +1666,18 @@ impl Store for RedisStore {
         })
     }
 
+    /// Release, settle and usage in one script (one round trip), retried
+    /// idempotently on connection errors.
+    async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
+        if !done.slot_held && done.reservation.is_none() && done.totals.is_none() {
+            return Ok(());
+        }
+        self.finish_with_marker(done, rand::random()).await
+    }
+}
+
+#[async_trait]
+impl StoreTesting for RedisStore {
     /// One GET. On a cluster the counter is updated just after each
     /// reserve/settle (see `bump_inflight_later`): this first waits (up to 2 s)
     /// for this replica's own pending updates.
@@ -1716,15 +1694,6 @@ impl Store for RedisStore {
             .await
             .map_err(store_error)?;
         Ok(v.as_u64().unwrap_or(0))
-    }
-
-    /// Release, settle and usage in one script (one round trip), retried
-    /// idempotently on connection errors.
-    async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
-        if !done.slot_held && done.reservation.is_none() && done.totals.is_none() {
-            return Ok(());
-        }
-        self.finish_with_marker(done, rand::random()).await
     }
 }
 
