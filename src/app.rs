@@ -13,25 +13,49 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct App {
-    pub verifier: Verifier,
-    pub signer: Option<Signer>,
+    pub identity: IdentityTokens,
     pub router: Router,
+    pub pricing: Pricing,
+    pub limits: Limiter,
+    pub sinks: Sinks,
+    pub request: RequestPolicy,
+}
+
+/// Verifying callers' tokens, and issuing tokens (admin API).
+pub struct IdentityTokens {
+    pub verifier: Verifier,
+    /// Set when `identity.private_key` is.
+    pub signer: Option<Signer>,
+    /// Lifetime of an issued token that asks for none.
+    pub default_ttl: Duration,
+}
+
+/// The tiers and the store that holds their state.
+pub struct Limiter {
     pub tiers: Tiers,
     pub store: Arc<dyn Store>,
-    pub pricing: Pricing,
+    /// `store.on_error`.
+    pub on_error: OnError,
+}
+
+/// Where what happened is recorded.
+pub struct Sinks {
     pub usage_log: UsageLog<UsageRecord>,
     pub metrics: Metrics,
+    pub model_labels: ModelLabels,
     /// Counts and logs a finish the store took over and could not apply.
     pub finish_failed: FinishFailed,
-    pub model_labels: ModelLabels,
-    pub on_error: OnError,
+    /// `metrics.per_user_idle_expiry`.
+    pub metrics_user_idle: Duration,
+}
+
+/// How much of a request the proxy accepts, and how long it waits.
+pub struct RequestPolicy {
     pub max_body_bytes: usize,
+    /// Output reservation of a request naming no `max_tokens`.
     pub default_max_tokens: u64,
     pub client_timeout: Duration,
     pub drain_on_disconnect: Duration,
-    /// `metrics.per_user_idle_expiry`.
-    pub metrics_user_idle: Duration,
-    pub default_ttl: Duration,
 }
 
 impl App {
@@ -59,23 +83,31 @@ impl App {
             })
         };
         Ok(Arc::new(Self {
-            verifier,
-            signer,
+            identity: IdentityTokens {
+                verifier,
+                signer,
+                default_ttl: cfg.identity.default_ttl.as_duration(),
+            },
             router,
-            tiers: Tiers::new(&cfg.limits),
-            store,
             pricing: Pricing::new(&cfg.usage.prices),
-            usage_log,
-            metrics,
-            finish_failed,
-            model_labels: ModelLabels::from_config(cfg),
-            on_error: cfg.store.on_error,
-            max_body_bytes: cfg.limits.max_body_bytes,
-            default_max_tokens: cfg.limits.default_max_tokens,
-            client_timeout: cfg.limits.client_timeout.as_duration(),
-            drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
-            metrics_user_idle: cfg.metrics.per_user_idle_expiry.as_duration(),
-            default_ttl: cfg.identity.default_ttl.as_duration(),
+            limits: Limiter {
+                tiers: Tiers::new(&cfg.limits),
+                store,
+                on_error: cfg.store.on_error,
+            },
+            sinks: Sinks {
+                usage_log,
+                metrics,
+                model_labels: ModelLabels::from_config(cfg),
+                finish_failed,
+                metrics_user_idle: cfg.metrics.per_user_idle_expiry.as_duration(),
+            },
+            request: RequestPolicy {
+                max_body_bytes: cfg.limits.max_body_bytes,
+                default_max_tokens: cfg.limits.default_max_tokens,
+                client_timeout: cfg.limits.client_timeout.as_duration(),
+                drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
+            },
         }))
     }
 
@@ -86,11 +118,11 @@ impl App {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Arc<Identity>, AuthFailure> {
-        let r = authenticate(&self.verifier, self.store.as_ref(), headers).await;
+        let r = authenticate(&self.identity.verifier, self.limits.store.as_ref(), headers).await;
         if let Err(f) = &r {
             match f.reason() {
-                Some(reason) => self.metrics.auth_failure(reason),
-                None => self.metrics.store_error(StoreOp::Revocation),
+                Some(reason) => self.sinks.metrics.auth_failure(reason),
+                None => self.sinks.metrics.store_error(StoreOp::Revocation),
             }
         }
         r
@@ -100,9 +132,9 @@ impl App {
     /// request go on (fail_open), false refuses it (fail_closed). Either way
     /// the failure is counted.
     pub fn store_failure_allows(&self, op: StoreOp, e: &StoreError) -> bool {
-        self.metrics.store_error(op);
+        self.sinks.metrics.store_error(op);
         log::warn!("store {op} failed: {e}");
-        self.on_error == OnError::FailOpen
+        self.limits.on_error == OnError::FailOpen
     }
 }
 

@@ -24,10 +24,10 @@ pub async fn revoke(
         Err(AuthFailure::Revoked(id)) => return Ok(answer(&id.jti)),
         Err(AuthFailure::Invalid(e)) => return Err(GatewayError::unauthorized(e)),
     };
-    let until = app.verifier.accepted_until(&id);
+    let until = app.identity.verifier.accepted_until(&id);
     for jti in id.revocation_ids() {
-        if let Err(e) = app.store.revoke_jti(jti, until).await {
-            app.metrics.store_error(StoreOp::Revoke);
+        if let Err(e) = app.limits.store.revoke_jti(jti, until).await {
+            app.sinks.metrics.store_error(StoreOp::Revoke);
             log::warn!("request {}: revocation failed: {e}", ctx.request_id);
             return Err(GatewayError::new(
                 503,
