@@ -3,9 +3,13 @@
 //! `TOLLGATE_TEST_REDIS_URL` is set (e.g. `redis://127.0.0.1:6391`); each
 //! uses its own key prefix, so they can run in parallel on one server.
 
+use super::keys::{MARKER_TTL_MS, REPLAY_MARKER_TTL_MS};
+use super::revocations::STALE_AFTER_MS;
 use super::*;
 use crate::store::conformance::{self, subject, T0};
+use crate::store::window::{DAY_MS, MINUTE_MS};
 use crate::store::MemoryStore;
+use base64::Engine as _;
 use fred::prelude::{ClientLike, KeysInterface, SortedSetsInterface};
 use futures_util::TryStreamExt;
 use rand::{Rng, SeedableRng};
