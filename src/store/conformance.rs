@@ -1,5 +1,5 @@
 //! Behaviour every [`Store`] must show, written once and run against each
-//! implementation (see `redis/tests.rs`). Subjects get a random suffix so
+//! implementation (see `redis/tests/mod.rs`). Subjects get a random suffix so
 //! tests sharing one Redis never see each other's state.
 
 use crate::store::*;

@@ -7,7 +7,7 @@ pub mod memory;
 pub mod redis;
 pub mod window;
 
-/// The behaviour every store shows, run against both (from `redis/tests.rs`).
+/// The behaviour every store shows, run against both (from `redis/tests/`).
 #[cfg(test)]
 mod conformance;
 
