@@ -12,6 +12,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use std::time::{Duration, Instant};
 use tollgate::store::{
     Admission, AdmitLimits, BudgetLimits, DayTotals, Finish, MemoryStore, Reserved, Store,
+    StoreTesting,
 };
 
 const ADMIT: AdmitLimits = AdmitLimits {
@@ -68,8 +69,8 @@ fn limiter(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let start_ms = tollgate::limits::now_ms();
-    let day = tollgate::limits::utc_day_string(start_ms);
+    let start_ms = tollgate::clock::now_ms();
+    let day = tollgate::clock::utc_day_string(start_ms);
     let mut g = c.benchmark_group("limiter");
     // (subjects, simulated ms between two requests overall):
     // one busy user at 600 req/min (just under its 1000 rpm limit);

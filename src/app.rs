@@ -6,34 +6,56 @@ use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
 use crate::limits::Tiers;
 use crate::providers::Router;
 use crate::sinks::{Metrics, ModelLabels, UsageLog};
-use crate::store::{FinishFailed, MemoryStore, RedisStore, Store, StoreError};
+use crate::store::{FinishFailed, Store, StoreError, StoreOp};
 use crate::usage::{Pricing, UsageRecord};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct App {
-    pub verifier: Verifier,
-    pub signer: Option<Signer>,
+    pub identity: IdentityTokens,
     pub router: Router,
+    pub pricing: Pricing,
+    pub limits: Limiter,
+    pub sinks: Sinks,
+    pub request: RequestPolicy,
+}
+
+/// Verifying callers' tokens, and issuing tokens (admin API).
+pub struct IdentityTokens {
+    pub verifier: Verifier,
+    /// Set when `identity.private_key` is.
+    pub signer: Option<Signer>,
+    /// Lifetime of an issued token that asks for none.
+    pub default_ttl: Duration,
+}
+
+/// The tiers and the store that holds their state.
+pub struct Limiter {
     pub tiers: Tiers,
     pub store: Arc<dyn Store>,
-    /// Set when the store is in-process, for its periodic sweep.
-    pub memory_store: Option<Arc<MemoryStore>>,
-    pub pricing: Pricing,
+    /// `store.on_error`.
+    pub on_error: OnError,
+}
+
+/// Where what happened is recorded.
+pub struct Sinks {
     pub usage_log: UsageLog<UsageRecord>,
     pub metrics: Metrics,
+    pub model_labels: ModelLabels,
     /// Counts and logs a finish the store took over and could not apply.
     pub finish_failed: FinishFailed,
-    pub model_labels: ModelLabels,
-    pub on_error: OnError,
+    /// `metrics.per_user_idle_expiry`.
+    pub metrics_user_idle: Duration,
+}
+
+/// How much of a request the proxy accepts, and how long it waits.
+pub struct RequestPolicy {
     pub max_body_bytes: usize,
+    /// Output reservation of a request naming no `max_tokens`.
     pub default_max_tokens: u64,
     pub client_timeout: Duration,
     pub drain_on_disconnect: Duration,
-    /// `metrics.per_user_idle_expiry`.
-    pub metrics_user_idle: Duration,
-    pub default_ttl: Duration,
 }
 
 impl App {
@@ -49,49 +71,43 @@ impl App {
             None => None,
         };
         let router = Router::from_config(cfg)?;
-        let (store, memory_store): (Arc<dyn Store>, _) = match &cfg.store.redis_url {
-            // Parses the URL only: the connection is made after a daemon fork,
-            // in the background, and start-up never waits for Redis.
-            Some(url) => (
-                Arc::new(
-                    RedisStore::new(url).map_err(|e| anyhow::anyhow!("store.redis_url: {e}"))?,
-                ),
-                None,
-            ),
-            None => {
-                let m = Arc::new(MemoryStore::new());
-                (m.clone(), Some(m))
-            }
-        };
+        let store = crate::store::connect(&cfg.store)?;
         let usage_log = UsageLog::new(&cfg.usage.log_path)
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
         let finish_failed: FinishFailed = {
             let metrics = metrics.clone();
             Arc::new(move |e: &StoreError| {
-                metrics.store_error("finish");
+                metrics.store_error(StoreOp::Finish);
                 log::warn!("releasing a finished request's limits state failed: {e}");
             })
         };
         Ok(Arc::new(Self {
-            verifier,
-            signer,
+            identity: IdentityTokens {
+                verifier,
+                signer,
+                default_ttl: cfg.identity.default_ttl.as_duration(),
+            },
             router,
-            tiers: Tiers::new(&cfg.limits),
-            store,
-            memory_store,
             pricing: Pricing::new(&cfg.usage.prices),
-            usage_log,
-            metrics,
-            finish_failed,
-            model_labels: ModelLabels::from_config(cfg),
-            on_error: cfg.store.on_error,
-            max_body_bytes: cfg.limits.max_body_bytes,
-            default_max_tokens: cfg.limits.default_max_tokens,
-            client_timeout: cfg.limits.client_timeout.as_duration(),
-            drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
-            metrics_user_idle: cfg.metrics.per_user_idle_expiry.as_duration(),
-            default_ttl: cfg.identity.default_ttl.as_duration(),
+            limits: Limiter {
+                tiers: Tiers::new(&cfg.limits),
+                store,
+                on_error: cfg.store.on_error,
+            },
+            sinks: Sinks {
+                usage_log,
+                metrics,
+                model_labels: ModelLabels::from_config(cfg),
+                finish_failed,
+                metrics_user_idle: cfg.metrics.per_user_idle_expiry.as_duration(),
+            },
+            request: RequestPolicy {
+                max_body_bytes: cfg.limits.max_body_bytes,
+                default_max_tokens: cfg.limits.default_max_tokens,
+                client_timeout: cfg.limits.client_timeout.as_duration(),
+                drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
+            },
         }))
     }
 
@@ -102,11 +118,11 @@ impl App {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Arc<Identity>, AuthFailure> {
-        let r = authenticate(&self.verifier, self.store.as_ref(), headers).await;
+        let r = authenticate(&self.identity.verifier, self.limits.store.as_ref(), headers).await;
         if let Err(f) = &r {
             match f.reason() {
-                Some(reason) => self.metrics.auth_failure(reason),
-                None => self.metrics.store_error("revocation"),
+                Some(reason) => self.sinks.metrics.auth_failure(reason),
+                None => self.sinks.metrics.store_error(StoreOp::Revocation),
             }
         }
         r
@@ -115,10 +131,10 @@ impl App {
     /// Applies `store.on_error` to a failed store call: true lets the
     /// request go on (fail_open), false refuses it (fail_closed). Either way
     /// the failure is counted.
-    pub fn store_failure_allows(&self, op: &str, e: &StoreError) -> bool {
-        self.metrics.store_error(op);
+    pub fn store_failure_allows(&self, op: StoreOp, e: &StoreError) -> bool {
+        self.sinks.metrics.store_error(op);
         log::warn!("store {op} failed: {e}");
-        self.on_error == OnError::FailOpen
+        self.limits.on_error == OnError::FailOpen
     }
 }
 

@@ -107,8 +107,8 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start a runtime")?;
     rt.block_on(async {
-        let store = tollgate::store::connect(&cfg.store).await?;
-        let now = tollgate::limits::now_ms() / 1000;
+        let store = tollgate::store::connect(&cfg.store)?;
+        let now = tollgate::clock::now_ms() / 1000;
         match (&args.jti, &args.sub) {
             (Some(jti), _) => {
                 store

@@ -52,23 +52,21 @@ struct Housekeeping {
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.app.usage_log.start();
-        self.app.store.start_background();
-        let log = self.app.usage_log.clone();
+        self.app.sinks.usage_log.start();
+        self.app.limits.store.start_background();
+        let log = self.app.sinks.usage_log.clone();
         tokio::spawn(crate::sinks::watch_sighup(log));
         // Every 10 s, or more often when idle series expire sooner, so a
         // series outlives its expiry by at most half of it.
-        let every =
-            (self.app.metrics_user_idle / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let every = (self.app.sinks.metrics_user_idle / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(10));
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let now = crate::limits::now_ms();
-                    if let Some(m) = &self.app.memory_store {
-                        m.sweep(now);
-                    }
-                    self.app.metrics.sweep_idle_users(now, self.app.metrics_user_idle);
+                    let now = crate::clock::now_ms();
+                    self.app.limits.store.sweep(now);
+                    self.app.sinks.metrics.sweep_idle_users(now, self.app.sinks.metrics_user_idle);
                 }
                 _ = shutdown.changed() => break,
             }
@@ -130,7 +128,9 @@ impl BackgroundService for JwksRefresh {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        fetcher.run(&self.app.verifier, self.refresh, stop).await;
+        fetcher
+            .run(&self.app.identity.verifier, self.refresh, stop)
+            .await;
     }
 }
 
@@ -158,7 +158,11 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     http.handle_init_modules();
     let mut proxy = Service::new(
         "tollgate proxy".to_string(),
-        Guarded::new(http, app.client_timeout, !app.drain_on_disconnect.is_zero()),
+        Guarded::new(
+            http,
+            app.request.client_timeout,
+            !app.request.drain_on_disconnect.is_zero(),
+        ),
     );
     for addr in cfg.listen.addrs() {
         proxy.add_tcp(&addr);
@@ -198,7 +202,7 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     server.run(RunArgs::default());
     // Every request has finished (or its grace ran out): make sure each
     // record that was produced is on disk before the process exits.
-    app.usage_log.flush_and_stop(Duration::from_secs(10));
+    app.sinks.usage_log.flush_and_stop(Duration::from_secs(10));
     log::info!("tollgate stopped");
     Ok(())
 }

@@ -2,10 +2,11 @@
 //! provider).
 
 use crate::app::App;
+use crate::clock::{now_ms, utc_day_string, valid_day};
 use crate::identity::{AuthFailure, Identity};
-use crate::limits::{now_ms, utc_day_string, valid_day};
 use crate::providers::errors::{error_body, ErrorKind};
 use crate::providers::Dialect;
+use crate::store::StoreOp;
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 use serde_json::json;
@@ -40,10 +41,10 @@ pub async fn handle(app: &App, s: &mut ServerSession) -> Reply {
     let path = s.req_header().uri.path().to_string();
     match (method.as_str(), path.as_str()) {
         ("GET", "/healthz") => ok(json!({"status": "ok"})),
-        ("GET", "/readyz") => match app.store.ping().await {
+        ("GET", "/readyz") => match app.limits.store.ping().await {
             Ok(()) => ok(json!({"status": "ready"})),
             Err(e) => {
-                app.metrics.store_error("ping");
+                app.sinks.metrics.store_error(StoreOp::Ping);
                 log::warn!("readiness: {e}");
                 err(503, ErrorKind::Api, "store unavailable")
             }
@@ -139,7 +140,7 @@ struct TokenRequest {
 
 fn issue_token(app: &App, r: AdminRequest) -> Reply {
     let (admin, body) = (r.admin, r.body.as_slice());
-    let Some(signer) = &app.signer else {
+    let Some(signer) = &app.identity.signer else {
         return err(
             400,
             ErrorKind::InvalidRequest,
@@ -171,7 +172,7 @@ fn issue_token(app: &App, r: AdminRequest) -> Reply {
     let ttl = req
         .ttl_seconds
         .map(Duration::from_secs)
-        .unwrap_or(app.default_ttl);
+        .unwrap_or(app.identity.default_ttl);
     if ttl.is_zero() || ttl.as_secs() > JTI_REVOCATION_SECS {
         return err(
             400,
@@ -219,11 +220,14 @@ async fn revoke(app: &App, r: AdminRequest) -> Reply {
     let now = now_ms() / 1000;
     let (result, reply) = match (req.jti, req.sub) {
         (Some(jti), None) if !jti.is_empty() => (
-            app.store.revoke_jti(&jti, now + JTI_REVOCATION_SECS).await,
+            app.limits
+                .store
+                .revoke_jti(&jti, now + JTI_REVOCATION_SECS)
+                .await,
             json!({"status": "revoked", "jti": jti}),
         ),
         (None, Some(sub)) if !sub.is_empty() => (
-            app.store.revoke_sub(&sub, now).await,
+            app.limits.store.revoke_sub(&sub, now).await,
             json!({"status": "revoked", "sub": sub, "issued_at_or_before": now}),
         ),
         _ => {
@@ -242,7 +246,7 @@ async fn revoke(app: &App, r: AdminRequest) -> Reply {
             ok(reply)
         }
         Err(e) => {
-            app.metrics.store_error("revoke");
+            app.sinks.metrics.store_error(StoreOp::Revoke);
             log::warn!("admin: revocation failed: {e}");
             err(503, ErrorKind::Api, "store unavailable")
         }
@@ -298,7 +302,7 @@ async fn usage(app: &App, r: AdminRequest) -> Reply {
         Some(_) => return err(400, ErrorKind::InvalidRequest, "day must be YYYY-MM-DD"),
         None => utc_day_string(now_ms()),
     };
-    match app.store.usage(&sub, &day).await {
+    match app.limits.store.usage(&sub, &day).await {
         Ok(t) => ok(json!({
             "sub": sub,
             "day": day,
@@ -310,7 +314,7 @@ async fn usage(app: &App, r: AdminRequest) -> Reply {
             "cost_usd": t.cost_usd,
         })),
         Err(e) => {
-            app.metrics.store_error("usage");
+            app.sinks.metrics.store_error(StoreOp::Usage);
             log::warn!("admin: usage read failed: {e}");
             err(503, ErrorKind::Api, "store unavailable")
         }

@@ -1,6 +1,7 @@
 use super::*;
+use crate::clock::now_secs;
 use crate::identity::test_support::*;
-use crate::identity::{now_secs, KeyAlg};
+use crate::identity::KeyAlg;
 use serde_json::json;
 
 #[test]

@@ -162,15 +162,6 @@ impl AuthError {
     }
 }
 
-/// Seconds since the Unix epoch. A clock before 1970 reads as 0, which makes
-/// every token look expired rather than valid forever.
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 
 use super::alg::Alg;
 use super::keys::{self, KeyKind};
-use super::now_secs;
+use crate::clock::now_secs;
 use crate::config::IdentityConfig;
 use anyhow::{anyhow, bail, Context};
 use aws_lc_rs::encoding::AsDer;

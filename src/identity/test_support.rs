@@ -5,7 +5,8 @@
 
 use super::keygen::keygen;
 use super::keys::PublicKey;
-use super::{now_secs, KeyAlg, Signer, Verifier};
+use super::{KeyAlg, Signer, Verifier};
+use crate::clock::now_secs;
 use crate::config::{ClaimsConfig, HumanDuration, IdentityConfig, KeyConfig};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{

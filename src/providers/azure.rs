@@ -47,7 +47,9 @@ impl Kind for Azure {
 
     fn config_problems(&self, p: &ProviderConfig) -> Vec<String> {
         match p.api_version.as_deref() {
-            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            Some(v)
+                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+            {
                 Vec::new()
             }
             Some(v) => vec![format!(

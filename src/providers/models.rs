@@ -9,9 +9,9 @@
 //! without an entry goes to the endpoint's first provider, as routes say.
 
 use super::endpoint::Endpoint;
+use super::kind;
 use super::router::served;
 use super::Provider;
-use super::kind;
 use crate::config::{Config, ProviderConfig, Strategy};
 use crate::limits::glob_match;
 use dashmap::DashMap;

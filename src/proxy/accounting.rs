@@ -6,10 +6,10 @@
 
 use super::ctx::{Ctx, Lease};
 use crate::app::App;
+use crate::clock::{now_ms, utc_day_string};
 use crate::config::Price;
-use crate::limits::{now_ms, utc_day_string};
 use crate::sinks::TokenCounts;
-use crate::store::{DayTotals, Finish, Reservation};
+use crate::store::{DayTotals, Finish, Reservation, StoreOp};
 use crate::usage::{Metered, Pricing, Usage, UsageRecord};
 
 pub struct Outcome<'a> {
@@ -27,9 +27,9 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         .to_string();
     let status = ctx.status.unwrap_or(out.fallback_status);
     if !ctx.proxied || ctx.refusal.is_some() {
-        app.metrics.request_refused(
+        app.sinks.metrics.request_refused(
             &provider,
-            app.model_labels.label(ctx.model().unwrap_or("")),
+            app.sinks.model_labels.label(ctx.model().unwrap_or("")),
             status,
             ctx.sub(),
         );
@@ -72,10 +72,12 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     };
     // Never awaits: a dropped future (runtime shutdown) must not lose the
     // record; a full queue spills to the writer's overflow instead.
-    app.usage_log.try_send(record);
-    app.metrics.request_finished(
+    app.sinks.usage_log.try_send(record);
+    app.sinks.metrics.request_finished(
         &provider,
-        app.model_labels.label(used.model.as_deref().unwrap_or("")),
+        app.sinks
+            .model_labels
+            .label(used.model.as_deref().unwrap_or("")),
         status,
         ctx.sub(),
         TokenCounts {
@@ -223,7 +225,11 @@ pub fn settle_at_last_byte(app: &App, ctx: &mut Ctx) {
     let totals = day_totals(&used.metered.usage, used.cost);
     let day = utc_day_string(now_ms());
     let done = finish_of(ctx.sub(), lease, charge, Some((&day, &totals)));
-    if !app.store.finish_early(done, &app.finish_failed) {
+    if !app
+        .limits
+        .store
+        .finish_early(done, &app.sinks.finish_failed)
+    {
         // The store wants it done in `logging`.
         ctx.lease = Some(lease);
     }
@@ -242,8 +248,8 @@ async fn release(
     if !done.slot_held && done.reservation.is_none() && done.totals.is_none() {
         return;
     }
-    if let Err(e) = app.store.finish(done).await {
-        app.metrics.store_error("finish");
+    if let Err(e) = app.limits.store.finish(done).await {
+        app.sinks.metrics.store_error(StoreOp::Finish);
         log::warn!(
             "request {}: releasing limits state failed: {e}",
             ctx.request_id

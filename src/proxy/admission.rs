@@ -6,12 +6,12 @@
 use super::ctx::{Caller, Ctx, Lease, Routed};
 use super::error::GatewayError;
 use crate::app::App;
+use crate::clock::now_ms;
 use crate::config::OnError;
 use crate::identity::{AuthFailure, Identity};
-use crate::limits::now_ms;
 use crate::providers::body::{self, RequestInfo};
 use crate::providers::{Endpoint, Metering};
-use crate::store::{Admission, BudgetAsk, LimitKind, Reserved};
+use crate::store::{Admission, BudgetAsk, LimitKind, Reserved, StoreOp};
 use http::{HeaderMap, Method};
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ pub async fn authenticate(
         Err(AuthFailure::StoreDown(id, e)) => {
             // Already counted by `App::authenticate`.
             log::warn!("store revocation check failed: {e}");
-            if app.on_error != OnError::FailOpen {
+            if app.limits.on_error != OnError::FailOpen {
                 return Err(GatewayError::store_down());
             }
             id
@@ -56,6 +56,7 @@ pub async fn authenticate(
 
 fn set_caller(app: &App, ctx: &mut Ctx, identity: Arc<Identity>) {
     let tier = app
+        .limits
         .tiers
         .resolve(identity.tier.as_deref(), &identity.roles)
         .clone();
@@ -81,16 +82,21 @@ pub async fn admit(app: &App, ctx: &mut Ctx) -> Result<(), GatewayError> {
     if tier.admit.is_unlimited() {
         return Ok(());
     }
-    match app.store.admit(&identity.sub, now_ms(), tier.admit).await {
+    match app
+        .limits
+        .store
+        .admit(&identity.sub, now_ms(), tier.admit)
+        .await
+    {
         Ok(a) => apply_admission(app, ctx, a),
-        Err(e) if app.store_failure_allows("admit", &e) => Ok(()),
+        Err(e) if app.store_failure_allows(StoreOp::Admit, &e) => Ok(()),
         Err(_) => Err(GatewayError::store_down()),
     }
 }
 
 fn refused(app: &App, err: GatewayError) -> GatewayError {
     if let Some(limit) = err.limit {
-        app.metrics.rate_limited(limit.label());
+        app.sinks.metrics.rate_limited(limit.label());
     }
     err
 }
@@ -190,6 +196,7 @@ pub async fn approve_body(
     let sub = &identity.sub;
     if with_admission {
         return match app
+            .limits
             .store
             .admit_reserve(sub, now_ms(), tier.admit, Some(ask))
             .await
@@ -201,17 +208,18 @@ pub async fn approve_body(
                     None => Ok(rewritten),
                 }
             }
-            Err(e) if app.store_failure_allows("admit", &e) => Ok(rewritten),
+            Err(e) if app.store_failure_allows(StoreOp::Admit, &e) => Ok(rewritten),
             Err(_) => Err(GatewayError::store_down()),
         };
     }
     match app
+        .limits
         .store
         .reserve(sub, now_ms(), ask.tokens, ask.usd, ask.limits)
         .await
     {
         Ok(r) => apply_reserved(app, ctx, r).map(|()| rewritten),
-        Err(e) if app.store_failure_allows("reserve", &e) => Ok(rewritten),
+        Err(e) if app.store_failure_allows(StoreOp::Reserve, &e) => Ok(rewritten),
         Err(_) => Err(GatewayError::store_down()),
     }
 }
@@ -273,7 +281,7 @@ fn budget_ask(
         return None;
     }
     let output = match endpoint.metering() {
-        Metering::Generation => info.output_reservation(app.default_max_tokens),
+        Metering::Generation => info.output_reservation(app.request.default_max_tokens),
         Metering::InputOnly => 0,
         Metering::RequestOnly => return None,
     };

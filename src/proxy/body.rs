@@ -53,8 +53,8 @@ pub async fn plan(
     ctx: &mut Ctx,
 ) -> pingora::Result<Result<(), GatewayError>> {
     let declared = content_length(session.req_header());
-    if declared.is_some_and(|n| n > app.max_body_bytes) {
-        return Ok(Err(GatewayError::too_large(app.max_body_bytes)));
+    if declared.is_some_and(|n| n > app.request.max_body_bytes) {
+        return Ok(Err(GatewayError::too_large(app.request.max_body_bytes)));
     }
     let takes_body = ctx.endpoint().is_some_and(|e| e.has_body());
     if !takes_body && !has_body(session.req_header()) {
@@ -74,7 +74,7 @@ pub async fn plan(
         return Ok(Ok(()));
     };
     let Some(raw) = read_small(app, session, len).await? else {
-        return Ok(Err(GatewayError::too_large(app.max_body_bytes)));
+        return Ok(Err(GatewayError::too_large(app.request.max_body_bytes)));
     };
     Ok(admission::approve_body(app, &raw, ctx, Admit::WithBody)
         .await
@@ -98,7 +98,7 @@ async fn read_small(
         .await
         .map_err(|e| e.into_down())?
     {
-        if buf.len() + chunk.len() > app.max_body_bytes {
+        if buf.len() + chunk.len() > app.request.max_body_bytes {
             return Ok(None);
         }
         buf.extend_from_slice(&chunk);
@@ -125,8 +125,8 @@ pub async fn filter(
         }
         BodyPhase::Collecting(buf) => {
             if let Some(chunk) = body.take() {
-                if buf.len() + chunk.len() > app.max_body_bytes {
-                    return Err(GatewayError::too_large(app.max_body_bytes));
+                if buf.len() + chunk.len() > app.request.max_body_bytes {
+                    return Err(GatewayError::too_large(app.request.max_body_bytes));
                 }
                 buf.extend_from_slice(&chunk);
             }

@@ -125,8 +125,8 @@ impl ProxyHttp for Gateway {
         let app = &self.app;
         // Bounds an idle client body (Pingora's default is 60 s), and a
         // client that stops reading its response.
-        session.set_read_timeout(Some(app.client_timeout));
-        session.set_write_timeout(Some(app.client_timeout));
+        session.set_read_timeout(Some(app.request.client_timeout));
+        session.set_write_timeout(Some(app.request.client_timeout));
         match self.admit(session, ctx).await? {
             Decision::Proxy => {}
             Decision::Answered => return Ok(true),
@@ -135,13 +135,13 @@ impl ProxyHttp for Gateway {
         // We ask providers for identity encoding; one that compresses anyway
         // is decoded before the meter sees its body.
         session.upstream_compression.adjust_decompression(true);
-        if !app.drain_on_disconnect.is_zero() {
+        if !app.request.drain_on_disconnect.is_zero() {
             // Keep reading the provider when the client leaves, so the
             // final usage is still seen (see response_body_filter).
             session.set_abort_on_close(false);
         }
         if let Some(p) = ctx.provider() {
-            ctx.inflight = Some(app.metrics.inflight(&p.name));
+            ctx.inflight = Some(app.sinks.metrics.inflight(&p.name));
         }
         Ok(false)
     }
@@ -337,7 +337,7 @@ impl Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        let drain = self.app.drain_on_disconnect;
+        let drain = self.app.request.drain_on_disconnect;
         if !drain.is_zero() && ctx.drain.is_none() && !content_ended(ctx) && client_left(session) {
             ctx.drain = Some(Drain {
                 until: Instant::now() + drain,

@@ -6,6 +6,7 @@ use super::ctx::Ctx;
 use super::error::GatewayError;
 use crate::app::App;
 use crate::identity::AuthFailure;
+use crate::store::StoreOp;
 use http::{HeaderMap, Method};
 
 /// The JSON answer, or the error to send.
@@ -23,10 +24,10 @@ pub async fn revoke(
         Err(AuthFailure::Revoked(id)) => return Ok(answer(&id.jti)),
         Err(AuthFailure::Invalid(e)) => return Err(GatewayError::unauthorized(e)),
     };
-    let until = app.verifier.accepted_until(&id);
+    let until = app.identity.verifier.accepted_until(&id);
     for jti in id.revocation_ids() {
-        if let Err(e) = app.store.revoke_jti(jti, until).await {
-            app.metrics.store_error("revoke");
+        if let Err(e) = app.limits.store.revoke_jti(jti, until).await {
+            app.sinks.metrics.store_error(StoreOp::Revoke);
             log::warn!("request {}: revocation failed: {e}", ctx.request_id);
             return Err(GatewayError::new(
                 503,

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::store::StoreOp;
 use anyhow::{bail, Context};
 use prometheus::core::Collector;
 use prometheus::{
@@ -293,7 +294,7 @@ impl Metrics {
                 model,
                 status,
                 Some((tokens, cost)),
-                crate::limits::now_ms(),
+                crate::clock::now_ms(),
             ),
             UsageCounters::Plain {
                 requests,
@@ -338,7 +339,7 @@ impl Metrics {
                 model,
                 status,
                 None,
-                crate::limits::now_ms(),
+                crate::clock::now_ms(),
             ),
             UsageCounters::Plain { requests, .. } => {
                 let status = StatusLabel::new(status);
@@ -383,10 +384,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn store_error(&self, op: &str) {
+    pub fn store_error(&self, op: StoreOp) {
         self.inner
             .store_errors
-            .with_label_values(&[or_unknown(op)])
+            .with_label_values(&[op.label()])
             .inc();
     }
 

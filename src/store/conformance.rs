@@ -1,5 +1,5 @@
 //! Behaviour every [`Store`] must show, written once and run against each
-//! implementation (see `redis/tests.rs`). Subjects get a random suffix so
+//! implementation (see `redis/tests/mod.rs`). Subjects get a random suffix so
 //! tests sharing one Redis never see each other's state.
 
 use crate::store::*;
@@ -61,7 +61,7 @@ fn refused(r: Reserved) -> Refusal {
     }
 }
 
-pub async fn sliding_window_is_exact(s: &dyn Store) {
+pub async fn sliding_window_is_exact(s: &dyn StoreTesting) {
     let u = subject("window");
     for (i, left) in [2, 1, 0].into_iter().enumerate() {
         let a = s.admit(&u, T0 + i as u64 * 1000, rpm(3)).await.unwrap();
@@ -98,7 +98,7 @@ pub async fn sliding_window_is_exact(s: &dyn Store) {
     );
 }
 
-pub async fn retry_after_rounds_up(s: &dyn Store) {
+pub async fn retry_after_rounds_up(s: &dyn StoreTesting) {
     let u = subject("round");
     s.admit(&u, T0 + 250, rpm(1)).await.unwrap();
     // 59.25 s to wait: 60 whole seconds.
@@ -111,7 +111,7 @@ pub async fn retry_after_rounds_up(s: &dyn Store) {
     assert_eq!((r.limit, r.retry_after_secs), (LimitKind::Requests, 60));
 }
 
-pub async fn concurrency_slots(s: &dyn Store) {
+pub async fn concurrency_slots(s: &dyn StoreTesting) {
     let u = subject("slots");
     for _ in 0..2 {
         assert!(matches!(
@@ -157,7 +157,7 @@ pub async fn concurrency_slots(s: &dyn Store) {
     );
 }
 
-pub async fn refused_admission_consumes_nothing(s: &dyn Store) {
+pub async fn refused_admission_consumes_nothing(s: &dyn StoreTesting) {
     let u = subject("refused");
     let both = AdmitLimits {
         requests_per_minute: Some(1),
@@ -194,7 +194,7 @@ pub async fn refused_admission_consumes_nothing(s: &dyn Store) {
     assert_eq!(remaining(s.admit(&v, T0 + 2, lim).await.unwrap()), Some(0));
 }
 
-pub async fn reserve_then_settle_budget(s: &dyn Store) {
+pub async fn reserve_then_settle_budget(s: &dyn StoreTesting) {
     let u = subject("budget");
     let lim = BudgetLimits {
         tokens_per_minute: None,
@@ -237,7 +237,7 @@ pub async fn reserve_then_settle_budget(s: &dyn Store) {
     assert_eq!(s.inflight_reservations().await.unwrap(), before + 3);
 }
 
-pub async fn tokens_per_minute_retry_after_is_honest(s: &dyn Store) {
+pub async fn tokens_per_minute_retry_after_is_honest(s: &dyn StoreTesting) {
     let u = subject("tpm");
     let lim = BudgetLimits {
         tokens_per_minute: Some(100),
@@ -286,7 +286,7 @@ pub async fn tokens_per_minute_retry_after_is_honest(s: &dyn Store) {
 
 /// Settling a reservation of the previous minute corrects that minute (now
 /// the decaying one), not the current one.
-pub async fn settle_adjusts_the_window_it_was_counted_in(s: &dyn Store) {
+pub async fn settle_adjusts_the_window_it_was_counted_in(s: &dyn StoreTesting) {
     let u = subject("settle");
     let lim = BudgetLimits {
         tokens_per_minute: Some(100),
@@ -296,13 +296,13 @@ pub async fn settle_adjusts_the_window_it_was_counted_in(s: &dyn Store) {
     // Work a few minutes in the past of the wall clock so "now" is later than
     // every reservation, away from a minute boundary so the clock does not
     // tick into another minute meanwhile.
-    let mut now = crate::limits::now_ms();
+    let mut now = crate::clock::now_ms();
     if now % MINUTE_MS > 50_000 {
         tokio::time::sleep(std::time::Duration::from_millis(
             MINUTE_MS - now % MINUTE_MS + 100,
         ))
         .await;
-        now = crate::limits::now_ms();
+        now = crate::clock::now_ms();
     }
     let this_minute = now / MINUTE_MS * MINUTE_MS;
     let prev_minute = this_minute - MINUTE_MS;
@@ -318,7 +318,7 @@ pub async fn settle_adjusts_the_window_it_was_counted_in(s: &dyn Store) {
     assert_eq!(rem, Some(70));
 }
 
-pub async fn revocation_by_jti_and_sub(s: &dyn Store) {
+pub async fn revocation_by_jti_and_sub(s: &dyn StoreTesting) {
     let (j1, j2) = (subject("jti"), subject("jti"));
     let (a, b) = (subject("sub"), subject("sub"));
     s.revoke_jti(&j1, u64::MAX).await.unwrap();
@@ -344,10 +344,10 @@ pub async fn revocation_by_jti_and_sub(s: &dyn Store) {
 
 /// Revoking is idempotent and never shortens: the answer says whether
 /// anything changed (only then is it worth telling other replicas).
-pub async fn revocations_only_grow(s: &dyn Store) {
+pub async fn revocations_only_grow(s: &dyn StoreTesting) {
     let j = subject("jti");
     let a = subject("sub");
-    let far = crate::limits::now_ms() / 1000 + 400 * 86_400;
+    let far = crate::clock::now_ms() / 1000 + 400 * 86_400;
     assert!(s.revoke_jti(&j, far).await.unwrap(), "a new revocation");
     assert!(!s.revoke_jti(&j, far).await.unwrap(), "the same again");
     assert!(
@@ -365,7 +365,7 @@ pub async fn revocations_only_grow(s: &dyn Store) {
 /// Usage seen where nothing was reserved (the store failed open at
 /// admission) is charged through a reservation of nothing: it counts in the
 /// windows of its instant, and creates the subject's state when missing.
-pub async fn usage_without_a_reservation_is_charged(s: &dyn Store) {
+pub async fn usage_without_a_reservation_is_charged(s: &dyn StoreTesting) {
     let u = subject("unreserved");
     let lim = BudgetLimits {
         tokens_per_minute: Some(1000),
@@ -403,9 +403,9 @@ pub async fn usage_without_a_reservation_is_charged(s: &dyn Store) {
     assert_eq!(rem, Some(990));
 }
 
-pub async fn usage_totals_accumulate(s: &dyn Store) {
+pub async fn usage_totals_accumulate(s: &dyn StoreTesting) {
     let u = subject("usage");
-    let day = crate::limits::utc_day_string(crate::limits::now_ms());
+    let day = crate::clock::utc_day_string(crate::clock::now_ms());
     let t = DayTotals {
         requests: 1,
         input_tokens: 10,
@@ -430,9 +430,9 @@ pub async fn usage_totals_accumulate(s: &dyn Store) {
     );
 }
 
-pub async fn finish_does_everything_in_one_call(s: &dyn Store) {
+pub async fn finish_does_everything_in_one_call(s: &dyn StoreTesting) {
     let u = subject("finish");
-    let day = crate::limits::utc_day_string(crate::limits::now_ms());
+    let day = crate::clock::utc_day_string(crate::clock::now_ms());
     let lim = BudgetLimits {
         tokens_per_minute: Some(1000),
         tokens_per_day: Some(10_000),
@@ -487,7 +487,7 @@ pub async fn finish_does_everything_in_one_call(s: &dyn Store) {
     .unwrap();
 }
 
-pub async fn inflight_reservations_return_to_previous(s: &dyn Store) {
+pub async fn inflight_reservations_return_to_previous(s: &dyn StoreTesting) {
     let u = subject("inflight");
     let lim = BudgetLimits {
         tokens_per_day: Some(1000),
@@ -520,7 +520,7 @@ pub async fn inflight_reservations_return_to_previous(s: &dyn Store) {
 
 /// Many requests reserving at once against a small budget: the sum of what
 /// was granted never exceeds it, and all of it is granted.
-pub async fn concurrent_reservations_never_overspend(s: &dyn Store) {
+pub async fn concurrent_reservations_never_overspend(s: &dyn StoreTesting) {
     let u = subject("race");
     let lim = BudgetLimits {
         tokens_per_minute: Some(2_000),
@@ -558,7 +558,7 @@ pub async fn concurrent_reservations_never_overspend(s: &dyn Store) {
 
 /// `admit_reserve` = `admit` then `reserve` (when admitted), in every
 /// combination of outcomes; a refused reservation keeps the admission.
-pub async fn admit_reserve_is_admit_then_reserve(s: &dyn Store) {
+pub async fn admit_reserve_is_admit_then_reserve(s: &dyn StoreTesting) {
     let u = subject("admres");
     let both = AdmitLimits {
         requests_per_minute: Some(3),

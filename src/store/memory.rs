@@ -54,8 +54,7 @@ impl Subject {
     }
 
     fn tokens_in_window(&self, now_ms: u64) -> f64 {
-        let into = (now_ms % MINUTE_MS) as f64 / MINUTE_MS as f64;
-        self.tok_prev.max(0) as f64 * (1.0 - into) + self.tok_cur.max(0) as f64
+        tokens_in_window(now_ms, self.tok_cur, self.tok_prev)
     }
 
     fn idle(&self, now_ms: u64) -> bool {
@@ -94,17 +93,6 @@ impl MemoryStore {
         f(&mut entry)
     }
 
-    /// Drops state that no window, slot, reservation or budget needs any
-    /// more, and revocations of tokens that have expired anyway.
-    pub fn sweep(&self, now_ms: u64) {
-        self.subjects.retain(|_, s| !s.idle(now_ms));
-        let now_s = now_ms / 1000;
-        self.revoked_jti.retain(|_, exp| *exp >= now_s);
-        let oldest_day =
-            crate::limits::utc_day_string(now_ms.saturating_sub(USAGE_RETENTION_DAYS * DAY_MS));
-        self.usage.retain(|(_, day), _| **day >= *oldest_day);
-    }
-
     /// [`Store::finish`]'s steps; none can fail in memory.
     fn finish_now(&self, done: Finish<'_>) {
         if done.slot_held {
@@ -125,7 +113,7 @@ impl MemoryStore {
     }
 
     fn settle_now(&self, sub: &str, reservation: Reservation, actual_tokens: u64, actual_usd: f64) {
-        let now_ms = reservation.at_ms.max(crate::limits::now_ms());
+        let now_ms = reservation.at_ms.max(crate::clock::now_ms());
         let diff = i64::try_from(actual_tokens)
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(reservation.tokens).unwrap_or(i64::MAX));
@@ -188,6 +176,17 @@ fn raise(map: &DashMap<Box<str>, u64>, key: &str, v: u64) -> bool {
 
 #[async_trait]
 impl Store for MemoryStore {
+    /// Drops state that no window, slot, reservation or budget needs any
+    /// more, and revocations of tokens that have expired anyway.
+    fn sweep(&self, now_ms: u64) {
+        self.subjects.retain(|_, s| !s.idle(now_ms));
+        let now_s = now_ms / 1000;
+        self.revoked_jti.retain(|_, exp| *exp >= now_s);
+        let oldest_day =
+            crate::clock::utc_day_string(now_ms.saturating_sub(USAGE_RETENTION_DAYS * DAY_MS));
+        self.usage.retain(|(_, day), _| **day >= *oldest_day);
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -204,7 +203,7 @@ impl Store for MemoryStore {
                     let oldest = s.admitted.front().copied().unwrap_or(now_ms);
                     return Admission::Refused(Refusal {
                         limit: LimitKind::Requests,
-                        retry_after_secs: ceil_secs((oldest + MINUTE_MS).saturating_sub(now_ms)),
+                        retry_after_secs: requests_retry_after(oldest, now_ms),
                         detail: "requests_per_minute",
                     });
                 }
@@ -238,11 +237,6 @@ impl Store for MemoryStore {
 
     async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
         self.finish_now(done);
-        Ok(())
-    }
-
-    async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
-        self.release_slot_now(sub);
         Ok(())
     }
 
@@ -298,24 +292,13 @@ impl Store for MemoryStore {
                 },
                 remaining_tokens_minute: limits
                     .tokens_per_minute
-                    .map(|tpm| tpm.saturating_sub(s.tokens_in_window(now_ms).ceil() as u64)),
+                    .map(|tpm| tokens_remaining(tpm, now_ms, s.tok_cur, s.tok_prev)),
             }
         });
         if matches!(out, Reserved::Reserved { .. }) {
             self.inflight_reservations.fetch_add(1, Ordering::Relaxed);
         }
         Ok(out)
-    }
-
-    async fn settle(
-        &self,
-        sub: &str,
-        reservation: Reservation,
-        actual_tokens: u64,
-        actual_usd: f64,
-    ) -> Result<(), StoreError> {
-        self.settle_now(sub, reservation, actual_tokens, actual_usd);
-        Ok(())
     }
 
     async fn revoke_jti(&self, jti: &str, until: u64) -> Result<bool, StoreError> {
@@ -337,16 +320,14 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError> {
-        self.add_usage_now(sub, day, totals);
-        Ok(())
-    }
-
     async fn usage(&self, sub: &str, day: &str) -> Result<DayTotals, StoreError> {
         let key: (Box<str>, Box<str>) = (sub.into(), day.into());
         Ok(self.usage.get(&key).map(|t| *t).unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl StoreTesting for MemoryStore {
     async fn inflight_reservations(&self) -> Result<u64, StoreError> {
         Ok(self.inflight_reservations.load(Ordering::Relaxed))
     }

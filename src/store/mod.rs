@@ -7,6 +7,10 @@ pub mod memory;
 pub mod redis;
 pub mod window;
 
+/// The behaviour every store shows, run against both (from `redis/tests/`).
+#[cfg(test)]
+mod conformance;
+
 use crate::identity::Identity;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -20,6 +24,40 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store protocol error: {0}")]
     Protocol(String),
+}
+
+/// A store operation whose failure the gateway counts: the `op` label of
+/// `tollgate_store_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Admit,
+    Reserve,
+    Finish,
+    /// The revocation check of a request's token.
+    Revocation,
+    Revoke,
+    Usage,
+    Ping,
+}
+
+impl StoreOp {
+    pub fn label(self) -> &'static str {
+        match self {
+            StoreOp::Admit => "admit",
+            StoreOp::Reserve => "reserve",
+            StoreOp::Finish => "finish",
+            StoreOp::Revocation => "revocation",
+            StoreOp::Revoke => "revoke",
+            StoreOp::Usage => "usage",
+            StoreOp::Ping => "ping",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
 }
 
 /// Which limit refused a request; also the `limit` label of
@@ -76,7 +114,8 @@ pub struct BudgetAsk {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Admitted; when `slot_held` the caller must `release_slot` exactly once.
+    /// Admitted; when `slot_held` the caller must give the slot back exactly
+    /// once (a [`Finish`] with `slot_held`).
     Admitted {
         remaining_requests: Option<u64>,
         slot_held: bool,
@@ -196,7 +235,7 @@ pub async fn admit_then_reserve<S: Store + ?Sized>(
                 slot_held: true, ..
             } = admission
             {
-                let _ = store.release_slot(sub).await;
+                let _ = store.finish(Finish::slot_only(sub)).await;
             }
             Err(e)
         }
@@ -223,6 +262,11 @@ pub trait Store: Send + Sync + 'static {
     /// for the network.
     fn start_background(&self) {}
 
+    /// Periodic housekeeping: drops state no window, slot, reservation or
+    /// budget needs any more. A store whose state expires by itself keeps
+    /// the default.
+    fn sweep(&self, _now_ms: u64) {}
+
     /// Cheap liveness probe for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -234,8 +278,6 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
         limits: AdmitLimits,
     ) -> Result<Admission, StoreError>;
-
-    async fn release_slot(&self, sub: &str) -> Result<(), StoreError>;
 
     /// [`Store::admit`], then, when admitted and `budget` is given,
     /// [`Store::reserve`], as one step: a networked store makes it one round
@@ -262,15 +304,6 @@ pub trait Store: Send + Sync + 'static {
         limits: BudgetLimits,
     ) -> Result<Reserved, StoreError>;
 
-    /// Replaces a reservation by what was really used.
-    async fn settle(
-        &self,
-        sub: &str,
-        reservation: Reservation,
-        actual_tokens: u64,
-        actual_usd: f64,
-    ) -> Result<(), StoreError>;
-
     /// Revokes the token `jti` until the Unix second `until` (when it is no
     /// longer accepted anyway). A revocation is never shortened. True when
     /// this changed anything; revoking again changes nothing and tells no
@@ -281,38 +314,57 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_sub(&self, sub: &str, at_secs: u64) -> Result<bool, StoreError>;
     async fn is_revoked(&self, jti: &str, sub: &str, iat: Option<u64>) -> Result<bool, StoreError>;
 
-    async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError>;
     async fn usage(&self, sub: &str, day: &str) -> Result<DayTotals, StoreError>;
-
-    /// Reservations taken and not yet settled, over all subjects (tests and
-    /// the property that every reservation is released).
-    async fn inflight_reservations(&self) -> Result<u64, StoreError>;
 
     /// Everything a finished request does to the store, in one call so a
     /// networked store can make it one round trip: release the concurrency
     /// slot, settle the reservation, add the day's totals.
-    async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
-        let mut first_err = None;
-        if done.slot_held {
-            if let Err(e) = self.release_slot(done.sub).await {
-                first_err.get_or_insert(e);
-            }
-        }
-        if let Some(r) = done.reservation {
-            if let Err(e) = self
-                .settle(done.sub, r, done.actual_tokens, done.actual_usd)
-                .await
-            {
-                first_err.get_or_insert(e);
-            }
-        }
-        if let Some((day, totals)) = done.totals {
-            if let Err(e) = self.add_usage(done.sub, day, totals).await {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+    async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError>;
+}
+
+/// What the gateway never calls (it ends a request with one
+/// [`Store::finish`]): a finish's steps one at a time, and a count of
+/// unsettled reservations. For the conformance suite, tests and benches.
+#[async_trait]
+pub trait StoreTesting: Store {
+    async fn release_slot(&self, sub: &str) -> Result<(), StoreError> {
+        self.finish(Finish::slot_only(sub)).await
     }
+
+    /// Replaces a reservation by what was really used.
+    async fn settle(
+        &self,
+        sub: &str,
+        reservation: Reservation,
+        actual_tokens: u64,
+        actual_usd: f64,
+    ) -> Result<(), StoreError> {
+        self.finish(Finish {
+            sub,
+            slot_held: false,
+            reservation: Some(reservation),
+            actual_tokens,
+            actual_usd,
+            totals: None,
+        })
+        .await
+    }
+
+    async fn add_usage(&self, sub: &str, day: &str, totals: &DayTotals) -> Result<(), StoreError> {
+        self.finish(Finish {
+            sub,
+            slot_held: false,
+            reservation: None,
+            actual_tokens: 0,
+            actual_usd: 0.0,
+            totals: Some((day, totals)),
+        })
+        .await
+    }
+
+    /// Reservations taken and not yet settled, over all subjects (the
+    /// property that every reservation is released).
+    async fn inflight_reservations(&self) -> Result<u64, StoreError>;
 }
 
 /// Told when a finish taken over by [`Store::finish_early`] fails (it is
@@ -346,11 +398,10 @@ impl<'a> Finish<'a> {
     }
 }
 
-/// The store the config asks for. Never blocks on the network: a Redis store
-/// connects in the background and reports errors per call until it answers.
-pub async fn connect(
-    cfg: &crate::config::StoreConfig,
-) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+/// The store the config asks for (the gateway's, and the CLI's). Never
+/// blocks on the network: a Redis store connects in the background and
+/// reports errors per call until it answers.
+pub fn connect(cfg: &crate::config::StoreConfig) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     match &cfg.redis_url {
         None => Ok(std::sync::Arc::new(MemoryStore::new())),
         // Parses the URL only; the connection starts on first use (after a

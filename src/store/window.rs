@@ -16,6 +16,25 @@ pub fn until_next_day(now_ms: u64) -> u64 {
     ceil_secs(DAY_MS - now_ms % DAY_MS)
 }
 
+/// Seconds until the oldest admission of a full sliding request log, made
+/// at `oldest_ms`, leaves the 60 s window.
+pub fn requests_retry_after(oldest_ms: u64, now_ms: u64) -> u64 {
+    ceil_secs((oldest_ms + MINUTE_MS).saturating_sub(now_ms))
+}
+
+/// Tokens counted in the sliding minute: this minute's `cur`, plus last
+/// minute's `prev` weighted by what is left of it (what `reserve.lua` checks
+/// too).
+pub fn tokens_in_window(now_ms: u64, cur: i64, prev: i64) -> f64 {
+    let into = (now_ms % MINUTE_MS) as f64 / MINUTE_MS as f64;
+    prev.max(0) as f64 * (1.0 - into) + cur.max(0) as f64
+}
+
+/// What a `tokens_per_minute` limit leaves after [`tokens_in_window`].
+pub fn tokens_remaining(limit: u64, now_ms: u64, cur: i64, prev: i64) -> u64 {
+    limit.saturating_sub(tokens_in_window(now_ms, cur, prev).ceil() as u64)
+}
+
 /// Seconds until a sliding-window token counter (`cur` tokens this minute,
 /// `prev` last minute, the latter weighted by what is left of it) has room
 /// for `need` more tokens under `limit`.
@@ -41,4 +60,20 @@ pub fn tokens_retry_after(cur: i64, prev: i64, now_ms: u64, limit: u64, need: u6
         (MINUTE_MS - into_ms) as f64 + f * MINUTE_MS as f64
     };
     ceil_secs(wait_ms.ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2100-01-01T00:00:00Z, a minute boundary.
+    const T0: u64 = 4_102_444_800_000;
+
+    #[test]
+    fn retry_after_formula_matches_the_memory_store() {
+        // Spot checks against values the memory store's own tests rely on.
+        assert_eq!(tokens_retry_after(100, 0, T0 + 1000, 100, 50), 89);
+        assert_eq!(tokens_retry_after(0, 0, T0, 100, 101), 60);
+        assert_eq!(tokens_in_window(T0 + 30_000, 20, 80), 60.0);
+    }
 }

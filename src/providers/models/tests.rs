@@ -94,7 +94,10 @@ fn weighted_callers_stick_and_spread_by_weight() {
     }
     // Weights 3 : 1 over 1,000 callers: 750 expected; 4 standard deviations
     // (sqrt(1000 * 0.75 * 0.25) = 13.7) either way.
-    assert!((695..=805).contains(&first), "{first} of 1000 on the weight-3 deployment");
+    assert!(
+        (695..=805).contains(&first),
+        "{first} of 1000 on the weight-3 deployment"
+    );
 }
 
 #[test]
@@ -137,7 +140,10 @@ fn entries_that_cannot_work_are_errors() {
     );
     let errors = build(&bad).err().expect("errors");
     let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    assert!(text.iter().any(|e| e.contains("unknown provider \"nope\"")), "{text:?}");
+    assert!(
+        text.iter().any(|e| e.contains("unknown provider \"nope\"")),
+        "{text:?}"
+    );
     assert!(text.iter().any(|e| e.contains("weight 0")), "{text:?}");
     assert!(
         text.iter()
@@ -149,5 +155,9 @@ fn entries_that_cannot_work_are_errors() {
             .any(|e| e.contains("models.narrow: provider chat-only cannot serve embeddings")),
         "{text:?}"
     );
-    assert!(text.iter().any(|e| e.contains("models.empty: no deployments")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|e| e.contains("models.empty: no deployments")),
+        "{text:?}"
+    );
 }

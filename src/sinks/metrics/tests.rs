@@ -102,8 +102,8 @@ fn exercise(m: &Metrics) {
     m.request_refused("", "", 401, "");
     m.auth_failure("expired");
     m.rate_limited("tokens");
-    m.store_error("incr");
-    m.store_error("incr");
+    m.store_error(StoreOp::Admit);
+    m.store_error(StoreOp::Admit);
 }
 
 #[test]
@@ -227,7 +227,7 @@ fn metrics_without_user_labels() {
         );
     }
     assert_eq!(
-        value(&all, "tollgate_store_errors_total", &[("op", "incr")]),
+        value(&all, "tollgate_store_errors_total", &[("op", "admit")]),
         Some(2.0)
     );
 }
@@ -476,7 +476,7 @@ fn per_user_series_are_dropped_when_idle_and_restart_from_zero() {
     assert!(!all.iter().any(|(n, l, _)| n == "tollgate_tokens_total"
         && l.get("user").map(String::as_str) == Some("bob")));
 
-    let now = crate::limits::now_ms();
+    let now = crate::clock::now_ms();
     // Not idle long enough: kept. (Which users stay while others go is
     // covered end to end in tests/it/metrics.rs.)
     assert_eq!(m.sweep_idle_users(now + 30_000, Duration::from_secs(60)), 0);
@@ -510,10 +510,7 @@ fn many_users_cost_little_memory() {
         .count();
     assert_eq!(requests, 10_000);
     assert_eq!(
-        m.sweep_idle_users(
-            crate::limits::now_ms() + 3_600_000,
-            Duration::from_secs(900)
-        ),
+        m.sweep_idle_users(crate::clock::now_ms() + 3_600_000, Duration::from_secs(900)),
         10_000
     );
 }

@@ -23,7 +23,7 @@
 //! batch ahead of it hangs on a stalled Redis; a call whose time ran out
 //! before its turn is not sent at all.
 
-use super::Scripts;
+use super::scripts::Scripts;
 use fred::prelude::{Client, ClientLike, Error as FredError, ErrorKind, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,109 @@
+//! Wall-clock time and UTC day keys (`YYYY-MM-DD`, the key of daily budgets
+//! and usage totals).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+use time::macros::date;
+use time::{Date, Month};
+
+const DAY_MS: u64 = 86_400_000;
+const EPOCH: Date = date!(1970 - 01 - 01);
+
+/// Milliseconds since the Unix epoch; 0 for a clock before 1970.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch. A clock before 1970 reads as 0, which makes
+/// every token look expired rather than valid forever.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DD` of the UTC day containing `ms` (past year 9999, 9999-12-31).
+pub fn utc_day_string(ms: u64) -> String {
+    let date = i32::try_from(ms / DAY_MS)
+        .ok()
+        .and_then(|d| EPOCH.to_julian_day().checked_add(d))
+        .and_then(|jd| Date::from_julian_day(jd).ok())
+        .unwrap_or(Date::MAX);
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` that [`valid_day`] accepts;
+/// `None` before 1970. A day past its month's end (`02-31`) counts on from
+/// the month's first day, as `valid_day` lets it through.
+pub fn day_index(day: &str) -> Option<u64> {
+    if !valid_day(day) {
+        return None;
+    }
+    let y: i32 = day.get(0..4)?.parse().ok()?;
+    let m: u8 = day.get(5..7)?.parse().ok()?;
+    let d: i64 = day.get(8..10)?.parse().ok()?;
+    let first = Date::from_calendar_date(y, Month::try_from(m).ok()?, 1).ok()?;
+    let days = i64::from(first.to_julian_day() - EPOCH.to_julian_day()) + d - 1;
+    u64::try_from(days).ok()
+}
+
+/// Parses `YYYY-MM-DD` strictly (the `day` query parameter): digits, a month
+/// from 01 to 12 and a day from 01 to 31.
+pub fn valid_day(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && matches!(s[5..7].parse::<u32>(), Ok(1..=12))
+        && matches!(s[8..10].parse::<u32>(), Ok(1..=31))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days() {
+        assert_eq!(utc_day_string(0), "1970-01-01");
+        assert_eq!(utc_day_string(1_764_288_000_000), "2025-11-28");
+        assert_eq!(utc_day_string(951_782_400_000), "2000-02-29");
+        assert!(valid_day("2026-11-28"));
+        assert!(!valid_day("2026-13-28"));
+        assert!(!valid_day("2026/11/28"));
+        assert!(!valid_day("../etc/pas"));
+    }
+
+    /// 2100-01-01T00:00:00Z.
+    const T0: u64 = 4_102_444_800_000;
+
+    #[test]
+    fn day_index_matches_the_day_strings() {
+        for ms in [
+            0,
+            86_399_999,
+            86_400_000,
+            951_782_400_000,
+            1_795_000_000_000,
+            T0,
+            T0 - 1,
+        ] {
+            let day = utc_day_string(ms);
+            assert_eq!(day_index(&day), Some(ms / DAY_MS), "{day}");
+        }
+        assert_eq!(day_index("2026-13-01"), None);
+        assert_eq!(day_index("garbage"), None);
+        assert_eq!(day_index("1969-12-31"), None);
+        assert_eq!(day_index("2026-02-31"), day_index("2026-03-03"));
+    }
+}
