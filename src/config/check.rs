@@ -367,8 +367,8 @@ fn catalogue_paths(routes: &[crate::providers::Route]) -> String {
 
 fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {
     let u = &cfg.usage;
-    if u.log_path != "-" {
-        let path = cfg.path(Path::new(&u.log_path));
+    if let Some(path) = u.log_path.file() {
+        let path = cfg.path(path);
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() {
             std::path::PathBuf::from(".")

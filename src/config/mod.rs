@@ -6,9 +6,11 @@
 
 pub mod check;
 mod duration;
+mod log_target;
 mod models;
 
 pub use duration::{parse_duration, DurationError, HumanDuration};
+pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
 
 use crate::identity::Alg;
@@ -182,8 +184,8 @@ pub struct IdentityConfig {
     pub private_key: Option<PathBuf>,
     #[serde(default)]
     pub signing_kid: Option<String>,
-    #[serde(default = "default_leeway")]
-    pub leeway_seconds: u64,
+    #[serde(default = "default_leeway", with = "duration::seconds")]
+    pub leeway_seconds: Duration,
     #[serde(default = "default_ttl")]
     pub default_ttl: HumanDuration,
 }
@@ -194,8 +196,8 @@ fn default_algorithms() -> Vec<Alg> {
 fn default_jwks_refresh() -> HumanDuration {
     HumanDuration::from_secs(600)
 }
-fn default_leeway() -> u64 {
-    30
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_ttl() -> HumanDuration {
     HumanDuration::from_secs(86_400)
@@ -362,15 +364,15 @@ fn default_provider_timeout() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct UsageConfig {
     #[serde(default = "default_log_path")]
-    pub log_path: String,
+    pub log_path: LogTarget,
     #[serde(default = "default_drain")]
     pub drain_on_disconnect: HumanDuration,
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
 }
 
-fn default_log_path() -> String {
-    "-".into()
+fn default_log_path() -> LogTarget {
+    LogTarget::Stdout
 }
 fn default_drain() -> HumanDuration {
     HumanDuration::from_secs(30)

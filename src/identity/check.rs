@@ -18,6 +18,11 @@ pub fn check_keys(cfg: &IdentityConfig, resolve: &dyn Fn(&Path) -> PathBuf) -> V
     if cfg.issuer.trim().is_empty() {
         problems.push("identity.issuer is empty".into());
     }
+    let names = &cfg.claims;
+    if names.sub.is_empty() || names.role.is_empty() || names.tier.is_empty() {
+        // `serve` refuses this too (the verifier needs every name).
+        problems.push("identity.claims: claim names must not be empty".into());
+    }
     let mut entries = keys::load_pem_keys(cfg, resolve, allowed, &mut problems);
     if let Some(p) = &cfg.jwks_file {
         let path = resolve(p);

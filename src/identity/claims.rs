@@ -48,7 +48,7 @@ impl ClaimsPolicy {
         ClaimsPolicy {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
-            leeway: cfg.leeway_seconds,
+            leeway: cfg.leeway_seconds.as_secs(),
             names,
         }
     }

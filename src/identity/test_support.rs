@@ -194,7 +194,7 @@ impl Env {
             claims: ClaimsConfig::default(),
             private_key: None,
             signing_kid: None,
-            leeway_seconds: leeway,
+            leeway_seconds: std::time::Duration::from_secs(leeway),
             default_ttl: HumanDuration::from_secs(86_400),
         };
         for (i, k) in keys.iter().enumerate() {

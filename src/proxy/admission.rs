@@ -11,7 +11,7 @@ use crate::config::OnError;
 use crate::identity::{AuthFailure, Identity};
 use crate::providers::body::{self, RequestInfo};
 use crate::providers::{Endpoint, Metering};
-use crate::store::{Admission, BudgetAsk, LimitKind, Reserved, StoreOp};
+use crate::store::{Admission, BudgetAsk, Limit, LimitKind, Reserved, StoreOp};
 use http::{HeaderMap, Method};
 use std::sync::Arc;
 
@@ -114,7 +114,7 @@ fn apply_admission(app: &App, ctx: &mut Ctx, a: Admission) -> Result<(), Gateway
             Ok(())
         }
         Admission::Refused(r) => {
-            if r.limit == LimitKind::Requests {
+            if r.limit == Limit::RequestsPerMinute {
                 ctx.rate.remaining_requests = Some(0);
             }
             Err(refused(app, GatewayError::rate_limited(r)))
@@ -135,7 +135,7 @@ fn apply_reserved(app: &App, ctx: &mut Ctx, r: Reserved) -> Result<(), GatewayEr
             Ok(())
         }
         Reserved::Refused(r) => {
-            if r.detail == "tokens_per_minute" {
+            if r.limit == Limit::TokensPerMinute {
                 ctx.rate.remaining_tokens = Some(0);
             }
             Err(refused(app, GatewayError::rate_limited(r)))

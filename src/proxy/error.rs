@@ -71,10 +71,10 @@ impl GatewayError {
         let mut e = Self::new(
             429,
             ErrorKind::RateLimit,
-            format!("rate limit exceeded: {}", r.detail),
+            format!("rate limit exceeded: {}", r.limit.key()),
         );
         e.retry_after = Some(r.retry_after_secs.max(1));
-        e.limit = Some(r.limit);
+        e.limit = Some(r.limit.kind());
         e
     }
 

@@ -28,11 +28,10 @@
 //!   [`UsageLog::reopen`] (or [`watch_sighup`]) switches to a new file at the
 //!   configured path. A line is never split between the old and new file.
 
+use crate::config::LogTarget;
+use sink::{open_file, serialize_one, write_from, Sink};
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,107 +78,6 @@ pub enum UsageLogError {
     Timeout { pending: u64, waited: Duration },
 }
 
-#[derive(Debug, Clone)]
-enum Target {
-    Stdout,
-    File(PathBuf),
-}
-
-impl Target {
-    fn open(&self) -> io::Result<Sink> {
-        match self {
-            Target::Stdout => Ok(Sink::Stdout(io::stdout())),
-            Target::File(path) => open_file(path).map(Sink::File),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Target::Stdout => "<stdout>".to_owned(),
-            Target::File(path) => path.display().to_string(),
-        }
-    }
-}
-
-fn open_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(FILE_MODE)
-        .open(path)
-}
-
-enum Sink {
-    Stdout(io::Stdout),
-    File(File),
-}
-
-impl Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Sink::Stdout(out) => out.write(buf),
-            Sink::File(file) => file.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            // Stdout is line buffered; our buffers always end with '\n', so
-            // this only matters after an error.
-            Sink::Stdout(out) => out.flush(),
-            Sink::File(_) => Ok(()),
-        }
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        match self {
-            Sink::Stdout(out) => out.flush(),
-            Sink::File(file) => file.sync_data(),
-        }
-    }
-}
-
-/// Writes `buf[*off..]`, advancing `*off` past every byte the OS accepted,
-/// so that a failed write can be resumed without repeating or losing bytes.
-fn write_from(sink: &mut Sink, buf: &[u8], off: &mut usize) -> io::Result<()> {
-    while *off < buf.len() {
-        match sink.write(&buf[*off..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => *off += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    sink.flush()
-}
-
-/// Appends `rec` as one newline-terminated line. A panicking serialiser must
-/// not take the writer thread (and every later record) down with it.
-fn serialize_one<T: LogLine>(rec: &T, buf: &mut Vec<u8>) -> bool {
-    let start = buf.len();
-    let res = catch_unwind(AssertUnwindSafe(|| rec.write_line(buf)));
-    if res.is_err() {
-        buf.truncate(start);
-        log::error!("usage record serialisation panicked; that record is lost");
-        return false;
-    }
-    if buf.len() == start {
-        // The record could not render itself (and said so): an empty line
-        // would only break the one-JSON-object-per-line format.
-        return false;
-    }
-    if buf.last() == Some(&b'\n') && buf.len() > start {
-        buf.pop();
-    }
-    for b in &mut buf[start..] {
-        if *b == b'\n' {
-            *b = b' ';
-        }
-    }
-    buf.push(b'\n');
-    true
-}
-
 /// Handle to the usage log. Cloning is cheap (one `Arc`); every request
 /// context can hold one. When the last clone is dropped, the writer drains
 /// the queue, fsyncs and exits.
@@ -218,7 +116,7 @@ impl<T: LogLine> Drop for Handle<T> {
 }
 
 struct Shared<T> {
-    target: Target,
+    target: LogTarget,
     capacity: usize,
     permits: Semaphore,
     state: Mutex<State<T>>,
@@ -267,30 +165,30 @@ impl<T> State<T> {
 
 impl<T: LogLine> UsageLog<T> {
     /// [`open`](Self::open) with [`DEFAULT_CAPACITY`].
-    pub fn new(path: impl AsRef<Path>) -> Result<Self, UsageLogError> {
-        Self::open(path, DEFAULT_CAPACITY)
+    pub fn new(target: &LogTarget) -> Result<Self, UsageLogError> {
+        Self::open(target, DEFAULT_CAPACITY)
     }
 
-    /// Opens the usage log at `path` (`-` for stdout) with a queue of
-    /// `capacity` records. The file is opened (append, create, mode 0640) now
-    /// so that a bad path fails at startup; an open descriptor survives the
-    /// daemon fork. No thread is started here.
-    pub fn open(path: impl AsRef<Path>, capacity: usize) -> Result<Self, UsageLogError> {
-        let path = path.as_ref();
-        let (target, sink) = if path == Path::new("-") {
-            (Target::Stdout, Sink::Stdout(io::stdout()))
-        } else {
-            // Daemon mode may change the working directory; a relative path
-            // must keep naming the same file when reopened after SIGHUP.
-            let abs = std::path::absolute(path).map_err(|source| UsageLogError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-            let file = open_file(&abs).map_err(|source| UsageLogError::Open {
-                path: abs.clone(),
-                source,
-            })?;
-            (Target::File(abs), Sink::File(file))
+    /// Opens the usage log at `target` with a queue of `capacity` records.
+    /// The file is opened (append, create, mode 0640) now so that a bad path
+    /// fails at startup; an open descriptor survives the daemon fork. No
+    /// thread is started here.
+    pub fn open(target: &LogTarget, capacity: usize) -> Result<Self, UsageLogError> {
+        let (target, sink) = match target {
+            LogTarget::Stdout => (LogTarget::Stdout, Sink::Stdout(io::stdout())),
+            LogTarget::File(path) => {
+                // Daemon mode may change the working directory; a relative path
+                // must keep naming the same file when reopened after SIGHUP.
+                let abs = std::path::absolute(path).map_err(|source| UsageLogError::Open {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let file = open_file(&abs).map_err(|source| UsageLogError::Open {
+                    path: abs.clone(),
+                    source,
+                })?;
+                (LogTarget::File(abs), Sink::File(file))
+            }
         };
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
@@ -323,8 +221,8 @@ impl<T: LogLine> UsageLog<T> {
     /// The file written to; `None` for stdout.
     pub fn path(&self) -> Option<&Path> {
         match &self.shared().target {
-            Target::File(path) => Some(path),
-            Target::Stdout => None,
+            LogTarget::File(path) => Some(path),
+            LogTarget::Stdout => None,
         }
     }
 
@@ -398,7 +296,7 @@ impl<T: LogLine> UsageLog<T> {
             st.overflow_warned = true;
             log::warn!(
                 "usage log {}: queue full ({} records), spilling to memory until the writer catches up",
-                shared.target.describe(),
+                sink::describe(&shared.target),
                 shared.capacity
             );
         }
@@ -432,7 +330,7 @@ impl<T: LogLine> UsageLog<T> {
         }
         let result = match &mut st.sink {
             Some(sink) => write_from(sink, &line, &mut 0),
-            None => target.open().and_then(|mut sink| {
+            None => sink::open(target).and_then(|mut sink| {
                 let r = write_from(&mut sink, &line, &mut 0);
                 st.sink = Some(sink);
                 r
@@ -442,7 +340,7 @@ impl<T: LogLine> UsageLog<T> {
             // Last resort: the operational log keeps the record.
             log::error!(
                 "usage log {} (stopped): write failed: {e}; record: {}",
-                target.describe(),
+                sink::describe(target),
                 String::from_utf8_lossy(line.trim_ascii_end())
             );
         }
@@ -470,7 +368,7 @@ impl<T: LogLine> UsageLog<T> {
         let shared = Arc::clone(self.shared());
         std::thread::Builder::new()
             .name(THREAD_NAME.to_owned())
-            .spawn(move || Writer::new(&shared).run())
+            .spawn(move || writer::Writer::new(&shared).run())
             .map_err(UsageLogError::Spawn)?;
         st.mode = Mode::Running { pid };
         st.stop = false;
@@ -530,7 +428,7 @@ impl<T: LogLine> UsageLog<T> {
             if st.queue.is_empty() {
                 if let Some(sink) = &mut st.sink {
                     if let Err(e) = sink.sync() {
-                        log::error!("usage log {}: fsync: {e}", shared.target.describe());
+                        log::error!("usage log {}: fsync: {e}", sink::describe(&shared.target));
                     }
                 }
                 if st.mode != Mode::Stopped {
@@ -560,7 +458,7 @@ impl<T: LogLine> UsageLog<T> {
     /// Errors are logged and the previous file is kept.
     pub fn reopen(&self) {
         let shared = self.shared();
-        if matches!(shared.target, Target::Stdout) {
+        if matches!(shared.target, LogTarget::Stdout) {
             return;
         }
         let mut st = shared.state.lock();
@@ -601,211 +499,8 @@ fn deadline_after(timeout: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
-struct Failure {
-    attempts: u32,
-    since: Instant,
-    backoff: Duration,
-}
-
-/// State private to the writer thread.
-struct Writer<'a, T> {
-    shared: &'a Shared<T>,
-    sink: Option<Sink>,
-    /// Serialised lines; `buf[..off]` has been handed to the OS.
-    buf: Vec<u8>,
-    off: usize,
-    /// Records taken from the queue so far (all of them are in `buf` or
-    /// written).
-    taken: u64,
-    batch: Vec<Queued<T>>,
-    failing: Option<Failure>,
-    reopen_pending: bool,
-}
-
-impl<'a, T: LogLine> Writer<'a, T> {
-    fn new(shared: &'a Shared<T>) -> Self {
-        Self {
-            shared,
-            sink: None,
-            buf: Vec::new(),
-            off: 0,
-            taken: 0,
-            batch: Vec::new(),
-            failing: None,
-            reopen_pending: false,
-        }
-    }
-
-    fn run(mut self) {
-        let shared = self.shared;
-        let mut st = shared.state.lock();
-        self.sink = st.sink.take();
-        self.taken = st.accepted - st.queue.len() as u64;
-        loop {
-            if self.buf.is_empty() && st.written < self.taken {
-                st.written = self.taken;
-                shared.progress.notify_all();
-            }
-            if st.queue.is_empty() {
-                st.overflow_warned = false;
-            }
-
-            if let Some(failure) = &self.failing {
-                // Retrying at once would only spin; a reopen request may
-                // fix the problem (new file, other disk), so it cuts the
-                // wait short.
-                let deadline = Instant::now() + failure.backoff;
-                while !st.reopen {
-                    if shared.wake_writer.wait_until(&mut st, deadline).timed_out() {
-                        break;
-                    }
-                }
-            } else if self.buf.is_empty() {
-                while st.queue.is_empty() && !st.reopen && !st.stop {
-                    shared.wake_writer.wait(&mut st);
-                }
-                // Under load records come in a stream: one wake-up and one
-                // write(2) per record cost more than the records (the
-                // writer was ~6 % of the proxy's CPU). Let a batch gather;
-                // producers only notify an empty queue, so only stop,
-                // reopen and flush cut this short.
-                if st.queue.len() < LINGER_BATCH && !st.stop && !st.reopen {
-                    let until = Instant::now() + LINGER;
-                    let _ = shared.wake_writer.wait_until(&mut st, until);
-                }
-            }
-
-            if std::mem::take(&mut st.reopen) {
-                self.reopen_pending = true;
-            }
-            if self.buf.is_empty() {
-                if st.stop && st.queue.is_empty() && !self.reopen_pending {
-                    self.finish(&mut st);
-                    return;
-                }
-                let n = st.queue.len().min(MAX_BATCH);
-                self.batch.extend(st.queue.drain(..n));
-            }
-            MutexGuard::unlocked(&mut st, || self.work());
-        }
-    }
-
-    /// The I/O part of one round, run without the lock.
-    fn work(&mut self) {
-        let permits = self.batch.iter().filter(|q| q.permit).count();
-        if permits > 0 {
-            self.shared.permits.add_permits(permits);
-        }
-        if self.reopen_pending && self.reopen() {
-            self.reopen_pending = false;
-        }
-        for q in self.batch.drain(..) {
-            serialize_one(&q.rec, &mut self.buf);
-            self.taken += 1;
-        }
-        if !self.buf.is_empty() {
-            match self.write_pending() {
-                Ok(()) => {
-                    self.buf.clear();
-                    self.off = 0;
-                    if let Some(f) = self.failing.take() {
-                        log::warn!(
-                            "usage log {}: writing again after {} failed attempt(s) over {:?}; no record lost",
-                            self.shared.target.describe(),
-                            f.attempts,
-                            f.since.elapsed()
-                        );
-                    }
-                }
-                Err(e) => self.note_failure(&e),
-            }
-        }
-    }
-
-    fn write_pending(&mut self) -> io::Result<()> {
-        if self.sink.is_none() {
-            self.sink = Some(self.shared.target.open()?);
-        }
-        match &mut self.sink {
-            Some(sink) => write_from(sink, &self.buf, &mut self.off),
-            None => Ok(()),
-        }
-    }
-
-    fn note_failure(&mut self, e: &io::Error) {
-        match &mut self.failing {
-            Some(f) => {
-                f.attempts += 1;
-                f.backoff = (f.backoff * 2).min(BACKOFF_MAX);
-            }
-            None => {
-                // Once per failure streak: a full disk would otherwise log
-                // on every retry.
-                log::error!(
-                    "usage log {}: write failed: {e}; records are kept in memory and retried",
-                    self.shared.target.describe()
-                );
-                self.failing = Some(Failure {
-                    attempts: 1,
-                    since: Instant::now(),
-                    backoff: BACKOFF_MIN,
-                });
-            }
-        }
-    }
-
-    /// Switches to a fresh file at the configured path. Returns false when
-    /// it must be retried later.
-    fn reopen(&mut self) -> bool {
-        let Target::File(path) = &self.shared.target else {
-            return true;
-        };
-        // A line already begun in the old file is finished there, so no line
-        // straddles the two files.
-        if self.off > 0 && self.off < self.buf.len() && self.buf[self.off - 1] != b'\n' {
-            let end = self.buf[self.off..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(self.buf.len(), |i| self.off + i + 1);
-            if let Some(sink) = &mut self.sink {
-                let result = write_from(sink, &self.buf[..end], &mut self.off);
-                if let Err(e) = result {
-                    self.note_failure(&e);
-                    return false;
-                }
-            }
-        }
-        if let Some(old) = &mut self.sink {
-            if let Err(e) = old.sync() {
-                log::warn!("usage log: fsync of the rotated file: {e}");
-            }
-        }
-        match open_file(path) {
-            Ok(file) => {
-                self.sink = Some(Sink::File(file));
-                log::info!("usage log {} reopened", path.display());
-            }
-            Err(e) => log::error!(
-                "cannot reopen usage log {}: {e}; still writing to the previous file",
-                path.display()
-            ),
-        }
-        true
-    }
-
-    fn finish(&mut self, st: &mut State<T>) {
-        if let Some(sink) = &mut self.sink {
-            if let Err(e) = sink.sync() {
-                log::error!("usage log {}: fsync: {e}", self.shared.target.describe());
-            }
-        }
-        st.sink = self.sink.take();
-        st.written = self.taken;
-        st.mode = Mode::Stopped;
-        st.stop = false;
-        self.shared.progress.notify_all();
-    }
-}
+mod sink;
+mod writer;
 
 #[cfg(test)]
 mod tests;

@@ -68,8 +68,8 @@ pub async fn sliding_window_is_exact(s: &dyn StoreTesting) {
         assert_eq!(remaining(a), Some(left));
     }
     let r = refusal(s.admit(&u, T0 + 10_000, rpm(3)).await.unwrap());
-    assert_eq!(r.limit, LimitKind::Requests);
-    assert_eq!(r.detail, "requests_per_minute");
+    assert_eq!(r.limit.kind(), LimitKind::Requests);
+    assert_eq!(r.limit.key(), "requests_per_minute");
     assert_eq!(r.retry_after_secs, 50);
     // One millisecond before the first admission leaves: still full, and
     // retry-after rounds up to a whole second.
@@ -108,7 +108,10 @@ pub async fn retry_after_rounds_up(s: &dyn StoreTesting) {
     );
     // A zero limit refuses everything for a full minute.
     let r = refusal(s.admit(&subject("zero"), T0, rpm(0)).await.unwrap());
-    assert_eq!((r.limit, r.retry_after_secs), (LimitKind::Requests, 60));
+    assert_eq!(
+        (r.limit.kind(), r.retry_after_secs),
+        (LimitKind::Requests, 60)
+    );
 }
 
 pub async fn concurrency_slots(s: &dyn StoreTesting) {
@@ -124,7 +127,7 @@ pub async fn concurrency_slots(s: &dyn StoreTesting) {
     }
     let r = refusal(s.admit(&u, T0, slots(2)).await.unwrap());
     assert_eq!(
-        (r.limit, r.retry_after_secs, r.detail),
+        (r.limit.kind(), r.retry_after_secs, r.limit.key()),
         (LimitKind::Concurrent, 1, "max_concurrent")
     );
     s.release_slot(&u).await.unwrap();
@@ -165,7 +168,9 @@ pub async fn refused_admission_consumes_nothing(s: &dyn StoreTesting) {
     };
     remaining(s.admit(&u, T0, both).await.unwrap());
     assert_eq!(
-        refusal(s.admit(&u, T0 + 30_000, both).await.unwrap()).limit,
+        refusal(s.admit(&u, T0 + 30_000, both).await.unwrap())
+            .limit
+            .kind(),
         LimitKind::Requests
     );
     s.release_slot(&u).await.unwrap();
@@ -187,7 +192,9 @@ pub async fn refused_admission_consumes_nothing(s: &dyn StoreTesting) {
     };
     assert_eq!(remaining(s.admit(&v, T0, lim).await.unwrap()), Some(1));
     assert_eq!(
-        refusal(s.admit(&v, T0 + 1, lim).await.unwrap()).limit,
+        refusal(s.admit(&v, T0 + 1, lim).await.unwrap())
+            .limit
+            .kind(),
         LimitKind::Concurrent
     );
     s.release_slot(&v).await.unwrap();
@@ -215,14 +222,17 @@ pub async fn reserve_then_settle_budget(s: &dyn StoreTesting) {
     assert_eq!(rem, None);
     // A second worst case does not fit while the first is reserved.
     let r = refused(s.reserve(&u, T0, 600, 0.1, lim).await.unwrap());
-    assert_eq!((r.limit, r.detail), (LimitKind::Tokens, "tokens_per_day"));
+    assert_eq!(
+        (r.limit.kind(), r.limit.key()),
+        (LimitKind::Tokens, "tokens_per_day")
+    );
     assert_eq!(r.retry_after_secs, 86_400);
     s.settle(&u, r1, 100, 0.05).await.unwrap();
     reservation(s.reserve(&u, T0, 600, 0.1, lim).await.unwrap());
     // 100 + 600 tokens, $0.15 used: 0.9 more is over the dollar budget.
     let r = refused(s.reserve(&u, T0 + 1000, 10, 0.9, lim).await.unwrap());
     assert_eq!(
-        (r.limit, r.detail, r.retry_after_secs),
+        (r.limit.kind(), r.limit.key(), r.retry_after_secs),
         (LimitKind::Budget, "usd_per_day", 86_399)
     );
     // Exactly the budget fits.
@@ -247,7 +257,7 @@ pub async fn tokens_per_minute_retry_after_is_honest(s: &dyn StoreTesting) {
     assert_eq!(rem, Some(0));
     let r = refused(s.reserve(&u, T0 + 1000, 50, 0.0, lim).await.unwrap());
     assert_eq!(
-        (r.limit, r.detail),
+        (r.limit.kind(), r.limit.key()),
         (LimitKind::Tokens, "tokens_per_minute")
     );
     // After `retry` seconds the request fits.
@@ -382,19 +392,19 @@ pub async fn usage_without_a_reservation_is_charged(s: &dyn StoreTesting) {
         "no reservation was held, none is given back"
     );
     let r = refused(s.reserve(&u, T0, 300, 0.0, lim).await.unwrap());
-    assert_eq!(r.detail, "tokens_per_minute");
+    assert_eq!(r.limit.key(), "tokens_per_minute");
     let r = refused(
         s.reserve(&u, T0 + 2 * MINUTE_MS, 800, 0.0, lim)
             .await
             .unwrap(),
     );
-    assert_eq!(r.detail, "tokens_per_day");
+    assert_eq!(r.limit.key(), "tokens_per_day");
     let r = refused(
         s.reserve(&u, T0 + 2 * MINUTE_MS, 10, 0.3, lim)
             .await
             .unwrap(),
     );
-    assert_eq!(r.detail, "usd_per_day");
+    assert_eq!(r.limit.key(), "usd_per_day");
     let (_, rem) = reservation(
         s.reserve(&u, T0 + 2 * MINUTE_MS, 10, 0.1, lim)
             .await
@@ -599,10 +609,10 @@ pub async fn admit_reserve_is_admit_then_reserve(s: &dyn StoreTesting) {
         "{a:?}"
     );
     let no = refused(r.expect("a reservation answer"));
-    assert_eq!(no.detail, "tokens_per_minute");
+    assert_eq!(no.limit.key(), "tokens_per_minute");
     // 3: both slots taken: refused at admission, nothing reserved.
     let (a, r) = s.admit_reserve(&u, T0, both, Some(ask(1))).await.unwrap();
-    assert_eq!(refusal(a).detail, "max_concurrent");
+    assert_eq!(refusal(a).limit.key(), "max_concurrent");
     assert!(r.is_none());
     s.release_slot(&u).await.unwrap();
     s.release_slot(&u).await.unwrap();
@@ -616,7 +626,7 @@ pub async fn admit_reserve_is_admit_then_reserve(s: &dyn StoreTesting) {
         .admit_reserve(&u, T0 + 1, both, Some(ask(1)))
         .await
         .unwrap();
-    assert_eq!(refusal(a).detail, "requests_per_minute");
+    assert_eq!(refusal(a).limit.key(), "requests_per_minute");
     assert!(r.is_none());
     // No request limits: a plain reservation.
     let none = AdmitLimits {

@@ -202,18 +202,16 @@ impl Store for MemoryStore {
                 if s.admitted.len() as u64 >= rpm {
                     let oldest = s.admitted.front().copied().unwrap_or(now_ms);
                     return Admission::Refused(Refusal {
-                        limit: LimitKind::Requests,
+                        limit: Limit::RequestsPerMinute,
                         retry_after_secs: requests_retry_after(oldest, now_ms),
-                        detail: "requests_per_minute",
                     });
                 }
             }
             if let Some(max) = limits.max_concurrent {
                 if s.concurrent >= max {
                     return Admission::Refused(Refusal {
-                        limit: LimitKind::Concurrent,
+                        limit: Limit::MaxConcurrent,
                         retry_after_secs: 1,
-                        detail: "max_concurrent",
                     });
                 }
                 s.concurrent += 1;
@@ -252,29 +250,26 @@ impl Store for MemoryStore {
             if let Some(tpm) = limits.tokens_per_minute {
                 if s.tokens_in_window(now_ms) + tokens as f64 > tpm as f64 {
                     return Reserved::Refused(Refusal {
-                        limit: LimitKind::Tokens,
+                        limit: Limit::TokensPerMinute,
                         retry_after_secs: tokens_retry_after(
                             s.tok_cur, s.tok_prev, now_ms, tpm, tokens,
                         ),
-                        detail: "tokens_per_minute",
                     });
                 }
             }
             if let Some(tpd) = limits.tokens_per_day {
                 if (s.day_tokens.max(0) as u64).saturating_add(tokens) > tpd {
                     return Reserved::Refused(Refusal {
-                        limit: LimitKind::Tokens,
+                        limit: Limit::TokensPerDay,
                         retry_after_secs: until_next_day(now_ms),
-                        detail: "tokens_per_day",
                     });
                 }
             }
             if let Some(budget) = limits.usd_per_day {
                 if s.day_usd.max(0.0) + usd > budget {
                     return Reserved::Refused(Refusal {
-                        limit: LimitKind::Budget,
+                        limit: Limit::UsdPerDay,
                         retry_after_secs: until_next_day(now_ms),
-                        detail: "usd_per_day",
                     });
                 }
             }
@@ -357,7 +352,7 @@ mod tests {
         }
         match s.admit("u", T0 + 10_000, rpm(3)).await.unwrap() {
             Admission::Refused(r) => {
-                assert_eq!(r.limit, LimitKind::Requests);
+                assert_eq!(r.limit.kind(), LimitKind::Requests);
                 assert_eq!(r.retry_after_secs, 50);
             }
             other => panic!("{other:?}"),
@@ -396,7 +391,7 @@ mod tests {
             Admission::Admitted { .. }
         ));
         assert!(
-            matches!(s.admit("u", T0, lim).await.unwrap(), Admission::Refused(r) if r.limit == LimitKind::Concurrent)
+            matches!(s.admit("u", T0, lim).await.unwrap(), Admission::Refused(r) if r.limit.kind() == LimitKind::Concurrent)
         );
         s.release_slot("u").await.unwrap();
         assert!(matches!(
@@ -440,7 +435,7 @@ mod tests {
         };
         // A second worst case does not fit while the first is reserved.
         assert!(
-            matches!(s.reserve("u", T0, 600, 0.1, lim).await.unwrap(), Reserved::Refused(r) if r.detail == "tokens_per_day")
+            matches!(s.reserve("u", T0, 600, 0.1, lim).await.unwrap(), Reserved::Refused(r) if r.limit.key() == "tokens_per_day")
         );
         assert_eq!(s.inflight_reservations().await.unwrap(), 1);
         s.settle("u", r1, 100, 0.05).await.unwrap();
@@ -450,7 +445,7 @@ mod tests {
             Reserved::Reserved { .. }
         ));
         assert!(
-            matches!(s.reserve("u", T0, 10, 0.9, lim).await.unwrap(), Reserved::Refused(r) if r.limit == LimitKind::Budget)
+            matches!(s.reserve("u", T0, 10, 0.9, lim).await.unwrap(), Reserved::Refused(r) if r.limit.kind() == LimitKind::Budget)
         );
     }
 

@@ -81,13 +81,44 @@ impl LimitKind {
     }
 }
 
+/// A configured limit, by its config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    RequestsPerMinute,
+    MaxConcurrent,
+    TokensPerMinute,
+    TokensPerDay,
+    UsdPerDay,
+}
+
+impl Limit {
+    /// The config key, as error messages name it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::RequestsPerMinute => "requests_per_minute",
+            Limit::MaxConcurrent => "max_concurrent",
+            Limit::TokensPerMinute => "tokens_per_minute",
+            Limit::TokensPerDay => "tokens_per_day",
+            Limit::UsdPerDay => "usd_per_day",
+        }
+    }
+
+    /// Its family, as metrics count refusals.
+    pub fn kind(self) -> LimitKind {
+        match self {
+            Limit::RequestsPerMinute => LimitKind::Requests,
+            Limit::MaxConcurrent => LimitKind::Concurrent,
+            Limit::TokensPerMinute | Limit::TokensPerDay => LimitKind::Tokens,
+            Limit::UsdPerDay => LimitKind::Budget,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    pub limit: LimitKind,
+    pub limit: Limit,
     /// Whole seconds, at least 1, until the request would be admitted.
     pub retry_after_secs: u64,
-    /// Which configured limit, for the error message.
-    pub detail: &'static str,
 }
 
 /// Request-count limits checked before anything goes upstream.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::LogTarget;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -70,7 +71,7 @@ fn mode_of<T: LogLine>(log: &UsageLog<T>) -> Mode {
 async fn concurrent_producers_write_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
-    let log = UsageLog::open(&path, 16).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 16).unwrap();
     const PRODUCERS: usize = 8;
     const PER: usize = 2000;
     let mut tasks = Vec::new();
@@ -108,7 +109,7 @@ async fn concurrent_producers_write_every_record_once() {
 fn nothing_is_spawned_before_first_use() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
-    let log: UsageLog<Rec> = UsageLog::open(&path, 4).unwrap();
+    let log: UsageLog<Rec> = UsageLog::open(&LogTarget::File(path.clone()), 4).unwrap();
     // The file exists (errors surface at startup) but no thread runs yet.
     assert!(path.exists());
     assert_eq!(mode_of(&log), Mode::Idle);
@@ -131,12 +132,14 @@ fn file_is_created_with_mode_0640_and_path_is_absolute() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
-    let log: UsageLog<Rec> = UsageLog::open(&path, 4).unwrap();
+    let log: UsageLog<Rec> = UsageLog::open(&LogTarget::File(path.clone()), 4).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     // The umask may only remove bits.
     assert_eq!(mode & !0o640, 0, "mode {mode:o}");
     assert!(log.path().unwrap().is_absolute());
-    assert!(UsageLog::<Rec>::open(dir.path().join("missing/usage.jsonl"), 4).is_err());
+    assert!(
+        UsageLog::<Rec>::open(&LogTarget::File(dir.path().join("missing/usage.jsonl")), 4).is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +148,7 @@ async fn disk_full_applies_back_pressure_and_loses_nothing() {
     let path = dir.path().join("usage.jsonl");
     std::os::unix::fs::symlink("/dev/full", &path).unwrap();
     const CAP: usize = 4;
-    let log = UsageLog::open(&path, CAP).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), CAP).unwrap();
 
     const SENT: usize = 50;
     let done = Arc::new(AtomicUsize::new(0));
@@ -201,7 +204,7 @@ async fn disk_full_applies_back_pressure_and_loses_nothing() {
 fn flush_and_stop_drains_everything_then_writes_late_records_directly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
-    let log = UsageLog::open(&path, 8).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 8).unwrap();
     const THREADS: usize = 4;
     const PER: usize = 2500;
     std::thread::scope(|scope| {
@@ -241,7 +244,7 @@ fn flush_and_stop_drains_everything_then_writes_late_records_directly() {
 fn flush_and_stop_without_a_writer_writes_queued_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
-    let log = UsageLog::open(&path, 8).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 8).unwrap();
     // Simulate records queued before any writer ran (e.g. spawn failed).
     {
         let mut st = log.shared().state.lock();
@@ -261,7 +264,7 @@ fn flush_and_stop_without_a_writer_writes_queued_records() {
 fn dropping_the_last_handle_drains_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
-    let log = UsageLog::open(&path, 8).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 8).unwrap();
     for s in 0..1000 {
         log.try_send(rec(0, s));
     }
@@ -280,7 +283,7 @@ async fn reopen_after_rename_switches_files_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
     let rotated = dir.path().join("usage.jsonl.1");
-    let log = UsageLog::open(&path, 32).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 32).unwrap();
 
     // Sequential part: what is sent after reopen() lands in the new file.
     for s in 0..100 {
@@ -339,7 +342,7 @@ async fn sighup_reopens_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
     let rotated = dir.path().join("usage.jsonl.1");
-    let log = UsageLog::open(&path, 8).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 8).unwrap();
     // Installed first, so a SIGHUP can never take the test process down.
     let _guard = signal(SignalKind::hangup()).unwrap();
     tokio::spawn(watch_sighup(log.clone()));
@@ -372,7 +375,7 @@ async fn sighup_reopens_the_file() {
 
 #[tokio::test]
 async fn stdout_smoke() {
-    let log = UsageLog::open("-", 4).unwrap();
+    let log = UsageLog::open(&LogTarget::Stdout, 4).unwrap();
     assert!(log.path().is_none());
     for s in 0..3 {
         log.send(rec(99, s)).await;
@@ -403,7 +406,7 @@ impl LogLine for Raw {
 fn lines_are_terminated_and_a_panicking_record_does_not_stop_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
-    let log = UsageLog::open(&path, 4).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 4).unwrap();
     log.try_send(Raw("{\"a\":1}"));
     log.try_send(Raw("{\"b\":\n2}\n"));
     log.try_send(Raw("panic"));
@@ -419,7 +422,7 @@ fn flush_and_stop_during_disk_full_reports_and_finishes_later() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
     std::os::unix::fs::symlink("/dev/full", &path).unwrap();
-    let log = UsageLog::open(&path, 4).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 4).unwrap();
     for s in 0..3 {
         log.try_send(rec(0, s));
     }
@@ -441,7 +444,7 @@ fn flush_and_stop_during_disk_full_reports_and_finishes_later() {
 fn a_writer_left_behind_by_fork_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");
-    let log = UsageLog::open(&path, 8).unwrap();
+    let log = UsageLog::open(&LogTarget::File(path.clone()), 8).unwrap();
     {
         // What a child sees after forking a process whose writer held one
         // record and had two more queued: a "running" writer that does not
@@ -472,7 +475,7 @@ fn handles_and_futures_can_cross_threads() {
     send_sync::<crate::sinks::Metrics>();
     send_sync::<crate::sinks::InflightGuard>();
     let dir = tempfile::tempdir().unwrap();
-    let log = UsageLog::open(dir.path().join("usage.jsonl"), 1).unwrap();
+    let log = UsageLog::open(&LogTarget::File(dir.path().join("usage.jsonl")), 1).unwrap();
     // Pingora's hooks are `async_trait` futures, which must be Send.
     let fut = log.send(rec(0, 0));
     send(&fut);

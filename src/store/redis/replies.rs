@@ -29,7 +29,7 @@ pub(super) fn parse_reserve(
                 .map(|tpm| tokens_remaining(tpm, now_ms, cur, prev)),
         },
         1 => Reserved::Refused(Refusal {
-            limit: LimitKind::Tokens,
+            limit: Limit::TokensPerMinute,
             retry_after_secs: tokens_retry_after(
                 cur,
                 prev,
@@ -37,17 +37,14 @@ pub(super) fn parse_reserve(
                 limits.tokens_per_minute.unwrap_or(0),
                 tokens,
             ),
-            detail: "tokens_per_minute",
         }),
         2 => Reserved::Refused(Refusal {
-            limit: LimitKind::Tokens,
+            limit: Limit::TokensPerDay,
             retry_after_secs: until_next_day(now_ms),
-            detail: "tokens_per_day",
         }),
         3 => Reserved::Refused(Refusal {
-            limit: LimitKind::Budget,
+            limit: Limit::UsdPerDay,
             retry_after_secs: until_next_day(now_ms),
-            detail: "usd_per_day",
         }),
         _ => {
             return Err(StoreError::Protocol(format!(
@@ -75,15 +72,13 @@ pub(super) fn parse_admit(
         1 => {
             let oldest = a.get(1).and_then(score).unwrap_or(now_ms);
             Admission::Refused(Refusal {
-                limit: LimitKind::Requests,
+                limit: Limit::RequestsPerMinute,
                 retry_after_secs: requests_retry_after(oldest, now_ms),
-                detail: "requests_per_minute",
             })
         }
         2 => Admission::Refused(Refusal {
-            limit: LimitKind::Concurrent,
+            limit: Limit::MaxConcurrent,
             retry_after_secs: 1,
-            detail: "max_concurrent",
         }),
         _ => {
             return Err(StoreError::Protocol(format!(

@@ -41,7 +41,7 @@ async fn concurrent_calls_share_round_trips_and_keep_exact_answers() {
                 reservations.push(reservation);
             }
             (Admission::Refused(r), None) => {
-                assert_eq!(r.detail, "requests_per_minute");
+                assert_eq!(r.limit.key(), "requests_per_minute");
                 refused += 1;
             }
             other => panic!("unexpected answer {other:?}"),
