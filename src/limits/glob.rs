@@ -1,20 +1,20 @@
 //! `*`/`?` globs for the tier `models` allow-list.
 
-/// Matches `text` against `pattern` where `*` is any run and `?` one char.
-/// Iterative with one backtrack point, so it is linear-ish and cannot blow
-/// the stack on hostile model names.
+/// Matches `text` against `pattern` where `*` is any run and `?` one
+/// character (one byte: model names are ASCII). Iterative with one
+/// backtrack point, so linear-ish, allocation-free and stack-safe on
+/// hostile model names.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -23,7 +23,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Whether a configured name is a pattern rather than a name.
+pub fn is_glob(name: &str) -> bool {
+    name.bytes().any(|b| b == b'*' || b == b'?')
 }
 
 #[cfg(test)]

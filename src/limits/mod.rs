@@ -5,7 +5,7 @@
 mod glob;
 mod tiers;
 
-pub use glob::glob_match;
+pub use glob::{glob_match, is_glob};
 pub use tiers::{Tier, Tiers};
 
 /// Values for the `x-ratelimit-*` response headers; `None` where the tier

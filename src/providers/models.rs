@@ -13,7 +13,7 @@ use super::kind;
 use super::router::served;
 use super::Provider;
 use crate::config::{Config, ProviderConfig, Strategy};
-use crate::limits::glob_match;
+use crate::limits::{glob_match, is_glob};
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -119,7 +119,7 @@ impl Models {
 
     fn insert(&mut self, name: &str, route: ModelRoute) {
         let route = Arc::new(route);
-        if name.contains('*') || name.contains('?') {
+        if is_glob(name) {
             self.globs.push((name.to_string(), route));
         } else {
             self.exact.insert(name.to_string(), route);

@@ -6,7 +6,7 @@
 //! nor crowd real models out of them.
 
 use crate::config::Config;
-use crate::limits::glob_match;
+use crate::limits::{glob_match, is_glob};
 use std::collections::HashSet;
 
 pub const OTHER: &str = "other";
@@ -40,7 +40,7 @@ impl ModelLabels {
         let mut exact = HashSet::new();
         let mut globs: Vec<Box<str>> = Vec::new();
         for n in names {
-            if n.contains('*') || n.contains('?') {
+            if is_glob(n) {
                 if !globs.iter().any(|g| &**g == n) {
                     globs.push(n.into());
                 }

@@ -278,17 +278,7 @@ impl Store for MemoryStore {
             s.day_tokens = s.day_tokens.saturating_add(t);
             s.day_usd += usd;
             s.reservations += 1;
-            Reserved::Reserved {
-                reservation: Reservation {
-                    tokens,
-                    usd,
-                    at_ms: now_ms,
-                    held: true,
-                },
-                remaining_tokens_minute: limits
-                    .tokens_per_minute
-                    .map(|tpm| tokens_remaining(tpm, now_ms, s.tok_cur, s.tok_prev)),
-            }
+            Reserved::granted(tokens, usd, now_ms, &limits, s.tok_cur, s.tok_prev)
         });
         if matches!(out, Reserved::Reserved { .. }) {
             self.inflight_reservations.fetch_add(1, Ordering::Relaxed);

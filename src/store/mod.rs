@@ -207,6 +207,31 @@ pub enum Reserved {
     Refused(Refusal),
 }
 
+impl Reserved {
+    /// `tokens` and `usd` reserved at `now_ms`; `cur` and `prev` are the
+    /// subject's minute counters after it, for the tokens left this minute.
+    pub fn granted(
+        tokens: u64,
+        usd: f64,
+        now_ms: u64,
+        limits: &BudgetLimits,
+        cur: i64,
+        prev: i64,
+    ) -> Self {
+        Reserved::Reserved {
+            reservation: Reservation {
+                tokens,
+                usd,
+                at_ms: now_ms,
+                held: true,
+            },
+            remaining_tokens_minute: limits
+                .tokens_per_minute
+                .map(|tpm| window::tokens_remaining(tpm, now_ms, cur, prev)),
+        }
+    }
+}
+
 /// Per subject, per UTC day totals (what `GET /admin/usage` returns).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct DayTotals {

@@ -3,6 +3,7 @@
 
 use super::Usage;
 use crate::config::Price;
+use crate::limits::{glob_match, is_glob};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default)]
@@ -18,7 +19,7 @@ impl Pricing {
         let mut exact = BTreeMap::new();
         let mut globs = Vec::new();
         for (k, p) in prices {
-            if k.contains('*') {
+            if is_glob(k) {
                 globs.push((k.clone(), *p));
             } else {
                 exact.insert(k.clone(), *p);
@@ -37,7 +38,7 @@ impl Pricing {
         }
         self.globs
             .iter()
-            .find(|(k, _)| glob_match(k.as_bytes(), model.as_bytes()))
+            .find(|(k, _)| glob_match(k, model))
             .map(|(_, p)| p)
     }
 
@@ -78,29 +79,6 @@ impl Pricing {
         (input_tokens as f64 * p.input.max(p.cache_write) + max_output_tokens as f64 * p.output)
             / 1e6
     }
-}
-
-/// `*` matches any run of characters (including none); everything else is
-/// literal. Iterative with one backtrack point, so linear-ish and stack-safe.
-pub(crate) fn glob_match(pat: &[u8], s: &[u8]) -> bool {
-    let (mut p, mut i) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        if p < pat.len() && pat[p] == b'*' {
-            star = Some((p, i));
-            p += 1;
-        } else if p < pat.len() && pat[p] == s[i] {
-            p += 1;
-            i += 1;
-        } else if let Some((sp, si)) = star {
-            p = sp + 1;
-            i = si + 1;
-            star = Some((sp, si + 1));
-        } else {
-            return false;
-        }
-    }
-    pat[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -181,13 +159,13 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match(b"a*c", b"abbbc"));
-        assert!(glob_match(b"a*", b"a"));
-        assert!(glob_match(b"*x*y", b"axbxy"));
-        assert!(!glob_match(b"a*c", b"abcd"));
-        assert!(glob_match(b"**", b""));
-        assert!(!glob_match(b"", b"a"));
-        assert!(glob_match(b"gpt-4o-mini*", b"gpt-4o-mini-2024-07-18"));
+        assert!(glob_match("a*c", "abbbc"));
+        assert!(glob_match("a*", "a"));
+        assert!(glob_match("*x*y", "axbxy"));
+        assert!(!glob_match("a*c", "abcd"));
+        assert!(glob_match("**", ""));
+        assert!(!glob_match("", "a"));
+        assert!(glob_match("gpt-4o-mini*", "gpt-4o-mini-2024-07-18"));
     }
 
     #[test]

@@ -17,17 +17,7 @@ pub(super) fn parse_reserve(
     let cur = int_at(&a, 1, "reserve")?;
     let prev = int_at(&a, 2, "reserve")?;
     Ok(match code {
-        0 => Reserved::Reserved {
-            reservation: Reservation {
-                tokens,
-                usd,
-                at_ms: now_ms,
-                held: true,
-            },
-            remaining_tokens_minute: limits
-                .tokens_per_minute
-                .map(|tpm| tokens_remaining(tpm, now_ms, cur, prev)),
-        },
+        0 => Reserved::granted(tokens, usd, now_ms, &limits, cur, prev),
         1 => Reserved::Refused(Refusal {
             limit: Limit::TokensPerMinute,
             retry_after_secs: tokens_retry_after(
