@@ -151,6 +151,8 @@ fn record(c: &mut Criterion) {
         client_disconnected: false,
         usage_complete: true,
         endpoint: "messages",
+        attempts: 1,
+        upstream_model: Some("claude-sonnet-4-5-20250929".into()),
     };
     let mut g = c.benchmark_group("record");
     let mut out = Vec::with_capacity(1024);

@@ -14,6 +14,8 @@ fi
 # still starts (requests then fail upstream with the provider's 401).
 export ANTHROPIC_API_KEY="${ANTHROPIC_API_KEY:-dev-placeholder-anthropic-key}"
 export OPENAI_API_KEY="${OPENAI_API_KEY:-dev-placeholder-openai-key}"
+export ANTHROPIC_API_KEY_2="${ANTHROPIC_API_KEY_2:-dev-placeholder-anthropic-key-2}"
+export AZURE_OPENAI_KEY="${AZURE_OPENAI_KEY:-dev-placeholder-azure-key}"
 "$bin" check -c conf/tollgate.yaml
 echo "development token (sub=dev, role=admin, 24h):"
 "$bin" token issue -c conf/tollgate.yaml --sub dev --role admin --ttl 24h

@@ -31,6 +31,11 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
         daemon_wait_for_ready: s.daemon_wait_for_ready,
         ..ServerConf::default()
     };
+    // Pingora counts every attempt, also a retry on a fresh connection after
+    // a pooled one turned out closed: room for each deployment twice.
+    conf.max_retries = conf
+        .max_retries
+        .max(cfg.routing.max_attempts.saturating_mul(2).saturating_add(1));
     if let Some(w) = s.work_stealing {
         conf.work_stealing = w;
     }

@@ -249,11 +249,25 @@ fn unpriced_models(cfg: &Config, name: &str, t: &super::TierConfig, out: &mut Ve
     let pricing = crate::usage::Pricing::new(&cfg.usage.prices);
     match &t.models {
         Some(models) => {
-            for m in models.iter().filter(|m| pricing.price(m).is_none()) {
-                out.push(Problem::warning(format!(
-                    "limits.tiers.{name} sets usd_per_day but usage.prices has no price for \
-                     model {m:?}: its requests will be refused (403)"
-                )));
+            for m in models {
+                // Settled at each deployment's own model name, when it renames.
+                let upstream: Vec<Option<String>> = cfg.models.get(m).map_or_else(
+                    || vec![None],
+                    |e| e.deployments.iter().map(|d| d.spec().model).collect(),
+                );
+                for u in upstream {
+                    if pricing.price_for(u.as_deref(), Some(m)).is_some() {
+                        continue;
+                    }
+                    let shown = match &u {
+                        Some(u) => format!("{m:?} (sent upstream as {u:?})"),
+                        None => format!("{m:?}"),
+                    };
+                    out.push(Problem::warning(format!(
+                        "limits.tiers.{name} sets usd_per_day but usage.prices has no price for \
+                         model {shown}: its requests will be refused (403)"
+                    )));
+                }
             }
         }
         None if cfg.usage.prices.is_empty() => out.push(Problem::warning(format!(
@@ -272,6 +286,11 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
     }
     // Which provider answers each catalogue entry: the first that serves it.
     let mut first: HashMap<(crate::providers::endpoint::Verb, &str), &str> = HashMap::new();
+    let deployed: std::collections::HashSet<String> = cfg
+        .models
+        .values()
+        .flat_map(|m| m.deployments.iter().map(|d| d.spec().provider))
+        .collect();
     for p in &cfg.providers {
         let n = &p.name;
         if let Err(reason) = upstream_base_url(&p.base_url) {
@@ -312,8 +331,11 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
         for e in crate::providers::router::served(kind.catalogue(), &p.routes) {
             let key = (e.method, e.path.base());
             match first.get(&key) {
+                // A deployment of a `models:` entry is reached through it.
+                Some(_) if deployed.contains(n.as_str()) => {}
                 Some(other) => out.push(Problem::warning(format!(
-                    "provider {n}: {} {} is already served by {other}, which answers it",
+                    "provider {n}: {} {} is already served by {other}, which answers it \
+                     (name it in a models: entry to use it)",
                     e.method.name(),
                     e.path.base()
                 ))),

@@ -68,6 +68,8 @@ pub enum BodyError {
         "`background: true` is not supported through the gateway: its usage would never pass it"
     )]
     Background,
+    #[error("`model` is required: the provider's path names it")]
+    MissingModel,
 }
 
 /// Any JSON value, keeping only what the checks need; arrays and objects
@@ -337,6 +339,32 @@ fn is_media(s: &[u8]) -> bool {
         s
     };
     MEDIA_MAGIC.iter().any(|m| payload.starts_with(m))
+}
+
+/// `body` with every top-level `model` member's value replaced by `model`
+/// (a deployment that knows the model by another name). `None` when the
+/// body is not an object or names no model.
+pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    use crate::usage::json_scan::{key_is, object_members, skip_ws};
+    let (members, _) = object_members(body, skip_ws(body, 0))?;
+    let spans: Vec<std::ops::Range<usize>> = members
+        .iter()
+        .filter(|m| key_is(body, &m.key, "model"))
+        .map(|m| m.value.clone())
+        .collect();
+    if spans.is_empty() {
+        return None;
+    }
+    let value = serde_json::to_vec(model).ok()?;
+    let mut out = Vec::with_capacity(body.len() + value.len());
+    let mut pos = 0;
+    for r in spans {
+        out.extend_from_slice(body.get(pos..r.start)?);
+        out.extend_from_slice(&value);
+        pos = r.end;
+    }
+    out.extend_from_slice(body.get(pos..)?);
+    Some(out)
 }
 
 /// The body to send instead, when it must change so the response reports

@@ -253,3 +253,19 @@ fn rewrite_only_for_openai_streaming_completions() {
     };
     assert!(rewrite_for_usage(ChatCompletions, body, &not_stream).is_none());
 }
+
+#[test]
+fn a_deployment_renames_the_model() {
+    let body =
+        br#"{"model":"claude-fast","max_tokens":5,"messages":[{"role":"user","content":"model"}]}"#;
+    let out = with_model(body, "claude-haiku-4-5").unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["model"], "claude-haiku-4-5");
+    assert_eq!(v["messages"][0]["content"], "model");
+    assert_eq!(v["max_tokens"], 5);
+    let odd = with_model(br#" {"mod\u0065l" : "x"} "#, "a\"b").unwrap();
+    let v: Value = serde_json::from_slice(&odd).unwrap();
+    assert_eq!(v["model"], "a\"b");
+    assert!(with_model(br#"{"messages":[]}"#, "x").is_none());
+    assert!(with_model(b"not json", "x").is_none());
+}

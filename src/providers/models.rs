@@ -144,7 +144,8 @@ impl Models {
 /// Every problem of the `models:` section, from the config alone: unknown
 /// providers, weights of 0, empty entries, and deployments that cannot
 /// stand in for an entry's first one (another kind of API, or routes that
-/// do not cover one of the endpoints the first serves).
+/// cover none of the endpoints the first serves). A request only tries the
+/// deployments serving its endpoint.
 pub fn problems(cfg: &Config) -> Vec<ModelsError> {
     let mut errors = Vec::new();
     let by_name: HashMap<&str, &ProviderConfig> =
@@ -182,11 +183,14 @@ pub fn problems(cfg: &Config) -> Vec<ModelsError> {
             .collect();
         for p in &known[1..] {
             let k = kind(p.kind);
+            // Another API entirely, or none of the first's endpoints: it could
+            // never stand in. One serving fewer endpoints than the first
+            // (Azure has no Responses API) is only skipped for the others.
             let wrong_api = k.dialect() != first_kind.dialect();
-            let missing = endpoints.iter().find(|e| {
-                wrong_api || !served(k.catalogue(), &p.routes).any(|r| r.endpoint == **e)
-            });
-            if let Some(e) = missing {
+            let shares_one = endpoints
+                .iter()
+                .any(|e| served(k.catalogue(), &p.routes).any(|r| r.endpoint == *e));
+            if let Some(e) = endpoints.first().filter(|_| wrong_api || !shares_one) {
                 errors.push(ModelsError::CannotServe {
                     model: model.clone(),
                     provider: p.name.clone(),

@@ -3,16 +3,30 @@
 //! `routes` cover that entry.
 
 use super::endpoint::{check_canonical, Endpoint, NonCanonical, Route};
+use super::models::{Cooling, Deployment, Models};
 use super::Provider;
 use crate::config::Config;
 use http::Method;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct Router {
     /// Every (catalogue entry, provider) pair a request may take, in config
     /// order, so the first match is the first provider serving it.
     entries: Vec<(Route, Arc<Provider>)>,
     providers: Vec<Arc<Provider>>,
+    models: Models,
+    /// Deployments skipped after a failure (per process).
+    pub cooling: Cooling,
+    pub policy: RoutingPolicy,
+}
+
+/// `routing:`: when a request moves on to the next deployment.
+pub struct RoutingPolicy {
+    pub retry_on: Vec<u16>,
+    pub max_attempts: usize,
+    pub cooldown: Duration,
 }
 
 impl Router {
@@ -27,7 +41,55 @@ impl Router {
             }
             providers.push(provider);
         }
-        Ok(Self { entries, providers })
+        let by_name: HashMap<String, Arc<Provider>> = providers
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        let models = Models::from_config(cfg, &by_name).map_err(|errors| {
+            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("{}", all.join("; "))
+        })?;
+        let r = &cfg.routing;
+        Ok(Self {
+            entries,
+            providers,
+            models,
+            cooling: Cooling::default(),
+            policy: RoutingPolicy {
+                retry_on: r.retry_on.clone(),
+                max_attempts: r.max_attempts.max(1),
+                cooldown: r.cooldown.as_duration(),
+            },
+        })
+    }
+
+    /// The deployments a request for `model` tries, in order, when its
+    /// `models:` entry has some serving `endpoint` (healthy ones first,
+    /// ordered for `sub` when weighted); `None` when the request goes where
+    /// routes say ([`Router::single`]).
+    pub fn plan(
+        &self,
+        endpoint: Endpoint,
+        model: Option<&str>,
+        sub: &str,
+    ) -> Option<Vec<Deployment>> {
+        let route = self.models.get(model?)?;
+        let plan = route.plan(sub, endpoint, &self.cooling, self.policy.max_attempts);
+        (!plan.is_empty()).then_some(plan)
+    }
+
+    /// The one deployment of a request without a `models:` route.
+    pub fn single(provider: &Arc<Provider>) -> Vec<Deployment> {
+        vec![Deployment {
+            provider: provider.clone(),
+            model: None,
+            weight: 1,
+        }]
+    }
+
+    /// Whether a model has a `models:` entry.
+    pub fn routes_model(&self, model: &str) -> bool {
+        self.models.get(model).is_some()
     }
 
     /// The provider and endpoint for `method` and `path` (no query string);

@@ -69,6 +69,13 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
         client_disconnected: out.client_disconnected || ctx.drain.is_some(),
         usage_complete: used.complete,
+        attempts: u32::try_from(ctx.attempts.started.max(1)).unwrap_or(u32::MAX),
+        upstream_model: ctx
+            .attempts
+            .upstream_model
+            .as_deref()
+            .map(str::to_string)
+            .or_else(|| used.model.clone()),
     };
     // Never awaits: a dropped future (runtime shutdown) must not lose the
     // record; a full queue spills to the writer's overflow instead.
@@ -118,7 +125,9 @@ fn used(app: &App, ctx: &mut Ctx) -> Used {
         .model()
         .map(str::to_string)
         .or_else(|| metered.model.clone());
-    let price: Option<&Price> = app.pricing.price_for(metered.model.as_deref(), ctx.model());
+    // The answering deployment's model: its own name when it renamed.
+    let sent = ctx.attempts.upstream_model.as_deref().or(ctx.model());
+    let price: Option<&Price> = app.pricing.price_for(metered.model.as_deref(), sent);
     let cost = Pricing::cost_at(price, &metered.usage);
     let metered_endpoint = ctx.endpoint().is_some_and(|e| e.metered());
     let status = ctx.status.unwrap_or(0);
@@ -155,14 +164,15 @@ struct Charge {
 /// What a request is charged: the usage seen when it is complete; when it
 /// is not (cut stream, drain elapsed, missing or invalid usage), the larger
 /// of what was seen and what was reserved, since the provider may bill the
-/// rest. A request that never reached the provider is charged what was seen
-/// (nothing).
+/// rest. A request that never reached a provider, or only got answers
+/// refusing it, is charged what was seen (nothing); one whose earlier
+/// attempt reached a provider and went unanswered is not.
 fn charge(ctx: &Ctx, lease: &Lease, used: &Used) -> Charge {
     let seen = Charge {
         tokens: used.metered.usage.total(),
         usd: used.cost,
     };
-    if used.complete || !ctx.reached {
+    if used.complete || !(ctx.reached || ctx.attempts.unanswered) {
         return seen;
     }
     match lease.reservation {

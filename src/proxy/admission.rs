@@ -8,10 +8,14 @@ use super::error::GatewayError;
 use crate::app::App;
 use crate::clock::now_ms;
 use crate::config::OnError;
+use crate::config::Price;
 use crate::identity::{AuthFailure, Identity};
 use crate::providers::body::{self, RequestInfo};
+use crate::providers::models::Deployment;
+use crate::providers::router::Router;
 use crate::providers::{Endpoint, Metering};
 use crate::store::{Admission, BudgetAsk, Limit, LimitKind, Reserved, StoreOp};
+use crate::usage::Pricing;
 use http::{HeaderMap, Method};
 use std::sync::Arc;
 
@@ -173,10 +177,18 @@ pub async fn approve_body(
     };
     let rewritten = body::rewrite_for_usage(endpoint, raw, &info);
     let Caller { identity, tier } = caller(ctx)?;
-    if let Err(err) = model_rules(app, &tier, endpoint, &info) {
-        return Err(admit_before_refusing(app, ctx, mode, err).await);
-    }
-    let ask = budget_ask(app, &tier, endpoint, &info);
+    let planned = plan(app, ctx, endpoint, &info, &identity.sub, mode);
+    let checked = planned.and_then(|(plan, routed)| {
+        model_rules(app, &tier, endpoint, &info, &plan)?;
+        Ok((plan, routed))
+    });
+    let (plan, routed) = match checked {
+        Ok(planned) => planned,
+        Err(err) => return Err(admit_before_refusing(app, ctx, mode, err).await),
+    };
+    let ask = budget_ask(app, &tier, endpoint, &info, &plan);
+    ctx.attempts.plan = plan;
+    ctx.attempts.routed = routed;
     if let Some(err) = ask
         .as_ref()
         .and_then(|a| impossible(a, info.max_tokens.is_some()))
@@ -224,14 +236,59 @@ pub async fn approve_body(
     }
 }
 
+/// The deployments the request will try (see `attempts`), and whether a
+/// `models:` entry chose them. A body read after its upstream request
+/// started (chunked) stays where it went: it is refused when its model
+/// routes elsewhere or under another name.
+fn plan(
+    app: &App,
+    ctx: &Ctx,
+    endpoint: Endpoint,
+    info: &RequestInfo,
+    sub: &str,
+    mode: Admit,
+) -> Result<(Vec<Deployment>, bool), GatewayError> {
+    let first = ctx.provider().ok_or_else(GatewayError::internal)?;
+    let model = info.model.as_deref();
+    let Some(plan) = app.router.plan(endpoint, model, sub) else {
+        if model.is_none() && first.kind.rewrites_path() {
+            // Azure names the deployment in the path, after the model.
+            return Err(GatewayError::bad_body(body::BodyError::MissingModel));
+        }
+        return Ok((Router::single(first), false));
+    };
+    if mode == Admit::Done {
+        let stays = plan
+            .first()
+            .is_some_and(|d| Arc::ptr_eq(&d.provider, first) && d.model.is_none());
+        if !stays {
+            return Err(GatewayError::length_required());
+        }
+        return Ok((plan.into_iter().take(1).collect(), true));
+    }
+    Ok((plan, true))
+}
+
+/// The price a deployment's answer is settled at: its own model name's,
+/// else the requested one's.
+fn deployment_price<'a>(
+    app: &'a App,
+    d: &Deployment,
+    requested: Option<&str>,
+) -> Option<&'a Price> {
+    app.pricing.price_for(d.model.as_deref(), requested)
+}
+
 /// The tier's model allow-list (by the name the client sent), and, where
-/// the tier has a dollar budget, a price to hold the request to. Endpoints
-/// that generate nothing (`count_tokens`) are not held to either.
+/// the tier has a dollar budget, a price for every deployment the request
+/// may be settled at. Endpoints that generate nothing (`count_tokens`) are
+/// not held to either.
 fn model_rules(
     app: &App,
     tier: &crate::limits::Tier,
     endpoint: Endpoint,
     info: &RequestInfo,
+    plan: &[Deployment],
 ) -> Result<(), GatewayError> {
     if endpoint.metering() == Metering::RequestOnly {
         return Ok(());
@@ -254,16 +311,25 @@ fn model_rules(
             tier.name
         )));
     }
-    if tier.budget.usd_per_day.is_some()
-        && info
-            .model
-            .as_deref()
-            .and_then(|m| app.pricing.price(m))
-            .is_none()
+    if tier.budget.usd_per_day.is_none() {
+        return Ok(());
+    }
+    let requested = info.model.as_deref();
+    if requested.is_none() {
+        return Err(GatewayError::forbidden(
+            "no price configured for model (none)",
+        ));
+    }
+    if let Some(d) = plan
+        .iter()
+        .find(|d| deployment_price(app, d, requested).is_none())
     {
+        let name = match d.model.as_deref() {
+            Some(upstream) => format!("{} (as {upstream} on {})", shown(), d.provider.name),
+            None => shown(),
+        };
         return Err(GatewayError::forbidden(format!(
-            "no price configured for model {}",
-            shown()
+            "no price configured for model {name}"
         )));
     }
     Ok(())
@@ -276,6 +342,7 @@ fn budget_ask(
     tier: &crate::limits::Tier,
     endpoint: Endpoint,
     info: &RequestInfo,
+    plan: &[Deployment],
 ) -> Option<BudgetAsk> {
     if tier.budget.is_unlimited() {
         return None;
@@ -285,13 +352,19 @@ fn budget_ask(
         Metering::InputOnly => 0,
         Metering::RequestOnly => return None,
     };
+    // Any deployment may be the one that answers: hold the dearest.
+    let requested = info.model.as_deref();
+    let usd = plan
+        .iter()
+        .map(|d| {
+            deployment_price(app, d, requested).map_or(0.0, |p| {
+                Pricing::worst_case_at(p, info.input_estimate, output)
+            })
+        })
+        .fold(0.0, f64::max);
     Some(BudgetAsk {
         tokens: info.input_estimate.saturating_add(output),
-        usd: app.pricing.worst_case(
-            info.model.as_deref().unwrap_or(""),
-            info.input_estimate,
-            output,
-        ),
+        usd,
         limits: tier.budget,
     })
 }

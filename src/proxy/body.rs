@@ -1,15 +1,27 @@
 //! The request body's path through the gateway. Every body is inspected and
 //! approved before the provider can receive it whole, on one of two paths:
 //!
-//! - `Content-Length` ≤ 64 KiB (nearly every chat request): read in
-//!   `request_filter` and approved before any upstream is contacted.
-//! - larger or chunked bodies: collected in `request_body_filter` while the
-//!   upstream request headers are already out; a refusal then aborts the
-//!   upstream request before its body is complete.
+//! - a body with `Content-Length` (what SDKs send), of any size up to
+//!   `max_body_bytes`: read in `request_filter` and approved before any
+//!   upstream is contacted, so a refusal costs no connection and the model
+//!   name can choose the deployment.
+//! - a chunked body: collected in `request_body_filter` while the upstream
+//!   request headers are already out; a refusal then aborts the upstream
+//!   request before its body is complete. It goes to the endpoint's first
+//!   provider, and is not failed over (its bytes cannot be replayed); one
+//!   whose model `models:` routes elsewhere, or for a provider that names
+//!   the model in its path, is refused with 411.
 //!
 //! Once approved, the body is kept: whatever Pingora sends upstream (the
-//! first attempt, or a retry replaying its buffer) is replaced by it, so
+//! first attempt, or a retry replaying its buffer) is replaced by the
+//! attempt's body (the approved one, under the deployment's model name), so
 //! every attempt carries exactly the approved, possibly rewritten, bytes.
+//!
+//! Pingora sends a request body on an attempt only by replaying its retry
+//! buffer (at most 64 KiB, or none when it overflowed): a body read in
+//! `request_filter` turns buffering on only for its last 64 KiB, so the
+//! buffer always holds a replayable tail, which `request_body_filter` then
+//! replaces with the whole body.
 
 use super::admission::{self, Admit};
 use super::ctx::{BodyPhase, Ctx};
@@ -20,9 +32,8 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-/// Bodies up to this size are read and approved before any upstream
-/// connection (Pingora's retry buffer replays at most 64 KiB).
-pub const EARLY_BODY_LIMIT: usize = 64 * 1024;
+/// Pingora's retry buffer replays at most this much (not configurable).
+const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
 fn content_length(req: &RequestHeader) -> Option<usize> {
     req.headers
@@ -66,16 +77,24 @@ pub async fn plan(
         // it), so the 100 is ours to send; `Expect` is not passed on.
         session.write_continue_response().await?;
     }
-    let Some(len) = declared.filter(|n| *n <= EARLY_BODY_LIMIT) else {
+    let Some(len) = declared else {
+        if ctx.provider().is_some_and(|p| p.kind.rewrites_path()) {
+            return Ok(Err(GatewayError::length_required()));
+        }
         if let Err(e) = admission::admit(app, ctx).await {
             return Ok(Err(e));
         }
         ctx.body = BodyPhase::Collecting(BytesMut::new());
         return Ok(Ok(()));
     };
-    let Some(raw) = read_small(app, session, len).await? else {
+    let Some(raw) = read_whole(app, session, len).await? else {
         return Ok(Err(GatewayError::too_large(app.request.max_body_bytes)));
     };
+    if !raw.is_empty() && session.as_ref().get_retry_buffer().is_none() {
+        // The whole body came with the headers in one read (request headers
+        // near 64 KiB): Pingora would send it nowhere.
+        return Ok(Err(GatewayError::unreplayable()));
+    }
     Ok(admission::approve_body(app, &raw, ctx, Admit::WithBody)
         .await
         .map(|approved| {
@@ -83,27 +102,34 @@ pub async fn plan(
         }))
 }
 
-/// Reads a small body whole, before any upstream is chosen, keeping
-/// Pingora's retry buffer so it is replayed to the upstream afterwards.
+/// Reads a body of `expected` bytes whole, before any upstream is chosen,
+/// with Pingora's retry buffering on for its last 64 KiB only (a read
+/// returns at most 64 KiB, so the buffer fills without overflowing).
 /// `None` when it turns out larger than `max_body_bytes`.
-async fn read_small(
+async fn read_whole(
     app: &App,
     session: &mut Session,
     expected: usize,
 ) -> pingora::Result<Option<BytesMut>> {
-    session.enable_retry_buffering();
     let mut buf = BytesMut::with_capacity(expected);
-    while let Some(chunk) = session
-        .read_request_body()
-        .await
-        .map_err(|e| e.into_down())?
-    {
+    let mut buffering = false;
+    loop {
+        if !buffering && expected.saturating_sub(buf.len()) <= RETRY_BUFFER_LIMIT {
+            session.enable_retry_buffering();
+            buffering = true;
+        }
+        let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        else {
+            return Ok(Some(buf));
+        };
         if buf.len() + chunk.len() > app.request.max_body_bytes {
             return Ok(None);
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(Some(buf))
 }
 
 /// `request_body_filter`'s work: collect a large body and approve it at its
@@ -117,7 +143,8 @@ pub async fn filter(
     match &mut ctx.body {
         BodyPhase::Approved(approved) => {
             if end_of_stream {
-                *body = Some(approved.clone());
+                let this_attempt = ctx.attempts.body.as_ref().unwrap_or(approved);
+                *body = Some(this_attempt.clone());
             } else if body.is_some() {
                 *body = Some(Bytes::new());
             }

@@ -4,6 +4,7 @@ use super::error::GatewayError;
 use crate::identity::Identity;
 use crate::limits::{RateHeaders, Tier};
 use crate::providers::body::RequestInfo;
+use crate::providers::models::Deployment;
 use crate::providers::{Endpoint, Provider};
 use crate::sinks::InflightGuard;
 use crate::store::Reservation;
@@ -74,8 +75,8 @@ pub struct Ctx {
     pub refusal: Option<GatewayError>,
     /// An upstream was chosen: the request yields a usage record.
     pub proxied: bool,
-    /// A connection to the provider was made: it may have processed the
-    /// request even without answering.
+    /// The current attempt's connection to its provider was made: it may
+    /// have processed the request even without answering.
     pub reached: bool,
     pub status: Option<u16>,
     pub ttfb: Option<Duration>,
@@ -83,6 +84,48 @@ pub struct Ctx {
     pub response_done: bool,
     pub drain: Option<Drain>,
     pub inflight: Option<InflightGuard>,
+    pub attempts: Attempts,
+    /// The answer's head is on its way to the client: from here on nothing
+    /// fails over.
+    pub response_started: bool,
+}
+
+/// The deployments a request tries, and where it stands.
+#[derive(Default)]
+pub struct Attempts {
+    /// Decided once the body (and so the model) is known; empty for a
+    /// request without one, which goes to the endpoint's first provider.
+    pub plan: Vec<Deployment>,
+    /// The plan comes from a `models:` entry (its deployments cool down
+    /// after a failure).
+    pub routed: bool,
+    /// Attempts started; the current one is `plan[started - 1]`.
+    pub started: usize,
+    /// The next attempt stays on the current deployment (a pooled
+    /// connection it had closed: not its failure).
+    pub again: bool,
+    /// The current attempt's body: the approved one, under the deployment's
+    /// model name.
+    pub body: Option<Bytes>,
+    /// The model name the current attempt sends upstream.
+    pub upstream_model: Option<Arc<str>>,
+    /// The current attempt's status is being failed over (raised in
+    /// `upstream_response_filter`, seen again in `error_while_proxy`).
+    pub failing_over: bool,
+    /// An earlier attempt reached its provider and failed without an answer
+    /// (a timeout, a reset): the provider may have processed, and billed, it.
+    pub unanswered: bool,
+}
+
+impl Attempts {
+    pub fn current(&self) -> Option<&Deployment> {
+        self.started.checked_sub(1).and_then(|i| self.plan.get(i))
+    }
+
+    /// Another deployment is left to try.
+    pub fn left(&self) -> bool {
+        self.started < self.plan.len()
+    }
 }
 
 impl Ctx {
@@ -105,6 +148,8 @@ impl Ctx {
             response_done: false,
             drain: None,
             inflight: None,
+            attempts: Attempts::default(),
+            response_started: false,
         }
     }
 

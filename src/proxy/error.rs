@@ -114,6 +114,27 @@ impl GatewayError {
         )
     }
 
+    /// A body Pingora could not replay to the provider (it arrived with
+    /// request headers of nearly 64 KiB).
+    pub fn unreplayable() -> Self {
+        Self::new(
+            431,
+            ErrorKind::InvalidRequest,
+            "request headers too large to forward the body after them",
+        )
+    }
+
+    /// A chunked body is read while its upstream request is already under
+    /// way: refused where the model must be known before (`models:`
+    /// routing, a provider that names the model in its path).
+    pub fn length_required() -> Self {
+        Self::new(
+            411,
+            ErrorKind::InvalidRequest,
+            "send the body with Content-Length: the gateway routes this request by its model",
+        )
+    }
+
     pub fn bad_body(e: BodyError) -> Self {
         Self::new(400, ErrorKind::InvalidRequest, e.to_string())
     }

@@ -6,6 +6,7 @@
 
 mod accounting;
 mod admission;
+mod attempts;
 mod body;
 mod ctx;
 mod downstream;
@@ -140,25 +141,28 @@ impl ProxyHttp for Gateway {
             // final usage is still seen (see response_body_filter).
             session.set_abort_on_close(false);
         }
-        if let Some(p) = ctx.provider() {
-            ctx.inflight = Some(app.sinks.metrics.inflight(&p.name));
-        }
         Ok(false)
     }
 
+    /// Once per attempt: the next deployment of the request's plan.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.proxied = true;
-        let Some(p) = ctx.provider() else {
+        let Some(p) = attempts::begin(&self.app, ctx) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no provider selected",
             ));
         };
-        p.upstream.peer().await.map_err(|e| {
-            let mut err = Error::explain(ErrorType::ConnectNoRoute, e.to_string());
-            err.esource = ErrorSource::Upstream;
-            err
-        })
+        match p.upstream.peer().await {
+            Ok(peer) => Ok(peer),
+            Err(e) => {
+                // Its name did not resolve: as good as a refused connection.
+                let mut err = Error::explain(ErrorType::ConnectNoRoute, e.to_string());
+                err.esource = ErrorSource::Upstream;
+                err.set_retry(attempts::failed(&self.app, ctx, None));
+                Err(err)
+            }
+        }
     }
 
     async fn connected_to_upstream(
@@ -197,11 +201,26 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// A connection reused from the pool that the provider had closed
-    /// (`ReusedOnly`: nothing was answered on it) is retried on a fresh one
-    /// for any method, because the gateway holds the exact body approved
-    /// for the first attempt (`body::filter` resends it). Pingora's default
-    /// refuses every retry of a POST.
+    /// A connection to the deployment could not be made: the next one,
+    /// if any is left.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let next = attempts::failed(&self.app, ctx, None);
+        e.set_retry(next);
+        e
+    }
+
+    /// Pingora's default retries no POST. Here, while no byte of an answer
+    /// reached the client and the body is held: a pooled connection the
+    /// provider had closed unanswered (`ReusedOnly`) is retried on the same
+    /// deployment, any other upstream failure (a timeout before the
+    /// headers, a reset) moves to the next deployment. The decision is
+    /// always made explicit (an undecided retry panics in Pingora).
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -211,16 +230,52 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let replayable = matches!(
-            ctx.body,
-            ctx::BodyPhase::Approved(_) | ctx::BodyPhase::Passthrough
-        ) && session.is_body_done();
-        if replayable && matches!(e.retry, RetryType::ReusedOnly) && ctx.status.is_none() {
-            e.retry.decide_reuse(client_reused);
-        } else {
+        let answer_out = ctx.response_started
+            || session
+                .response_written()
+                .is_some_and(|r| r.status.as_u16() >= 200);
+        let from_upstream = e.esource() == &ErrorSource::Upstream;
+        let replayable = attempts::replayable(ctx) && session.is_body_done();
+        if std::mem::take(&mut ctx.attempts.failing_over) {
+            // Our own failover status error, decided in upstream_response_filter.
+            e.set_retry(true);
+        } else if answer_out || !from_upstream || !replayable {
             e.set_retry(false);
+        } else if matches!(e.retry, RetryType::ReusedOnly) && client_reused {
+            ctx.attempts.again = true;
+            e.retry.decide_reuse(true);
+        } else {
+            let next = attempts::failed(&self.app, ctx, None);
+            ctx.attempts.unanswered |= next && ctx.reached;
+            e.set_retry(next);
         }
         e
+    }
+
+    /// A status of `routing.retry_on` moves to the next deployment, before
+    /// any of the answer is written; the last deployment's answer is passed
+    /// on as it is.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if self.app.router.policy.retry_on.contains(&status) {
+            // The deployment cools down even when its answer is the last.
+            let retry_after = attempts::retry_after(upstream_response);
+            if attempts::failed(&self.app, ctx, retry_after) {
+                ctx.attempts.failing_over = true;
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "deployment answered a failover status",
+                );
+                e.set_retry(true);
+                return Err(e.into_up());
+            }
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -229,7 +284,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.status = Some(upstream_response.status.as_u16());
+        let status = upstream_response.status.as_u16();
+        ctx.response_started = true;
+        attempts::answered(&self.app, ctx, status);
+        ctx.status = Some(status);
         ctx.ttfb = Some(ctx.started.elapsed());
         if let Some(route) = ctx.route.as_ref().filter(|r| r.endpoint.metered()) {
             let ct = upstream_response

@@ -3,6 +3,7 @@
 
 use super::ctx::{BodyPhase, Ctx};
 use crate::providers::Endpoint;
+use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
@@ -32,21 +33,37 @@ pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx
     up.insert_header("host", p.upstream.authority.clone())?;
     // Usage is read from the body: ask for it uncompressed.
     up.insert_header("accept-encoding", "identity")?;
-    if !p.upstream.base_path.is_empty() {
-        let pq = client
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let uri: http::Uri = format!("{}{}", p.upstream.base_path, pq)
+    let pq = client
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let path = if p.kind.rewrites_path() {
+        let model = ctx.attempts.upstream_model.as_deref();
+        Some(
+            p.kind
+                .upstream_path(p, route.endpoint, model, pq)
+                .ok_or_else(|| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        "no upstream path for this request",
+                    )
+                })?,
+        )
+    } else {
+        (!p.upstream.base_path.is_empty()).then(|| format!("{}{pq}", p.upstream.base_path))
+    };
+    if let Some(path) = path {
+        let uri: http::Uri = path
             .parse()
             .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
         up.set_uri(uri);
     }
     match &ctx.body {
         BodyPhase::Approved(b) => {
+            let len = ctx.attempts.body.as_ref().map_or(b.len(), Bytes::len);
             up.remove_header("transfer-encoding");
-            up.insert_header("content-length", b.len())?;
+            up.insert_header("content-length", len)?;
         }
         BodyPhase::Collecting(_)
             if matches!(

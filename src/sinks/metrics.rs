@@ -72,6 +72,43 @@ struct Inner {
     rate_limited: IntCounterVec,
     store_errors: IntCounterVec,
     inflight: IntGaugeVec,
+    attempts: IntCounterVec,
+    cooling: Arc<CoolingGauge>,
+}
+
+/// `tollgate_deployment_cooling{provider}`: 1 while a deployment is
+/// skipped after a failure. Computed when scraped, so it drops to 0 the
+/// moment the cooldown ends, with nothing ticking meanwhile.
+struct CoolingGauge {
+    gauge: IntGaugeVec,
+    until: dashmap::DashMap<String, std::time::Instant>,
+}
+
+impl Collector for CoolingGauge {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let now = std::time::Instant::now();
+        for entry in self.until.iter() {
+            self.gauge
+                .with_label_values(&[entry.key().as_str()])
+                .set(i64::from(*entry.value() > now));
+        }
+        self.gauge.collect()
+    }
+}
+
+#[derive(Clone)]
+struct SharedCooling(Arc<CoolingGauge>);
+
+impl Collector for SharedCooling {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
 }
 
 enum UsageCounters {
@@ -196,6 +233,23 @@ impl Metrics {
             ),
             &["provider"],
         )?;
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_attempts_total",
+                "Attempts at a deployment, by outcome: ok (it answered), failover (another deployment was tried next), failed (it failed and was the last).",
+            ),
+            &["provider", "outcome"],
+        )?;
+        let cooling = Arc::new(CoolingGauge {
+            gauge: IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_deployment_cooling",
+                    "1 while a deployment is skipped after a failure, 0 after.",
+                ),
+                &["provider"],
+            )?,
+            until: dashmap::DashMap::new(),
+        });
 
         let all = || -> Vec<Box<dyn Collector>> {
             let mut all: Vec<Box<dyn Collector>> = match &usage {
@@ -217,6 +271,8 @@ impl Metrics {
                 Box::new(rate_limited.clone()),
                 Box::new(store_errors.clone()),
                 Box::new(inflight.clone()),
+                Box::new(attempts.clone()),
+                Box::new(SharedCooling(Arc::clone(&cooling))),
             ]);
             all
         };
@@ -251,8 +307,28 @@ impl Metrics {
                 rate_limited,
                 store_errors,
                 inflight,
+                attempts,
+                cooling,
             }),
         })
+    }
+
+    /// One attempt at a deployment ended: `ok`, `failover` or `failed`.
+    pub fn upstream_attempt(&self, provider: &str, outcome: &str) {
+        self.inner
+            .attempts
+            .with_label_values(&[provider, outcome])
+            .inc();
+    }
+
+    /// `provider` is skipped until `until`.
+    pub fn deployment_cooling(&self, provider: &str, until: std::time::Instant) {
+        self.inner
+            .cooling
+            .until
+            .entry(provider.to_string())
+            .and_modify(|u| *u = (*u).max(until))
+            .or_insert(until);
     }
 
     /// Whether the per-request counters carry a `user` label.

@@ -42,11 +42,15 @@ impl Pricing {
             .map(|(_, p)| p)
     }
 
-    /// The price for a response: by the model the provider reported, else by
-    /// the model sent upstream.
+    /// The price for a response: an exact key for the model the provider
+    /// reported, else for the model sent upstream, else the longest pattern
+    /// matching either, reported first. A configured name beats a catch-all
+    /// pattern (`claude-*`) that the provider's dated snapshot name matches.
     pub fn price_for(&self, reported: Option<&str>, sent: Option<&str>) -> Option<&Price> {
-        reported
-            .and_then(|m| self.price(m))
+        let exact = |m: Option<&str>| m.and_then(|m| self.exact.get(m));
+        exact(reported)
+            .or_else(|| exact(sent))
+            .or_else(|| reported.and_then(|m| self.price(m)))
             .or_else(|| sent.and_then(|m| self.price(m)))
     }
 
@@ -73,9 +77,13 @@ impl Pricing {
     /// the dearer of the input and cache-write prices (it may all be written
     /// to the cache), and every allowed output token.
     pub fn worst_case(&self, model: &str, input_tokens: u64, max_output_tokens: u64) -> f64 {
-        let Some(p) = self.price(model) else {
-            return 0.0;
-        };
+        self.price(model).map_or(0.0, |p| {
+            Self::worst_case_at(p, input_tokens, max_output_tokens)
+        })
+    }
+
+    /// [`Pricing::worst_case`] at a known price.
+    pub fn worst_case_at(p: &Price, input_tokens: u64, max_output_tokens: u64) -> f64 {
         (input_tokens as f64 * p.input.max(p.cache_write) + max_output_tokens as f64 * p.output)
             / 1e6
     }
@@ -155,6 +163,23 @@ mod tests {
         );
         assert_eq!(input(None, Some("claude-sonnet-4-5")), Some(3.0));
         assert_eq!(input(Some("x"), Some("y")), None);
+
+        // An exact key for the name sent beats a pattern for the reported one;
+        // between two patterns, the reported name's.
+        m.insert("claude-*".into(), price(9.0, 15.0, 0.3, 3.75));
+        m.insert("claude-haiku-4-5".into(), price(1.0, 5.0, 0.1, 1.25));
+        m.insert("gpt-4o*".into(), price(2.5, 10.0, 1.25, 0.0));
+        let t = Pricing::new(&m);
+        let input = |r: Option<&str>, s: Option<&str>| t.price_for(r, s).map(|p| p.input);
+        assert_eq!(
+            input(Some("claude-haiku-4-5-20251001"), Some("claude-haiku-4-5")),
+            Some(1.0)
+        );
+        assert_eq!(
+            input(Some("claude-opus-4-1-20250805"), Some("gpt-4o")),
+            Some(9.0)
+        );
+        assert_eq!(input(Some("unpriced"), Some("gpt-4o-2024")), Some(2.5));
     }
 
     #[test]

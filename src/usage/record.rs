@@ -30,6 +30,11 @@ pub struct UsageRecord {
     pub usage_complete: bool,
     /// The catalogue endpoint (`messages`, `chat_completions`, …).
     pub endpoint: &'static str,
+    /// Deployments tried (≥ 1); `provider` is the last.
+    pub attempts: u32,
+    /// The model name sent upstream: `model`, unless the deployment renamed
+    /// it.
+    pub upstream_model: Option<String>,
 }
 
 const TS_FORMAT: StaticFormatDescription =
@@ -91,6 +96,8 @@ mod tests {
             client_disconnected: false,
             usage_complete: true,
             endpoint: "messages",
+            attempts: 1,
+            upstream_model: Some("claude-sonnet-4-5".into()),
         }
     }
 
@@ -126,6 +133,8 @@ mod tests {
             "client_disconnected",
             "usage_complete",
             "endpoint",
+            "attempts",
+            "upstream_model",
         ];
         let mut got = keys.clone();
         got.sort_unstable();

@@ -450,3 +450,43 @@ fn missing_provider_env_var_is_reported_by_check() {
     );
     assert_no_panic(&out);
 }
+
+/// The shipped example, `conf/tollgate.yaml`, passes `check` with only the
+/// keys `scripts/dev.sh` provides: no errors and no warnings.
+#[test]
+fn the_example_config_passes_check_cleanly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    crate::common::gateway::keygen(tmp.path(), &tmp.path().join("keys"));
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tollgate.yaml"))
+            .expect("read conf/tollgate.yaml");
+    // Its own listener ports may be taken on a shared machine.
+    let [a, b, c] = crate::common::gateway::free_ports();
+    let text = example
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{a}"))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{b}"))
+        .replace("127.0.0.1:9464", &format!("127.0.0.1:{c}"))
+        .replace("/tmp/tollgate.pid", path_str(&tmp.path().join("t.pid")))
+        .replace(
+            "/tmp/tollgate_upgrade.sock",
+            path_str(&tmp.path().join("u.sock")),
+        );
+    let path = tmp.path().join("tollgate.yaml");
+    std::fs::write(&path, text).expect("write");
+    let out = run_cli_env(
+        tmp.path(),
+        &["check", "-c", path_str(&path)],
+        &[
+            ("ANTHROPIC_API_KEY", "x"),
+            ("ANTHROPIC_API_KEY_2", "x"),
+            ("OPENAI_API_KEY", "x"),
+            ("AZURE_OPENAI_KEY", "x"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
+    assert!(
+        !all_output(&out).contains("warning"),
+        "{}",
+        all_output(&out)
+    );
+}

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod limits_both_stores;
 mod metrics;
+mod models;
 mod parsers_smoke;
 mod provider_faults;
 mod proxy_basic;

@@ -7,12 +7,12 @@
 //! (`anthropic-2`, with a key of its own, `openai-2`) and `c` (`azure`, kind
 //! azure_openai), plus `dead`, a port that refuses connections.
 
-use crate::common::client::{anthropic_body, client, openai_body, send, Resp};
+use crate::common::client::{anthropic_body, assert_openai_error, client, openai_body, send, Resp};
 use crate::common::fake_provider::{anthropic, openai, FakeProvider, Script, Step};
 use crate::common::gateway::PROVIDER_KEY_ENV;
 use crate::common::metrics::Metrics;
-use crate::common::{assert_anthropic_error, assert_usd, unique, Gateway, GatewayBuilder, Usage};
 use crate::common::PROVIDER_KEY;
+use crate::common::{assert_anthropic_error, assert_usd, unique, Gateway, GatewayBuilder, Usage};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -30,25 +30,42 @@ struct Fleet {
 impl Fleet {
     /// A gateway over the three fakes with these `models:` entries.
     fn start(models: Value, tweak: impl FnOnce(GatewayBuilder) -> GatewayBuilder) -> Fleet {
-        let (a, b, c) = (FakeProvider::start(), FakeProvider::start(), FakeProvider::start());
+        let (a, b, c) = (
+            FakeProvider::start(),
+            FakeProvider::start(),
+            FakeProvider::start(),
+        );
         let dead = tokio::net::TcpSocket::new_v4().expect("socket");
         dead.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
         let dead_url = format!("http://{}", dead.local_addr().unwrap());
         let (b_url, c_url) = (b.base_url(), c.base_url());
         let builder = GatewayBuilder::for_provider(&a)
             .env(KEY_B_ENV, KEY_B)
-            .add_provider(json!({"name": "anthropic-2", "kind": "anthropic", "base_url": b_url,
-                "api_key_env": KEY_B_ENV, "routes": ["/v1/messages"]}))
-            .add_provider(json!({"name": "openai-2", "kind": "openai", "base_url": b_url,
-                "api_key_env": PROVIDER_KEY_ENV, "routes": ["/v1/chat/completions"]}))
-            .add_provider(json!({"name": "azure", "kind": "azure_openai", "base_url": c_url,
+            .add_provider(
+                json!({"name": "anthropic-2", "kind": "anthropic", "base_url": b_url,
+                "api_key_env": KEY_B_ENV, "routes": ["/v1/messages"]}),
+            )
+            .add_provider(
+                json!({"name": "openai-2", "kind": "openai", "base_url": b_url,
+                "api_key_env": PROVIDER_KEY_ENV, "routes": ["/v1/chat/completions"]}),
+            )
+            .add_provider(
+                json!({"name": "azure", "kind": "azure_openai", "base_url": c_url,
                 "api_key_env": PROVIDER_KEY_ENV, "api_version": "2024-10-21",
-                "routes": ["/v1/chat/completions", "/v1/embeddings"]}))
-            .add_provider(json!({"name": "dead", "kind": "anthropic", "base_url": dead_url,
+                "routes": ["/v1/chat/completions", "/v1/embeddings"]}),
+            )
+            .add_provider(
+                json!({"name": "dead", "kind": "anthropic", "base_url": dead_url,
                 "api_key_env": PROVIDER_KEY_ENV, "routes": ["/v1/messages"],
-                "connect_timeout_seconds": 2}))
+                "connect_timeout_seconds": 2}),
+            )
             .price("claude-haiku-4-5", json!({"input": 1.0, "output": 5.0}))
             .price("gpt-4o-prod", json!({"input": 5.0, "output": 20.0}))
+            .price("claude-*", json!({"input": 3.0, "output": 15.0}))
+            .price(
+                "text-embedding-3-small",
+                json!({"input": 0.02, "output": 0.0}),
+            )
             .tweak(move |c| {
                 c["models"] = models;
                 c["routing"] = json!({"cooldown": "2s"});
@@ -99,12 +116,13 @@ fn attempts(m: &Metrics, provider: &str, outcome: &str) -> f64 {
 async fn a_529_fails_over_to_the_next_deployment() {
     let f = Fleet::start(
         json!({"claude-sonnet-4-5": {"deployments": ["anthropic", "anthropic-2"]}}),
-        |b| b,
+        // No cooldown: the streaming request meets the 529 too.
+        |b| b.tweak(|c| c["routing"]["cooldown"] = json!("0s")),
     );
     let token = f.gw.token(&unique("failover"));
     for stream in [false, true] {
         let case = unique("529");
-        f.a.script(&case, overloaded().with_header("retry-after", "1"));
+        f.a.script(&case, overloaded());
         let u = Usage::new(12, 34, 0, 5);
         let answer = if stream {
             anthropic::stream("claude-sonnet-4-5", u)
@@ -120,7 +138,11 @@ async fn a_529_fails_over_to_the_next_deployment() {
             )
             .await;
         assert_eq!(resp.status, 200, "stream {stream}: {}", resp.text());
-        assert_eq!(resp.body, answer.sent_bytes(), "only the second answer reaches the client");
+        assert_eq!(
+            resp.body,
+            answer.sent_bytes(),
+            "only the second answer reaches the client"
+        );
         let first = &f.a.requests_for(&case)[0];
         let second = &f.b.requests_for(&case)[0];
         assert_eq!(first.header("x-api-key"), Some(PROVIDER_KEY));
@@ -134,8 +156,6 @@ async fn a_529_fails_over_to_the_next_deployment() {
         assert_eq!(r["input_tokens"], json!(12), "{r}");
         assert_eq!(r["output_tokens"], json!(34), "{r}");
         assert_eq!(r["usage_complete"], json!(true), "{r}");
-        // The first deployment is cooling now: the next request skips it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let m = f.metrics().await;
     assert!(attempts(&m, "anthropic", "failover") >= 1.0);
@@ -166,7 +186,10 @@ async fn a_refused_connection_or_a_timeout_fails_over() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert!(start.elapsed() < Duration::from_secs(3));
     let r = f.gw.record_for_request(&resp.request_id()).await;
-    assert_eq!((r["provider"].clone(), r["attempts"].clone()), (json!("anthropic-2"), json!(2)));
+    assert_eq!(
+        (r["provider"].clone(), r["attempts"].clone()),
+        (json!("anthropic-2"), json!(2))
+    );
 
     let case = unique("silent");
     f.a.script(&case, Script::never_respond());
@@ -179,10 +202,17 @@ async fn a_refused_connection_or_a_timeout_fails_over() {
         )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(f.b.requests_for(&case).len(), 1);
     let r = f.gw.record_for_request(&resp.request_id()).await;
-    assert_eq!((r["provider"].clone(), r["attempts"].clone()), (json!("anthropic-2"), json!(2)));
+    assert_eq!(
+        (r["provider"].clone(), r["attempts"].clone()),
+        (json!("anthropic-2"), json!(2))
+    );
 }
 
 /// Every deployment fails: the client gets the last one's answer (its status
@@ -194,11 +224,35 @@ async fn when_every_attempt_fails_the_last_answer_is_passed_on() {
         json!({
             "claude-sonnet-4-5": {"deployments": ["anthropic", "anthropic-2"]},
             "claude-none": {"deployments": ["dead", "dead"]},
-            "claude-three": {"deployments": ["anthropic", "anthropic-2", "anthropic"]}
+            "claude-three": {"deployments": ["anthropic", "anthropic-2", "dead"]}
         }),
-        |b| b.tweak(|c| c["routing"]["max_attempts"] = json!(2)),
+        |b| {
+            b.tweak(|c| {
+                c["routing"]["max_attempts"] = json!(2);
+                c["routing"]["cooldown"] = json!("0s");
+            })
+        },
     );
     let token = f.gw.token(&unique("all-fail"));
+
+    // max_attempts 2: the third deployment is never tried.
+    let case = unique("capped");
+    f.a.script(&case, overloaded());
+    f.b.script(&case, overloaded());
+    let resp = f
+        .post(
+            "/v1/messages",
+            &token,
+            &anthropic_body(&case, "claude-three", false),
+        )
+        .await;
+    assert_eq!(resp.status, 529, "{}", resp.text());
+    let r = f.gw.record_for_request(&resp.request_id()).await;
+    assert_eq!(
+        (r["provider"].clone(), r["attempts"].clone()),
+        (json!("anthropic-2"), json!(2))
+    );
+
     let case = unique("both-busy");
     f.a.script(&case, overloaded());
     let last = Script::json(
@@ -218,8 +272,12 @@ async fn when_every_attempt_fails_the_last_answer_is_passed_on() {
     assert_eq!(resp.body, last.sent_bytes());
     assert_eq!(resp.header("retry-after").as_deref(), Some("7"));
     let r = f.gw.record_for_request(&resp.request_id()).await;
-    assert_eq!((r["provider"].clone(), r["attempts"].clone()), (json!("anthropic-2"), json!(2)));
+    assert_eq!(
+        (r["provider"].clone(), r["attempts"].clone()),
+        (json!("anthropic-2"), json!(2))
+    );
 
+    // Nobody answers: 502, and the record still counts both attempts.
     let resp = f
         .post(
             "/v1/messages",
@@ -228,18 +286,17 @@ async fn when_every_attempt_fails_the_last_answer_is_passed_on() {
         )
         .await;
     assert_anthropic_error(&resp, 502, "api_error");
+    let r = f.gw.record_for_request(&resp.request_id()).await;
+    assert_eq!(
+        (r["provider"].clone(), r["attempts"].clone()),
+        (json!("dead"), json!(2))
+    );
 
-    // max_attempts 2: the third deployment is never tried.
-    let case = unique("capped");
-    f.a.script(&case, overloaded());
-    f.b.script(&case, overloaded());
-    let resp = f
-        .post("/v1/messages", &token, &anthropic_body(&case, "claude-three", false))
-        .await;
-    assert_eq!(resp.status, 529);
-    assert_eq!(f.a.requests_for(&case).len() + f.b.requests_for(&case).len(), 2);
     let m = f.metrics().await;
-    assert!(attempts(&m, "anthropic-2", "failed") >= 1.0);
+    assert!(attempts(&m, "anthropic-2", "failed") >= 2.0);
+    assert!(attempts(&m, "anthropic", "failover") >= 2.0);
+    assert!(attempts(&m, "dead", "failed") >= 1.0);
+    assert!(attempts(&m, "dead", "failover") >= 1.0);
 }
 
 /// Once the first byte of an answer has reached the client, a failure is
@@ -266,10 +323,16 @@ async fn no_failover_after_the_first_byte() {
     assert_eq!(resp.status().as_u16(), 200);
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(resp.bytes().await.is_err(), "the client sees the cut");
-    assert!(f.b.requests_for(&case).is_empty(), "no failover after the first byte");
+    assert!(
+        f.b.requests_for(&case).is_empty(),
+        "no failover after the first byte"
+    );
     let r = f.gw.record_for_request(&id).await;
     assert_eq!(r["usage_complete"], json!(false), "{r}");
-    assert_eq!((r["provider"].clone(), r["attempts"].clone()), (json!("anthropic"), json!(1)));
+    assert_eq!(
+        (r["provider"].clone(), r["attempts"].clone()),
+        (json!("anthropic"), json!(1))
+    );
 }
 
 /// A deployment that failed is skipped for `cooldown` (2 s here), or for its
@@ -284,7 +347,11 @@ async fn a_failed_deployment_cools_down_then_returns() {
     let first = unique("cool-1");
     f.a.script(&first, overloaded());
     let resp = f
-        .post("/v1/messages", &token, &anthropic_body(&first, "claude-sonnet-4-5", false))
+        .post(
+            "/v1/messages",
+            &token,
+            &anthropic_body(&first, "claude-sonnet-4-5", false),
+        )
         .await;
     assert_eq!(resp.status, 200);
     let m = f.metrics().await;
@@ -294,10 +361,17 @@ async fn a_failed_deployment_cools_down_then_returns() {
     );
     let second = unique("cool-2");
     let resp = f
-        .post("/v1/messages", &token, &anthropic_body(&second, "claude-sonnet-4-5", false))
+        .post(
+            "/v1/messages",
+            &token,
+            &anthropic_body(&second, "claude-sonnet-4-5", false),
+        )
         .await;
     assert_eq!(resp.status, 200);
-    assert!(f.a.requests_for(&second).is_empty(), "a cooling deployment is skipped");
+    assert!(
+        f.a.requests_for(&second).is_empty(),
+        "a cooling deployment is skipped"
+    );
     assert_eq!(f.b.requests_for(&second).len(), 1);
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let m = f.metrics().await;
@@ -307,7 +381,11 @@ async fn a_failed_deployment_cools_down_then_returns() {
     );
     let third = unique("cool-3");
     let resp = f
-        .post("/v1/messages", &token, &anthropic_body(&third, "claude-sonnet-4-5", false))
+        .post(
+            "/v1/messages",
+            &token,
+            &anthropic_body(&third, "claude-sonnet-4-5", false),
+        )
         .await;
     assert_eq!(resp.status, 200);
     assert_eq!(f.a.requests_for(&third).len(), 1, "back after its cooldown");
@@ -315,13 +393,24 @@ async fn a_failed_deployment_cools_down_then_returns() {
     // A longer retry-after wins over the cooldown.
     let slow = unique("cool-ra");
     f.a.script(&slow, overloaded().with_header("retry-after", "4"));
-    f.post("/v1/messages", &token, &anthropic_body(&slow, "claude-sonnet-4-5", false))
-        .await;
+    f.post(
+        "/v1/messages",
+        &token,
+        &anthropic_body(&slow, "claude-sonnet-4-5", false),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let after = unique("cool-4");
-    f.post("/v1/messages", &token, &anthropic_body(&after, "claude-sonnet-4-5", false))
-        .await;
-    assert!(f.a.requests_for(&after).is_empty(), "still cooling for its retry-after");
+    f.post(
+        "/v1/messages",
+        &token,
+        &anthropic_body(&after, "claude-sonnet-4-5", false),
+    )
+    .await;
+    assert!(
+        f.a.requests_for(&after).is_empty(),
+        "still cooling for its retry-after"
+    );
 }
 
 /// An alias renames the model upstream; the record keeps the client's name
@@ -330,7 +419,12 @@ async fn a_failed_deployment_cools_down_then_returns() {
 async fn an_alias_renames_the_model_upstream() {
     let f = Fleet::start(
         json!({"claude-fast": {"deployments": [{"provider": "anthropic-2", "model": "claude-haiku-4-5"}]}}),
-        |b| b.tier("fast", json!({"usd_per_day": 10, "models": ["claude-fast"]})),
+        |b| {
+            b.tier(
+                "fast",
+                json!({"usd_per_day": 10, "models": ["claude-fast"]}),
+            )
+        },
     );
     let token = f.gw.token_role(&unique("alias"), "fast");
     let case = unique("alias");
@@ -339,7 +433,11 @@ async fn an_alias_renames_the_model_upstream() {
         anthropic::json("claude-haiku-4-5-20251001", Usage::new(1000, 1000, 0, 0)),
     );
     let resp = f
-        .post("/v1/messages", &token, &anthropic_body(&case, "claude-fast", false))
+        .post(
+            "/v1/messages",
+            &token,
+            &anthropic_body(&case, "claude-fast", false),
+        )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let seen = f.b.requests_for(&case)[0].json();
@@ -364,15 +462,28 @@ async fn weighted_callers_stick_to_their_deployment() {
         let cases: Vec<String> = (0..3).map(|_| unique("w")).collect();
         for case in &cases {
             let resp = f
-                .post("/v1/chat/completions", &token, &openai_body(case, "gpt-4o", false))
+                .post(
+                    "/v1/chat/completions",
+                    &token,
+                    &openai_body(case, "gpt-4o", false),
+                )
                 .await;
             assert_eq!(resp.status, 200);
         }
-        let to_a: Vec<bool> = cases.iter().map(|c| !f.a.requests_for(c).is_empty()).collect();
-        assert!(to_a.iter().all(|x| *x == to_a[0]), "a caller moved: {to_a:?}");
+        let to_a: Vec<bool> = cases
+            .iter()
+            .map(|c| !f.a.requests_for(c).is_empty())
+            .collect();
+        assert!(
+            to_a.iter().all(|x| *x == to_a[0]),
+            "a caller moved: {to_a:?}"
+        );
         on_a += usize::from(to_a[0]);
     }
-    assert!((18..=38).contains(&on_a), "{on_a} of 40 callers on the weight-3 deployment");
+    assert!(
+        (18..=38).contains(&on_a),
+        "{on_a} of 40 callers on the weight-3 deployment"
+    );
 }
 
 /// Azure OpenAI: deployment paths with `api-version`, the key in `api-key`,
@@ -397,7 +508,11 @@ async fn azure_openai_paths_and_headers() {
             },
         );
         let resp = f
-            .post("/v1/chat/completions", &token, &openai_body(&case, "gpt-4o", stream))
+            .post(
+                "/v1/chat/completions",
+                &token,
+                &openai_body(&case, "gpt-4o", stream),
+            )
             .await;
         assert_eq!(resp.status, 200, "{}", resp.text());
         let seen = &f.c.requests_for(&case)[0];
@@ -418,8 +533,11 @@ async fn azure_openai_paths_and_headers() {
     let case = unique("az-emb");
     f.c.script(
         &case,
-        Script::json(200, &json!({"object": "list", "data": [], "model": "text-embedding-3-small",
-            "usage": {"prompt_tokens": 6, "total_tokens": 6}})),
+        Script::json(
+            200,
+            &json!({"object": "list", "data": [], "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 6, "total_tokens": 6}}),
+        ),
     );
     let resp = f
         .post(
@@ -444,7 +562,11 @@ async fn azure_openai_paths_and_headers() {
 async fn budgets_stay_exact_under_failover() {
     let f = Fleet::start(
         json!({"claude-sonnet-4-5": {"deployments": ["anthropic", "anthropic-2"]}}),
-        |b| b.tier("day", json!({"tokens_per_day": 12_000})),
+        // No cooldown: every request meets the overloaded deployment first.
+        |b| {
+            b.tier("day", json!({"tokens_per_day": 12_000}))
+                .tweak(|c| c["routing"]["cooldown"] = json!("0s"))
+        },
     );
     let sub = unique("burst");
     let token = f.gw.token_role(&sub, "day");
@@ -452,12 +574,17 @@ async fn budgets_stay_exact_under_failover() {
     for _ in 0..24 {
         let case = unique("burst");
         f.a.script(&case, overloaded());
-        f.b.script(&case, anthropic::json("claude-sonnet-4-5", Usage::new(100, 900, 0, 0)));
+        f.b.script(
+            &case,
+            anthropic::json("claude-sonnet-4-5", Usage::new(100, 900, 0, 0)),
+        );
         let mut body = anthropic_body(&case, "claude-sonnet-4-5", false);
         body["max_tokens"] = json!(1000);
         let (url, token) = (f.gw.proxy_url("/v1/messages"), token.clone());
         tasks.push(tokio::spawn(async move {
-            send(client().post(url).bearer_auth(token).json(&body)).await.status
+            send(client().post(url).bearer_auth(token).json(&body))
+                .await
+                .status
         }));
     }
     let mut ok = 0;
@@ -482,5 +609,238 @@ async fn budgets_stay_exact_under_failover() {
     let mut fits = anthropic_body(&unique("fits"), "claude-sonnet-4-5", false);
     fits["max_tokens"] = json!(left.saturating_sub(200).min(900));
     let resp = f.post("/v1/messages", &token, &fits).await;
-    assert!(resp.status == 200 || left < 300, "{left} left: {}", resp.text());
+    assert!(
+        resp.status == 200 || left < 300,
+        "{left} left: {}",
+        resp.text()
+    );
+}
+
+/// A model without a `models:` entry routes by path as before; the tier's
+/// allow-list is about the name the client sent, not the deployment's.
+#[tokio::test]
+async fn unlisted_models_route_as_before_and_allow_lists_see_the_client_name() {
+    let f = Fleet::start(
+        json!({"claude-fast": {"deployments": [{"provider": "anthropic-2", "model": "claude-haiku-4-5"}]}}),
+        |b| b.tier("fast-only", json!({"models": ["claude-fast"]})),
+    );
+    let token = f.gw.token(&unique("plain"));
+    let case = unique("plain");
+    let resp = f
+        .post(
+            "/v1/messages",
+            &token,
+            &anthropic_body(&case, "claude-sonnet-4-5", false),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        f.a.requests_for(&case).len(),
+        1,
+        "the first provider of /v1/messages"
+    );
+    let r = f.gw.record_for_request(&resp.request_id()).await;
+    assert_eq!(
+        (r["provider"].clone(), r["attempts"].clone()),
+        (json!("anthropic"), json!(1))
+    );
+    assert_eq!(r["upstream_model"], json!("claude-sonnet-4-5"), "{r}");
+
+    let limited = f.gw.token_role(&unique("fast-only"), "fast-only");
+    let resp = f
+        .post(
+            "/v1/messages",
+            &limited,
+            &anthropic_body(&unique("h"), "claude-haiku-4-5", false),
+        )
+        .await;
+    assert_anthropic_error(&resp, 403, "permission_error");
+    let case = unique("alias-ok");
+    let resp = f
+        .post(
+            "/v1/messages",
+            &limited,
+            &anthropic_body(&case, "claude-fast", false),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        f.b.requests_for(&case)[0].json()["model"],
+        json!("claude-haiku-4-5")
+    );
+}
+
+/// A chunked body is read while its upstream request is under way, so it
+/// cannot be routed by its model: refused (411) when `models:` would send it
+/// elsewhere or under another name, passed when it would go where it went.
+/// Azure names the model in the path: a body without one is refused (400).
+#[tokio::test]
+async fn bodies_that_cannot_be_routed_are_refused_clearly() {
+    let f = Fleet::start(
+        json!({"claude-fast": {"deployments": [{"provider": "anthropic-2", "model": "claude-haiku-4-5"}]},
+               "claude-sonnet-4-5": {"deployments": ["anthropic", "anthropic-2"]},
+               "gpt-4o": {"deployments": ["azure"]}}),
+        |b| b,
+    );
+    let token = f.gw.token(&unique("chunked"));
+    let chunked = |body: &Value| {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+            bytes.chunks(16).map(|c| Ok(c.to_vec())).collect();
+        client()
+            .post(f.gw.proxy_url("/v1/messages"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                pieces,
+            )))
+    };
+    let case = unique("chunked-alias");
+    let resp = send(chunked(&anthropic_body(&case, "claude-fast", false))).await;
+    assert_anthropic_error(&resp, 411, "invalid_request_error");
+    assert!(resp.text().contains("Content-Length"), "{}", resp.text());
+    assert!(f.b.requests_for(&case).is_empty());
+    assert!(
+        f.a.requests_for(&case).is_empty(),
+        "the held-back request was never completed"
+    );
+
+    let case = unique("chunked-stays");
+    let resp = send(chunked(&anthropic_body(&case, "claude-sonnet-4-5", false))).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(f.a.requests_for(&case).len(), 1);
+
+    // Azure serves chat first here: without a model there is no path.
+    let f = Fleet::start(json!({}), |b| {
+        b.tweak(|c| {
+            for p in c["providers"].as_array_mut().unwrap() {
+                if p["name"] == json!("openai") || p["name"] == json!("openai-2") {
+                    p["routes"] = json!(["/v1/embeddings"]);
+                }
+            }
+        })
+    });
+    let token = f.gw.token(&unique("az-none"));
+    let case = unique("az-none");
+    let mut no_model = openai_body(&case, "gpt-4o", false);
+    no_model.as_object_mut().unwrap().remove("model");
+    let resp = f.post("/v1/chat/completions", &token, &no_model).await;
+    assert_openai_error(&resp, 400);
+    assert!(
+        resp.text().contains("`model` is required"),
+        "{}",
+        resp.text()
+    );
+    assert!(f.c.requests_for(&case).is_empty());
+    let resp = f
+        .post(
+            "/v1/chat/completions",
+            &token,
+            &openai_body(&case, "gpt-4o", false),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        f.c.requests_for(&case)[0].target,
+        "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    );
+}
+
+/// `check` (and so `serve`) refuses a `models:` entry naming an unknown
+/// provider, or a deployment speaking another API than the first.
+#[test]
+fn check_refuses_deployments_that_cannot_serve() {
+    let s = GatewayBuilder::new("http://127.0.0.1:9")
+        .tweak(|c| {
+            c["models"] = json!({
+                "claude-sonnet-4-5": {"deployments": ["anthropic", "nope"]},
+                "gpt-4o": {"deployments": ["openai", "anthropic"]},
+            })
+        })
+        .setup();
+    let out = crate::common::gateway::run_cli(
+        s.dir.path(),
+        &[
+            "check",
+            "-c",
+            crate::common::gateway::path_str(&s.config_path),
+        ],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("models.claude-sonnet-4-5: unknown provider \"nope\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("models.gpt-4o: provider anthropic cannot serve"),
+        "{text}"
+    );
+}
+
+/// What a request that fails over is charged when no deployment answered:
+/// nothing when each attempt was refused outright (a failover status, a
+/// refused connection), its whole reservation when an attempt reached a
+/// provider and went unanswered (it may be processing, and billing, it).
+#[tokio::test]
+async fn unanswered_attempts_are_charged_refused_ones_are_not() {
+    let f = Fleet::start(
+        json!({
+            "claude-busy-then-dead": {"deployments": ["anthropic", "dead"]},
+            "claude-silent-then-dead": {"deployments": ["anthropic", "dead"]}
+        }),
+        |b| {
+            b.provider_timeout("anthropic", 1)
+                .tier("tpm", json!({"tokens_per_minute": 3000}))
+                .tweak(|c| c["routing"]["cooldown"] = json!("0s"))
+        },
+    );
+    let token = f.gw.token_role(&unique("charge"), "tpm");
+    let ask = |case: &str, model: &str| {
+        let mut b = anthropic_body(case, model, false);
+        b["max_tokens"] = json!(2000);
+        b
+    };
+    let busy = unique("busy");
+    f.a.script(&busy, overloaded());
+    let resp = f
+        .post("/v1/messages", &token, &ask(&busy, "claude-busy-then-dead"))
+        .await;
+    assert_anthropic_error(&resp, 502, "api_error");
+
+    let fits = unique("fits");
+    f.a.script(
+        &fits,
+        anthropic::json("claude-sonnet-4-5", Usage::new(5, 5, 0, 0)),
+    );
+    let resp = f
+        .post("/v1/messages", &token, &ask(&fits, "claude-sonnet-4-5"))
+        .await;
+    assert_eq!(
+        resp.status,
+        200,
+        "the refused attempts were charged nothing: {}",
+        resp.text()
+    );
+
+    let silent = unique("silent");
+    f.a.script(&silent, Script::never_respond());
+    let resp = f
+        .post(
+            "/v1/messages",
+            &token,
+            &ask(&silent, "claude-silent-then-dead"),
+        )
+        .await;
+    assert!(resp.status == 502 || resp.status == 504, "{}", resp.text());
+
+    let after = unique("after");
+    let resp = f
+        .post("/v1/messages", &token, &ask(&after, "claude-sonnet-4-5"))
+        .await;
+    assert_anthropic_error(&resp, 429, "rate_limit_error");
 }

@@ -10,6 +10,7 @@ providers:
   - { name: openai, kind: openai, base_url: "http://o", routes: [/v1/chat/completions, /v1/embeddings] }
   - { name: openai-2, kind: openai, base_url: "http://o2", routes: [/v1/chat/completions, /v1/embeddings] }
   - { name: chat-only, kind: openai, base_url: "http://c", routes: [/v1/chat/completions] }
+  - { name: embed-only, kind: openai, base_url: "http://e", routes: [/v1/embeddings] }
 models:
   claude-sonnet-4-5: { deployments: [anthropic, anthropic-2] }
   claude-fast:
@@ -136,7 +137,8 @@ fn cooling_deployments_are_skipped_until_they_recover() {
 fn entries_that_cannot_work_are_errors() {
     let bad = CONFIG.replace(
         "claude-fast:\n    deployments: [{ provider: anthropic-2, model: claude-haiku-4-5 }]",
-        "claude-fast:\n    deployments: [{ provider: nope, model: x }, { provider: anthropic, weight: 0 }]\n  mixed: { deployments: [anthropic, openai] }\n  narrow: { deployments: [openai, chat-only] }\n  empty: { deployments: [] }",
+        "claude-fast:\n    deployments: [{ provider: nope, model: x }, { provider: anthropic, weight: 0 }]\n  mixed: { deployments: [anthropic, openai] }\n  narrow: { deployments: [chat-only, embed-only] }
+  partial: { deployments: [openai, chat-only] }\n  empty: { deployments: [] }",
     );
     let errors = build(&bad).err().expect("errors");
     let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -152,12 +154,34 @@ fn entries_that_cannot_work_are_errors() {
     );
     assert!(
         text.iter()
-            .any(|e| e.contains("models.narrow: provider chat-only cannot serve embeddings")),
+            .any(|e| e.contains("models.narrow: provider embed-only cannot serve chat_completions")),
         "{text:?}"
     );
     assert!(
         text.iter()
             .any(|e| e.contains("models.empty: no deployments")),
         "{text:?}"
+    );
+    // Serving fewer endpoints than the first is fine: such a deployment is
+    // tried for those it serves.
+    assert!(
+        !text.iter().any(|e| e.contains("models.partial")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn a_request_tries_only_the_deployments_serving_its_endpoint() {
+    let text = format!("{CONFIG}  partial: {{ deployments: [chat-only, openai] }}\n");
+    let m = build(&text).unwrap();
+    let route = m.get("partial").unwrap();
+    let cooling = Cooling::default();
+    assert_eq!(
+        names(&route.plan("a", Endpoint::ChatCompletions, &cooling, 3)),
+        ["chat-only", "openai"]
+    );
+    assert_eq!(
+        names(&route.plan("a", Endpoint::Embeddings, &cooling, 3)),
+        ["openai"]
     );
 }

@@ -1,5 +1,6 @@
 use super::*;
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 type Labels = BTreeMap<String, String>;
 
@@ -104,6 +105,41 @@ fn exercise(m: &Metrics) {
     m.rate_limited("tokens");
     m.store_error(StoreOp::Admit);
     m.store_error(StoreOp::Admit);
+    m.upstream_attempt("anthropic", "failover");
+    m.upstream_attempt("anthropic-2", "ok");
+    m.deployment_cooling("anthropic", Instant::now() + Duration::from_secs(60));
+    m.deployment_cooling("openai", Instant::now());
+}
+
+#[test]
+fn attempts_and_cooling() {
+    let registry = Registry::new();
+    let m = Metrics::with_registry(&registry, false).unwrap();
+    exercise(&m);
+    let all = samples(&registry);
+    let attempts = |p: &str, o: &str| {
+        value(
+            &all,
+            "tollgate_upstream_attempts_total",
+            &[("provider", p), ("outcome", o)],
+        )
+    };
+    assert_eq!(attempts("anthropic", "failover"), Some(1.0));
+    assert_eq!(attempts("anthropic-2", "ok"), Some(1.0));
+    let cooling = |p: &str| value(&all, "tollgate_deployment_cooling", &[("provider", p)]);
+    assert_eq!(cooling("anthropic"), Some(1.0));
+    assert_eq!(cooling("openai"), Some(0.0), "its cooldown is over");
+    // A shorter cooldown never cuts a longer one short.
+    m.deployment_cooling("anthropic", Instant::now());
+    let all = samples(&registry);
+    assert_eq!(
+        value(
+            &all,
+            "tollgate_deployment_cooling",
+            &[("provider", "anthropic")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -317,6 +353,8 @@ fn types_help_and_buckets() {
         ("tollgate_rate_limited_total", "counter"),
         ("tollgate_store_errors_total", "counter"),
         ("tollgate_inflight_requests", "gauge"),
+        ("tollgate_upstream_attempts_total", "counter"),
+        ("tollgate_deployment_cooling", "gauge"),
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} {kind}\n")),
@@ -327,7 +365,7 @@ fn types_help_and_buckets() {
         assert!(line.len() > help.len() + 10, "{name}: no help text");
     }
     let families = registry.gather();
-    assert_eq!(families.len(), 9, "exactly the documented metrics");
+    assert_eq!(families.len(), 11, "exactly the documented metrics");
 
     let all = parse(&text);
     let les = |name: &str| -> Vec<String> {
@@ -381,10 +419,10 @@ fn registering_twice_fails_and_leaves_the_registry_intact() {
         err.to_string().contains("tollgate_requests_total"),
         "{err:#}"
     );
-    // The first instance still works and owns all nine metrics.
+    // The first instance still works and owns all eleven metrics.
     exercise(&m);
     let _guard = m.inflight("openai");
-    assert_eq!(registry.gather().len(), 9);
+    assert_eq!(registry.gather().len(), 11);
 
     // A clash on a later metric rolls back the ones registered before it:
     // once the clash is gone, registering succeeds.

@@ -1,0 +1,119 @@
+//! Failover: a request tries its deployments one attempt at a time, and
+//! moves on — only before the first byte of an answer reaches the client —
+//! when a deployment refuses the connection, times out before its response
+//! headers, or answers a status of `routing.retry_on`. A deployment that
+//! failed cools down (is skipped) for `routing.cooldown`, or its
+//! `retry-after` when longer.
+//!
+//! Pingora runs the attempts: an error marked for retry makes it call
+//! `upstream_peer` again, with the same context. Each attempt gets the same
+//! approved body (the model renamed where the deployment wants), because
+//! the gateway holds it whole.
+
+use super::ctx::{BodyPhase, Ctx};
+use crate::app::App;
+use crate::providers::body::with_model;
+use crate::providers::router::Router;
+use crate::providers::Provider;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Starts the next attempt: picks its deployment, and the body and model
+/// name it is sent. A request without a plan goes to its route's provider.
+pub fn begin(app: &App, ctx: &mut Ctx) -> Option<Arc<Provider>> {
+    let a = &mut ctx.attempts;
+    if a.plan.is_empty() {
+        let route = ctx.route.as_ref()?;
+        a.plan = Router::single(&route.provider);
+    }
+    if std::mem::take(&mut a.again) && a.started > 0 {
+        // The same deployment once more, on a fresh connection.
+    } else {
+        a.started += 1;
+    }
+    a.failing_over = false;
+    // Each attempt's connection counts for itself (see `unanswered`).
+    ctx.reached = false;
+    let d = a.current()?.clone();
+    let requested = ctx.info.as_ref().and_then(|i| i.model.as_deref());
+    let renamed = d.model.as_deref().filter(|m| Some(*m) != requested);
+    ctx.attempts.upstream_model = d.model.clone().or_else(|| requested.map(Arc::from));
+    ctx.attempts.body = match (&ctx.body, renamed) {
+        (BodyPhase::Approved(b), Some(m)) => {
+            Some(with_model(b, m).map_or_else(|| b.clone(), Bytes::from))
+        }
+        (BodyPhase::Approved(b), None) => Some(b.clone()),
+        _ => None,
+    };
+    if let Some(route) = ctx.route.as_mut() {
+        route.provider = d.provider.clone();
+    }
+    // Replacing the guard moves the in-flight count to this deployment.
+    ctx.inflight = Some(app.sinks.metrics.inflight(&d.provider.name));
+    Some(d.provider)
+}
+
+/// Whether this attempt's failure may still move to another deployment:
+/// one is left, nothing of an answer reached the client, and the body can
+/// be sent again.
+pub fn can_fail_over(ctx: &Ctx) -> bool {
+    ctx.attempts.left() && !ctx.response_started && replayable(ctx)
+}
+
+/// Whether the request can be sent again as it was: its body is held, or
+/// it has none.
+pub fn replayable(ctx: &Ctx) -> bool {
+    matches!(ctx.body, BodyPhase::Approved(_) | BodyPhase::Passthrough)
+}
+
+/// The current attempt failed before any byte of an answer reached the
+/// client: its deployment cools down (when a `models:` entry routed the
+/// request), and the outcome is counted. Returns
+/// whether to try the next deployment.
+pub fn failed(app: &App, ctx: &mut Ctx, retry_after: Option<Duration>) -> bool {
+    let Some(provider) = ctx.attempts.current().map(|d| d.provider.clone()) else {
+        return false;
+    };
+    if ctx.attempts.routed {
+        // Only a `models:` route has other deployments to skip to.
+        let policy = &app.router.policy;
+        let cool = retry_after.map_or(policy.cooldown, |r| r.max(policy.cooldown));
+        app.router.cooling.cool(&provider.name, cool);
+        app.sinks
+            .metrics
+            .deployment_cooling(&provider.name, Instant::now() + cool);
+    }
+    let next = can_fail_over(ctx);
+    let outcome = if next { "failover" } else { "failed" };
+    app.sinks.metrics.upstream_attempt(&provider.name, outcome);
+    if next {
+        log::info!(
+            "request {}: deployment {} failed; trying the next one",
+            ctx.request_id,
+            provider.name
+        );
+    }
+    next
+}
+
+/// The current attempt's answer goes to the client: `ok`, unless it is a
+/// failure status passed on because no deployment is left (already counted
+/// by [`failed`]).
+pub fn answered(app: &App, ctx: &Ctx, status: u16) {
+    let Some(d) = ctx.attempts.current() else {
+        return;
+    };
+    if !app.router.policy.retry_on.contains(&status) {
+        app.sinks.metrics.upstream_attempt(&d.provider.name, "ok");
+    }
+}
+
+/// A provider's `retry-after` (whole seconds).
+pub fn retry_after(resp: &pingora::http::ResponseHeader) -> Option<Duration> {
+    resp.headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
