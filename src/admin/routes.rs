@@ -17,6 +17,13 @@ use std::time::Duration;
 const JTI_REVOCATION_SECS: u64 = 400 * 86_400;
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
+/// When a bare-`jti` revocation ends: 400 days on, rounded up to a UTC
+/// midnight so that repeating it the same day changes nothing (a later end
+/// would be a change, written and broadcast to every replica again).
+fn jti_revocation_until(now: u64) -> u64 {
+    (now + JTI_REVOCATION_SECS).div_ceil(86_400) * 86_400
+}
+
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
@@ -222,7 +229,7 @@ async fn revoke(app: &App, r: AdminRequest) -> Reply {
         (Some(jti), None) if !jti.is_empty() => (
             app.limits
                 .store
-                .revoke_jti(&jti, now + JTI_REVOCATION_SECS)
+                .revoke_jti(&jti, jti_revocation_until(now))
                 .await,
             json!({"status": "revoked", "jti": jti}),
         ),
@@ -324,6 +331,17 @@ async fn usage(app: &App, r: AdminRequest) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jti_revocation_lasts_400_days_and_is_the_same_all_day() {
+        let midnight = 1_796_515_200; // 2026-12-06T00:00:00Z
+        for now in [midnight + 1, midnight + 43_200, midnight + 86_399] {
+            let until = jti_revocation_until(now);
+            assert!(until >= now + JTI_REVOCATION_SECS);
+            assert_eq!(until, midnight + 401 * 86_400);
+        }
+        assert_eq!(jti_revocation_until(midnight), midnight + 400 * 86_400);
+    }
 
     #[test]
     fn query_parsing() {
