@@ -5,6 +5,7 @@
 #
 #   DEST/node/node_modules/.bin/claude   Claude Code (@anthropic-ai/claude-code)
 #   DEST/venv/bin/llm                    the llm CLI (OpenAI API)
+#   DEST/venv/bin/python -m anthropic    Anthropic's official Python SDK
 #
 # Installs nodejs/npm and python3-venv with apt-get when missing. Skips what
 # is already installed at the pinned version, so a second run is instant.
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 
 CLAUDE_CODE_VERSION=2.1.332
 LLM_VERSION=0.36
+ANTHROPIC_SDK_VERSION=2.17.0
 
 DEST="${1:-target/real-clients}"
 mkdir -p "$DEST"
@@ -63,5 +65,10 @@ if [ "$have" != "$LLM_VERSION" ]; then
   log "installing llm==$LLM_VERSION"
   "$VENV/bin/pip" install -q --disable-pip-version-check "llm==$LLM_VERSION" >&2
 fi
+have="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("anthropic"))' 2>/dev/null || true)"
+if [ "$have" != "$ANTHROPIC_SDK_VERSION" ]; then
+  log "installing anthropic==$ANTHROPIC_SDK_VERSION"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "anthropic==$ANTHROPIC_SDK_VERSION" >&2
+fi
 
-log "claude $("$CLAUDE" --version | awk '{print $1}'), llm $("$VENV/bin/llm" --version | awk '{print $NF}')"
+log "claude $("$CLAUDE" --version | awk '{print $1}'), llm $("$VENV/bin/llm" --version | awk '{print $NF}'), anthropic $("$VENV/bin/python" -c 'import anthropic; print(anthropic.__version__)')"

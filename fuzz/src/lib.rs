@@ -14,13 +14,16 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tollgate::config::{parse_duration, Config, HumanDuration};
 use tollgate::identity::{AuthError, Identity, KeyAlg, Verifier};
+use tollgate::providers::bedrock::eventstream::SseTranslator;
 use tollgate::providers::body::{self, RequestInfo};
+use tollgate::providers::vertex::token::{parse_token_response, TokenError};
 use tollgate::providers::{Dialect, Endpoint};
 use tollgate::usage::json_scan::{self, JsonScanner};
 use tollgate::usage::sse::SseParser;
@@ -822,4 +825,254 @@ fn duration(text: &str) {
         );
         assert!(d <= Duration::from_secs(999_999_999_999 * 86_400));
     }
+}
+
+// ---------------------------------------------------------------------------
+// 6. Bedrock's event stream: bedrock_eventstream
+// ---------------------------------------------------------------------------
+//
+// Bedrock's event stream turned into Anthropic SSE
+// (`providers::bedrock::eventstream::SseTranslator`), on arbitrary bytes.
+
+/// Input layout: byte 0 picks a cut (at `(byte0 & 0x7f) / 127` of the body's
+/// length) and a chunk size (`byte0 % 16 + 1`); with its bit 7 set, the CRCs
+/// of the frames the body's length fields delimit are recomputed first, so
+/// that mutated headers and payloads reach the decoding behind the checks.
+/// The rest is the body. `0x00` + a recorded stream = that stream, fed
+/// whole, cut at 0 and one byte at a time.
+///
+/// Asserts, besides no panic: the output and `finish` are the same whole, cut
+/// in two, and in small chunks; `finish` is idempotent and later feeds write
+/// nothing; the output is whole SSE events, `event: <name>` + one `data:` line
+/// of JSON whose `type` is the name; an `error` event comes last and only once,
+/// and never when `finish` said the stream was clean; the Anthropic meter reads
+/// such an error as a stream error.
+pub fn bedrock_eventstream(data: &[u8]) {
+    let Some((&b0, body)) = data.split_first() else {
+        return;
+    };
+    let repaired;
+    let body = if b0 & 0x80 != 0 {
+        repaired = repair_crcs(body);
+        &repaired[..]
+    } else {
+        body
+    };
+    let whole = translate(&[body]);
+    let at = body.len() * usize::from(b0 & 0x7f) / 127;
+    let (a, b) = body.split_at(at);
+    assert_eq!(translate(&[a, b]), whole, "output depends on a cut at {at}");
+    let size = usize::from(b0 % 16) + 1;
+    let small: Vec<&[u8]> = body.chunks(size).collect();
+    assert_eq!(
+        translate(&small),
+        whole,
+        "output depends on chunks of {size}"
+    );
+
+    let (out, clean) = whole;
+    let text = std::str::from_utf8(&out).expect("the SSE is not UTF-8");
+    assert!(text.is_empty() || text.ends_with("\n\n"), "a cut-off event");
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    let mut errors = 0;
+    for (i, ev) in events.iter().enumerate() {
+        let (name, data) = ev
+            .strip_prefix("event: ")
+            .and_then(|e| e.split_once("\ndata: "))
+            .unwrap_or_else(|| panic!("not one event + one data line: {ev:?}"));
+        assert!(
+            !name.is_empty() && !name.chars().any(char::is_control),
+            "event name {name:?}"
+        );
+        assert!(!data.contains(['\n', '\r']), "a line end in the data");
+        assert!(
+            data.trim_start().starts_with('{') && serde_json::from_str::<IgnoredAny>(data).is_ok(),
+            "data is not a JSON object: {data:?}"
+        );
+        // (`Value` refuses numbers beyond f64; such data is checked above.)
+        if let Ok(v) = serde_json::from_str::<Value>(data) {
+            assert_eq!(v["type"].as_str(), Some(name), "the name is not the type");
+        }
+        if name == "error" {
+            errors += 1;
+            assert_eq!(i + 1, events.len(), "events after an error");
+        }
+    }
+    assert!(errors <= 1);
+    assert!(!(clean && errors > 0), "finish() true after an error event");
+
+    let mut meter = Meter::new(Dialect::Anthropic, BodyKind::Sse);
+    meter.feed(&out);
+    let m = meter.finish();
+    assert!(!m.complete || m.usage_seen, "complete without usage");
+    if errors > 0 {
+        assert!(m.stream_error && !m.complete, "the meter missed the error");
+    }
+}
+
+/// The output and `finish` of `parts` fed in order.
+fn translate(parts: &[&[u8]]) -> (Vec<u8>, bool) {
+    let mut t = SseTranslator::new();
+    // (`bytes::BytesMut`, named by inference: `bytes` is not a dependency here.)
+    let mut out = Default::default();
+    for p in parts {
+        t.feed(p, &mut out);
+    }
+    let clean = t.finish(&mut out);
+    let len = out.len();
+    assert_eq!(t.finish(&mut out), clean, "finish() is not idempotent");
+    // The smallest valid frame, then bytes that would be corrupt.
+    t.feed(
+        b"\x00\x00\x00\x10\x00\x00\x00\x00\x05\xc2\x48\xeb\x7d\x98\xc8\xff\xff",
+        &mut out,
+    );
+    assert_eq!(out.len(), len, "a feed after finish() wrote");
+    (out.to_vec(), clean)
+}
+
+/// `body` with the prelude and message CRC of each frame set right, frame
+/// after frame as far as the length fields lead.
+fn repair_crcs(body: &[u8]) -> Vec<u8> {
+    let mut b = body.to_vec();
+    let mut at = 0;
+    while let Some(p) = b.get(at..at + 12) {
+        let total = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+        if total < 16 || total > b.len() - at {
+            break;
+        }
+        let crc = crc32(&b[at..at + 8]);
+        b[at + 8..at + 12].copy_from_slice(&crc.to_be_bytes());
+        let end = at + total;
+        let crc = crc32(&b[at..end - 4]);
+        b[end - 4..end].copy_from_slice(&crc.to_be_bytes());
+        at = end;
+    }
+    b
+}
+
+/// CRC-32 (IEEE), table-driven: it covers whole frames here.
+fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *slot = c;
+        }
+        t
+    });
+    !data
+        .iter()
+        .fold(!0u32, |c, &x| table[usize::from((c as u8) ^ x)] ^ (c >> 8))
+}
+
+// ---------------------------------------------------------------------------
+// 7. Vertex's OAuth token answer: vertex_token_response
+// ---------------------------------------------------------------------------
+//
+// Google's OAuth token answer as the Vertex provider reads it
+// (`providers::vertex::token::parse_token_response`), on arbitrary bytes.
+
+/// Input layout: the whole response body.
+///
+/// Asserts, besides no panic: a body is accepted exactly when serde_json
+/// reads it as an object (at most 64 KiB) with no member named twice among
+/// `access_token`, `expires_in` and `token_type`, whose `access_token` is a
+/// string of 1 to 8192 visible-ASCII bytes, whose `expires_in` is a positive
+/// whole number of seconds (an integer, a float or a numeric string,
+/// fractions cut), and whose `token_type` is absent, null or Bearer in any
+/// case; an accepted token is that `access_token`, its lifetime that
+/// number, `Bearer <token>` a valid header value and its Debug output
+/// redacted; a refusal is always a `TokenError::Response` (static text,
+/// so it cannot quote the body).
+pub fn vertex_token_response(data: &[u8]) {
+    let got = parse_token_response(data);
+    let object = (data.len() <= 64 * 1024)
+        .then(|| serde_json::from_slice::<Map<String, Value>>(data).ok())
+        .flatten();
+    let expected = object.as_ref().and_then(|o| {
+        let once = top_level_counts(data)?;
+        let token = o.get("access_token")?.as_str()?;
+        let secs = match o.get("expires_in")? {
+            Value::Number(n) => n.as_u64().or_else(|| n.as_f64().and_then(whole)),
+            Value::String(s) => s
+                .parse::<u64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().and_then(whole)),
+            _ => None,
+        }?;
+        let bearer = match o.get("token_type") {
+            None | Some(Value::Null) => true,
+            Some(Value::String(t)) => t.eq_ignore_ascii_case("bearer"),
+            Some(_) => false,
+        };
+        let ok = once
+            && (1..=8192).contains(&token.len())
+            && token.bytes().all(|b| b.is_ascii_graphic())
+            && secs > 0
+            && bearer;
+        ok.then(|| (token.to_string(), secs))
+    });
+    match (got, expected) {
+        (Ok(t), Some((token, secs))) => {
+            assert_eq!(t.token, token);
+            assert_eq!(t.expires_in.as_secs(), secs);
+            let header = format!("Bearer {}", t.token);
+            assert!(http::HeaderValue::from_str(&header).is_ok());
+            // Exactly the redacted form: a short token is a substring of any text.
+            assert_eq!(
+                format!("{t:?}"),
+                format!(
+                    "AccessToken {{ token: \"[redacted]\", expires_in: {:?} }}",
+                    t.expires_in
+                )
+            );
+        }
+        (Ok(t), None) => panic!("accepted {t:?}, expected a refusal"),
+        (Err(e), Some(_)) => panic!("refused ({e}) a valid answer"),
+        // `Response` holds a `&'static str`: no byte of the body can be in
+        // it (a substring test would trip on a token such as "in").
+        (Err(e), None) => assert!(matches!(e, TokenError::Response(_)), "{e:?}"),
+    }
+}
+
+fn whole(f: f64) -> Option<u64> {
+    (f.is_finite() && f >= 0.0).then_some(f as u64)
+}
+
+/// Whether each of the three members the parser reads appears at most once
+/// at the top level (serde_json's `Map` keeps the last silently). `None`
+/// when the body is no object.
+fn top_level_counts(data: &[u8]) -> Option<bool> {
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<bool, A::Error> {
+            let mut seen = [0u32; 3];
+            while let Some(k) = m.next_key::<String>()? {
+                m.next_value::<IgnoredAny>()?;
+                if let Some(i) = ["access_token", "expires_in", "token_type"]
+                    .iter()
+                    .position(|n| *n == k)
+                {
+                    seen[i] += 1;
+                }
+            }
+            Ok(seen.iter().all(|&n| n <= 1))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let once = de.deserialize_map(Keys).ok()?;
+    de.end().ok()?;
+    Some(once)
 }

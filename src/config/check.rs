@@ -293,27 +293,33 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
         .collect();
     for p in &cfg.providers {
         let n = &p.name;
-        if let Err(reason) = upstream_base_url(&p.base_url) {
+        let url = p.base_url();
+        if url.is_empty() {
             out.push(Problem::error(format!(
-                "provider {n}: invalid base_url {:?}: {reason}",
-                p.base_url
+                "provider {n}: base_url is required"
+            )));
+        } else if let Err(reason) = upstream_base_url(&url) {
+            out.push(Problem::error(format!(
+                "provider {n}: invalid base_url {url:?}: {reason}"
             )));
         }
-        match (&p.api_key_env, &p.api_key_file) {
-            (Some(_), Some(_)) => out.push(Problem::error(format!(
-                "provider {n}: set only one of api_key_env and api_key_file"
-            ))),
-            _ => {
-                if let Err(e) = load_credential(p, cfg) {
-                    out.push(Problem::error(e.to_string()));
+        let kind = crate::providers::kind(p.kind);
+        if kind.uses_api_key() {
+            match (&p.api_key_env, &p.api_key_file) {
+                (Some(_), Some(_)) => out.push(Problem::error(format!(
+                    "provider {n}: set only one of api_key_env and api_key_file"
+                ))),
+                _ => {
+                    if let Err(e) = load_credential(p, cfg) {
+                        out.push(Problem::error(e.to_string()));
+                    }
                 }
             }
         }
         if p.routes.is_empty() {
             out.push(Problem::error(format!("provider {n}: routes is empty")));
         }
-        let kind = crate::providers::kind(p.kind);
-        out.extend(kind.config_problems(p).into_iter().map(Problem::error));
+        out.extend(kind.config_problems(p, cfg).into_iter().map(Problem::error));
         for r in &p.routes {
             if !r.starts_with('/') {
                 out.push(Problem::error(format!(

@@ -323,6 +323,8 @@ pub enum ProviderKind {
     Anthropic,
     Openai,
     AzureOpenai,
+    Bedrock,
+    Vertex,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -330,7 +332,10 @@ pub enum ProviderKind {
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
-    pub base_url: String,
+    /// Required, except for `bedrock` and `vertex`, whose default follows
+    /// `region` (see [`ProviderConfig::base_url`]).
+    #[serde(default, rename = "base_url")]
+    pub base_url_setting: Option<String>,
     #[serde(default)]
     pub api_key_env: Option<String>,
     #[serde(default)]
@@ -351,6 +356,33 @@ pub struct ProviderConfig {
     /// Azure OpenAI: the `api-version` query parameter of every call.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Bedrock and Vertex: the cloud region (`us-east-1`, `europe-west1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Bedrock: environment variables holding the AWS credentials.
+    #[serde(default)]
+    pub aws_access_key_id_env: Option<String>,
+    #[serde(default)]
+    pub aws_secret_access_key_env: Option<String>,
+    #[serde(default)]
+    pub aws_session_token_env: Option<String>,
+    /// Vertex: the service-account key file (JSON) whose JWT grant obtains
+    /// OAuth access tokens. `project` is the Google Cloud project.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl ProviderConfig {
+    /// The provider's base URL: `base_url`, or the kind's default for its
+    /// region; empty when neither is known (`check` reports it).
+    pub fn base_url(&self) -> String {
+        if let Some(u) = &self.base_url_setting {
+            return u.clone();
+        }
+        crate::providers::kind(self.kind)
+            .default_base_url(self)
+            .unwrap_or_default()
+    }
 }
 
 fn default_connect_timeout() -> Duration {

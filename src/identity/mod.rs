@@ -36,7 +36,7 @@ mod keygen;
 mod keys;
 mod remote;
 mod revocation_ids;
-mod sign;
+pub(crate) mod sign;
 mod verify;
 
 #[cfg(test)]

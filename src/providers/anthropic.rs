@@ -3,7 +3,7 @@
 
 use super::endpoint::{Endpoint, PathPattern, Route};
 use super::{Dialect, Kind, Provider};
-use crate::usage::{count, token_count, Metered, ReadUsage, Usage};
+use crate::usage::{count, has_object_member, token_count, Metered, ReadUsage, Usage};
 use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::Value;
@@ -39,6 +39,7 @@ impl Kind for Anthropic {
         client: &RequestHeader,
         up: &mut RequestHeader,
         _provider: &Provider,
+        _stream: bool,
     ) -> pingora::Result<()> {
         if !client.headers.contains_key("anthropic-version") {
             up.insert_header("anthropic-version", "2023-06-01")?;
@@ -57,6 +58,22 @@ pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
         output_tokens: count(o, "output_tokens", &mut valid),
         cache_creation_input_tokens: count(o, "cache_creation_input_tokens", &mut valid),
         cache_read_input_tokens: count(o, "cache_read_input_tokens", &mut valid),
+    };
+    Some(ReadUsage { usage, valid })
+}
+
+/// Bedrock's `amazon-bedrock-invocationMetrics` (on `message_stop`) as
+/// usage: `inputTokenCount`, `outputTokenCount`, `cacheWriteInputTokenCount`
+/// and `cacheReadInputTokenCount` read as the Messages API's four fields,
+/// missing or null ones as 0. `None` when `v` is not an object.
+pub fn usage_from_bedrock_metrics(v: &Value) -> Option<ReadUsage> {
+    let o = v.as_object()?;
+    let mut valid = true;
+    let usage = Usage {
+        input_tokens: count(o, "inputTokenCount", &mut valid),
+        output_tokens: count(o, "outputTokenCount", &mut valid),
+        cache_creation_input_tokens: count(o, "cacheWriteInputTokenCount", &mut valid),
+        cache_read_input_tokens: count(o, "cacheReadInputTokenCount", &mut valid),
     };
     Some(ReadUsage { usage, valid })
 }
@@ -99,6 +116,16 @@ struct Event {
     usage: Option<Value>,
 }
 
+/// Bedrock's `message_stop`.
+#[derive(Deserialize)]
+struct Stop {
+    #[serde(rename = "amazon-bedrock-invocationMetrics")]
+    metrics: Option<Value>,
+}
+
+/// The key Bedrock adds to `message_stop`, as the pre-filter looks for it.
+const BEDROCK_METRICS_KEY: &[u8] = b"\"amazon-bedrock-invocationMetrics\"";
+
 #[derive(Deserialize)]
 struct Message {
     model: Option<Value>,
@@ -117,6 +144,9 @@ pub struct StreamState {
     delta_usage: bool,
     error: bool,
     model: Option<String>,
+    /// Bedrock's invocation metrics, used only when the stream showed no
+    /// Anthropic usage.
+    bedrock: Option<ReadUsage>,
 }
 
 impl StreamState {
@@ -125,7 +155,7 @@ impl StreamState {
     pub fn on_event(&mut self, name: &str, data: &[u8]) {
         match name {
             "message_start" | "message_delta" => self.parsed(Some(name), data),
-            "message_stop" => self.stopped = true,
+            "message_stop" => self.stop(data),
             "error" => self.error = true,
             // No `event:` line: only the data's `type` says what it is.
             "message" => self.parsed(None, data),
@@ -165,9 +195,23 @@ impl StreamState {
                     }
                 }
             }
-            Some("message_stop") => self.stopped = true,
+            Some("message_stop") => self.stop(data),
             Some("error") => self.error = true,
             _ => {}
+        }
+    }
+
+    fn stop(&mut self, data: &[u8]) {
+        self.stopped = true;
+        // Only Bedrock's `message_stop` has more to read than its name.
+        if !has_object_member(data, BEDROCK_METRICS_KEY) {
+            return;
+        }
+        let metrics = serde_json::from_slice::<Stop>(data)
+            .ok()
+            .and_then(|s| s.metrics);
+        if let Some(r) = metrics.as_ref().and_then(usage_from_bedrock_metrics) {
+            self.bedrock = Some(r);
         }
     }
 
@@ -178,14 +222,20 @@ impl StreamState {
     }
 
     pub fn metered(&self) -> Metered {
+        // Anthropic's own usage wins: Bedrock's metrics are the fallback
+        // for a stream that carried none.
+        let (usage, usage_seen, invalid) = match self.bedrock {
+            Some(r) if !self.usage_seen => (r.usage, true, !r.valid),
+            _ => (self.usage, self.usage_seen, self.invalid),
+        };
         Metered {
-            usage: self.usage,
-            usage_seen: self.usage_seen,
+            usage,
+            usage_seen,
             complete: self.started
-                && self.usage_seen
+                && usage_seen
                 && (self.stopped || self.delta_usage)
                 && !self.error
-                && !self.invalid,
+                && !invalid,
             model: self.model.clone(),
             stream_error: self.error,
         }
@@ -374,5 +424,142 @@ mod tests {
         ]);
         // A stream that never showed usage is not complete, however it ends.
         assert!(!m.complete && !m.usage_seen && m.model.is_none());
+    }
+    const BEDROCK_STOP: &str = r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":10,"outputTokenCount":12,"invocationLatency":500,"firstByteLatency":200,"cacheReadInputTokenCount":4,"cacheWriteInputTokenCount":6}}"#;
+
+    #[test]
+    fn bedrock_metrics_are_the_usage_of_a_stream_without_any() {
+        let m = run(&[
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"model":"claude-3-5-sonnet"}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#,
+            ),
+            ("message_stop", BEDROCK_STOP),
+        ]);
+        assert_eq!(
+            m.usage,
+            Usage {
+                input_tokens: 10,
+                output_tokens: 12,
+                cache_creation_input_tokens: 6,
+                cache_read_input_tokens: 4
+            }
+        );
+        assert!(m.usage_seen && m.complete && !m.stream_error);
+        // Unnamed events read the same.
+        let m = run(&[
+            ("message", r#"{"type":"message_start","message":{}}"#),
+            ("message", BEDROCK_STOP),
+        ]);
+        assert!(m.complete);
+        assert_eq!((m.usage.input_tokens, m.usage.output_tokens), (10, 12));
+        // Without the cache fields, they count 0.
+        let m = run(&[
+            ("message_start", r#"{"message":{}}"#),
+            (
+                "message_stop",
+                r#"{"type":"message_stop","amazon-bedrock-invocationMetrics" : {"inputTokenCount":3,"outputTokenCount":null}}"#,
+            ),
+        ]);
+        assert!(m.complete);
+        assert_eq!(
+            m.usage,
+            Usage {
+                input_tokens: 3,
+                ..Usage::default()
+            }
+        );
+    }
+
+    #[test]
+    fn anthropic_usage_wins_over_bedrock_metrics() {
+        // Both: the stream's own usage, whatever the metrics say.
+        let m = run(&[
+            ("message_start", START),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"output_tokens":15}}"#,
+            ),
+            ("message_stop", BEDROCK_STOP),
+        ]);
+        assert_eq!(
+            m.usage,
+            Usage {
+                input_tokens: 25,
+                output_tokens: 15,
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: 7
+            }
+        );
+        assert!(m.complete);
+        // Usage in message_start only is usage seen too.
+        let m = run(&[("message_start", START), ("message_stop", BEDROCK_STOP)]);
+        assert_eq!((m.usage.input_tokens, m.usage.output_tokens), (25, 1));
+        // And a delta's alone.
+        let m = run(&[
+            ("message_start", r#"{"message":{}}"#),
+            ("message_delta", r#"{"usage":{"output_tokens":2}}"#),
+            ("message_stop", BEDROCK_STOP),
+        ]);
+        assert_eq!((m.usage.input_tokens, m.usage.output_tokens), (0, 2));
+        // Invalid Anthropic usage is not replaced by the metrics either.
+        let m = run(&[
+            (
+                "message_start",
+                r#"{"message":{"usage":{"input_tokens":-1}}}"#,
+            ),
+            ("message_stop", BEDROCK_STOP),
+        ]);
+        assert!(!m.complete && m.usage_seen);
+        assert_eq!(m.usage.input_tokens, 0);
+    }
+
+    #[test]
+    fn bedrock_metrics_that_are_not_counts_are_not_complete() {
+        let m = run(&[
+            ("message_start", r#"{"message":{}}"#),
+            (
+                "message_stop",
+                r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":"10","outputTokenCount":12}}"#,
+            ),
+        ]);
+        assert!(m.usage_seen && !m.complete);
+        assert_eq!((m.usage.input_tokens, m.usage.output_tokens), (0, 12));
+        // Not an object, not JSON, or the key only inside a string: no usage.
+        for stop in [
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":[1]}"#,
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":1}"#,
+            r#"{"type":"message_stop","note":"\"amazon-bedrock-invocationMetrics\": {}"}"#,
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":null}"#,
+        ] {
+            let m = run(&[
+                ("message_start", r#"{"message":{}}"#),
+                ("message_stop", stop),
+            ]);
+            assert!(!m.usage_seen && !m.complete, "{stop}");
+            assert_eq!(m.usage, Usage::default());
+        }
+        // An error in the stream still makes it incomplete.
+        let m = run(&[
+            ("message_start", r#"{"message":{}}"#),
+            ("error", r#"{"type":"error","error":{"type":"api_error"}}"#),
+            ("message_stop", BEDROCK_STOP),
+        ]);
+        assert!(m.usage_seen && !m.complete && m.stream_error);
+    }
+
+    #[test]
+    fn plain_message_stop_is_not_parsed() {
+        // Whatever a plain message_stop holds, it only ends the stream.
+        let mut s = StreamState::default();
+        s.on_event("message_start", START.as_bytes());
+        s.on_event("message_stop", b"not json {");
+        assert!(s.ended());
+        assert!(s.bedrock.is_none());
+        assert!(s.metered().complete);
     }
 }

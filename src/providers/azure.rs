@@ -4,7 +4,7 @@
 //! model name (or the deployment's own name for it) is the Azure deployment.
 
 use super::endpoint::{Endpoint, Route};
-use super::{Dialect, Kind, Provider};
+use super::{path_segment, Dialect, Kind, Provider};
 use crate::config::ProviderConfig;
 use pingora::http::RequestHeader;
 
@@ -37,6 +37,7 @@ impl Kind for Azure {
         _client: &RequestHeader,
         _up: &mut RequestHeader,
         _provider: &Provider,
+        _stream: bool,
     ) -> pingora::Result<()> {
         Ok(())
     }
@@ -45,7 +46,7 @@ impl Kind for Azure {
         true
     }
 
-    fn config_problems(&self, p: &ProviderConfig) -> Vec<String> {
+    fn config_problems(&self, p: &ProviderConfig, _cfg: &crate::config::Config) -> Vec<String> {
         match p.api_version.as_deref() {
             Some(v)
                 if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
@@ -68,6 +69,7 @@ impl Kind for Azure {
         provider: &Provider,
         endpoint: Endpoint,
         model: Option<&str>,
+        _stream: bool,
         _client_path_and_query: &str,
     ) -> Option<String> {
         let operation = match endpoint {
@@ -80,24 +82,10 @@ impl Kind for Azure {
         Some(format!(
             "{}/openai/deployments/{}/{operation}?api-version={}",
             provider.upstream.base_path,
-            encode(deployment),
-            encode(provider.api_version.as_deref().unwrap_or("")),
+            path_segment(deployment),
+            path_segment(provider.api_version.as_deref().unwrap_or("")),
         ))
     }
-}
-
-/// Percent-encodes everything but unreserved characters, so a model name can
-/// only ever be one path segment.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -106,9 +94,9 @@ mod tests {
 
     #[test]
     fn model_names_stay_one_segment() {
-        assert_eq!(encode("gpt-4o-prod"), "gpt-4o-prod");
-        assert_eq!(encode("a/../b"), "a%2F..%2Fb");
-        assert_eq!(encode("x?y#z"), "x%3Fy%23z");
-        assert_eq!(encode("2024-10-21"), "2024-10-21");
+        assert_eq!(path_segment("gpt-4o-prod"), "gpt-4o-prod");
+        assert_eq!(path_segment("a/../b"), "a%2F..%2Fb");
+        assert_eq!(path_segment("x?y#z"), "x%3Fy%23z");
+        assert_eq!(path_segment("2024-10-21"), "2024-10-21");
     }
 }

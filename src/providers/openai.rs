@@ -44,6 +44,7 @@ impl Kind for Openai {
         _client: &RequestHeader,
         up: &mut RequestHeader,
         provider: &Provider,
+        _stream: bool,
     ) -> pingora::Result<()> {
         if let Some(org) = &provider.organization {
             up.insert_header("openai-organization", org.clone())?;

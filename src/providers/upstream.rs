@@ -41,10 +41,6 @@ pub struct Upstream {
     /// Path prefix from `base_url` (e.g. `/openai` for a server mounted
     /// below the root), prepended to the client's path.
     pub base_path: String,
-    /// The header carrying the credential (`x-api-key`, `authorization`).
-    pub credential_header: &'static str,
-    /// The full header value to send: `Bearer sk-…` or the bare key.
-    pub credential: HeaderValue,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     resolver: Arc<Resolver>,
@@ -119,23 +115,12 @@ pub fn load_credential(p: &ProviderConfig, cfg: &Config) -> Result<String, Upstr
 
 impl Upstream {
     pub fn from_config(p: &ProviderConfig, cfg: &Config) -> Result<Self, UpstreamError> {
-        let base = parse_base_url(&p.base_url).map_err(|reason| UpstreamError::BadUrl {
+        let url = p.base_url();
+        let base = parse_base_url(&url).map_err(|reason| UpstreamError::BadUrl {
             provider: p.name.clone(),
-            url: p.base_url.clone(),
+            url: url.clone(),
             reason,
         })?;
-        let bad_key = || UpstreamError::BadKey {
-            provider: p.name.clone(),
-        };
-        // Tests of routing build providers without keys; a real gateway
-        // always has one (checked at `serve` and by `check`).
-        let key = match (&p.api_key_env, &p.api_key_file) {
-            (None, None) => String::new(),
-            _ => load_credential(p, cfg)?,
-        };
-        let (credential_header, value) = super::kind(p.kind).credential(&key);
-        let mut credential = HeaderValue::from_str(&value).map_err(|_| bad_key())?;
-        credential.set_sensitive(true);
         let ca =
             match &p.tls_ca_file {
                 Some(f) => Some(super::tls_roots::system_roots_plus(&cfg.path(f)).map_err(
@@ -156,15 +141,13 @@ impl Upstream {
             tls: base.tls,
             authority: HeaderValue::from_str(&authority).map_err(|_| UpstreamError::BadUrl {
                 provider: p.name.clone(),
-                url: p.base_url.clone(),
+                url,
                 reason: "invalid host",
             })?,
             resolver: Resolver::new(&base.host, base.port),
             host: base.host,
             port: base.port,
             base_path: base.path,
-            credential_header,
-            credential,
             connect_timeout: p.connect_timeout_seconds,
             timeout: p.timeout_seconds,
             ca,

@@ -54,6 +54,28 @@ pub fn begin(app: &App, ctx: &mut Ctx) -> Option<Arc<Provider>> {
     Some(d.provider)
 }
 
+/// Fetches what the attempt's deployment needs before connecting: an OAuth
+/// access token for Vertex (cached; fetched at most once at a time). The
+/// error, naming no secret, fails the attempt like a refused connection.
+pub async fn authorize(p: &Provider, ctx: &mut Ctx) -> Result<(), String> {
+    ctx.attempts.bearer = None;
+    if let crate::providers::Credential::Google(tokens) = &p.credential {
+        let wait = p.upstream.timeout.min(TOKEN_WAIT);
+        match tokens.authorization(wait).await {
+            Ok(v) => ctx.attempts.bearer = Some(v),
+            Err(e) => {
+                log::warn!("provider {}: no access token: {e}", p.name);
+                return Err(format!("provider {}: no access token: {e}", p.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The longest a request waits for an access token: a token endpoint that
+/// hangs fails the attempt (502, or the next deployment) instead.
+const TOKEN_WAIT: Duration = Duration::from_secs(30);
+
 /// Whether this attempt's failure may still move to another deployment:
 /// one is left, nothing of an answer reached the client, and the body can
 /// be sent again.

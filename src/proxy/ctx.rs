@@ -5,6 +5,7 @@ use crate::identity::Identity;
 use crate::limits::{RateHeaders, Tier};
 use crate::providers::body::RequestInfo;
 use crate::providers::models::Deployment;
+use crate::providers::reply::Reply;
 use crate::providers::{Endpoint, Provider};
 use crate::sinks::InflightGuard;
 use crate::store::Reservation;
@@ -81,6 +82,9 @@ pub struct Ctx {
     pub status: Option<u16>,
     pub ttfb: Option<Duration>,
     pub meter: Option<Meter>,
+    /// How the current attempt's answer is rewritten for the client (a
+    /// cloud kind's event stream or errors), ahead of the meter.
+    pub reply: Option<Reply>,
     pub response_done: bool,
     pub drain: Option<Drain>,
     pub inflight: Option<InflightGuard>,
@@ -115,6 +119,9 @@ pub struct Attempts {
     /// An earlier attempt reached its provider and failed without an answer
     /// (a timeout, a reset): the provider may have processed, and billed, it.
     pub unanswered: bool,
+    /// The current attempt's `authorization` when its deployment takes an
+    /// OAuth token (Vertex), fetched before connecting.
+    pub bearer: Option<http::HeaderValue>,
 }
 
 impl Attempts {
@@ -145,6 +152,7 @@ impl Ctx {
             status: None,
             ttfb: None,
             meter: None,
+            reply: None,
             response_done: false,
             drain: None,
             inflight: None,

@@ -153,6 +153,12 @@ impl ProxyHttp for Gateway {
                 "no provider selected",
             ));
         };
+        if let Err(e) = attempts::authorize(&p, ctx).await {
+            let mut err = Error::explain(ErrorType::ConnectError, e);
+            err.esource = ErrorSource::Upstream;
+            err.set_retry(attempts::failed(&self.app, ctx, None));
+            return Err(err);
+        }
         match p.upstream.peer().await {
             Ok(peer) => Ok(peer),
             Err(e) => {
@@ -261,6 +267,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.reply = match ctx.provider() {
+            Some(p) => p.kind.reply(upstream_response)?,
+            None => None,
+        };
         let status = upstream_response.status.as_u16();
         if self.app.router.policy.retry_on.contains(&status) {
             // The deployment cools down even when its answer is the last.
@@ -309,6 +319,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if let Some(r) = ctx.reply.as_mut() {
+            r.rewrite(body, end_of_stream);
+        }
         if let (Some(m), Some(b)) = (ctx.meter.as_mut(), body.as_ref()) {
             m.feed(b);
         }

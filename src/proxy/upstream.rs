@@ -2,7 +2,7 @@
 //! credential swapped for the provider's, and headers fit for accounting.
 
 use super::ctx::{BodyPhase, Ctx};
-use crate::providers::Endpoint;
+use crate::providers::{Credential, Endpoint};
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -20,16 +20,23 @@ const REMOVED: [&str; 6] = [
     "expect",
 ];
 
-pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+pub fn prepare_request(
+    client: &RequestHeader,
+    up: &mut RequestHeader,
+    ctx: &mut Ctx,
+) -> Result<()> {
     let Some(route) = &ctx.route else {
         return Ok(());
     };
-    let p = &route.provider;
+    let (p, endpoint) = (route.provider.clone(), route.endpoint);
     for name in REMOVED {
         up.remove_header(name);
     }
-    up.insert_header(p.upstream.credential_header, p.upstream.credential.clone())?;
-    p.kind.upstream_headers(client, up, p)?;
+    let stream = ctx.info.as_ref().is_some_and(|i| i.stream);
+    if let Credential::Header(name, value) = &p.credential {
+        up.insert_header(*name, value.clone())?;
+    }
+    p.kind.upstream_headers(client, up, &p, stream)?;
     up.insert_header("host", p.upstream.authority.clone())?;
     // Usage is read from the body: ask for it uncompressed.
     up.insert_header("accept-encoding", "identity")?;
@@ -42,7 +49,7 @@ pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx
         let model = ctx.attempts.upstream_model.as_deref();
         Some(
             p.kind
-                .upstream_path(p, route.endpoint, model, pq)
+                .upstream_path(&p, endpoint, model, stream, pq)
                 .ok_or_else(|| {
                     Error::explain(
                         ErrorType::InternalError,
@@ -59,6 +66,14 @@ pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx
             .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
         up.set_uri(uri);
     }
+    if let Some(translated) = ctx
+        .attempts
+        .body
+        .as_ref()
+        .and_then(|b| p.kind.translate_body(b, client))
+    {
+        ctx.attempts.body = Some(Bytes::from(translated));
+    }
     match &ctx.body {
         BodyPhase::Approved(b) => {
             let len = ctx.attempts.body.as_ref().map_or(b.len(), Bytes::len);
@@ -66,10 +81,7 @@ pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx
             up.insert_header("content-length", len)?;
         }
         BodyPhase::Collecting(_)
-            if matches!(
-                route.endpoint,
-                Endpoint::ChatCompletions | Endpoint::Completions
-            ) =>
+            if matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions) =>
         {
             // The approved body may be rewritten (stream_options), so its
             // length is unknown until the end: send it chunked.
@@ -77,6 +89,22 @@ pub fn prepare_request(client: &RequestHeader, up: &mut RequestHeader, ctx: &Ctx
             up.insert_header("transfer-encoding", "chunked")?;
         }
         _ => {}
+    }
+    match &p.credential {
+        Credential::Header(..) => {}
+        Credential::Aws(signer) => {
+            let body = match &ctx.body {
+                BodyPhase::Approved(b) => ctx.attempts.body.as_ref().unwrap_or(b).clone(),
+                _ => Bytes::new(),
+            };
+            signer.sign(up, &body, std::time::SystemTime::now())?;
+        }
+        Credential::Google(_) => {
+            let bearer = ctx.attempts.bearer.clone().ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "no access token for the attempt")
+            })?;
+            up.insert_header("authorization", bearer)?;
+        }
     }
     Ok(())
 }

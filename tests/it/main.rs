@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod budget_two_replicas;
 mod cli;
+mod cloud;
 mod concurrency_release;
 mod deploy_gate;
 mod endpoints;

@@ -7,7 +7,9 @@
 //! property the fuzzer checks is checked here too.
 //!
 //! `cargo test --test it -- --ignored write_seed_corpus`
-//! regenerates the seed corpus from `tests/fixtures/` and the cases below.
+//! regenerates the seed corpus from `tests/fixtures/` and the cases below
+//! (`bedrock_eventstream`'s seeds come from the library's own test
+//! `write_fuzz_seeds`, see fuzz/README.md).
 
 #[path = "../../fuzz/src/lib.rs"]
 #[allow(dead_code)]
@@ -27,6 +29,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("request_body", targets::request_body),
     ("jwt_verify", targets::jwt_verify),
     ("config_load", targets::config_load),
+    ("bedrock_eventstream", targets::bedrock_eventstream),
+    ("vertex_token_response", targets::vertex_token_response),
 ];
 
 fn root() -> PathBuf {
@@ -228,6 +232,16 @@ fn smoke_jwt_verify() {
 #[test]
 fn smoke_config_load() {
     smoke("config_load", 1000);
+}
+
+#[test]
+fn smoke_bedrock_eventstream() {
+    smoke("bedrock_eventstream", 1000);
+}
+
+#[test]
+fn smoke_vertex_token_response() {
+    smoke("vertex_token_response", 2500);
 }
 
 /// A signed-mode input (see `targets::jwt_verify`) reaches the claims checks,
@@ -842,8 +856,49 @@ fn config_seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+fn vertex_token_seeds() -> Vec<(String, Vec<u8>)> {
+    // The whole input is the token endpoint's response body.
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "google_success",
+            br#"{"access_token":"ya29.c.c0ASRK0GZ-fake_Token.for~fuzzing/4n8S","expires_in":3599,"token_type":"Bearer"}"#,
+        ),
+        (
+            "expires_in_string",
+            br#"{"token_type":"bearer","expires_in":"3599","access_token":"ya29.a0AfB_byC"}"#,
+        ),
+        (
+            "expires_in_float",
+            br#" {"access_token":"ya29.x","expires_in":3599.9,"token_type":null,"id_token":"e30"} "#,
+        ),
+        (
+            "no_access_token",
+            br#"{"expires_in":3599,"token_type":"Bearer"}"#,
+        ),
+        (
+            "duplicate_access_token",
+            br#"{"access_token":"ya29.a","expires_in":3599,"access_token":"ya29.b"}"#,
+        ),
+        (
+            "oauth_error",
+            br#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
+        ),
+        (
+            "array_root",
+            br#"[{"access_token":"ya29.a","expires_in":3599}]"#,
+        ),
+        ("empty", b""),
+    ];
+    cases
+        .iter()
+        .map(|(n, body)| (n.to_string(), body.to_vec()))
+        .collect()
+}
+
 /// Writes the seed corpus (`fuzz/corpus/<target>/<name>`), replacing the
 /// files of the same names. Run after changing a fixture or a seed case.
+/// (`bedrock_eventstream`'s seeds are written by the library's test
+/// `write_fuzz_seeds`.)
 #[test]
 #[ignore = "writes fuzz/corpus; run by hand"]
 fn write_seed_corpus() {
@@ -854,6 +909,7 @@ fn write_seed_corpus() {
         ("request_body", request_body_seeds()),
         ("jwt_verify", jwt_seeds()),
         ("config_load", config_seeds()),
+        ("vertex_token_response", vertex_token_seeds()),
     ];
     for (target, seeds) in sets {
         let dir = corpus_dir(target);

@@ -539,12 +539,17 @@ pub struct Partial {
 }
 
 type ScriptFn = Arc<dyn Fn(&Recorded) -> Script + Send + Sync>;
+type GuardFn = Arc<dyn Fn(&Recorded) -> Option<Script> + Send + Sync>;
 
 #[derive(Default)]
 struct State {
     requests: Mutex<Vec<Recorded>>,
     partials: Mutex<Vec<Partial>>,
     scripts: Mutex<HashMap<String, ScriptFn>>,
+    /// Checked before any script: Some answers instead (e.g. a refused signature).
+    guard: Mutex<Option<GuardFn>>,
+    /// The answer to requests no case scripted, instead of [`default_script`].
+    fallback: Mutex<Option<ScriptFn>>,
     gates: Mutex<HashMap<String, watch::Sender<bool>>>,
     seq: AtomicU64,
 }
@@ -560,11 +565,19 @@ impl State {
     }
 
     fn script_for(&self, req: &Recorded) -> Script {
+        let guard = self.guard.lock().unwrap().clone();
+        if let Some(answer) = guard.and_then(|g| g(req)) {
+            return answer;
+        }
         let custom = req
             .case
             .as_ref()
             .and_then(|c| self.scripts.lock().unwrap().get(c).cloned());
-        match custom {
+        if let Some(f) = custom {
+            return f(req);
+        }
+        let fallback = self.fallback.lock().unwrap().clone();
+        match fallback {
             Some(f) => f(req),
             None => default_script(req),
         }
@@ -678,6 +691,19 @@ impl FakeProvider {
             .lock()
             .unwrap()
             .insert(case.to_string(), Arc::new(f));
+    }
+
+    /// Checks every request with `f` before any script: when it returns
+    /// Some, that is the answer (a fake cloud refusing a bad signature or
+    /// token). Replaces an earlier guard.
+    pub fn guard(&self, f: impl Fn(&Recorded) -> Option<Script> + Send + Sync + 'static) {
+        *self.state.guard.lock().unwrap() = Some(Arc::new(f));
+    }
+
+    /// Answers requests no case scripted with whatever `f` builds, instead of
+    /// [`default_script`]. Replaces an earlier fallback.
+    pub fn fallback(&self, f: impl Fn(&Recorded) -> Script + Send + Sync + 'static) {
+        *self.state.fallback.lock().unwrap() = Some(Arc::new(f));
     }
 
     /// Lets every script waiting on `name` go on (also those that arrive later).
@@ -947,9 +973,11 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         529 => "Overloaded",
         _ => "Whatever",
     }

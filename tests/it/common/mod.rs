@@ -7,6 +7,8 @@
 //! against the gateway's library code.
 
 pub mod client;
+pub mod eventstream;
+pub mod fake_cloud;
 pub mod fake_provider;
 pub mod gateway;
 pub mod jwt;
@@ -15,6 +17,7 @@ pub mod raw;
 pub mod redis;
 pub mod redis_ctl;
 pub mod sign;
+pub mod sigv4;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
