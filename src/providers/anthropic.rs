@@ -51,15 +51,15 @@ impl Kind for Anthropic {
 /// A Messages API `usage` object; missing or null fields count 0. `None`
 /// when `v` is not an object.
 pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
-    let o = v.as_object()?;
-    let mut valid = true;
-    let usage = Usage {
-        input_tokens: count(o, "input_tokens", &mut valid),
-        output_tokens: count(o, "output_tokens", &mut valid),
-        cache_creation_input_tokens: count(o, "cache_creation_input_tokens", &mut valid),
-        cache_read_input_tokens: count(o, "cache_read_input_tokens", &mut valid),
-    };
-    Some(ReadUsage { usage, valid })
+    usage_from_fields(
+        v,
+        [
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        ],
+    )
 }
 
 /// Bedrock's `amazon-bedrock-invocationMetrics` (on `message_stop`) as
@@ -67,13 +67,27 @@ pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
 /// and `cacheReadInputTokenCount` read as the Messages API's four fields,
 /// missing or null ones as 0. `None` when `v` is not an object.
 pub fn usage_from_bedrock_metrics(v: &Value) -> Option<ReadUsage> {
+    usage_from_fields(
+        v,
+        [
+            "inputTokenCount",
+            "outputTokenCount",
+            "cacheWriteInputTokenCount",
+            "cacheReadInputTokenCount",
+        ],
+    )
+}
+
+/// The four counts read from these member names (input, output, cache
+/// creation, cache read); missing or null ones count 0.
+fn usage_from_fields(v: &Value, [input, output, write, read]: [&str; 4]) -> Option<ReadUsage> {
     let o = v.as_object()?;
     let mut valid = true;
     let usage = Usage {
-        input_tokens: count(o, "inputTokenCount", &mut valid),
-        output_tokens: count(o, "outputTokenCount", &mut valid),
-        cache_creation_input_tokens: count(o, "cacheWriteInputTokenCount", &mut valid),
-        cache_read_input_tokens: count(o, "cacheReadInputTokenCount", &mut valid),
+        input_tokens: count(o, input, &mut valid),
+        output_tokens: count(o, output, &mut valid),
+        cache_creation_input_tokens: count(o, write, &mut valid),
+        cache_read_input_tokens: count(o, read, &mut valid),
     };
     Some(ReadUsage { usage, valid })
 }
