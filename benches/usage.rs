@@ -135,6 +135,7 @@ fn record(c: &mut Criterion) {
         sub: "alice.smith@example.com".into(),
         role: Some("user".into()),
         tier: "user".into(),
+        team: None,
         jti: "3f2a9c1e8b7d4a6f0e5c3b1a9d8e7f6c".into(),
         provider: "anthropic".into(),
         model: Some("claude-sonnet-4-5-20250929".into()),

@@ -53,6 +53,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .as_ref()
             .map(|c| c.tier.name.clone())
             .unwrap_or_default(),
+        team: None,
         jti: ctx.identity().map(|i| i.jti.clone()).unwrap_or_default(),
         provider: provider.clone(),
         model: used.model.clone(),
