@@ -66,6 +66,9 @@ pub enum TokenCommand {
         /// Role claim (selects the limits tier, e.g. user, admin)
         #[arg(long)]
         role: Option<String>,
+        /// Team claim (identity.claims.team: the team whose limits also apply)
+        #[arg(long)]
+        team: Option<String>,
         /// Lifetime, e.g. 30m, 24h (default: identity.default_ttl)
         #[arg(long)]
         ttl: Option<String>,

@@ -71,6 +71,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 config,
                 sub,
                 role,
+                team,
                 ttl,
             } => {
                 let cfg = Config::load(&config)?;
@@ -85,7 +86,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     bail!("--ttl must be positive");
                 }
                 let signer = Signer::from_config(&cfg.identity, &|p| cfg.path(p))?;
-                let issued = signer.issue(&sub, role.as_deref(), ttl)?;
+                let issued = signer.issue_with_team(&sub, role.as_deref(), team.as_deref(), ttl)?;
                 println!("{}", issued.token);
                 Ok(ExitCode::SUCCESS)
             }

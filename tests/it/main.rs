@@ -31,4 +31,5 @@ mod store_faults;
 mod store_outage;
 mod store_unreachable;
 mod streaming;
+mod teams;
 mod usage_records;
