@@ -382,6 +382,19 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_gzip_is_an_error_not_a_silent_gap() {
+        let text = line("2026-12-01T10:00:00.000Z", "a", None, 1.0).repeat(200);
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("usage.jsonl.3.gz");
+        std::fs::write(&p, &gz[..gz.len() - 20]).unwrap();
+        let err = read_jsonl(&[p], &range("2026-12-01", "2026-12-01"), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("usage.jsonl.3.gz"), "{err:#}");
+    }
+
+    #[test]
     fn a_missing_file_is_an_error_naming_it() {
         let err = read_jsonl(
             &[PathBuf::from("/nonexistent/usage.jsonl")],
