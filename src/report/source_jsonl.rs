@@ -4,11 +4,12 @@
 use super::group::{cost_nanos, Aggregator, Row, Totals};
 use super::range::{fmt_day, parse_day};
 use super::{DayRange, GroupField};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use flate2::bufread::MultiGzDecoder;
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, UtcOffset};
@@ -104,6 +105,7 @@ pub fn read_jsonl(
     range: &DayRange,
     by: &[GroupField],
 ) -> anyhow::Result<(Vec<Row>, Vec<JsonlStats>)> {
+    check_distinct(paths)?;
     let mut agg = Aggregator::default();
     let mut stats = Vec::with_capacity(paths.len());
     for path in paths {
@@ -117,6 +119,26 @@ pub fn read_jsonl(
         });
     }
     Ok((agg.into_rows(), stats))
+}
+
+/// The same file twice (a typo, or a symlink to the current log) would
+/// count its records twice; refused before anything is read.
+fn check_distinct(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let mut seen: Vec<((u64, u64), &Path)> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let id = std::fs::metadata(path)
+            .map(|m| (m.dev(), m.ino()))
+            .with_context(|| format!("cannot open --jsonl {}", path.display()))?;
+        if let Some((_, first)) = seen.iter().find(|(i, _)| *i == id) {
+            bail!(
+                "--jsonl {} and {} are the same file",
+                first.display(),
+                path.display()
+            );
+        }
+        seen.push((id, path));
+    }
+    Ok(())
 }
 
 /// Opens a log, decompressing it when it starts with gzip's magic bytes
@@ -392,6 +414,17 @@ mod tests {
         std::fs::write(&p, &gz[..gz.len() - 20]).unwrap();
         let err = read_jsonl(&[p], &range("2026-12-01", "2026-12-01"), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("usage.jsonl.3.gz"), "{err:#}");
+    }
+
+    #[test]
+    fn the_same_file_twice_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("usage.jsonl");
+        std::fs::write(&p, line("2026-12-01T10:00:00.000Z", "a", None, 1.0)).unwrap();
+        let link = dir.path().join("current");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let err = read_jsonl(&[p, link], &range("2026-12-01", "2026-12-01"), &[]).unwrap_err();
+        assert!(err.to_string().contains("are the same file"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::redact::redact_url;
 use super::{DayRange, GroupField};
 use anyhow::{anyhow, Context};
 use std::time::Duration;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 /// The SQL expression of each group field. Queries are built only from
@@ -86,7 +87,16 @@ pub async fn read_ledger(
     let result = client
         .query(build_query(by).as_str(), &[&start, &end])
         .await
-        .with_context(|| format!("cannot query tollgate_usage in the ledger at {shown}"))
+        .map_err(|e| {
+            let hint = if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                " (the gateway creates it when it starts with usage.postgres_url)"
+            } else {
+                ""
+            };
+            anyhow::Error::new(e).context(format!(
+                "cannot query tollgate_usage in the ledger at {shown}{hint}"
+            ))
+        })
         .map_err(scrub);
     drop(client);
     // The connection ends once the client is gone; its own error, if any,

@@ -585,11 +585,19 @@ async fn ledger_report_is_byte_identical_to_the_jsonl_report() {
         .await
         .expect("create a fresh database");
     let url = with_dbname(&base, &name);
-    fill_ledger(&url, &recs).await;
-
     let mut config = logs.setup.config.clone();
     config["usage"]["postgres_url"] = json!(url);
     write_config(&logs.setup.config_path, &config);
+
+    // Before the gateway has created the table: a hint, not just SQL.
+    let before = report(logs.setup.dir.path(), &logs.setup.config_path, &[]);
+    assert_error(
+        &before,
+        1,
+        "(the gateway creates it when it starts with usage.postgres_url)",
+    );
+
+    fill_ledger(&url, &recs).await;
 
     let groupings: [&[&str]; 6] = [
         &[],
