@@ -26,13 +26,17 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 pub struct LineRecord<'a> {
     #[serde(borrow)]
     pub ts: Cow<'a, str>,
-    pub sub: String,
+    // Borrowed from the line unless escaped: most lines are not grouped by
+    // these, and a copy per line is the bulk of the reader's allocations.
+    #[serde(borrow)]
+    pub sub: Cow<'a, str>,
     /// Absent in records written before teams existed.
     #[serde(default)]
     pub team: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
-    pub provider: String,
+    #[serde(borrow)]
+    pub provider: Cow<'a, str>,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cache_creation_input_tokens: u64,
@@ -57,10 +61,10 @@ impl LineRecord<'_> {
     fn key(&self, by: &[GroupField], day: Date) -> Vec<Option<String>> {
         by.iter()
             .map(|f| match f {
-                GroupField::Sub => Some(self.sub.clone()),
+                GroupField::Sub => Some(self.sub.to_string()),
                 GroupField::Team => self.team.clone(),
                 GroupField::Model => self.model.clone(),
-                GroupField::Provider => Some(self.provider.clone()),
+                GroupField::Provider => Some(self.provider.to_string()),
                 GroupField::Day => Some(fmt_day(day)),
             })
             .collect()
