@@ -413,6 +413,9 @@ pub struct UsageConfig {
     pub drain_on_disconnect: HumanDuration,
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
+    /// The usage ledger (Postgres); `usage report` reads it.
+    #[serde(default)]
+    pub postgres_url: Option<String>,
 }
 
 fn default_log_path() -> LogTarget {
@@ -428,6 +431,7 @@ impl Default for UsageConfig {
             log_path: default_log_path(),
             drain_on_disconnect: default_drain(),
             prices: BTreeMap::new(),
+            postgres_url: None,
         }
     }
 }

@@ -26,6 +26,7 @@ mod provider_faults;
 mod proxy_basic;
 mod real_clients;
 mod redis_store;
+mod report;
 mod secrets;
 mod store_faults;
 mod store_outage;
