@@ -418,6 +418,7 @@ fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {
             ))),
         }
     }
+    check_ledger(cfg, out);
     for (model, p) in &u.prices {
         let vals = [p.input, p.output, p.cache_read, p.cache_write];
         if vals.iter().any(|v| !v.is_finite() || *v < 0.0) {
@@ -425,5 +426,86 @@ fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {
                 "usage.prices.{model}: prices must be non-negative numbers"
             )));
         }
+    }
+}
+
+/// `usage.postgres_url` and `usage.spool_dir`. Never connects: the gateway
+/// starts (and spools) while Postgres is down.
+fn check_ledger(cfg: &Config, out: &mut Vec<Problem>) {
+    let u = &cfg.usage;
+    let Some(url) = &u.postgres_url else {
+        if u.spool_dir.is_some() {
+            out.push(Problem::warning(
+                "usage.spool_dir is set but usage.postgres_url is not: nothing is spooled",
+            ));
+        }
+        return;
+    };
+    if let Err(e) = super::postgres_url::parse(url) {
+        out.push(Problem::error(format!(
+            "usage.postgres_url {}: {e}",
+            super::postgres_url::redacted(url)
+        )));
+    }
+    let Some(dir) = u.spool_dir() else {
+        out.push(Problem::error(
+            "usage.spool_dir is required when usage.postgres_url is set and usage.log_path is \
+             standard output (-): records wait there, on disk, while Postgres is unreachable",
+        ));
+        return;
+    };
+    if let Err(msg) = spool_dir_usable(&cfg.path(&dir)) {
+        out.push(Problem::error(format!(
+            "usage.spool_dir {}: {msg}",
+            dir.display()
+        )));
+    }
+}
+
+/// The directory exists and is writable, or can be created: its nearest
+/// existing ancestor is a writable directory. Creates nothing.
+fn spool_dir_usable(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            return writable(dir).map_err(|e| format!("not writable ({e})"));
+        }
+        Ok(_) => return Err("exists and is not a directory".into()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot be inspected ({e})"))
+        }
+        Err(_) => {}
+    }
+    let mut ancestor = dir.parent();
+    while let Some(a) = ancestor {
+        let a = if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        };
+        match std::fs::metadata(a) {
+            Ok(m) if m.is_dir() => {
+                return writable(a).map_err(|e| {
+                    format!(
+                        "does not exist and cannot be created in {} ({e})",
+                        a.display()
+                    )
+                });
+            }
+            Ok(_) => return Err(format!("{} is not a directory", a.display())),
+            Err(_) => ancestor = a.parent(),
+        }
+    }
+    Err("does not exist and has no existing parent directory".into())
+}
+
+fn writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
