@@ -1,0 +1,246 @@
+use super::row;
+use super::schema::{self, COLUMNS};
+use super::spool::{self, Batch};
+use crate::usage::UsageRecord;
+use proptest::prelude::*;
+use std::io::Write;
+
+fn record(id: &str) -> UsageRecord {
+    UsageRecord {
+        ts: "2026-03-04T05:06:07.890Z".into(),
+        request_id: id.into(),
+        sub: "alice".into(),
+        role: Some("user".into()),
+        tier: "user".into(),
+        team: None,
+        jti: "j1".into(),
+        provider: "anthropic".into(),
+        model: Some("claude-sonnet-4-5".into()),
+        path: "/v1/messages".into(),
+        status: 200,
+        stream: true,
+        input_tokens: 1,
+        output_tokens: 2,
+        cache_creation_input_tokens: 3,
+        cache_read_input_tokens: 4,
+        cost_usd: 0.5,
+        duration_ms: 6,
+        ttfb_ms: None,
+        client_disconnected: false,
+        usage_complete: true,
+        endpoint: "messages",
+        attempts: 1,
+        upstream_model: Some("claude-sonnet-4-5".into()),
+    }
+}
+
+fn line(id: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    record(id).write_json_line(&mut out);
+    out
+}
+
+#[test]
+fn one_column_per_record_field_with_the_same_names() {
+    let v: serde_json::Value = serde_json::from_slice(&line("r1")).unwrap();
+    let mut fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut columns: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
+    fields.sort_unstable();
+    columns.sort_unstable();
+    assert_eq!(columns, fields);
+    let sql = schema::insert_sql();
+    assert!(sql.contains(&format!("${}::", COLUMNS.len())));
+    assert!(sql.ends_with("ON CONFLICT (request_id) DO NOTHING"));
+    let ddl = schema::ddl();
+    assert!(ddl[0].contains("request_id text PRIMARY KEY"), "{}", ddl[0]);
+    assert!(ddl[0].contains("status integer,"), "status is nullable");
+    assert!(ddl.iter().any(|s| s.contains("tollgate_usage (sub, ts)")));
+}
+
+#[test]
+fn a_spool_line_reads_back_as_the_record() {
+    let l = line("r1");
+    let r = row::parse(&l[..l.len() - 1]).unwrap();
+    assert_eq!(r.request_id, "r1");
+    assert_eq!(r.ts.unix_timestamp(), 1_772_600_767);
+    assert_eq!(r.ts.millisecond(), 890);
+    assert_eq!(r.role.as_deref(), Some("user"));
+    assert_eq!(r.team, None);
+    assert_eq!(r.status, Some(200));
+    assert_eq!(
+        (
+            r.input_tokens,
+            r.output_tokens,
+            r.cache_creation_input_tokens,
+            r.cache_read_input_tokens
+        ),
+        (Some(1), Some(2), Some(3), Some(4))
+    );
+    assert_eq!(r.cost_usd, Some(0.5));
+    assert_eq!(r.ttfb_ms, None);
+    assert_eq!(r.endpoint.as_deref(), Some("messages"));
+    assert_eq!(r.attempts, Some(1));
+}
+
+#[test]
+fn values_postgres_would_refuse_are_made_acceptable() {
+    let r = row::parse(
+        br#"{"ts":"x","request_id":"a\u0000b","sub":"s","status":null,"input_tokens":18446744073709551615,"attempts":99999999999,"cost_usd":null,"future_field":[1]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.request_id, "a\u{FFFD}b");
+    assert_eq!(r.status, None);
+    assert_eq!(r.input_tokens, Some(i64::MAX));
+    assert_eq!(r.attempts, Some(i32::MAX));
+    assert_eq!(r.cost_usd, None);
+    assert!(row::parse(br#"{"ts":"x","request_id":"","sub":"s"}"#).is_err());
+    assert!(row::parse(br#"{"ts":"x","sub":"s"}"#).is_err());
+    assert!(row::parse(b"").is_err());
+}
+
+#[test]
+fn complete_lines_only() {
+    let (lines, used) = spool::split_lines(b"a\nbb\ncc", 10);
+    assert_eq!(lines, vec![&b"a"[..], b"bb"]);
+    assert_eq!(used, 5);
+    let (lines, used) = spool::split_lines(b"a\nbb\ncc\n", 1);
+    assert_eq!(lines, vec![&b"a"[..]]);
+    assert_eq!(used, 2);
+}
+
+fn segment_with(bytes: &[u8]) -> (tempfile::TempDir, std::fs::File) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut f) = spool::create_segment(dir.path(), 0).unwrap();
+    f.write_all(bytes).unwrap();
+    (dir, f)
+}
+
+#[test]
+fn a_torn_last_line_is_skipped_only_once_the_segment_is_sealed() {
+    let mut data = line("r1");
+    data.extend(line("r2"));
+    let whole = data.len() as u64;
+    data.extend_from_slice(br#"{"ts":"2026-"#);
+    let (_dir, f) = segment_with(&data);
+    let len = data.len() as u64;
+
+    let b = spool::read_batch(&f, 0, len, true, 500).unwrap();
+    assert_eq!(b.lines.len(), 2);
+    assert_eq!(b.end, whole);
+    assert_eq!(b.torn, 0);
+    let b = spool::read_batch(&f, whole, len, true, 500).unwrap();
+    assert_eq!(
+        b,
+        Batch {
+            lines: vec![],
+            end: len,
+            oversized: 0,
+            torn: len - whole
+        }
+    );
+    // Still being written: wait for the rest.
+    let b = spool::read_batch(&f, whole, len, false, 500).unwrap();
+    assert_eq!(b.end, whole);
+    assert_eq!(b.torn, 0);
+    // The batch limit leaves the rest for the next batch.
+    let b = spool::read_batch(&f, 0, len, true, 1).unwrap();
+    assert_eq!(b.lines.len(), 1);
+    assert_eq!(spool::count_lines(&f, 0).unwrap(), 2);
+}
+
+#[test]
+fn an_oversized_line_is_skipped_and_the_next_one_kept() {
+    let mut data = vec![b'x'; spool::READ_CHUNK + 10];
+    data.push(b'\n');
+    let next = line("after");
+    data.extend(&next);
+    let (_dir, f) = segment_with(&data);
+    let len = data.len() as u64;
+    let b = spool::read_batch(&f, 0, len, true, 500).unwrap();
+    assert_eq!(b.oversized, 1);
+    assert_eq!(b.end, (spool::READ_CHUNK + 11) as u64);
+    let b = spool::read_batch(&f, b.end, len, true, 500).unwrap();
+    assert_eq!(b.lines, vec![next[..next.len() - 1].to_vec()]);
+}
+
+#[test]
+fn segments_are_private_numbered_locked_and_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("a/spool");
+    spool::prepare_dir(&spool_dir).unwrap();
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&spool_dir), 0o700);
+    let (a, fa) = spool::create_segment(&spool_dir, 0).unwrap();
+    let (b, _fb) = spool::create_segment(&spool_dir, a).unwrap();
+    assert!(b > a);
+    assert_eq!(mode(&spool::segment_path(&spool_dir, a)), 0o600);
+    assert_eq!(spool::list_segments(&spool_dir).unwrap(), vec![a, b]);
+    // Held by its creator: nobody else replays it.
+    assert!(spool::adopt(&spool_dir, a).unwrap().is_none());
+    drop(fa);
+    assert!(spool::adopt(&spool_dir, a).unwrap().is_some());
+
+    assert_eq!(spool::read_done(&spool_dir, a), 0);
+    spool::write_done(&spool_dir, a, 1234).unwrap();
+    assert_eq!(spool::read_done(&spool_dir, a), 1234);
+    spool::remove_segment(&spool_dir, a).unwrap();
+    assert_eq!(spool::read_done(&spool_dir, a), 0);
+    assert_eq!(spool::list_segments(&spool_dir).unwrap(), vec![b]);
+    // A marker whose segment is gone is cleaned up.
+    spool::write_done(&spool_dir, 99, 1).unwrap();
+    spool::list_segments(&spool_dir).unwrap();
+    assert_eq!(spool::read_done(&spool_dir, 99), 0);
+}
+
+proptest! {
+    #[test]
+    fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let _ = row::parse(&bytes);
+        let (lines, used) = spool::split_lines(&bytes, 7);
+        prop_assert!(used <= bytes.len());
+        prop_assert!(lines.len() <= 7);
+        prop_assert!(lines.iter().all(|l| !l.contains(&b'\n')));
+    }
+
+    #[test]
+    fn any_text_in_a_record_round_trips_without_nul(sub in ".*", path in ".*") {
+        let mut r = record("p");
+        r.sub = sub.clone();
+        r.path = path.clone();
+        let mut out = Vec::new();
+        r.write_json_line(&mut out);
+        let back = row::parse(&out[..out.len() - 1]).unwrap();
+        prop_assert_eq!(back.sub, sub.replace('\0', "\u{FFFD}"));
+        prop_assert_eq!(back.path, Some(path.replace('\0', "\u{FFFD}")));
+    }
+
+    #[test]
+    fn reading_a_spool_with_garbage_keeps_every_complete_line(
+        garbage in proptest::collection::vec(any::<u8>(), 0..300),
+        n in 0usize..20,
+    ) {
+        let mut data = Vec::new();
+        for i in 0..n {
+            data.extend(line(&format!("r{i}")));
+        }
+        data.extend(&garbage);
+        let (_dir, f) = segment_with(&data);
+        let len = data.len() as u64;
+        let mut at = 0;
+        let mut ids = Vec::new();
+        loop {
+            let b = spool::read_batch(&f, at, len, true, 3).unwrap();
+            if b.end == at {
+                break;
+            }
+            ids.extend(b.lines.iter().filter_map(|l| row::parse(l).ok()).map(|r| r.request_id));
+            at = b.end;
+        }
+        prop_assert_eq!(at, len, "a sealed segment is read to its end");
+        let want: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+        prop_assert_eq!(&ids[..n.min(ids.len())], &want[..]);
+    }
+}
