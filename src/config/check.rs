@@ -132,6 +132,48 @@ pub fn check_store_reachable(cfg: &Config) -> Vec<Problem> {
     }
 }
 
+/// Probe for `tollgate check`: does the ledger's Postgres answer? Only a
+/// warning: the gateway starts without it (records wait in the spool).
+pub fn check_ledger_reachable(cfg: &Config) -> Vec<Problem> {
+    let Some(url) = &cfg.usage.postgres_url else {
+        return Vec::new();
+    };
+    let Ok(pg) = super::postgres_url::parse(url) else {
+        return Vec::new(); // reported by `check`
+    };
+    let shown = super::postgres_url::redacted(url);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return vec![Problem::warning(format!(
+                "usage.postgres_url: cannot probe: {e}"
+            ))]
+        }
+    };
+    let answered = rt.block_on(async {
+        let connect = pg.connect(tokio_postgres::NoTls);
+        match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
+            Ok(Ok((client, conn))) => {
+                tokio::spawn(conn);
+                client.simple_query("SELECT 1").await.map(|_| ())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => return Some("did not answer within 3 s".to_string()),
+        }
+        .err()
+        .map(|e| e.to_string())
+    });
+    match answered {
+        None => Vec::new(),
+        Some(e) => vec![Problem::warning(format!(
+            "usage.postgres_url {shown}: Postgres does not answer yet ({e}); records will wait in the spool"
+        ))],
+    }
+}
+
 /// Every listener address with the config key it comes from.
 fn listeners(cfg: &Config) -> Vec<(&'static str, String)> {
     let mut addrs: Vec<(&str, String)> = cfg

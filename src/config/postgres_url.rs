@@ -17,6 +17,12 @@ pub fn parse(url: &str) -> Result<tokio_postgres::Config, String> {
     if cfg.get_hosts().is_empty() {
         return Err("no host: give one, e.g. postgres://tollgate@127.0.0.1:5432/tollgate".into());
     }
+    if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        // Every connection would fail, and records pile up in the spool.
+        return Err(
+            "sslmode=require: TLS to Postgres is not supported yet (plain TCP only)".into(),
+        );
+    }
     Ok(cfg)
 }
 
@@ -155,5 +161,7 @@ mod tests {
         let e = parse("postgres://u:hunter2hunter2@h:notaport/db").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(parse("nonsense without equals").is_err());
+        assert!(parse("postgres://h/db?sslmode=require").is_err());
+        assert!(parse("postgres://h/db?sslmode=disable").is_ok());
     }
 }

@@ -513,6 +513,11 @@ fn check_explains_ledger_settings_and_hides_the_password() {
     });
     let (success, err) = check(&ok);
     assert!(success, "{err}");
+    assert!(
+        err.contains("warning: usage.postgres_url postgres://tollgate:***@127.0.0.1:1/tollgate"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password is shown: {err}");
 
     let stdout_log = write("stdout.yaml", &|c| {
         c["usage"]["log_path"] = json!("-");

@@ -30,7 +30,7 @@ pub use metrics::LedgerMetrics;
 use crate::config::postgres_url;
 use crate::usage::UsageRecord;
 use parking_lot::{Condvar, Mutex};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +71,9 @@ impl std::fmt::Debug for Ledger {
 
 struct Shared {
     dir: PathBuf,
+    /// Segment size before rotation ([`spooler::SEGMENT_BYTES`]; smaller in
+    /// tests).
+    segment_bytes: u64,
     pg: tokio_postgres::Config,
     /// The URL with its password hidden, for log lines.
     url_shown: String,
@@ -98,6 +101,10 @@ struct State {
     /// Segments this process created; the others are replayed only when
     /// their creator is gone.
     own: BTreeSet<u64>,
+    /// Segments the spooler has moved on from, still holding its lock on
+    /// them until the writer has written and deleted them: another process
+    /// would otherwise take them for orphans.
+    sealed: BTreeMap<u64, std::fs::File>,
     spooler_pid: Option<u32>,
     writer_pid: Option<u32>,
     /// A flush is waiting: no lingering for fuller batches.
@@ -146,6 +153,7 @@ impl Ledger {
         Ok(Self {
             shared: Arc::new(Shared {
                 dir,
+                segment_bytes: spooler::SEGMENT_BYTES,
                 pg,
                 url_shown,
                 metrics,
@@ -155,6 +163,14 @@ impl Ledger {
                 wake_writer: tokio::sync::Notify::new(),
             }),
         })
+    }
+
+    #[cfg(test)]
+    fn with_segment_bytes(mut self, n: u64) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.segment_bytes = n;
+        }
+        self
     }
 
     pub fn spool_dir(&self) -> &Path {
@@ -173,9 +189,10 @@ impl Ledger {
         let pid = std::process::id();
         if st.spooler_pid != Some(pid) {
             if st.spooler_pid.is_some() {
-                // Forked after starting: the parent's segment is not ours.
+                // Forked after starting: the parent's segments are not ours.
                 st.active = None;
                 st.own.clear();
+                st.sealed.clear();
             }
             let shared = Arc::clone(&self.shared);
             match std::thread::Builder::new()

@@ -16,7 +16,7 @@ const LINGER: Duration = Duration::from_millis(5);
 const LINGER_BATCH: usize = 256;
 /// A segment this large is closed and the next one begun, so committed
 /// data can be deleted while Postgres keeps up.
-const SEGMENT_BYTES: u64 = 8 << 20;
+pub(super) const SEGMENT_BYTES: u64 = 8 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -129,14 +129,19 @@ fn write_batch(
     buf: &[u8],
     off: &mut usize,
 ) -> io::Result<()> {
-    let rotate = segment.as_ref().is_some_and(|s| s.len >= SEGMENT_BYTES);
+    let rotate = segment
+        .as_ref()
+        .is_some_and(|s| s.len >= shared.segment_bytes);
     if *off == 0 && (segment.is_none() || rotate) {
         let (id, file) = spool::create_segment(&shared.dir, *last_id)?;
         *last_id = id;
         // The writer cannot adopt it as an orphan meanwhile (we hold its
         // lock), and reads none of it before `active` names it.
-        shared.state.lock().own.insert(id);
-        *segment = Some(Segment { id, file, len: 0 });
+        let mut st = shared.state.lock();
+        st.own.insert(id);
+        if let Some(old) = segment.replace(Segment { id, file, len: 0 }) {
+            st.sealed.insert(old.id, old.file);
+        }
     }
     let Some(seg) = segment.as_mut() else {
         return Err(io::Error::other("no spool segment"));

@@ -244,3 +244,109 @@ proptest! {
         prop_assert_eq!(&ids[..n.min(ids.len())], &want[..]);
     }
 }
+
+fn spooled_lines(dir: &std::path::Path) -> (usize, usize) {
+    let ids = spool::list_segments(dir).unwrap();
+    let lines = ids
+        .iter()
+        .map(|&id| {
+            std::fs::read(spool::segment_path(dir, id))
+                .unwrap()
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+        })
+        .sum();
+    (ids.len(), lines)
+}
+
+fn test_ledger(url: &str, dir: &std::path::Path) -> super::Ledger {
+    let metrics = super::LedgerMetrics::with_registry(&prometheus::Registry::new()).unwrap();
+    super::Ledger::open(url, dir, metrics)
+        .unwrap()
+        .with_segment_bytes(2000)
+}
+
+#[test]
+fn records_wait_in_rotating_segments_while_postgres_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1.
+    let ledger = test_ledger("postgres://u:pw@127.0.0.1:1/db", dir.path());
+    ledger.start();
+    for i in 0..50 {
+        ledger.try_send(record(&format!("u{i}")));
+        // Separate batches: a segment only rotates between two.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    match ledger.flush(std::time::Duration::from_millis(500)) {
+        Err(super::LedgerError::PostgresTimeout { pending, .. }) => assert_eq!(pending, 50),
+        other => panic!("expected a Postgres timeout, got {other:?}"),
+    }
+    let (segments, lines) = spooled_lines(dir.path());
+    assert_eq!(lines, 50, "every record fsynced in the spool");
+    assert!(segments > 1, "segments rotate ({segments})");
+    assert_eq!(ledger.pending(), 50);
+    assert!(ledger.shared.metrics.errors.get() >= 1);
+    assert_eq!(ledger.shared.metrics.pending.get(), 50);
+}
+
+/// With a Postgres (`TOLLGATE_TEST_POSTGRES_URL`, as `scripts/test.sh`
+/// sets): an orphan segment left by a dead process (with a torn last line)
+/// and this process's rotated segments are all written, then deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_and_orphaned_segments_are_written_and_deleted() {
+    let Ok(server) = std::env::var("TOLLGATE_TEST_POSTGRES_URL") else {
+        println!("SKIPPED: TOLLGATE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let db = format!("tollgate_unit_{}", std::process::id());
+    let (admin, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let url = format!("{}/{db}", server.rsplit_once('/').unwrap().0);
+
+    let dir = tempfile::tempdir().unwrap();
+    spool::prepare_dir(dir.path()).unwrap();
+    {
+        let (_, mut orphan) = spool::create_segment(dir.path(), 0).unwrap();
+        for i in 0..3 {
+            orphan.write_all(&line(&format!("orphan{i}"))).unwrap();
+        }
+        orphan.write_all(br#"{"ts":"2026-01"#).unwrap();
+        // Dropped: its (dead) creator's lock is gone.
+    }
+    let ledger = test_ledger(&url, dir.path());
+    ledger.start();
+    for i in 0..300 {
+        ledger.try_send(record(&format!("own{i}")));
+        if i % 50 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let l = ledger.clone();
+    tokio::task::spawn_blocking(move || l.flush(std::time::Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM tollgate_usage", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 303);
+    assert_eq!(ledger.pending(), 0);
+    // Only the segment still being appended to remains.
+    let (segments, _) = spooled_lines(dir.path());
+    assert_eq!(segments, 1);
+}

@@ -259,7 +259,10 @@ impl Writer {
             log::warn!("ledger: cannot delete committed spool segment {id}: {e}");
         }
         self.segments.remove(&id);
-        self.shared.state.lock().own.remove(&id);
+        let mut st = self.shared.state.lock();
+        st.own.remove(&id);
+        // Releases the spooler's lock, now that the file is gone.
+        st.sealed.remove(&id);
     }
 
     /// Writes `batch` until Postgres commits it (retrying with back-off),
