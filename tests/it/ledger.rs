@@ -546,3 +546,60 @@ fn check_explains_ledger_settings_and_hides_the_password() {
     assert!(!success);
     assert!(err.contains("usage.spool_dir"), "{err}");
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_commits_what_it_can_and_keeps_the_rest() {
+    if skip("a_graceful_shutdown_commits_what_it_can") {
+        return;
+    }
+    let mut pg = PgCtl::start().expect("postgres");
+    let url = pg.url();
+    let spool_holder = tempfile::tempdir().expect("tempdir");
+    let spool = spool_holder.path().join("spool");
+    let provider = FakeProvider::start();
+    let sub = unique("ledger-term");
+
+    // Postgres up: by the time the process has exited, every row is in.
+    let mut gw = with_ledger(GatewayBuilder::for_provider(&provider), &url, Some(&spool)).start();
+    let token = gw.token(&sub);
+    burst(&provider, &gw, &token, 0..30).await;
+    gw.signal("TERM");
+    gw.wait_exit(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
+    assert_eq!(
+        rows(&url).await.unwrap_or_default().len(),
+        30,
+        "{}",
+        gw.stderr_log()
+    );
+
+    // Postgres down: the process still exits promptly, records stay spooled.
+    pg.stop();
+    let mut gw = with_ledger(GatewayBuilder::for_provider(&provider), &url, Some(&spool))
+        .same_identity_as(&gw)
+        .start();
+    burst(&provider, &gw, &token, 30..40).await;
+    let t = Instant::now();
+    gw.signal("TERM");
+    gw.wait_exit(Duration::from_secs(30))
+        .expect("exits after SIGTERM");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        gw.stderr_log().contains("the next start writes them"),
+        "{}",
+        gw.stderr_log()
+    );
+    assert!(spooled_lines(&spool) >= 10);
+
+    pg.restart();
+    let gw = with_ledger(GatewayBuilder::for_provider(&provider), &url, Some(&spool))
+        .same_identity_as(&gw)
+        .start();
+    let ledger = wait_rows(&url, 40, &gw).await;
+    assert_eq!(ledger.len(), 40);
+    assert_sums(&ledger, 0..40);
+}

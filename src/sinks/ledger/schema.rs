@@ -78,27 +78,47 @@ pub const INDEXES: &[(&str, &str)] = &[
 /// ("tollgate" in ASCII.)
 pub const DDL_LOCK: i64 = 0x746f_6c6c_6761_7465;
 
-/// The statements that create or complete the schema, in order; run them in
-/// one transaction after `SELECT pg_advisory_xact_lock(DDL_LOCK)`.
-pub fn ddl() -> Vec<String> {
-    let defs: Vec<String> = COLUMNS
-        .iter()
-        .map(|c| format!("{} {} {}", c.name, c.sql_type, c.constraint))
-        .map(|d| d.trim_end().to_string())
-        .collect();
-    let mut out = vec![format!(
-        "CREATE TABLE IF NOT EXISTS {TABLE} ({})",
-        defs.join(", ")
-    )];
-    out.extend(COLUMNS.iter().map(|c| {
-        format!(
-            "ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {} {}",
-            c.name, c.sql_type
-        )
-    }));
+/// Finds what the table already has: its column names, then its index
+/// names (both empty when it does not exist).
+pub const EXISTING_COLUMNS: &str = "SELECT column_name::text FROM information_schema.columns \
+     WHERE table_schema = current_schema() AND table_name = 'tollgate_usage'";
+pub const EXISTING_INDEXES: &str =
+    "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'tollgate_usage'";
+
+/// The statements that create or complete the schema, given what exists;
+/// run them in one transaction after `SELECT pg_advisory_xact_lock(DDL_LOCK)`.
+/// Nothing when the schema is complete: `ALTER TABLE` takes an exclusive
+/// lock even when it changes nothing, and would queue every replica's
+/// inserts behind a long report query.
+pub fn ddl(columns: &[String], indexes: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    if columns.is_empty() {
+        let defs: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| format!("{} {} {}", c.name, c.sql_type, c.constraint))
+            .map(|d| d.trim_end().to_string())
+            .collect();
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {TABLE} ({})",
+            defs.join(", ")
+        ));
+    } else {
+        out.extend(
+            COLUMNS
+                .iter()
+                .filter(|c| !columns.iter().any(|have| have == c.name))
+                .map(|c| {
+                    format!(
+                        "ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {} {}",
+                        c.name, c.sql_type
+                    )
+                }),
+        );
+    }
     out.extend(
         INDEXES
             .iter()
+            .filter(|(name, _)| !indexes.iter().any(|have| have == name))
             .map(|(name, cols)| format!("CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({cols})")),
     );
     out

@@ -51,10 +51,31 @@ fn one_column_per_record_field_with_the_same_names() {
     let sql = schema::insert_sql();
     assert!(sql.contains(&format!("${}::", COLUMNS.len())));
     assert!(sql.ends_with("ON CONFLICT (request_id) DO NOTHING"));
-    let ddl = schema::ddl();
+    let ddl = schema::ddl(&[], &[]);
     assert!(ddl[0].contains("request_id text PRIMARY KEY"), "{}", ddl[0]);
     assert!(ddl[0].contains("status integer,"), "status is nullable");
+    assert_eq!(ddl.len(), 1 + schema::INDEXES.len());
     assert!(ddl.iter().any(|s| s.contains("tollgate_usage (sub, ts)")));
+}
+
+#[test]
+fn a_complete_schema_is_left_alone_and_a_partial_one_completed() {
+    let all: Vec<String> = COLUMNS.iter().map(|c| c.name.to_string()).collect();
+    let indexes: Vec<String> = schema::INDEXES.iter().map(|(n, _)| n.to_string()).collect();
+    assert!(schema::ddl(&all, &indexes).is_empty());
+    let older: Vec<String> = all
+        .iter()
+        .filter(|c| *c != "upstream_model" && *c != "team")
+        .cloned()
+        .collect();
+    assert_eq!(
+        schema::ddl(&older, &indexes[1..]),
+        vec![
+            "ALTER TABLE tollgate_usage ADD COLUMN IF NOT EXISTS team text".to_string(),
+            "ALTER TABLE tollgate_usage ADD COLUMN IF NOT EXISTS upstream_model text".to_string(),
+            "CREATE INDEX IF NOT EXISTS tollgate_usage_ts_idx ON tollgate_usage (ts)".to_string(),
+        ]
+    );
 }
 
 #[test]
@@ -311,6 +332,17 @@ async fn rotated_and_orphaned_segments_are_written_and_deleted() {
         admin.batch_execute(&sql).await.unwrap();
     }
     let url = format!("{}/{db}", server.rsplit_once('/').unwrap().0);
+    // A table from an older version, with the first columns only: the
+    // ledger adds the rest.
+    let (old, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    old.batch_execute(
+        "CREATE TABLE tollgate_usage (ts timestamptz NOT NULL, request_id text PRIMARY KEY, sub text NOT NULL)",
+    )
+    .await
+    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     spool::prepare_dir(dir.path()).unwrap();
@@ -345,6 +377,24 @@ async fn rotated_and_orphaned_segments_are_written_and_deleted() {
         .unwrap()
         .get(0);
     assert_eq!(n, 303);
+    let columns: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'tollgate_usage'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, COLUMNS.len() as i64);
+    let tokens: i64 = client
+        .query_one(
+            "SELECT sum(cache_read_input_tokens)::bigint FROM tollgate_usage",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tokens, 4 * 303);
     assert_eq!(ledger.pending(), 0);
     // Only the segment still being appended to remains.
     let (segments, _) = spooled_lines(dir.path());

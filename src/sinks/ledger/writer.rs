@@ -336,8 +336,19 @@ impl Writer {
             }
         });
         let ddl = async {
+            let names = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+                rows.iter().filter_map(|r| r.try_get(0).ok()).collect()
+            };
+            let columns = names(client.query(schema::EXISTING_COLUMNS, &[]).await?);
+            let indexes = names(client.query(schema::EXISTING_INDEXES, &[]).await?);
+            let missing = schema::ddl(&columns, &indexes);
+            if missing.is_empty() {
+                return Ok(());
+            }
+            // Under the lock, `IF NOT EXISTS` makes a replica that raced us
+            // here change nothing.
             let mut sql = format!("BEGIN; SELECT pg_advisory_xact_lock({});", schema::DDL_LOCK);
-            for stmt in schema::ddl() {
+            for stmt in missing {
                 sql.push_str(&stmt);
                 sql.push(';');
             }
