@@ -603,3 +603,58 @@ async fn a_graceful_shutdown_commits_what_it_can_and_keeps_the_rest() {
     assert_eq!(ledger.len(), 40);
     assert_sums(&ledger, 0..40);
 }
+
+#[tokio::test]
+async fn a_graceful_upgrade_hands_the_old_process_spool_to_the_new_one() {
+    if skip("a_graceful_upgrade_hands_the_old_process_spool") {
+        return;
+    }
+    let mut pg = PgCtl::start().expect("postgres");
+    let url = pg.url();
+    let provider = FakeProvider::start();
+    let mut gw = with_ledger(GatewayBuilder::for_provider(&provider), &url, None).start();
+    let sub = unique("ledger-upgrade");
+    let token = gw.token(&sub);
+    burst(&provider, &gw, &token, 0..10).await;
+    wait_rows(&url, 10, &gw).await;
+
+    // Postgres down: the old process leaves records in its segment.
+    pg.stop();
+    burst(&provider, &gw, &token, 10..20).await;
+    let mut new = gw.spawn_upgrade();
+    let sock = gw.dir().join("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "serve -u never created its upgrade socket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("QUIT");
+    gw.wait_exit(Duration::from_secs(30))
+        .expect("old process exits");
+    assert!(
+        new.wait_exit(Duration::ZERO).is_none(),
+        "the new process runs"
+    );
+    burst(&provider, &gw, &token, 20..30).await;
+
+    pg.restart();
+    let ledger = wait_rows(&url, 30, &gw).await;
+    let upgrade_log = std::fs::read_to_string(gw.dir().join("upgrade.err")).unwrap_or_default();
+    assert_eq!(ledger.len(), 30, "{upgrade_log}");
+    assert_sums(&ledger, 0..30);
+    wait_metric(
+        &gw,
+        "tollgate_ledger_pending_records",
+        "0 on the new process",
+        |v| v == 0.0,
+    )
+    .await;
+    assert!(
+        upgrade_log.contains("left in the spool by an earlier process"),
+        "{upgrade_log}"
+    );
+}
