@@ -305,8 +305,16 @@ async fn ledger_survives_a_postgres_outage_without_losing_or_doubling() {
     }
     let mut pg = PgCtl::start().expect("postgres");
     let url = pg.url();
+    // Trust auth ignores it; it must still never be shown.
+    const PASSWORD: &str = "pw-ledger-Secret-93b1";
+    let with_password = url.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
     let provider = FakeProvider::start();
-    let gw = with_ledger(GatewayBuilder::for_provider(&provider), &url, None).start();
+    let gw = with_ledger(
+        GatewayBuilder::for_provider(&provider),
+        &with_password,
+        None,
+    )
+    .start();
     let sub = unique("ledger-outage");
     let token = gw.token(&sub);
     burst(&provider, &gw, &token, 0..10).await;
@@ -343,6 +351,16 @@ async fn ledger_survives_a_postgres_outage_without_losing_or_doubling() {
     assert_same_as_log(&ledger, &log);
     assert_sums(&ledger, 0..40);
     let err = gw.stderr_log();
+    assert!(
+        err.contains("postgres:***@"),
+        "the URL is shown redacted:\n{err}"
+    );
+    for text in [&err, &gw.stdout_log(), &gw.scrape_metrics().await] {
+        assert!(
+            !text.contains(PASSWORD),
+            "the Postgres password leaked:\n{text}"
+        );
+    }
     let lost = err.matches("ledger: Postgres").count();
     assert!(
         (1..=4).contains(&lost),
