@@ -109,6 +109,8 @@ struct State {
     writer_pid: Option<u32>,
     /// A flush is waiting: no lingering for fuller batches.
     flushing: usize,
+    /// Every record retries a failed thread start: log it once.
+    spawn_error_logged: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,9 +202,13 @@ impl Ledger {
                 .spawn(move || spooler::run(&shared))
             {
                 Ok(_) => st.spooler_pid = Some(pid),
-                Err(e) => log::error!(
-                    "ledger: cannot start the spool thread: {e}; records stay queued in memory"
-                ),
+                Err(e) if !st.spawn_error_logged => {
+                    st.spawn_error_logged = true;
+                    log::error!(
+                        "ledger: cannot start the spool thread: {e}; records stay queued in memory"
+                    );
+                }
+                Err(_) => {}
             }
         }
         if st.writer_pid != Some(pid) {
@@ -212,7 +218,11 @@ impl Ledger {
                 .spawn(move || writer::run(shared))
             {
                 Ok(_) => st.writer_pid = Some(pid),
-                Err(e) => log::error!("ledger: cannot start the Postgres writer thread: {e}; records wait in the spool"),
+                Err(e) if !st.spawn_error_logged => {
+                    st.spawn_error_logged = true;
+                    log::error!("ledger: cannot start the Postgres writer thread: {e}; records wait in the spool");
+                }
+                Err(_) => {}
             }
         }
     }
