@@ -5,7 +5,7 @@ use crate::config::{Config, OnError};
 use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
 use crate::limits::{Teams, Tiers};
 use crate::providers::Router;
-use crate::sinks::{Metrics, ModelLabels, UsageLog};
+use crate::sinks::{Ledger, LedgerMetrics, Metrics, ModelLabels, UsageLog};
 use crate::store::{FinishFailed, Store, StoreError, StoreOp};
 use crate::usage::{Pricing, UsageRecord};
 use anyhow::Context;
@@ -43,6 +43,8 @@ pub struct Limiter {
 /// Where what happened is recorded.
 pub struct Sinks {
     pub usage_log: UsageLog<UsageRecord>,
+    /// `usage.postgres_url`: records also go to Postgres, through the spool.
+    pub ledger: Option<Ledger>,
     pub metrics: Metrics,
     pub model_labels: ModelLabels,
     /// Counts and logs a finish the store took over and could not apply.
@@ -76,6 +78,7 @@ impl App {
         let store = crate::store::connect(&cfg.store)?;
         let usage_log = UsageLog::new(&cfg.usage.log_path)
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
+        let ledger = open_ledger(cfg)?;
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
         let finish_failed: FinishFailed = {
             let metrics = metrics.clone();
@@ -100,6 +103,7 @@ impl App {
             },
             sinks: Sinks {
                 usage_log,
+                ledger,
                 metrics,
                 model_labels: ModelLabels::from_config(cfg),
                 finish_failed,
@@ -139,6 +143,18 @@ impl App {
         log::warn!("store {op} failed: {e}");
         self.limits.on_error == OnError::FailOpen
     }
+}
+
+fn open_ledger(cfg: &Config) -> anyhow::Result<Option<Ledger>> {
+    let Some(url) = &cfg.usage.postgres_url else {
+        return Ok(None);
+    };
+    let dir = cfg
+        .usage
+        .spool_dir()
+        .context("usage.spool_dir is required with usage.postgres_url")?;
+    let ledger = Ledger::open(url, &cfg.path(&dir), LedgerMetrics::new()?)?;
+    Ok(Some(ledger))
 }
 
 impl crate::sinks::LogLine for UsageRecord {

@@ -36,6 +36,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             if let Some(cfg) = &cfg {
                 problems.extend(tollgate::config::check::check_bindable(cfg));
                 problems.extend(tollgate::config::check::check_store_reachable(cfg));
+                problems.extend(tollgate::config::check::check_ledger_reachable(cfg));
             }
             let mut errors = 0;
             for p in &problems {

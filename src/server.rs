@@ -49,7 +49,7 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
 }
 
 /// Periodic housekeeping: in-process store and idle metric series sweeps,
-/// usage log reopen on SIGHUP.
+/// usage log reopen on SIGHUP; starts the sinks' threads (after the fork).
 struct Housekeeping {
     app: Arc<App>,
 }
@@ -58,6 +58,9 @@ struct Housekeeping {
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.app.sinks.usage_log.start();
+        if let Some(ledger) = &self.app.sinks.ledger {
+            ledger.start();
+        }
         self.app.limits.store.start_background();
         let log = self.app.sinks.usage_log.clone();
         tokio::spawn(crate::sinks::watch_sighup(log));
@@ -208,6 +211,11 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     // Every request has finished (or its grace ran out): make sure each
     // record that was produced is on disk before the process exits.
     app.sinks.usage_log.flush_and_stop(Duration::from_secs(10));
+    // The spool is on disk whatever happens here; Postgres gets a moment to
+    // take the rest, and the next start writes what it did not.
+    if let Some(ledger) = &app.sinks.ledger {
+        ledger.flush_at_exit(Duration::from_secs(5));
+    }
     log::info!("tollgate stopped");
     Ok(())
 }

@@ -1076,3 +1076,85 @@ fn top_level_counts(data: &[u8]) -> Option<bool> {
     de.end().ok()?;
     Some(once)
 }
+
+// ---------------------------------------------------------------------------
+// ledger_spool
+// ---------------------------------------------------------------------------
+
+/// A spool segment as a killed process may leave it: byte 0 picks the batch
+/// size (1–16 lines), the rest is the file. Read back sealed, batch by
+/// batch, it is consumed to its end; the complete lines returned, each with
+/// its `\n`, followed by the skipped torn tail, are exactly the file; read
+/// as still being written, the same lines come back and the unterminated
+/// tail is left alone. A line the ledger accepts is a JSON object with
+/// string `ts`, `request_id` (non-empty) and `sub`, and no text it yields
+/// holds a NUL (Postgres refuses one, which would block the spool).
+pub fn ledger_spool(data: &[u8]) {
+    use std::io::Write;
+    use tollgate::sinks::ledger::{row, spool};
+    let Some((&opts, body)) = data.split_first() else {
+        return;
+    };
+    let batch = 1 + usize::from(opts % 16);
+    let mut file = tempfile::tempfile().expect("temp file");
+    file.write_all(body).expect("write");
+    let len = body.len() as u64;
+
+    let read_all = |sealed: bool| {
+        let mut at = 0u64;
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut torn = 0u64;
+        loop {
+            let b = spool::read_batch(&file, at, len, sealed, batch).expect("read");
+            assert!(b.lines.len() <= batch);
+            assert_eq!(b.oversized, 0, "no line here exceeds the read chunk");
+            if b.end == at {
+                assert!(b.lines.is_empty() && b.torn == 0);
+                break;
+            }
+            assert!(b.end > at && b.end <= len);
+            torn += b.torn;
+            lines.extend(b.lines);
+            at = b.end;
+        }
+        (lines, at, torn)
+    };
+    let (lines, end, torn) = read_all(true);
+    assert_eq!(end, len, "a sealed segment is read to its end");
+    let mut again = Vec::with_capacity(body.len());
+    for l in &lines {
+        assert!(!l.contains(&b'\n'));
+        again.extend_from_slice(l);
+        again.push(b'\n');
+    }
+    assert_eq!(torn as usize, body.len() - again.len());
+    again.extend_from_slice(&body[body.len() - torn as usize..]);
+    assert_eq!(again, body);
+    let (open_lines, open_end, open_torn) = read_all(false);
+    assert_eq!(open_lines, lines);
+    assert_eq!((open_end, open_torn), (len - torn, 0));
+
+    for l in &lines {
+        let Ok(r) = row::parse(l) else { continue };
+        let v: Value = serde_json::from_slice(l).expect("accepted lines are JSON");
+        for key in ["ts", "request_id", "sub"] {
+            assert!(v[key].is_string(), "{key} is a string");
+        }
+        assert!(!r.request_id.is_empty());
+        let texts = [
+            Some(&r.request_id),
+            Some(&r.sub),
+            r.role.as_ref(),
+            r.tier.as_ref(),
+            r.team.as_ref(),
+            r.jti.as_ref(),
+            r.provider.as_ref(),
+            r.model.as_ref(),
+            r.path.as_ref(),
+            r.endpoint.as_ref(),
+            r.upstream_model.as_ref(),
+        ];
+        assert!(texts.iter().flatten().all(|t| !t.contains('\0')));
+        assert!(r.cost_usd.is_none_or(f64::is_finite));
+    }
+}

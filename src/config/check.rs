@@ -132,6 +132,48 @@ pub fn check_store_reachable(cfg: &Config) -> Vec<Problem> {
     }
 }
 
+/// Probe for `tollgate check`: does the ledger's Postgres answer? Only a
+/// warning: the gateway starts without it (records wait in the spool).
+pub fn check_ledger_reachable(cfg: &Config) -> Vec<Problem> {
+    let Some(url) = &cfg.usage.postgres_url else {
+        return Vec::new();
+    };
+    let Ok(pg) = super::postgres_url::parse(url) else {
+        return Vec::new(); // reported by `check`
+    };
+    let shown = super::postgres_url::redacted(url);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return vec![Problem::warning(format!(
+                "usage.postgres_url: cannot probe: {e}"
+            ))]
+        }
+    };
+    let answered = rt.block_on(async {
+        let connect = pg.connect(tokio_postgres::NoTls);
+        match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
+            Ok(Ok((client, conn))) => {
+                tokio::spawn(conn);
+                client.simple_query("SELECT 1").await.map(|_| ())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => return Some("did not answer within 3 s".to_string()),
+        }
+        .err()
+        .map(|e| e.to_string())
+    });
+    match answered {
+        None => Vec::new(),
+        Some(e) => vec![Problem::warning(format!(
+            "usage.postgres_url {shown}: Postgres does not answer yet ({e}); records will wait in the spool"
+        ))],
+    }
+}
+
 /// Every listener address with the config key it comes from.
 fn listeners(cfg: &Config) -> Vec<(&'static str, String)> {
     let mut addrs: Vec<(&str, String)> = cfg
@@ -441,6 +483,7 @@ fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {
             ))),
         }
     }
+    check_ledger(cfg, out);
     for (model, p) in &u.prices {
         let vals = [p.input, p.output, p.cache_read, p.cache_write];
         if vals.iter().any(|v| !v.is_finite() || *v < 0.0) {
@@ -448,5 +491,86 @@ fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {
                 "usage.prices.{model}: prices must be non-negative numbers"
             )));
         }
+    }
+}
+
+/// `usage.postgres_url` and `usage.spool_dir`. Never connects: the gateway
+/// starts (and spools) while Postgres is down.
+fn check_ledger(cfg: &Config, out: &mut Vec<Problem>) {
+    let u = &cfg.usage;
+    let Some(url) = &u.postgres_url else {
+        if u.spool_dir.is_some() {
+            out.push(Problem::warning(
+                "usage.spool_dir is set but usage.postgres_url is not: nothing is spooled",
+            ));
+        }
+        return;
+    };
+    if let Err(e) = super::postgres_url::parse(url) {
+        out.push(Problem::error(format!(
+            "usage.postgres_url {}: {e}",
+            super::postgres_url::redacted(url)
+        )));
+    }
+    let Some(dir) = u.spool_dir() else {
+        out.push(Problem::error(
+            "usage.spool_dir is required when usage.postgres_url is set and usage.log_path is \
+             standard output (-): records wait there, on disk, while Postgres is unreachable",
+        ));
+        return;
+    };
+    if let Err(msg) = spool_dir_usable(&cfg.path(&dir)) {
+        out.push(Problem::error(format!(
+            "usage.spool_dir {}: {msg}",
+            dir.display()
+        )));
+    }
+}
+
+/// The directory exists and is writable, or can be created: its nearest
+/// existing ancestor is a writable directory. Creates nothing.
+fn spool_dir_usable(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            return writable(dir).map_err(|e| format!("not writable ({e})"));
+        }
+        Ok(_) => return Err("exists and is not a directory".into()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot be inspected ({e})"))
+        }
+        Err(_) => {}
+    }
+    let mut ancestor = dir.parent();
+    while let Some(a) = ancestor {
+        let a = if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        };
+        match std::fs::metadata(a) {
+            Ok(m) if m.is_dir() => {
+                return writable(a).map_err(|e| {
+                    format!(
+                        "does not exist and cannot be created in {} ({e})",
+                        a.display()
+                    )
+                });
+            }
+            Ok(_) => return Err(format!("{} is not a directory", a.display())),
+            Err(_) => ancestor = a.parent(),
+        }
+    }
+    Err("does not exist and has no existing parent directory".into())
+}
+
+fn writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

@@ -8,6 +8,7 @@ pub mod check;
 mod duration;
 mod log_target;
 mod models;
+pub mod postgres_url;
 
 pub use duration::{parse_duration, DurationError, HumanDuration};
 pub use log_target::LogTarget;
@@ -413,9 +414,31 @@ pub struct UsageConfig {
     pub drain_on_disconnect: HumanDuration,
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
-    /// The usage ledger (Postgres); `usage report` reads it.
+    /// The usage ledger: every record is also written to Postgres (table
+    /// `tollgate_usage`). Holds a password: print it only through
+    /// [`postgres_url::redacted`].
     #[serde(default)]
     pub postgres_url: Option<String>,
+    /// Where records wait for Postgres; see [`UsageConfig::spool_dir`].
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// Name of the default spool directory, created next to the usage log file.
+pub const DEFAULT_SPOOL_DIR: &str = "tollgate-spool";
+
+impl UsageConfig {
+    /// The ledger's spool directory: `spool_dir`, else `tollgate-spool` next
+    /// to a `log_path` file. None when neither gives one (only an error when
+    /// `postgres_url` is set). Relative: resolve it with [`Config::path`].
+    pub fn spool_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.spool_dir {
+            return Some(dir.clone());
+        }
+        let file = self.log_path.file()?;
+        let parent = file.parent().unwrap_or(Path::new(""));
+        Some(parent.join(DEFAULT_SPOOL_DIR))
+    }
 }
 
 fn default_log_path() -> LogTarget {
@@ -432,6 +455,7 @@ impl Default for UsageConfig {
             drain_on_disconnect: default_drain(),
             prices: BTreeMap::new(),
             postgres_url: None,
+            spool_dir: None,
         }
     }
 }
@@ -581,6 +605,26 @@ mod tests {
         let text = EXAMPLE.replacen("algorithms: [RS256]", "algorithms: [' es256 ', eddsa]", 1);
         let cfg = Config::parse(&text).expect("parses");
         assert_eq!(cfg.identity.algorithms, [Alg::Es256, Alg::EdDsa]);
+    }
+
+    #[test]
+    fn spool_dir_defaults_next_to_the_usage_log_file() {
+        let mut u = UsageConfig::default();
+        assert_eq!(u.spool_dir(), None, "stdout log: no default");
+        u.log_path = LogTarget::from("/var/log/tollgate/usage.jsonl");
+        assert_eq!(
+            u.spool_dir(),
+            Some(PathBuf::from("/var/log/tollgate/tollgate-spool"))
+        );
+        u.log_path = LogTarget::from("usage.jsonl");
+        assert_eq!(u.spool_dir(), Some(PathBuf::from("tollgate-spool")));
+        u.spool_dir = Some(PathBuf::from("/srv/spool"));
+        assert_eq!(u.spool_dir(), Some(PathBuf::from("/srv/spool")));
+        let cfg = Config::parse(EXAMPLE).expect("example");
+        assert!(
+            cfg.usage.postgres_url.is_none(),
+            "the example runs without Postgres"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod errors;
 mod hostile_requests;
 mod identity_sources;
 mod key_permissions;
+mod ledger;
 mod lifecycle;
 mod limits;
 mod limits_both_stores;

@@ -31,6 +31,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("config_load", targets::config_load),
     ("bedrock_eventstream", targets::bedrock_eventstream),
     ("vertex_token_response", targets::vertex_token_response),
+    ("ledger_spool", targets::ledger_spool),
 ];
 
 fn root() -> PathBuf {
@@ -242,6 +243,11 @@ fn smoke_bedrock_eventstream() {
 #[test]
 fn smoke_vertex_token_response() {
     smoke("vertex_token_response", 2500);
+}
+
+#[test]
+fn smoke_ledger_spool() {
+    smoke("ledger_spool", 1500);
 }
 
 /// A signed-mode input (see `targets::jwt_verify`) reaches the claims checks,
@@ -895,6 +901,53 @@ fn vertex_token_seeds() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Spool segments: usage log lines (as the gateway writes them) whole, cut
+/// mid-line (a process killed while appending), with a NUL, a huge count
+/// and a missing key; byte 0 is the batch size.
+fn ledger_spool_seeds() -> Vec<(String, Vec<u8>)> {
+    let line = |id: &str, extra: &str| {
+        format!(
+            r#"{{"ts":"2026-03-04T05:06:07.890Z","request_id":"{id}","sub":"alice","role":null,"tier":"user","team":null,"jti":"j1","provider":"anthropic","model":"claude-sonnet-4-5","path":"/v1/messages","status":200,"stream":true,"input_tokens":1,"output_tokens":2,"cache_creation_input_tokens":3,"cache_read_input_tokens":4,"cost_usd":0.5,"duration_ms":6,"ttfb_ms":null,"client_disconnected":false,"usage_complete":true,"endpoint":"messages","attempts":1,"upstream_model":"claude-sonnet-4-5"{extra}}}"#
+        ) + "\n"
+    };
+    let three = line("r1", "") + &line("r2", "") + &line("r3", "");
+    let cases: Vec<(&str, u8, String)> = vec![
+        ("three_lines", 1, three.clone()),
+        (
+            "torn_tail",
+            2,
+            three.clone() + r#"{"ts":"2026-03-04T05:06:0"#,
+        ),
+        (
+            "nul_and_huge",
+            0,
+            line("a\\u0000b", r#","future":[1,{"x":null}]"#).replace(
+                r#""input_tokens":1"#,
+                r#""input_tokens":18446744073709551615"#,
+            ),
+        ),
+        (
+            "missing_sub",
+            3,
+            r#"{"ts":"x","request_id":"r"}"#.to_string() + "\n" + &line("ok", ""),
+        ),
+        ("blank_lines", 7, "\n\n".to_string() + &three + "\n"),
+        (
+            "status_null",
+            4,
+            line("s", "").replace(r#""status":200"#, r#""status":null"#),
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(n, opts, body)| {
+            let mut data = vec![opts];
+            data.extend_from_slice(body.as_bytes());
+            (n.to_string(), data)
+        })
+        .collect()
+}
+
 /// Writes the seed corpus (`fuzz/corpus/<target>/<name>`), replacing the
 /// files of the same names. Run after changing a fixture or a seed case.
 /// (`bedrock_eventstream`'s seeds are written by the library's test
@@ -910,6 +963,7 @@ fn write_seed_corpus() {
         ("jwt_verify", jwt_seeds()),
         ("config_load", config_seeds()),
         ("vertex_token_response", vertex_token_seeds()),
+        ("ledger_spool", ledger_spool_seeds()),
     ];
     for (target, seeds) in sets {
         let dir = corpus_dir(target);
