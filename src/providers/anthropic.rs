@@ -30,8 +30,8 @@ impl Kind for Anthropic {
         CATALOGUE
     }
 
-    fn credential(&self, key: &str) -> (&'static str, String) {
-        ("x-api-key", key.to_string())
+    fn credential(&self, key: &str) -> Option<(&'static str, String)> {
+        Some(("x-api-key", key.to_string()))
     }
 
     fn upstream_headers(

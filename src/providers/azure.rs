@@ -28,8 +28,8 @@ impl Kind for Azure {
         CATALOGUE
     }
 
-    fn credential(&self, key: &str) -> (&'static str, String) {
-        ("api-key", key.to_string())
+    fn credential(&self, key: &str) -> Option<(&'static str, String)> {
+        Some(("api-key", key.to_string()))
     }
 
     fn upstream_headers(

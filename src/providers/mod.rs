@@ -48,8 +48,12 @@ pub trait Kind: Send + Sync {
     /// Every endpoint this kind serves; a provider's `routes` narrow it.
     fn catalogue(&self) -> &'static [Route];
 
-    /// The header (name, value) that carries the provider key.
-    fn credential(&self, key: &str) -> (&'static str, String);
+    /// The header (name, value) that carries the provider key; `None` for
+    /// a kind that authorises requests otherwise (it overrides
+    /// [`Kind::load_credential`]).
+    fn credential(&self, _key: &str) -> Option<(&'static str, String)> {
+        None
+    }
 
     /// Headers this kind adds to every upstream request, given the client's.
     fn upstream_headers(
@@ -108,7 +112,13 @@ pub trait Kind: Send + Sync {
             (None, None) => String::new(),
             _ => load_credential(p, cfg)?,
         };
-        let (name, value) = self.credential(&key);
+        let (name, value) = self.credential(&key).ok_or_else(|| {
+            anyhow::anyhow!(
+                "provider {}: kind {} takes no API key header",
+                p.name,
+                self.name()
+            )
+        })?;
         let mut value = HeaderValue::from_str(&value).map_err(|_| UpstreamError::BadKey {
             provider: p.name.clone(),
         })?;

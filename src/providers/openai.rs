@@ -35,8 +35,8 @@ impl Kind for Openai {
         CATALOGUE
     }
 
-    fn credential(&self, key: &str) -> (&'static str, String) {
-        ("authorization", format!("Bearer {key}"))
+    fn credential(&self, key: &str) -> Option<(&'static str, String)> {
+        Some(("authorization", format!("Bearer {key}")))
     }
 
     fn upstream_headers(

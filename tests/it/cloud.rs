@@ -162,16 +162,7 @@ fn only(reqs: Vec<Recorded>, what: &str) -> Recorded {
 fn assert_record(r: &Value, provider: &str, upstream: &str, u: Usage, usd: f64) {
     assert_eq!(r["provider"], json!(provider), "{r}");
     assert_eq!(r["upstream_model"], json!(upstream), "{r}");
-    for (field, want) in [
-        ("input_tokens", u.input),
-        ("output_tokens", u.output),
-        ("cache_creation_input_tokens", u.cache_creation),
-        ("cache_read_input_tokens", u.cache_read),
-    ] {
-        assert_eq!(r[field], json!(want), "{field}: {r}");
-    }
-    assert_eq!(r["usage_complete"], json!(true), "{r}");
-    assert_eq!(r["status"], json!(200), "{r}");
+    crate::common::assert_complete_record(r, u);
     assert_usd(r["cost_usd"].as_f64().expect("cost_usd"), usd, "cost_usd");
 }
 

@@ -34,11 +34,6 @@ impl Kind for Bedrock {
         CATALOGUE
     }
 
-    /// Unused: requests are signed (see [`Kind::load_credential`]).
-    fn credential(&self, _key: &str) -> (&'static str, String) {
-        ("authorization", String::new())
-    }
-
     fn uses_api_key(&self) -> bool {
         false
     }

@@ -33,11 +33,6 @@ impl Kind for Vertex {
         CATALOGUE
     }
 
-    /// Unused: each request carries an OAuth token (see [`Kind::load_credential`]).
-    fn credential(&self, _key: &str) -> (&'static str, String) {
-        ("authorization", String::new())
-    }
-
     fn uses_api_key(&self) -> bool {
         false
     }

@@ -101,3 +101,19 @@ impl Env {
         Env { provider, gw }
     }
 }
+
+/// A usage record of a request answered 200 in full: exactly the usage `u`
+/// the provider reported, `usage_complete: true`.
+pub fn assert_complete_record(r: &serde_json::Value, u: Usage) {
+    use serde_json::json;
+    for (field, want) in [
+        ("input_tokens", u.input),
+        ("output_tokens", u.output),
+        ("cache_creation_input_tokens", u.cache_creation),
+        ("cache_read_input_tokens", u.cache_read),
+    ] {
+        assert_eq!(r[field], json!(want), "{field}: {r}");
+    }
+    assert_eq!(r["usage_complete"], json!(true), "{r}");
+    assert_eq!(r["status"], json!(200), "{r}");
+}
