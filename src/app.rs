@@ -3,7 +3,7 @@
 
 use crate::config::{Config, OnError};
 use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
-use crate::limits::Tiers;
+use crate::limits::{Teams, Tiers};
 use crate::providers::Router;
 use crate::sinks::{Ledger, LedgerMetrics, Metrics, ModelLabels, UsageLog};
 use crate::store::{FinishFailed, Store, StoreError, StoreOp};
@@ -30,9 +30,11 @@ pub struct IdentityTokens {
     pub default_ttl: Duration,
 }
 
-/// The tiers and the store that holds their state.
+/// The tiers and teams, and the store that holds their state.
 pub struct Limiter {
     pub tiers: Tiers,
+    /// `limits.teams`: shared limits on top of each member's tier.
+    pub teams: Teams,
     pub store: Arc<dyn Store>,
     /// `store.on_error`.
     pub on_error: OnError,
@@ -95,6 +97,7 @@ impl App {
             pricing: Pricing::new(&cfg.usage.prices),
             limits: Limiter {
                 tiers: Tiers::new(&cfg.limits),
+                teams: Teams::new(&cfg.limits),
                 store,
                 on_error: cfg.store.on_error,
             },

@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use tollgate::report::{Format, GroupField};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +53,43 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Usage reports from the ledger or the usage logs
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsageCommand {
+    /// Sum requests, the four token kinds and cost over UTC days FROM..TO
+    /// (inclusive), grouped by the --by fields, most expensive first.
+    /// Reads the ledger (usage.postgres_url), or the --jsonl files when given
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Config file (YAML); its usage.postgres_url is the ledger
+    #[arg(short = 'c', long = "conf")]
+    pub config: PathBuf,
+    /// First UTC day, YYYY-MM-DD
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub from: String,
+    /// Last UTC day (included), YYYY-MM-DD
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub to: String,
+    /// Group by this field; repeat (or separate with commas) to nest groups,
+    /// outermost first. Without --by: one row of totals
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub by: Vec<GroupField>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Read this usage log instead of the ledger; repeat for several files
+    /// (rotated files and gzip included)
+    #[arg(long, value_name = "PATH")]
+    pub jsonl: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +104,9 @@ pub enum TokenCommand {
         /// Role claim (selects the limits tier, e.g. user, admin)
         #[arg(long)]
         role: Option<String>,
+        /// Team claim (identity.claims.team: the team whose limits also apply)
+        #[arg(long)]
+        team: Option<String>,
         /// Lifetime, e.g. 30m, 24h (default: identity.default_ttl)
         #[arg(long)]
         ttl: Option<String>,

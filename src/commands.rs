@@ -1,6 +1,6 @@
 //! What each command does, in terms of the library's modules.
 
-use crate::cli::{Command, RevokeArgs, TokenCommand};
+use crate::cli::{Command, ReportArgs, RevokeArgs, TokenCommand, UsageCommand};
 use anyhow::{bail, Context};
 use std::process::ExitCode;
 use tollgate::config::check::{check_file, Severity};
@@ -72,6 +72,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 config,
                 sub,
                 role,
+                team,
                 ttl,
             } => {
                 let cfg = Config::load(&config)?;
@@ -86,13 +87,43 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     bail!("--ttl must be positive");
                 }
                 let signer = Signer::from_config(&cfg.identity, &|p| cfg.path(p))?;
-                let issued = signer.issue(&sub, role.as_deref(), ttl)?;
+                let issued = signer.issue_with_team(&sub, role.as_deref(), team.as_deref(), ttl)?;
                 println!("{}", issued.token);
                 Ok(ExitCode::SUCCESS)
             }
             TokenCommand::Revoke(args) => revoke(args),
         },
+        Command::Usage {
+            command: UsageCommand::Report(args),
+        } => usage_report(args),
     }
+}
+
+fn usage_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    use tollgate::report::{self, DayRange, Source};
+    let range = DayRange::parse(&args.from, &args.to)?;
+    let cfg = Config::load(&args.config)?;
+    let source = if !args.jsonl.is_empty() {
+        Source::Jsonl(args.jsonl)
+    } else {
+        match cfg.usage.postgres_url {
+            Some(url) => Source::Ledger(url),
+            None => bail!(
+                "no ledger: set usage.postgres_url in {} or pass --jsonl",
+                args.config.display()
+            ),
+        }
+    };
+    let (report, stats) = report::build(&source, range, &args.by)?;
+    for s in stats.iter().filter(|s| s.malformed > 0) {
+        eprintln!(
+            "warning: skipped {} malformed lines in {}",
+            s.malformed,
+            s.path.display()
+        );
+    }
+    print!("{}", report::render(&report, args.format));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {

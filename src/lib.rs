@@ -12,6 +12,7 @@ pub mod limits;
 pub mod oplog;
 pub mod providers;
 pub mod proxy;
+pub mod report;
 pub mod server;
 pub mod sinks;
 pub mod store;

@@ -6,7 +6,7 @@ use crate::clock::{now_ms, utc_day_string, valid_day};
 use crate::identity::{AuthFailure, Identity};
 use crate::providers::errors::{error_body, ErrorKind};
 use crate::providers::Dialect;
-use crate::store::StoreOp;
+use crate::store::{team_subject, StoreOp};
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 use serde_json::json;
@@ -142,6 +142,8 @@ struct TokenRequest {
     #[serde(default)]
     role: Option<String>,
     #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
     ttl_seconds: Option<u64>,
 }
 
@@ -165,16 +167,16 @@ fn issue_token(app: &App, r: AdminRequest) -> Reply {
             "sub must be a non-empty string without control characters",
         );
     }
-    if req
-        .role
-        .as_deref()
-        .is_some_and(|r| r.chars().any(char::is_control))
-    {
-        return err(
-            400,
-            ErrorKind::InvalidRequest,
-            "role must not contain control characters",
-        );
+    for (name, v) in [("role", &req.role), ("team", &req.team)] {
+        if v.as_deref()
+            .is_some_and(|v| v.chars().any(char::is_control))
+        {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                &format!("{name} must not contain control characters"),
+            );
+        }
     }
     let ttl = req
         .ttl_seconds
@@ -187,7 +189,8 @@ fn issue_token(app: &App, r: AdminRequest) -> Reply {
             "ttl_seconds must be between 1 and 400 days",
         );
     }
-    match signer.issue(&req.sub, req.role.as_deref(), ttl) {
+    let team = req.team.as_deref().filter(|t| !t.is_empty());
+    match signer.issue_with_team(&req.sub, req.role.as_deref(), team, ttl) {
         Ok(t) => {
             log::info!(
                 "admin {}: issued token {} for {}",
@@ -294,24 +297,39 @@ fn percent_decode(s: &str) -> Option<String> {
 
 async fn usage(app: &App, r: AdminRequest) -> Reply {
     let q = r.query.as_deref();
-    let Some(sub) = query_param(q, "sub")
-        .and_then(percent_decode)
-        .filter(|s| !s.is_empty())
-    else {
-        return err(
-            400,
-            ErrorKind::InvalidRequest,
-            "query parameter sub is required",
-        );
+    let given = |name| {
+        query_param(q, name)
+            .and_then(percent_decode)
+            .filter(|s| !s.is_empty())
+    };
+    // A team's totals live under its own store subject, which no `sub`
+    // can name.
+    let (field, id, subject) = match (given("sub"), given("team")) {
+        (Some(sub), None) => ("sub", sub.clone(), sub),
+        (None, Some(team)) => ("team", team.clone(), team_subject(&team)),
+        (Some(_), Some(_)) => {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                "give one of the query parameters sub or team, not both",
+            )
+        }
+        (None, None) => {
+            return err(
+                400,
+                ErrorKind::InvalidRequest,
+                "query parameter sub (or team) is required",
+            )
+        }
     };
     let day = match query_param(q, "day") {
         Some(d) if valid_day(d) => d.to_string(),
         Some(_) => return err(400, ErrorKind::InvalidRequest, "day must be YYYY-MM-DD"),
         None => utc_day_string(now_ms()),
     };
-    match app.limits.store.usage(&sub, &day).await {
-        Ok(t) => ok(json!({
-            "sub": sub,
+    match app.limits.store.usage(&subject, &day).await {
+        Ok(t) => {
+            let mut v = json!({
             "day": day,
             "requests": t.requests,
             "input_tokens": t.input_tokens,
@@ -319,7 +337,10 @@ async fn usage(app: &App, r: AdminRequest) -> Reply {
             "cache_creation_input_tokens": t.cache_creation_input_tokens,
             "cache_read_input_tokens": t.cache_read_input_tokens,
             "cost_usd": t.cost_usd,
-        })),
+            });
+            v[field] = json!(id);
+            ok(v)
+        }
         Err(e) => {
             app.sinks.metrics.store_error(StoreOp::Usage);
             log::warn!("admin: usage read failed: {e}");

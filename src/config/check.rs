@@ -250,29 +250,10 @@ fn check_limits(cfg: &Config, out: &mut Vec<Problem>) {
         )));
     }
     for (name, t) in &l.tiers {
-        if t.usd_per_day.is_some_and(|v| !v.is_finite() || v < 0.0) {
-            out.push(Problem::error(format!(
-                "limits.tiers.{name}.usd_per_day must be a non-negative number"
-            )));
-        }
-        if t.models.as_ref().is_some_and(|m| m.is_empty()) {
-            out.push(Problem::warning(format!(
-                "limits.tiers.{name}.models is empty: the tier may call no model"
-            )));
-        }
-        if t.usd_per_day.is_some() {
-            unpriced_models(cfg, name, t, out);
-        }
-        let typical = l.default_max_tokens.saturating_add(TYPICAL_INPUT_TOKENS);
-        if let Some(tpm) = t.tokens_per_minute.filter(|tpm| *tpm < typical) {
-            out.push(Problem::warning(format!(
-                "limits.tiers.{name}.tokens_per_minute ({tpm}) is below default_max_tokens ({}) \
-                 plus a typical input ({TYPICAL_INPUT_TOKENS} tokens): such requests can never \
-                 be admitted (429); coding agents reserve far more (Claude Code: 70,000-92,000 \
-                 tokens per request)",
-                l.default_max_tokens
-            )));
-        }
+        check_limit_set(cfg, "tiers", name, t, out);
+    }
+    for (name, t) in &l.teams {
+        check_limit_set(cfg, "teams", name, t, out);
     }
     if l.max_body_bytes == 0 {
         out.push(Problem::error("limits.max_body_bytes must be positive"));
@@ -282,12 +263,54 @@ fn check_limits(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+/// One entry of `limits.tiers` or (`section` = `teams`) `limits.teams`.
+fn check_limit_set(
+    cfg: &Config,
+    section: &str,
+    name: &str,
+    t: &super::TierConfig,
+    out: &mut Vec<Problem>,
+) {
+    let l = &cfg.limits;
+    let who = if section == "tiers" { "tier" } else { "team" };
+    if t.usd_per_day.is_some_and(|v| !v.is_finite() || v < 0.0) {
+        out.push(Problem::error(format!(
+            "limits.{section}.{name}.usd_per_day must be a non-negative number"
+        )));
+    }
+    if t.models.as_ref().is_some_and(|m| m.is_empty()) {
+        out.push(Problem::warning(format!(
+            "limits.{section}.{name}.models is empty: the {who} may call no model"
+        )));
+    }
+    if t.usd_per_day.is_some() {
+        unpriced_models(cfg, section, name, t, out);
+    }
+    let typical = l.default_max_tokens.saturating_add(TYPICAL_INPUT_TOKENS);
+    if let Some(tpm) = t.tokens_per_minute.filter(|tpm| *tpm < typical) {
+        out.push(Problem::warning(format!(
+            "limits.{section}.{name}.tokens_per_minute ({tpm}) is below default_max_tokens ({}) \
+             plus a typical input ({TYPICAL_INPUT_TOKENS} tokens): such requests can never \
+             be admitted (429); coding agents reserve far more (Claude Code: 70,000-92,000 \
+             tokens per request)",
+            l.default_max_tokens
+        )));
+    }
+}
+
 /// The input of a typical chat request, in reserved tokens (a 12 KB body).
 const TYPICAL_INPUT_TOKENS: u64 = 4096;
 
 /// A tier with `usd_per_day` refuses (403) every model without a price:
 /// say which of its allowed models have none.
-fn unpriced_models(cfg: &Config, name: &str, t: &super::TierConfig, out: &mut Vec<Problem>) {
+fn unpriced_models(
+    cfg: &Config,
+    section: &str,
+    name: &str,
+    t: &super::TierConfig,
+    out: &mut Vec<Problem>,
+) {
+    let who = if section == "tiers" { "tier" } else { "team" };
     let pricing = crate::usage::Pricing::new(&cfg.usage.prices);
     match &t.models {
         Some(models) => {
@@ -306,15 +329,15 @@ fn unpriced_models(cfg: &Config, name: &str, t: &super::TierConfig, out: &mut Ve
                         None => format!("{m:?}"),
                     };
                     out.push(Problem::warning(format!(
-                        "limits.tiers.{name} sets usd_per_day but usage.prices has no price for \
+                        "limits.{section}.{name} sets usd_per_day but usage.prices has no price for \
                          model {shown}: its requests will be refused (403)"
                     )));
                 }
             }
         }
         None if cfg.usage.prices.is_empty() => out.push(Problem::warning(format!(
-            "limits.tiers.{name} sets usd_per_day but usage.prices is empty: every request \
-             of the tier will be refused (403)"
+            "limits.{section}.{name} sets usd_per_day but usage.prices is empty: every request \
+             of the {who} will be refused (403)"
         ))),
         None => {}
     }

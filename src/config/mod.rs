@@ -221,10 +221,16 @@ pub struct ClaimsConfig {
     pub role: String,
     #[serde(default = "claim_tier")]
     pub tier: String,
+    /// The claim naming the caller's team (a string, or a list).
+    #[serde(default = "claim_team")]
+    pub team: String,
 }
 
 fn claim_sub() -> String {
     "sub".into()
+}
+fn claim_team() -> String {
+    "team".into()
 }
 fn claim_role() -> String {
     "role".into()
@@ -239,6 +245,7 @@ impl Default for ClaimsConfig {
             sub: claim_sub(),
             role: claim_role(),
             tier: claim_tier(),
+            team: claim_team(),
         }
     }
 }
@@ -267,6 +274,10 @@ pub struct LimitsConfig {
     pub default_tier: String,
     #[serde(default)]
     pub tiers: BTreeMap<String, TierConfig>,
+    /// Limits shared by all members of a team, on top of each member's
+    /// tier; `default` applies to each team not listed.
+    #[serde(default)]
+    pub teams: BTreeMap<String, TierConfig>,
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
     #[serde(default = "default_max_body")]
@@ -293,6 +304,7 @@ impl Default for LimitsConfig {
         Self {
             default_tier: default_tier(),
             tiers: BTreeMap::new(),
+            teams: BTreeMap::new(),
             default_max_tokens: default_max_tokens(),
             max_body_bytes: default_max_body(),
             client_timeout: default_client_timeout(),
@@ -403,8 +415,8 @@ pub struct UsageConfig {
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
     /// The usage ledger: every record is also written to Postgres (table
-    /// `tollgate_usage`). Holds a password: print it only through
-    /// [`postgres_url::redacted`].
+    /// `tollgate_usage`); `usage report` reads it. Holds a password: print
+    /// it only through [`postgres_url::redacted`].
     #[serde(default)]
     pub postgres_url: Option<String>,
     /// Where records wait for Postgres; see [`UsageConfig::spool_dir`].

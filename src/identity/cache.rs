@@ -174,6 +174,7 @@ mod tests {
             role: None,
             roles: vec![],
             tier: None,
+            teams: vec![],
             jti: sub.into(),
             twin_jti: None,
             iat: None,

@@ -3,7 +3,7 @@
 //! checking them against the configured issuer, audience and time window.
 //!
 //! Registered claims keep their names (`iss`, `aud`, `exp`, `nbf`, `iat`,
-//! `jti`); the subject, role and tier claims are named by
+//! `jti`); the subject, role, tier and team claims are named by
 //! `identity.claims`, so an IdP's `email` or `groups` can serve as them.
 
 use super::jws::is_object;
@@ -29,6 +29,7 @@ pub(super) struct ClaimNames {
     sub: String,
     role: String,
     tier: String,
+    team: String,
 }
 
 impl ClaimsPolicy {
@@ -41,8 +42,13 @@ impl ClaimsPolicy {
             sub: cfg.claims.sub.clone(),
             role: cfg.claims.role.clone(),
             tier: cfg.claims.tier.clone(),
+            team: cfg.claims.team.clone(),
         };
-        if names.sub.is_empty() || names.role.is_empty() || names.tier.is_empty() {
+        if names.sub.is_empty()
+            || names.role.is_empty()
+            || names.tier.is_empty()
+            || names.team.is_empty()
+        {
             problems.push("identity.claims: claim names must not be empty".into());
         }
         ClaimsPolicy {
@@ -66,6 +72,7 @@ pub(super) struct RawClaims {
     sub: Option<Value>,
     role: Option<Value>,
     tier: Option<Value>,
+    team: Option<Value>,
 }
 
 struct ClaimsVisitor<'a>(&'a ClaimNames);
@@ -91,7 +98,8 @@ impl<'de> Visitor<'de> for ClaimsVisitor<'_> {
         let mut raw = RawClaims::default();
         while let Some(key) = map.next_key::<String>()? {
             let registered = matches!(key.as_str(), "iss" | "aud" | "exp" | "nbf" | "iat" | "jti");
-            let named = key == names.sub || key == names.role || key == names.tier;
+            let named =
+                key == names.sub || key == names.role || key == names.tier || key == names.team;
             if !registered && !named {
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -114,6 +122,9 @@ impl<'de> Visitor<'de> for ClaimsVisitor<'_> {
             }
             if key == names.tier {
                 put(&mut raw.tier, &value)?;
+            }
+            if key == names.team {
+                put(&mut raw.team, &value)?;
             }
         }
         Ok(raw)
@@ -178,6 +189,23 @@ fn optional_text(value: Option<Value>) -> Result<Option<String>, AuthError> {
     }
 }
 
+/// A claim holding a string or a list of strings, as its values.
+fn text_list(value: Option<Value>) -> Result<Vec<String>, AuthError> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                if let Some(v) = optional_text(Some(item))? {
+                    out.push(v);
+                }
+            }
+            Ok(out)
+        }
+        other => Ok(optional_text(other)?.into_iter().collect()),
+    }
+}
+
 impl ClaimsPolicy {
     /// `twin_jti` gives the revocation id of the token's other valid
     /// spelling, if it has one; asked only for a token without `jti`.
@@ -221,19 +249,8 @@ impl ClaimsPolicy {
             }
             _ => return Err(AuthError::MissingSubject),
         };
-        let roles = match raw.role {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => {
-                let mut roles = Vec::with_capacity(items.len());
-                for item in items {
-                    if let Some(role) = optional_text(Some(item))? {
-                        roles.push(role);
-                    }
-                }
-                roles
-            }
-            other => optional_text(other)?.into_iter().collect(),
-        };
+        let roles = text_list(raw.role)?;
+        let teams = text_list(raw.team)?;
         let tier = optional_text(raw.tier)?;
         let (jti, twin_jti) = match optional_text(raw.jti)? {
             Some(jti) => (jti, None),
@@ -244,6 +261,7 @@ impl ClaimsPolicy {
             role: roles.first().cloned(),
             roles,
             tier,
+            teams,
             jti,
             twin_jti,
             iat,

@@ -164,3 +164,37 @@ fn custom_claim_names() {
         Err(AuthError::MissingSubject)
     );
 }
+
+#[test]
+fn team_claim_string_or_list() {
+    let mut env = Env::new(&[(KeyAlg::EdDsa, None)]);
+    let mut claims = env.claims();
+    assert!(env
+        .verifier
+        .verify_uncached(&env.sign(0, &claims))
+        .unwrap()
+        .teams
+        .is_empty());
+    claims["team"] = json!("research");
+    let id = env.verifier.verify_uncached(&env.sign(0, &claims)).unwrap();
+    assert_eq!(id.teams, vec!["research".to_string()]);
+    claims["team"] = json!(["eng", "", "research"]);
+    let id = env.verifier.verify_uncached(&env.sign(0, &claims)).unwrap();
+    assert_eq!(id.teams, vec!["eng".to_string(), "research".to_string()]);
+    for bad in [json!("a\nb"), json!(["ok", "x\r\n"]), json!(7), json!([{}])] {
+        claims["team"] = bad.clone();
+        assert_eq!(
+            env.verifier.verify_uncached(&env.sign(0, &claims)),
+            Err(AuthError::Malformed),
+            "{bad}"
+        );
+    }
+    // Renamed: an IdP's `department` claim names the team.
+    env.cfg.claims.team = "department".into();
+    let verifier = env.rebuild();
+    let mut claims = env.claims();
+    claims["team"] = json!("ignored");
+    claims["department"] = json!("finance");
+    let id = verifier.verify(&env.sign(0, &claims)).unwrap();
+    assert_eq!(id.teams, vec!["finance".to_string()]);
+}

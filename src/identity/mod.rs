@@ -69,6 +69,9 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The tier claim (`identity.claims.tier`, `tier` by default).
     pub tier: Option<String>,
+    /// Every value of the team claim (`identity.claims.team`); which one is
+    /// the caller's team is policy (`limits::Teams`).
+    pub teams: Vec<String>,
     /// The revocation id: the `jti` claim, else the lowercase hex SHA-256 of
     /// the token text.
     pub jti: String,

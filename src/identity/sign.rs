@@ -34,6 +34,7 @@ pub struct Signer {
     audience: Option<String>,
     sub_claim: String,
     role_claim: String,
+    team_claim: String,
 }
 
 impl fmt::Debug for Signer {
@@ -201,6 +202,7 @@ impl Signer {
             audience: cfg.audience.clone(),
             sub_claim: cfg.claims.sub.clone(),
             role_claim: cfg.claims.role.clone(),
+            team_claim: cfg.claims.team.clone(),
         })
     }
 
@@ -209,9 +211,24 @@ impl Signer {
     /// When `identity.claims` renames the subject or role claim, the value is
     /// written under that name too, so our own verifier reads it back.
     pub fn issue(&self, sub: &str, role: Option<&str>, ttl: Duration) -> anyhow::Result<Issued> {
+        self.issue_with_team(sub, role, None, ttl)
+    }
+
+    /// [`issue`](Self::issue) with a team claim (`identity.claims.team`,
+    /// `team` by default) when `team` is given.
+    pub fn issue_with_team(
+        &self,
+        sub: &str,
+        role: Option<&str>,
+        team: Option<&str>,
+        ttl: Duration,
+    ) -> anyhow::Result<Issued> {
         check_text("sub", sub)?;
         if let Some(role) = role {
             check_text("role", role)?;
+        }
+        if let Some(team) = team {
+            check_text("team", team)?;
         }
         let ttl = ttl
             .as_secs()
@@ -237,6 +254,9 @@ impl Signer {
         if let Some(role) = role {
             claims.insert("role".into(), Value::from(role));
             claims.insert(self.role_claim.clone(), Value::from(role));
+        }
+        if let Some(team) = team {
+            claims.insert(self.team_claim.clone(), Value::from(team));
         }
         claims.insert("iat".into(), Value::from(iat));
         claims.insert("nbf".into(), Value::from(iat));

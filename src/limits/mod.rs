@@ -1,11 +1,13 @@
-//! Policy: which tier a caller is in, what that tier allows (its limits and
+//! Policy: which tier and team a caller is in, what that tier allows (its limits and
 //! model allow-list), and the rate-limit headers a caller is shown. The
 //! counting itself is the [`Store`](crate::store::Store)'s.
 
 mod glob;
+mod teams;
 mod tiers;
 
 pub use glob::{glob_match, is_glob};
+pub use teams::{Team, Teams};
 pub use tiers::{Tier, Tiers};
 
 /// Values for the `x-ratelimit-*` response headers; `None` where the tier

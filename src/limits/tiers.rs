@@ -15,7 +15,7 @@ pub struct Tier {
 }
 
 impl Tier {
-    fn new(name: &str, c: &TierConfig) -> Self {
+    pub(super) fn new(name: &str, c: &TierConfig) -> Self {
         Self {
             name: name.to_string(),
             admit: AdmitLimits {

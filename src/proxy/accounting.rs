@@ -4,7 +4,7 @@
 //! part is handed over earlier, at the response's last byte, when the store
 //! can take it ([`settle_at_last_byte`]).
 
-use super::ctx::{Ctx, Lease};
+use super::ctx::{Ctx, Hold, Lease};
 use crate::app::App;
 use crate::clock::{now_ms, utc_day_string};
 use crate::config::Price;
@@ -53,7 +53,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .as_ref()
             .map(|c| c.tier.name.clone())
             .unwrap_or_default(),
-        team: None,
+        team: ctx.team().map(|t| t.name.clone()),
         jti: ctx.identity().map(|i| i.jti.clone()).unwrap_or_default(),
         provider: provider.clone(),
         model: used.model.clone(),
@@ -92,6 +92,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .label(used.model.as_deref().unwrap_or("")),
         status,
         ctx.sub(),
+        ctx.team().map_or("", |t| t.name.as_str()),
         TokenCounts {
             input: u.input_tokens,
             output: u.output_tokens,
@@ -180,7 +181,9 @@ fn charge(ctx: &Ctx, lease: &Lease, used: &Used) -> Charge {
     if used.complete || !(ctx.reached || ctx.attempts.unanswered) {
         return seen;
     }
-    match lease.reservation {
+    // Both scopes reserve the same worst case; a caller whose tier has no
+    // budget may still hold one in its team.
+    match lease.own.reservation.or(lease.team.reservation) {
         Some(r) => Charge {
             tokens: seen.tokens.max(r.tokens),
             usd: seen.usd.max(r.usd),
@@ -200,21 +203,22 @@ fn day_totals(u: &Usage, cost: f64) -> DayTotals {
     }
 }
 
-/// The store's view of settling `lease` with `charge`: the reservation, or
-/// a reservation of nothing so that usage seen without one is still charged.
+/// The store's view of settling one scope's `hold` with `charge`: its
+/// reservation, or a reservation of nothing so that usage seen without one
+/// is still charged.
 fn finish_of<'a>(
-    sub: &'a str,
-    lease: Lease,
+    subject: &'a str,
+    hold: Hold,
     charge: Charge,
     totals: Option<(&'a str, &'a DayTotals)>,
 ) -> Finish<'a> {
-    let reservation = lease.reservation.or_else(|| {
-        (lease.budgeted && (charge.tokens > 0 || charge.usd > 0.0))
+    let reservation = hold.reservation.or_else(|| {
+        (hold.budgeted && (charge.tokens > 0 || charge.usd > 0.0))
             .then(|| Reservation::nothing(now_ms()))
     });
     Finish {
-        sub,
-        slot_held: lease.slot_held,
+        sub: subject,
+        slot_held: hold.slot_held,
         reservation,
         actual_tokens: charge.tokens,
         actual_usd: charge.usd,
@@ -222,8 +226,27 @@ fn finish_of<'a>(
     }
 }
 
+/// The finishes of a request's lease: the caller's scope, then its team's
+/// when it has one (the team gets the same charge and day totals).
+fn finishes<'a>(
+    ctx: &'a Ctx,
+    lease: Lease,
+    charge: Charge,
+    totals: Option<(&'a str, &'a DayTotals)>,
+) -> impl Iterator<Item = Finish<'a>> {
+    let own = finish_of(ctx.sub(), lease.own, charge, totals);
+    let team = ctx
+        .team()
+        .map(|t| finish_of(&t.subject, lease.team, charge, totals));
+    std::iter::once(own).chain(team)
+}
+
+fn is_empty(done: &Finish<'_>) -> bool {
+    !done.slot_held && done.reservation.is_none() && done.totals.is_none()
+}
+
 /// At the response's last byte, hands the store everything the request held
-/// and used (slot, settled reservation, the day's totals) without waiting:
+/// and used (slots, settled reservations, the day's totals) without waiting:
 /// the client's next request, on any connection, then finds its slot free
 /// and its budget settled, and this connection does not wait a store round
 /// trip before serving its next request. What is billed does not depend on
@@ -239,19 +262,20 @@ pub fn settle_at_last_byte(app: &App, ctx: &mut Ctx) {
     let charge = charge(ctx, &lease, &used);
     let totals = day_totals(&used.metered.usage, used.cost);
     let day = utc_day_string(now_ms());
-    let done = finish_of(ctx.sub(), lease, charge, Some((&day, &totals)));
-    if !app
-        .limits
-        .store
-        .finish_early(done, &app.sinks.finish_failed)
-    {
+    let store = &app.limits.store;
+    // A store takes every finish early or none (it declines only before its
+    // connection ever started), so the first answers for all.
+    let taken = finishes(ctx, lease, charge, Some((&day, &totals)))
+        .all(|done| store.finish_early(done, &app.sinks.finish_failed));
+    if !taken {
         // The store wants it done in `logging`.
         ctx.lease = Some(lease);
     }
 }
 
-/// One store call for everything the request held: the concurrency slot,
-/// the budget reservation (settled to the charge) and the day's totals.
+/// One store call per scope for everything the request held: the
+/// concurrency slot, the budget reservation (settled to the charge) and the
+/// day's totals.
 async fn release(
     app: &App,
     ctx: &Ctx,
@@ -259,16 +283,17 @@ async fn release(
     charge: Charge,
     totals: Option<(&str, &DayTotals)>,
 ) {
-    let done = finish_of(ctx.sub(), lease, charge, totals);
-    if !done.slot_held && done.reservation.is_none() && done.totals.is_none() {
-        return;
-    }
-    if let Err(e) = app.limits.store.finish(done).await {
-        app.sinks.metrics.store_error(StoreOp::Finish);
-        log::warn!(
-            "request {}: releasing limits state failed: {e}",
-            ctx.request_id
-        );
+    for done in finishes(ctx, lease, charge, totals) {
+        if is_empty(&done) {
+            continue;
+        }
+        if let Err(e) = app.limits.store.finish(done).await {
+            app.sinks.metrics.store_error(StoreOp::Finish);
+            log::warn!(
+                "request {}: releasing limits state failed: {e}",
+                ctx.request_id
+            );
+        }
     }
 }
 
@@ -278,7 +303,7 @@ mod tests {
 
     #[test]
     fn nothing_reserved_is_charged_through_a_reservation_of_nothing() {
-        let lease = Lease {
+        let lease = Hold {
             slot_held: false,
             reservation: None,
             budgeted: true,
@@ -299,7 +324,7 @@ mod tests {
         assert!(finish_of("a", lease, Charge::default(), None)
             .reservation
             .is_none());
-        let unbudgeted = Lease {
+        let unbudgeted = Hold {
             budgeted: false,
             ..lease
         };

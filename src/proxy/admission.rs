@@ -3,18 +3,21 @@
 //! fits their tier and budget. Free of Pingora's session so it can be
 //! tested directly.
 
-use super::ctx::{Caller, Ctx, Lease, Routed};
+use super::ctx::{Caller, Ctx, Hold, Lease, Routed};
 use super::error::GatewayError;
 use crate::app::App;
 use crate::clock::now_ms;
 use crate::config::OnError;
 use crate::config::Price;
 use crate::identity::{AuthFailure, Identity};
+use crate::limits::{Team, Tier};
 use crate::providers::body::{self, RequestInfo};
 use crate::providers::models::Deployment;
 use crate::providers::router::Router;
 use crate::providers::{Endpoint, Metering};
-use crate::store::{Admission, BudgetAsk, Limit, LimitKind, Reserved, StoreOp};
+use crate::store::{
+    Admission, BudgetAsk, Limit, LimitKind, PairGrant, PairReserved, Reserved, Scope, Side, StoreOp,
+};
 use crate::usage::Pricing;
 use http::{HeaderMap, Method};
 use std::sync::Arc;
@@ -64,14 +67,27 @@ fn set_caller(app: &App, ctx: &mut Ctx, identity: Arc<Identity>) {
         .tiers
         .resolve(identity.tier.as_deref(), &identity.roles)
         .clone();
+    let team = app.limits.teams.resolve(&identity.teams).map(Arc::new);
     ctx.rate.limit_requests = tier.admit.requests_per_minute;
     ctx.rate.limit_tokens = tier.budget.tokens_per_minute;
     ctx.rate.remaining_tokens = tier.budget.tokens_per_minute;
     ctx.lease = Some(Lease {
-        budgeted: !tier.budget.is_unlimited(),
-        ..Lease::default()
+        own: Hold {
+            budgeted: !tier.budget.is_unlimited(),
+            ..Hold::default()
+        },
+        team: Hold {
+            budgeted: team
+                .as_ref()
+                .is_some_and(|t| !t.limits.budget.is_unlimited()),
+            ..Hold::default()
+        },
     });
-    ctx.caller = Some(Caller { identity, tier });
+    ctx.caller = Some(Caller {
+        identity,
+        tier,
+        team,
+    });
 }
 
 fn caller(ctx: &Ctx) -> Result<Caller, GatewayError> {
@@ -82,7 +98,19 @@ fn caller(ctx: &Ctx) -> Result<Caller, GatewayError> {
 /// For a request whose body is read before anything else, use
 /// [`approve_body`] with [`Admit::WithBody`] instead: one store call.
 pub async fn admit(app: &App, ctx: &mut Ctx) -> Result<(), GatewayError> {
-    let Caller { identity, tier } = caller(ctx)?;
+    let Caller {
+        identity,
+        tier,
+        team,
+    } = caller(ctx)?;
+    if let Some(team) = team.filter(|t| !t.limits.admit.is_unlimited()) {
+        let user = Scope {
+            subject: &identity.sub,
+            admit: tier.admit,
+            budget: None,
+        };
+        return pair(app, ctx, user, team_scope(&team, None), StoreOp::Admit).await;
+    }
     if tier.admit.is_unlimited() {
         return Ok(());
     }
@@ -99,10 +127,91 @@ pub async fn admit(app: &App, ctx: &mut Ctx) -> Result<(), GatewayError> {
 }
 
 fn refused(app: &App, err: GatewayError) -> GatewayError {
-    if let Some(limit) = err.limit {
-        app.sinks.metrics.rate_limited(limit.label());
+    if let Some(label) = err.limit_label() {
+        app.sinks.metrics.rate_limited(label);
     }
     err
+}
+
+fn team_scope(team: &Team, budget: Option<BudgetAsk>) -> Scope<'_> {
+    Scope {
+        subject: &team.subject,
+        admit: team.limits.admit,
+        budget,
+    }
+}
+
+/// Admits and/or reserves in the caller's and its team's scopes at once
+/// (a scope asking for nothing passes unlimited admission limits).
+async fn pair(
+    app: &App,
+    ctx: &mut Ctx,
+    user: Scope<'_>,
+    team: Scope<'_>,
+    op: StoreOp,
+) -> Result<(), GatewayError> {
+    let admitting = !user.admit.is_unlimited() || !team.admit.is_unlimited();
+    match app
+        .limits
+        .store
+        .admit_reserve_pair(user, team, now_ms())
+        .await
+    {
+        Ok(g) => apply_pair(app, ctx, g, admitting),
+        Err(e) if app.store_failure_allows(op, &e) => Ok(()),
+        Err(_) => Err(GatewayError::store_down()),
+    }
+}
+
+fn apply_pair(app: &App, ctx: &mut Ctx, g: PairGrant, admitting: bool) -> Result<(), GatewayError> {
+    let (user_slot, team_slot, remaining_requests, reserved) = match g {
+        PairGrant::Refused {
+            side: Side::User,
+            refusal,
+        } => return apply_admission(app, ctx, Admission::Refused(refusal)),
+        PairGrant::Refused {
+            side: Side::Team,
+            refusal,
+        } => return Err(refused(app, GatewayError::team_limited(refusal))),
+        PairGrant::Admitted {
+            user_slot,
+            team_slot,
+            remaining_requests,
+            reserved,
+        } => (user_slot, team_slot, remaining_requests, reserved),
+    };
+    if admitting {
+        ctx.rate.remaining_requests = remaining_requests;
+    }
+    if let Some(lease) = ctx.lease.as_mut() {
+        lease.own.slot_held |= user_slot;
+        lease.team.slot_held |= team_slot;
+    }
+    match reserved {
+        PairReserved::Nothing => Ok(()),
+        PairReserved::Reserved {
+            user,
+            team,
+            remaining_tokens_minute,
+        } => {
+            if let Some(lease) = ctx.lease.as_mut() {
+                lease.own.reservation = user;
+                lease.team.reservation = team;
+            }
+            if user.is_some() {
+                ctx.rate.remaining_tokens = remaining_tokens_minute;
+            }
+            Ok(())
+        }
+        PairReserved::Refused {
+            side: Side::User,
+            refusal,
+        } => apply_reserved(app, ctx, Reserved::Refused(refusal)),
+        PairReserved::Refused {
+            side: Side::Team,
+            refusal,
+        } => Err(refused(app, GatewayError::team_limited(refusal))),
+    }
 }
 
 fn apply_admission(app: &App, ctx: &mut Ctx, a: Admission) -> Result<(), GatewayError> {
@@ -113,7 +222,7 @@ fn apply_admission(app: &App, ctx: &mut Ctx, a: Admission) -> Result<(), Gateway
         } => {
             ctx.rate.remaining_requests = remaining_requests;
             if let Some(lease) = ctx.lease.as_mut() {
-                lease.slot_held = slot_held;
+                lease.own.slot_held = slot_held;
             }
             Ok(())
         }
@@ -133,7 +242,7 @@ fn apply_reserved(app: &App, ctx: &mut Ctx, r: Reserved) -> Result<(), GatewayEr
             remaining_tokens_minute,
         } => {
             if let Some(lease) = ctx.lease.as_mut() {
-                lease.reservation = Some(reservation);
+                lease.own.reservation = Some(reservation);
             }
             ctx.rate.remaining_tokens = remaining_tokens_minute;
             Ok(())
@@ -176,28 +285,77 @@ pub async fn approve_body(
         }
     };
     let rewritten = body::rewrite_for_usage(endpoint, raw, &info);
-    let Caller { identity, tier } = caller(ctx)?;
+    let Caller {
+        identity,
+        tier,
+        team,
+    } = caller(ctx)?;
     let planned = plan(app, ctx, endpoint, &info, &identity.sub, mode);
     let checked = planned.and_then(|(plan, routed)| {
-        model_rules(app, &tier, endpoint, &info, &plan)?;
+        model_rules(app, "tier", &tier.name, &tier, endpoint, &info, &plan)?;
+        if let Some(t) = &team {
+            model_rules(app, "team", &t.name, &t.limits, endpoint, &info, &plan)?;
+        }
         Ok((plan, routed))
     });
     let (plan, routed) = match checked {
         Ok(planned) => planned,
         Err(err) => return Err(admit_before_refusing(app, ctx, mode, err).await),
     };
-    let ask = budget_ask(app, &tier, endpoint, &info, &plan);
+    let worst = worst_case(app, endpoint, &info, &plan);
+    let ask = worst.and_then(|w| ask_for(&tier, w));
+    let team_ask = team
+        .as_ref()
+        .and_then(|t| worst.and_then(|w| ask_for(&t.limits, w)));
     ctx.attempts.plan = plan;
     ctx.attempts.routed = routed;
-    if let Some(err) = ask
+    let names_cap = info.max_tokens.is_some();
+    let never = ask
         .as_ref()
-        .and_then(|a| impossible(a, info.max_tokens.is_some()))
-    {
+        .and_then(|a| impossible("tier", a, names_cap))
+        .or_else(|| {
+            team_ask
+                .as_ref()
+                .and_then(|a| impossible("team", a, names_cap))
+        });
+    if let Some(err) = never {
         ctx.info = Some(info);
         let err = refused(app, err);
         return Err(admit_before_refusing(app, ctx, mode, err).await);
     }
     ctx.info = Some(info);
+    if let Some(t) = &team {
+        let admit_team = mode == Admit::WithBody && !t.limits.admit.is_unlimited();
+        if admit_team || team_ask.is_some() {
+            let with_admission = mode == Admit::WithBody;
+            let user = Scope {
+                subject: &identity.sub,
+                admit: if with_admission {
+                    tier.admit
+                } else {
+                    Default::default()
+                },
+                budget: ask,
+            };
+            let team_scope = Scope {
+                subject: &t.subject,
+                admit: if with_admission {
+                    t.limits.admit
+                } else {
+                    Default::default()
+                },
+                budget: team_ask,
+            };
+            let op = if with_admission {
+                StoreOp::Admit
+            } else {
+                StoreOp::Reserve
+            };
+            return pair(app, ctx, user, team_scope, op)
+                .await
+                .map(|()| rewritten);
+        }
+    }
     let with_admission = mode == Admit::WithBody && !tier.admit.is_unlimited();
     let Some(ask) = ask else {
         if with_admission {
@@ -285,7 +443,9 @@ fn deployment_price<'a>(
 /// not held to either.
 fn model_rules(
     app: &App,
-    tier: &crate::limits::Tier,
+    who: &str,
+    name: &str,
+    tier: &Tier,
     endpoint: Endpoint,
     info: &RequestInfo,
     plan: &[Deployment],
@@ -306,9 +466,8 @@ fn model_rules(
     };
     if !tier.allows_model(info.model.as_deref()) {
         return Err(GatewayError::forbidden(format!(
-            "model {} is not allowed for tier {}",
+            "model {} is not allowed for {who} {name}",
             shown(),
-            tier.name
         )));
     }
     if tier.budget.usd_per_day.is_none() {
@@ -335,18 +494,14 @@ fn model_rules(
     Ok(())
 }
 
-/// The worst case to reserve, when the tier has budgets and the endpoint
-/// generates tokens.
-fn budget_ask(
+/// The worst case a request may use, in tokens and dollars, when its
+/// endpoint generates tokens.
+fn worst_case(
     app: &App,
-    tier: &crate::limits::Tier,
     endpoint: Endpoint,
     info: &RequestInfo,
     plan: &[Deployment],
-) -> Option<BudgetAsk> {
-    if tier.budget.is_unlimited() {
-        return None;
-    }
+) -> Option<(u64, f64)> {
     let output = match endpoint.metering() {
         Metering::Generation => info.output_reservation(app.request.default_max_tokens),
         Metering::InputOnly => 0,
@@ -362,16 +517,21 @@ fn budget_ask(
             })
         })
         .fold(0.0, f64::max);
-    Some(BudgetAsk {
-        tokens: info.input_estimate.saturating_add(output),
+    Some((info.input_estimate.saturating_add(output), usd))
+}
+
+/// The worst case to reserve against `limits`, when they set budgets.
+fn ask_for(limits: &Tier, (tokens, usd): (u64, f64)) -> Option<BudgetAsk> {
+    (!limits.budget.is_unlimited()).then_some(BudgetAsk {
+        tokens,
         usd,
-        limits: tier.budget,
+        limits: limits.budget,
     })
 }
 
 /// The refusal of a request whose worst case alone exceeds a whole limit
 /// (one that resets per minute, or a whole day's budget).
-fn impossible(ask: &BudgetAsk, names_cap: bool) -> Option<GatewayError> {
+fn impossible(who: &str, ask: &BudgetAsk, names_cap: bool) -> Option<GatewayError> {
     let fix = if names_cap {
         "lower max_tokens"
     } else {
@@ -380,6 +540,7 @@ fn impossible(ask: &BudgetAsk, names_cap: bool) -> Option<GatewayError> {
     let l = &ask.limits;
     if let Some(tpm) = l.tokens_per_minute.filter(|tpm| ask.tokens > *tpm) {
         return Some(GatewayError::impossible(
+            who,
             format!("{} tokens", ask.tokens),
             format!("{tpm} per minute"),
             fix,
@@ -388,6 +549,7 @@ fn impossible(ask: &BudgetAsk, names_cap: bool) -> Option<GatewayError> {
     }
     if let Some(tpd) = l.tokens_per_day.filter(|tpd| ask.tokens > *tpd) {
         return Some(GatewayError::impossible(
+            who,
             format!("{} tokens", ask.tokens),
             format!("{tpd} per day"),
             fix,
@@ -396,6 +558,7 @@ fn impossible(ask: &BudgetAsk, names_cap: bool) -> Option<GatewayError> {
     }
     if let Some(usd) = l.usd_per_day.filter(|usd| ask.usd > *usd) {
         return Some(GatewayError::impossible(
+            who,
             format!("up to {:.4} USD", ask.usd),
             format!("{usd} USD per day"),
             fix,

@@ -2,7 +2,7 @@
 
 use super::error::GatewayError;
 use crate::identity::Identity;
-use crate::limits::{RateHeaders, Tier};
+use crate::limits::{RateHeaders, Team, Tier};
 use crate::providers::body::RequestInfo;
 use crate::providers::models::Deployment;
 use crate::providers::reply::Reply;
@@ -21,23 +21,34 @@ pub struct Routed {
     pub endpoint: Endpoint,
 }
 
-/// Who is calling, and the tier whose limits apply.
+/// Who is calling, the tier whose limits apply, and the team (if any)
+/// whose limits apply too.
 #[derive(Clone)]
 pub struct Caller {
     pub identity: Arc<Identity>,
     pub tier: Arc<Tier>,
+    pub team: Option<Arc<Team>>,
 }
 
-/// What the store holds for one request until it is settled: its
-/// concurrency slot and its budget reservation. Exactly one party settles
-/// it — the response's last byte, or the end of the request — by taking it
-/// out of the context, so nothing is released twice or forgotten.
+/// What the store holds for one request until it is settled, in the
+/// caller's own scope and in its team's. Exactly one party settles it —
+/// the response's last byte, or the end of the request — by taking it out
+/// of the context, so nothing is released twice or forgotten.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Lease {
+    pub own: Hold,
+    /// Nothing held when the caller has no team.
+    pub team: Hold,
+}
+
+/// One scope's part of a [`Lease`]: its concurrency slot and its budget
+/// reservation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hold {
     pub slot_held: bool,
     pub reservation: Option<Reservation>,
-    /// The tier has token or dollar limits: usage seen must be charged even
-    /// where nothing was reserved (the store failed open).
+    /// The scope has token or dollar limits: usage seen must be charged
+    /// even where nothing was reserved (the store failed open).
     pub budgeted: bool,
 }
 
@@ -180,6 +191,10 @@ impl Ctx {
 
     pub fn sub(&self) -> &str {
         self.identity().map_or("", |i| i.sub.as_str())
+    }
+
+    pub fn team(&self) -> Option<&Arc<Team>> {
+        self.caller.as_ref().and_then(|c| c.team.as_ref())
     }
 }
 

@@ -18,6 +18,8 @@ pub struct GatewayError {
     pub retry_after: Option<u64>,
     /// The limit that refused the request, for a 429.
     pub limit: Option<LimitKind>,
+    /// That limit is the caller's team's, not its own.
+    pub team_limit: bool,
 }
 
 impl GatewayError {
@@ -28,6 +30,7 @@ impl GatewayError {
             message: message.into(),
             retry_after: None,
             limit: None,
+            team_limit: false,
         }
     }
 
@@ -78,15 +81,45 @@ impl GatewayError {
         e
     }
 
-    /// A request whose reservation alone exceeds a whole limit: it can never
-    /// be admitted, so nothing tells the client to wait and retry.
-    pub fn impossible(need: String, allows: String, fix: &str, limit: LimitKind) -> Self {
+    /// A refusal by one of the caller's team's limits.
+    pub fn team_limited(r: Refusal) -> Self {
+        let what = match r.limit.kind() {
+            LimitKind::Budget => "team budget exceeded",
+            _ => "team rate limit exceeded",
+        };
         let mut e = Self::new(
             429,
             ErrorKind::RateLimit,
-            format!("request needs {need}; tier allows {allows}: {fix}"),
+            format!("{what}: {}", r.limit.key()),
+        );
+        e.retry_after = Some(r.retry_after_secs.max(1));
+        e.limit = Some(r.limit.kind());
+        e.team_limit = true;
+        e
+    }
+
+    /// The `limit` label of `tollgate_rate_limited_total` for this refusal.
+    pub fn limit_label(&self) -> Option<&'static str> {
+        self.limit.map(|l| l.label_for(self.team_limit))
+    }
+
+    /// A request whose reservation alone exceeds a whole limit of `who`
+    /// (`tier` or `team`): it can never be admitted, so nothing tells the
+    /// client to wait and retry.
+    pub fn impossible(
+        who: &str,
+        need: String,
+        allows: String,
+        fix: &str,
+        limit: LimitKind,
+    ) -> Self {
+        let mut e = Self::new(
+            429,
+            ErrorKind::RateLimit,
+            format!("request needs {need}; {who} allows {allows}: {fix}"),
         );
         e.limit = Some(limit);
+        e.team_limit = who == "team";
         e
     }
 

@@ -181,11 +181,11 @@ impl Metrics {
                 )?,
                 tokens: IntCounterVec::new(
                     Opts::new("tollgate_tokens_total", TOKENS_HELP),
-                    &["provider", "model", "kind"],
+                    &["provider", "model", "kind", "team"],
                 )?,
                 cost: CounterVec::new(
                     Opts::new("tollgate_cost_usd_total", COST_HELP),
-                    &["provider", "model"],
+                    &["provider", "model", "team"],
                 )?,
             }
         };
@@ -348,6 +348,7 @@ impl Metrics {
         model: &str,
         status: u16,
         user: &str,
+        team: &str,
         tokens: TokenCounts,
         cost_usd: f64,
         duration: Duration,
@@ -366,6 +367,7 @@ impl Metrics {
         match &i.usage {
             UsageCounters::PerUser(users) => users.record(
                 or_unknown(user),
+                team,
                 provider,
                 model,
                 status,
@@ -388,10 +390,12 @@ impl Metrics {
                     ("cache_creation", tokens.cache_creation),
                 ] {
                     token_vec
-                        .with_label_values(&[provider, model, kind])
+                        .with_label_values(&[provider, model, kind, team])
                         .inc_by(count);
                 }
-                cost_vec.with_label_values(&[provider, model]).inc_by(cost);
+                cost_vec
+                    .with_label_values(&[provider, model, team])
+                    .inc_by(cost);
             }
         }
         i.duration
@@ -411,6 +415,7 @@ impl Metrics {
         match &self.inner.usage {
             UsageCounters::PerUser(users) => users.record(
                 or_unknown(user),
+                "",
                 provider,
                 model,
                 status,

@@ -227,6 +227,28 @@ impl Store for MemoryStore {
         }))
     }
 
+    /// Exact: the admission at `now_ms` leaves the window and its slot is
+    /// freed, as if it never happened.
+    async fn unadmit(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        limits: AdmitLimits,
+        slot_held: bool,
+    ) -> Result<(), StoreError> {
+        if let Some(mut s) = self.subjects.get_mut(sub) {
+            if limits.requests_per_minute.is_some() {
+                if let Some(i) = s.admitted.iter().rposition(|&t| t == now_ms) {
+                    s.admitted.remove(i);
+                }
+            }
+            if slot_held {
+                s.concurrent = s.concurrent.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
     /// Everything is in memory: done here and now.
     fn finish_early(&self, done: Finish<'_>, _failed: &FinishFailed) -> bool {
         self.finish_now(done);

@@ -4,6 +4,7 @@
 //! callers pass the limits to enforce, the store applies them atomically.
 
 pub mod memory;
+pub mod pair;
 pub mod redis;
 pub mod window;
 
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryStore;
+pub use pair::{team_subject, PairGrant, PairReserved, Scope, Side};
 pub use redis::RedisStore;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -77,6 +79,20 @@ impl LimitKind {
             LimitKind::Concurrent => "concurrent",
             LimitKind::Tokens => "tokens",
             LimitKind::Budget => "budget",
+        }
+    }
+
+    /// The label of a refusal by this kind of limit, the caller's own or
+    /// (`team`) its team's.
+    pub fn label_for(self, team: bool) -> &'static str {
+        if !team {
+            return self.label();
+        }
+        match self {
+            LimitKind::Requests => "team_requests",
+            LimitKind::Concurrent => "team_concurrent",
+            LimitKind::Tokens => "team_tokens",
+            LimitKind::Budget => "team_budget",
         }
     }
 }
@@ -348,6 +364,35 @@ pub trait Store: Send + Sync + 'static {
         budget: Option<BudgetAsk>,
     ) -> Result<(Admission, Option<Reserved>), StoreError> {
         admit_then_reserve(self, sub, now_ms, admit, budget).await
+    }
+
+    /// [`Store::admit_reserve`] for a caller and its team at once: admitted
+    /// only when both scopes admit, reserved only when both scopes' budgets
+    /// allow (see [`PairGrant`]). A networked store makes it one atomic step.
+    async fn admit_reserve_pair(
+        &self,
+        user: Scope<'_>,
+        team: Scope<'_>,
+        now_ms: u64,
+    ) -> Result<PairGrant, StoreError> {
+        pair::admit_reserve_stepwise(self, user, team, now_ms).await
+    }
+
+    /// Gives back what [`Store::admit`] just took for `sub` at `now_ms`
+    /// under `limits` (its team then refused the request). A store that
+    /// cannot tell one admission from another gives back the slot only:
+    /// the request still counts in the caller's requests-per-minute window.
+    async fn unadmit(
+        &self,
+        sub: &str,
+        _now_ms: u64,
+        _limits: AdmitLimits,
+        slot_held: bool,
+    ) -> Result<(), StoreError> {
+        if !slot_held {
+            return Ok(());
+        }
+        self.finish(Finish::slot_only(sub)).await
     }
 
     /// Reserves a worst case against every budget at once, or nothing.

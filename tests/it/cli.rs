@@ -208,6 +208,41 @@ fn check_warns_about_a_tier_too_small_for_a_default_request() {
     assert!(!text.contains("limits.tiers.roomy"), "{text}");
 }
 
+/// `limits.teams` entries are checked like tiers, and a misspelt team
+/// limit is an unknown key.
+#[test]
+fn check_holds_teams_to_the_rules_of_tiers() {
+    let s = setup();
+    let mut config = s.config.clone();
+    config["limits"]["teams"] = json!({
+        "research": {"usd_per_day": -1},
+        "narrow": {"tokens_per_minute": 3000},
+        "default": {"usd_per_day": 200}
+    });
+    write_config(&s.config_path, &config);
+    let out = run_cli(s.dir.path(), &["check", "-c", path_str(&s.config_path)]);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("limits.teams.research.usd_per_day must be a non-negative number"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: limits.teams.narrow.tokens_per_minute"),
+        "{text}"
+    );
+    assert!(!text.contains("limits.teams.default"), "{text}");
+    config["limits"]["teams"] = json!({"research": {"usd_perday": 5}});
+    write_config(&s.config_path, &config);
+    let out = run_cli(s.dir.path(), &["check", "-c", path_str(&s.config_path)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        all_output(&out).contains("usd_perday"),
+        "{}",
+        all_output(&out)
+    );
+}
+
 #[test]
 fn check_names_an_unknown_key_and_exits_1() {
     let s = setup();

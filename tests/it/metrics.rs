@@ -132,12 +132,12 @@ async fn every_spec_metric_is_exported_with_its_labels_and_values() {
     assert_labels(
         &m,
         "tollgate_tokens_total",
-        &["kind", "model", "provider", "user"],
+        &["kind", "model", "provider", "team", "user"],
     );
     assert_labels(
         &m,
         "tollgate_cost_usd_total",
-        &["model", "provider", "user"],
+        &["model", "provider", "team", "user"],
     );
     assert_labels(
         &m,
@@ -236,8 +236,16 @@ async fn without_per_user_labels_no_metric_has_a_user_label() {
         "tollgate_requests_total",
         &["model", "provider", "status"],
     );
-    assert_labels(&m, "tollgate_tokens_total", &["kind", "model", "provider"]);
-    assert_labels(&m, "tollgate_cost_usd_total", &["model", "provider"]);
+    assert_labels(
+        &m,
+        "tollgate_tokens_total",
+        &["kind", "model", "provider", "team"],
+    );
+    assert_labels(
+        &m,
+        "tollgate_cost_usd_total",
+        &["model", "provider", "team"],
+    );
     assert_eq!(m.sum("tollgate_requests_total", &pairs), 3.0);
     for s in m.samples.iter().filter(|s| s.name.starts_with("tollgate_")) {
         assert!(

@@ -73,11 +73,16 @@ const TOKENS: TokenCounts = TokenCounts {
 };
 
 fn finished(m: &Metrics, user: &str, status: u16) {
+    finished_in(m, user, "", status);
+}
+
+fn finished_in(m: &Metrics, user: &str, team: &str, status: u16) {
     m.request_finished(
         "anthropic",
         "claude-sonnet-4-5",
         status,
         user,
+        team,
         TOKENS,
         0.25,
         Duration::from_millis(1500),
@@ -94,6 +99,7 @@ fn exercise(m: &Metrics) {
         "claude-sonnet-4-5",
         529,
         "bob",
+        "",
         TOKENS,
         f64::NAN,
         Duration::from_millis(1500),
@@ -195,7 +201,7 @@ fn metrics_without_user_labels() {
 
     assert_eq!(
         label_names(&all, "tollgate_tokens_total"),
-        vec![vec!["kind", "model", "provider"]]
+        vec![vec!["kind", "model", "provider", "team"]]
     );
     for (kind, per) in [
         ("input", 10.0),
@@ -204,7 +210,11 @@ fn metrics_without_user_labels() {
         ("cache_creation", 40.0),
     ] {
         assert_eq!(
-            value(&all, "tollgate_tokens_total", &[p, model, ("kind", kind)]),
+            value(
+                &all,
+                "tollgate_tokens_total",
+                &[p, model, ("kind", kind), ("team", "")]
+            ),
             Some(3.0 * per),
             "{kind}"
         );
@@ -212,7 +222,7 @@ fn metrics_without_user_labels() {
 
     // NaN cost counted as 0.
     assert_eq!(
-        value(&all, "tollgate_cost_usd_total", &[p, model]),
+        value(&all, "tollgate_cost_usd_total", &[p, model, ("team", "")]),
         Some(0.5)
     );
     assert_eq!(
@@ -305,25 +315,25 @@ fn metrics_with_user_labels() {
     );
     assert_eq!(
         label_names(&all, "tollgate_tokens_total"),
-        vec![vec!["kind", "model", "provider", "user"]]
+        vec![vec!["kind", "model", "provider", "team", "user"]]
     );
     assert_eq!(
         value(
             &all,
             "tollgate_tokens_total",
-            &[p, model, ("kind", "output"), ("user", "bob")]
+            &[p, model, ("kind", "output"), ("team", ""), ("user", "bob")]
         ),
         Some(20.0)
     );
     assert_eq!(
         label_names(&all, "tollgate_cost_usd_total"),
-        vec![vec!["model", "provider", "user"]]
+        vec![vec!["model", "provider", "team", "user"]]
     );
     assert_eq!(
         value(
             &all,
             "tollgate_cost_usd_total",
-            &[p, model, ("user", "alice")]
+            &[p, model, ("team", ""), ("user", "alice")]
         ),
         Some(0.5)
     );
@@ -497,18 +507,25 @@ fn per_user_series_are_dropped_when_idle_and_restart_from_zero() {
         ("model", "claude-sonnet-4-5"),
         ("user", "alice"),
     ];
-    let with = |extra: (&'static str, &'static str)| {
+    let with = |extra: &[(&'static str, &'static str)]| {
         let mut v = alice.to_vec();
-        v.push(extra);
+        v.extend_from_slice(extra);
         v
     };
     assert_eq!(
-        value(&all, "tollgate_tokens_total", &with(("kind", "output"))),
+        value(
+            &all,
+            "tollgate_tokens_total",
+            &with(&[("kind", "output"), ("team", "")])
+        ),
         Some(40.0)
     );
-    assert_eq!(value(&all, "tollgate_cost_usd_total", &alice), Some(0.5));
     assert_eq!(
-        value(&all, "tollgate_requests_total", &with(("status", "500"))),
+        value(&all, "tollgate_cost_usd_total", &with(&[("team", "")])),
+        Some(0.5)
+    );
+    assert_eq!(
+        value(&all, "tollgate_requests_total", &with(&[("status", "500")])),
         Some(1.0)
     );
     assert!(!all.iter().any(|(n, l, _)| n == "tollgate_tokens_total"
@@ -525,7 +542,7 @@ fn per_user_series_are_dropped_when_idle_and_restart_from_zero() {
     finished(&m, "alice", 200);
     let all = samples(&r);
     assert_eq!(
-        value(&all, "tollgate_requests_total", &with(("status", "200"))),
+        value(&all, "tollgate_requests_total", &with(&[("status", "200")])),
         Some(1.0)
     );
 }
@@ -551,4 +568,45 @@ fn many_users_cost_little_memory() {
         m.sweep_idle_users(crate::clock::now_ms() + 3_600_000, Duration::from_secs(900)),
         10_000
     );
+}
+
+#[test]
+fn team_label_on_tokens_and_cost_only() {
+    for per_user in [false, true] {
+        let r = Registry::new();
+        let m = Metrics::with_registry(&r, per_user).unwrap();
+        finished_in(&m, "alice", "research", 200);
+        finished_in(&m, "alice", "research", 200);
+        finished_in(&m, "alice", "", 200);
+        let all = samples(&r);
+        let user: &[(&str, &str)] = if per_user { &[("user", "alice")] } else { &[] };
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = vec![("provider", "anthropic"), ("model", "claude-sonnet-4-5")];
+            v.extend_from_slice(user);
+            v.extend_from_slice(extra);
+            v
+        };
+        // Requests keep their labels: one series over both teams.
+        assert_eq!(
+            value(&all, "tollgate_requests_total", &with(&[("status", "200")])),
+            Some(3.0),
+            "per_user={per_user}"
+        );
+        for (team, n) in [("research", 2.0), ("", 1.0)] {
+            assert_eq!(
+                value(
+                    &all,
+                    "tollgate_tokens_total",
+                    &with(&[("kind", "input"), ("team", team)])
+                ),
+                Some(10.0 * n),
+                "per_user={per_user} team={team}"
+            );
+            assert_eq!(
+                value(&all, "tollgate_cost_usd_total", &with(&[("team", team)])),
+                Some(0.25 * n),
+                "per_user={per_user} team={team}"
+            );
+        }
+    }
 }

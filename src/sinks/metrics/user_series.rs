@@ -1,5 +1,6 @@
 //! The per-user counters (`tollgate_requests_total`, `tollgate_tokens_total`
-//! and `tollgate_cost_usd_total` with a `user` label) as one compact
+//! and `tollgate_cost_usd_total` with a `user` label; the last two also
+//! have `team`) as one compact
 //! collector, instead of the `prometheus` crate's label vectors.
 //!
 //! Why not `IntCounterVec`: each of its label sets holds its own label
@@ -32,6 +33,8 @@ struct User {
 struct Row {
     provider: Box<str>,
     model: Box<str>,
+    /// The caller's team ("" when none): a label of tokens and cost only.
+    team: Box<str>,
     status: u16,
     requests: u64,
     /// Whether a proxied request landed here: only those have token and
@@ -71,21 +74,24 @@ impl UserSeries {
                 desc(
                     "tollgate_tokens_total",
                     help.tokens,
-                    &["provider", "model", "kind", "user"],
+                    &["provider", "model", "kind", "team", "user"],
                 )?,
                 desc(
                     "tollgate_cost_usd_total",
                     help.cost,
-                    &["provider", "model", "user"],
+                    &["provider", "model", "team", "user"],
                 )?,
             ],
         })
     }
 
     /// Counts one request; `usage` is `None` for a refused one.
+    // One call per request: a struct would only move the same values.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn record(
         &self,
         user: &str,
+        team: &str,
         provider: &str,
         model: &str,
         status: u16,
@@ -103,16 +109,16 @@ impl UserSeries {
         };
         let u = entry.value_mut();
         u.last_ms = u.last_ms.max(now_ms);
-        let at = u
-            .rows
-            .iter()
-            .position(|r| r.status == status && *r.provider == *provider && *r.model == *model);
+        let at = u.rows.iter().position(|r| {
+            r.status == status && *r.provider == *provider && *r.model == *model && *r.team == *team
+        });
         let row = match at {
             Some(i) => &mut u.rows[i],
             None => {
                 u.rows.push(Row {
                     provider: provider.into(),
                     model: model.into(),
+                    team: team.into(),
                     status,
                     requests: 0,
                     billed: false,
@@ -193,19 +199,32 @@ impl Collector for UserSeries {
             let user = e.key().as_ref();
             let rows = &e.value().rows;
             for (i, r) in rows.iter().enumerate() {
-                // Label pairs sorted by name, as the text encoder expects.
-                requests.push(counter(
-                    vec![
-                        pair("model", &r.model),
-                        pair("provider", &r.provider),
-                        pair("status", &r.status.to_string()),
-                        pair("user", user),
-                    ],
-                    r.requests as f64,
-                ));
+                // Requests have no team label: the first row of a (provider,
+                // model, status) speaks for all of them.
+                let same_status = |o: &Row| {
+                    o.status == r.status && o.provider == r.provider && o.model == r.model
+                };
+                if !rows[..i].iter().any(same_status) {
+                    let n: u64 = rows[i..]
+                        .iter()
+                        .filter(|o| same_status(o))
+                        .fold(0, |n, o| n.saturating_add(o.requests));
+                    // Label pairs sorted by name, as the text encoder expects.
+                    requests.push(counter(
+                        vec![
+                            pair("model", &r.model),
+                            pair("provider", &r.provider),
+                            pair("status", &r.status.to_string()),
+                            pair("user", user),
+                        ],
+                        n as f64,
+                    ));
+                }
                 // Tokens and cost have no status label: the first billed row
-                // of a (provider, model) speaks for all of them.
-                let same = |o: &Row| o.billed && o.provider == r.provider && o.model == r.model;
+                // of a (provider, model, team) speaks for all of them.
+                let same = |o: &Row| {
+                    o.billed && o.provider == r.provider && o.model == r.model && o.team == r.team
+                };
                 if !r.billed || rows[..i].iter().any(same) {
                     continue;
                 }
@@ -223,6 +242,7 @@ impl Collector for UserSeries {
                             pair("kind", kind),
                             pair("model", &r.model),
                             pair("provider", &r.provider),
+                            pair("team", &r.team),
                             pair("user", user),
                         ],
                         n as f64,
@@ -232,6 +252,7 @@ impl Collector for UserSeries {
                     vec![
                         pair("model", &r.model),
                         pair("provider", &r.provider),
+                        pair("team", &r.team),
                         pair("user", user),
                     ],
                     usd,

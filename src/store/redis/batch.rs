@@ -40,6 +40,7 @@ pub(super) enum Op {
     Admit,
     Reserve,
     AdmitReserve,
+    AdmitReservePair,
     Finish,
 }
 
@@ -50,6 +51,7 @@ impl Op {
             Op::Admit => "a",
             Op::Reserve => "r",
             Op::AdmitReserve => "ar",
+            Op::AdmitReservePair => "arp",
             Op::Finish => "f",
         }
     }

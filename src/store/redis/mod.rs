@@ -21,10 +21,13 @@ use fred::prelude::{Client, ClientLike, Config, HashesInterface, KeysInterface, 
 use keys::Keys;
 use parking_lot::RwLock;
 use replies::{
-    parse_admit, parse_reserve, parse_usage, reply_array, revocation_changed, USAGE_FIELDS,
+    parse_admit, parse_pair, parse_reserve, parse_usage, reply_array, revocation_changed,
+    USAGE_FIELDS,
 };
 use revocations::{LocalRevocations, SYNC_EVERY};
-use scripts::{admit_call, counter_call, reserve_call, revoke_jti_call, revoke_sub_call, Scripts};
+use scripts::{
+    admit_call, counter_call, pair_call, reserve_call, revoke_jti_call, revoke_sub_call, Scripts,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,6 +275,23 @@ impl Store for RedisStore {
             ));
         }
         Ok((admission, reserved))
+    }
+
+    /// One script on a standalone or sentinel Redis. On a cluster the two
+    /// scopes' keys live in different slots: there the scopes are taken one
+    /// after the other (see [`pair::admit_reserve_stepwise`]).
+    async fn admit_reserve_pair(
+        &self,
+        user: Scope<'_>,
+        team: Scope<'_>,
+        now_ms: u64,
+    ) -> Result<PairGrant, StoreError> {
+        if self.clustered {
+            return pair::admit_reserve_stepwise(self, user, team, now_ms).await;
+        }
+        let (keys, args) = pair_call(&self.ctx.keys, &user, &team, now_ms);
+        let reply = self.run(Op::AdmitReservePair, keys, args).await?;
+        parse_pair(reply, now_ms, &user, &team)
     }
 
     async fn revoke_jti(&self, jti: &str, until: u64) -> Result<bool, StoreError> {

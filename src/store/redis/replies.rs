@@ -163,3 +163,114 @@ fn pairs(v: Option<Value>) -> Vec<(String, u64)> {
         .filter_map(|p| Some((p[0].as_str()?.into_owned(), score(&p[1])?)))
         .collect()
 }
+
+/// `admit_reserve_pair.lua`'s answer for `user` and `team` at `now_ms`.
+pub(super) fn parse_pair(
+    reply: Value,
+    now_ms: u64,
+    user: &Scope<'_>,
+    team: &Scope<'_>,
+) -> Result<PairGrant, StoreError> {
+    let mut a = reply_array(reply, "admit_reserve_pair")?.into_iter();
+    let code = match a.next() {
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| bad_reply("admit_reserve_pair", &v))?,
+        None => {
+            return Err(StoreError::Protocol(
+                "empty admit_reserve_pair reply".into(),
+            ))
+        }
+    };
+    let mut next = || a.next().unwrap_or(Value::Null);
+    let refused = |side, admission| match admission {
+        Admission::Refused(refusal) => Ok(PairGrant::Refused { side, refusal }),
+        Admission::Admitted { .. } => Err(StoreError::Protocol(
+            "admit_reserve_pair: refusal without a refused admission".into(),
+        )),
+    };
+    match code {
+        1 => return refused(Side::User, parse_admit(next(), now_ms, user.admit)?),
+        2 => return refused(Side::Team, parse_admit(next(), now_ms, team.admit)?),
+        _ => {}
+    }
+    let (user_slot, remaining_requests) = match parse_admit(next(), now_ms, user.admit)? {
+        Admission::Admitted {
+            slot_held,
+            remaining_requests,
+        } => (slot_held, remaining_requests),
+        Admission::Refused(_) => {
+            return Err(StoreError::Protocol(
+                "admit_reserve_pair: admitted without the caller's admission".into(),
+            ))
+        }
+    };
+    let team_slot = matches!(
+        parse_admit(next(), now_ms, team.admit)?,
+        Admission::Admitted {
+            slot_held: true,
+            ..
+        }
+    );
+    let reserved_in = |v: Value, s: &Scope<'_>| -> Result<Option<Reserved>, StoreError> {
+        match (v, s.budget) {
+            (v @ Value::Array(_), Some(b)) => {
+                parse_reserve(v, now_ms, b.tokens, b.usd, b.limits).map(Some)
+            }
+            _ => Ok(None),
+        }
+    };
+    let reserved = match code {
+        3 | 4 => {
+            let (side, scope) = if code == 3 {
+                (Side::User, user)
+            } else {
+                (Side::Team, team)
+            };
+            match reserved_in(next(), scope)? {
+                Some(Reserved::Refused(refusal)) => PairReserved::Refused { side, refusal },
+                _ => {
+                    return Err(StoreError::Protocol(
+                        "admit_reserve_pair: budget refusal without a refused reservation".into(),
+                    ))
+                }
+            }
+        }
+        0 if user.budget.is_none() && team.budget.is_none() => PairReserved::Nothing,
+        0 => {
+            let held = |r: Option<Reserved>| match r {
+                Some(Reserved::Reserved {
+                    reservation,
+                    remaining_tokens_minute,
+                }) => Ok(Some((reservation, remaining_tokens_minute))),
+                None => Ok(None),
+                Some(Reserved::Refused(_)) => Err(StoreError::Protocol(
+                    "admit_reserve_pair: granted with a refused reservation".into(),
+                )),
+            };
+            let u = held(reserved_in(next(), user)?)?;
+            let t = held(reserved_in(next(), team)?)?;
+            if u.is_some() != user.budget.is_some() || t.is_some() != team.budget.is_some() {
+                return Err(StoreError::Protocol(
+                    "admit_reserve_pair: reservation missing or unexpected".into(),
+                ));
+            }
+            PairReserved::Reserved {
+                user: u.map(|(r, _)| r),
+                team: t.map(|(r, _)| r),
+                remaining_tokens_minute: u.and_then(|(_, left)| left),
+            }
+        }
+        _ => {
+            return Err(StoreError::Protocol(format!(
+                "unexpected admit_reserve_pair reply code {code}"
+            )))
+        }
+    };
+    Ok(PairGrant::Admitted {
+        user_slot,
+        team_slot,
+        remaining_requests,
+        reserved,
+    })
+}

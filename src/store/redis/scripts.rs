@@ -4,7 +4,7 @@ use super::batch::{CallError, Op};
 use super::finishes::QueuedFinish;
 use super::keys::*;
 use crate::store::window::*;
-use crate::store::{AdmitLimits, BudgetLimits};
+use crate::store::{AdmitLimits, BudgetLimits, Scope};
 use fred::prelude::{Client, Value};
 use fred::types::scripts::Script;
 
@@ -17,6 +17,7 @@ pub(super) struct Scripts {
     admit: Script,
     reserve: Script,
     admit_reserve: Script,
+    admit_reserve_pair: Script,
     finish: Script,
     /// The four above in one, called with several calls at once.
     pub(super) batch: Script,
@@ -35,6 +36,7 @@ impl Scripts {
         let admit = include_str!("lua/admit.lua");
         let reserve = include_str!("lua/reserve.lua");
         let admit_reserve = include_str!("lua/admit_reserve.lua");
+        let pair = include_str!("lua/admit_reserve_pair.lua");
         let finish = include_str!("lua/finish.lua");
         let admit_and_reserve = format!(
             "{BUDGET_LUA}\n{}{}",
@@ -45,10 +47,12 @@ impl Scripts {
             admit: Script::from_lua(admit),
             reserve: Script::from_lua(format!("{BUDGET_LUA}\n{reserve}")),
             admit_reserve: Script::from_lua(format!("{admit_and_reserve}{admit_reserve}")),
+            admit_reserve_pair: Script::from_lua(format!("{admit_and_reserve}{pair}")),
             finish: Script::from_lua(format!("{BUDGET_LUA}\n{finish}")),
             batch: Script::from_lua(format!(
-                "{admit_and_reserve}{}{}{}",
+                "{admit_and_reserve}{}{}{}{}",
                 lua_function("admit_reserve", admit_reserve),
+                lua_function("admit_reserve_pair", pair),
                 lua_function("finish", finish),
                 include_str!("lua/batch.lua")
             )),
@@ -70,6 +74,7 @@ impl Scripts {
             Op::Admit => &self.admit,
             Op::Reserve => &self.reserve,
             Op::AdmitReserve => &self.admit_reserve,
+            Op::AdmitReservePair => &self.admit_reserve_pair,
             Op::Finish => &self.finish,
         };
         script
@@ -135,6 +140,40 @@ pub(super) fn reserve_call(
         ],
     )
 }
+
+/// Keys and arguments of `admit_reserve_pair.lua` (standalone Redis only).
+pub(super) fn pair_call(
+    keys: &Keys,
+    user: &Scope<'_>,
+    team: &Scope<'_>,
+    now_ms: u64,
+) -> (Vec<String>, Vec<String>) {
+    let (mut k, mut a) = admit_call(keys, user.subject, now_ms, user.admit);
+    let (tk, ta) = admit_call(keys, team.subject, now_ms, team.admit);
+    k.extend(tk);
+    a.extend(ta);
+    k.push(keys.subject(user.subject).bud());
+    k.push(keys.subject(team.subject).bud());
+    k.push(keys.inflight());
+    let flag = |s: &Scope<'_>| if s.budget.is_some() { "1" } else { "0" }.to_string();
+    a.push(flag(user));
+    a.push(flag(team));
+    for s in [user, team] {
+        match s.budget {
+            Some(b) => {
+                let (_, ra) =
+                    reserve_call(keys, false, s.subject, now_ms, b.tokens, b.usd, b.limits);
+                a.extend(ra);
+            }
+            // Unread: the flag above says this scope reserves nothing.
+            None => a.extend(std::iter::repeat_n(String::from("0"), RESERVE_ARGS)),
+        }
+    }
+    (k, a)
+}
+
+/// The number of arguments `reserve.lua` takes.
+const RESERVE_ARGS: usize = 10;
 
 impl QueuedFinish {
     /// The finish script's keys and arguments, settling against the

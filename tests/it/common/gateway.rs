@@ -166,6 +166,11 @@ impl GatewayBuilder {
         self.tweak(move |c| c["limits"]["tiers"][name] = tier)
     }
 
+    pub fn team(self, name: &str, limits: Value) -> Self {
+        let name = name.to_string();
+        self.tweak(move |c| c["limits"]["teams"][name] = limits)
+    }
+
     pub fn price(self, model: &str, price: Value) -> Self {
         let model = model.to_string();
         self.tweak(move |c| c["usage"]["prices"][model] = price)
@@ -484,6 +489,15 @@ impl Gateway {
         issue_token(self.dir(), self.config_path(), sub, role, ttl)
     }
 
+    /// `tollgate token issue --team`.
+    pub fn token_team(&self, sub: &str, team: &str) -> String {
+        issue_token_args(
+            self.dir(),
+            self.config_path(),
+            &["--sub", sub, "--team", team],
+        )
+    }
+
     /// Writes a variant of this gateway's config (not served) and returns its path.
     pub fn variant_config(&self, name: &str, f: impl FnOnce(&mut Value)) -> PathBuf {
         let mut config = self.setup.config.clone();
@@ -626,6 +640,13 @@ pub fn issue_token(
     if let Some(t) = ttl {
         args.extend(["--ttl", t]);
     }
+    issue_token_args(work, config, &args[4..])
+}
+
+/// `tollgate token issue -c CONFIG` with `extra` arguments.
+pub fn issue_token_args(work: &Path, config: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["token", "issue", "-c", path_str(config)];
+    args.extend_from_slice(extra);
     let out = run_cli(work, &args);
     assert!(
         out.status.success(),

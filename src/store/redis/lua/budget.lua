@@ -36,3 +36,24 @@ local function save_budget(key, b, ttl)
     redis.call('PEXPIRE', key, ttl)
   end
 end
+
+-- The first budget a reservation of ARGV[4] tokens and ARGV[5] usd would
+-- exceed in `b` (reserve.lua's arguments): 1 tokens_per_minute,
+-- 2 tokens_per_day, 3 usd_per_day; 0 when it fits.
+local function budget_refusal(b, ARGV)
+  local tokens = tonumber(ARGV[4])
+  local usd = tonumber(ARGV[5])
+  local tpm = tonumber(ARGV[6])
+  local tpd = tonumber(ARGV[7])
+  local into = tonumber(ARGV[3]) / 60000
+  if tpm >= 0 and math.max(b.p, 0) * (1 - into) + math.max(b.c, 0) + tokens > tpm then
+    return 1
+  end
+  if tpd >= 0 and math.max(b.t, 0) + tokens > tpd then
+    return 2
+  end
+  if ARGV[8] ~= '' and math.max(b.u, 0) + usd > tonumber(ARGV[8]) then
+    return 3
+  end
+  return 0
+end

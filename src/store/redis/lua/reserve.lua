@@ -7,23 +7,14 @@
 -- Returns {code, c, p}: code 0 reserved, 1 tokens_per_minute, 2 tokens_per_day, 3 usd_per_day;
 -- c and p are the minute counters after the call (the caller derives remaining / retry-after).
 local b = load_budget(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+local refused = budget_refusal(b, ARGV)
+if refused ~= 0 then
+  return {refused, b.c, b.p}
+end
 local tokens = tonumber(ARGV[4])
-local usd = tonumber(ARGV[5])
-local tpm = tonumber(ARGV[6])
-local tpd = tonumber(ARGV[7])
-local into = tonumber(ARGV[3]) / 60000
-if tpm >= 0 and math.max(b.p, 0) * (1 - into) + math.max(b.c, 0) + tokens > tpm then
-  return {1, b.c, b.p}
-end
-if tpd >= 0 and math.max(b.t, 0) + tokens > tpd then
-  return {2, b.c, b.p}
-end
-if ARGV[8] ~= '' and math.max(b.u, 0) + usd > tonumber(ARGV[8]) then
-  return {3, b.c, b.p}
-end
 b.c = b.c + tokens
 b.t = b.t + tokens
-b.u = b.u + usd
+b.u = b.u + tonumber(ARGV[5])
 save_budget(KEYS[1], b, ARGV[9])
 if KEYS[2] then
   redis.call('INCR', KEYS[2])

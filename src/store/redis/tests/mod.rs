@@ -83,6 +83,9 @@ conformance_tests!(
     inflight_reservations_return_to_previous,
     concurrent_reservations_never_overspend,
     admit_reserve_is_admit_then_reserve,
+    a_team_refusal_takes_nothing_from_the_caller,
+    a_team_budget_binds_its_members_together,
+    concurrent_members_never_overspend_their_team,
 );
 
 // ---- no server needed ----

@@ -4,6 +4,9 @@
 
 use crate::store::*;
 
+mod pair;
+pub use pair::*;
+
 /// 2100-01-01T00:00:00Z: a minute and day boundary, and later than the wall
 /// clock, so `settle` (which uses max(reservation time, now)) settles at the
 /// reservation's own time and results do not depend on when tests run.
