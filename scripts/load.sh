@@ -14,7 +14,9 @@
 # tollgate (in-process store), tollgate_redis (private redis-server),
 # tollgate_failover (in-process store; every request first meets a
 # deployment answering 529 and fails over to the real one: the cost of one
-# failover, to compare with tollgate). A
+# failover, to compare with tollgate), tollgate_ledger (in-process store and
+# usage.postgres_url: every record also goes to a private PostgreSQL
+# through the spool; what the ledger costs the request path). A
 # target that cannot start (e.g. a build without the Redis store) is
 # reported as n/a instead of failing the run.
 #
@@ -34,7 +36,7 @@ Knobs (environment):
   USERS=500 TOKENS=2000              reused token pool (token i belongs to user i % USERS)
   FRESH_PCT=1 FRESH_PER_RUN=3000     % of requests with a never-seen token; tokens set aside per run
   RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE)
-  TARGETS="direct bare tollgate tollgate_redis tollgate_failover"
+  TARGETS="direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger"
   THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
   MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds after each round
   PER_USER_LABELS=true               metrics.per_user_labels (false only to diagnose its cost)
@@ -64,7 +66,7 @@ FRESH_PER_RUN=${FRESH_PER_RUN:-3000}
 RATE=${RATE:-100}
 LAT_SECONDS=${LAT_SECONDS:-10}
 LAT_REPEATS=${LAT_REPEATS:-1}
-TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_failover}
+TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger}
 THREADS=${THREADS:-2}
 MEM_USERS=${MEM_USERS:-100000}
 MEM_ROUNDS=${MEM_ROUNDS:-1}
@@ -155,6 +157,36 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# start_postgres: a private PostgreSQL for tollgate_ledger on $P_PG under
+# $RUN/pg (as the postgres user when run as root: initdb refuses root),
+# stopped by cleanup through pg_ctl.
+PG_DATA=""
+start_postgres() {
+  local bin="" d
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bin=$d; done
+  [ -n "$bin" ] || return 1
+  local as=()
+  [ "$(id -u)" -eq 0 ] && as=(runuser -u postgres --)
+  local dir=$RUN/pg
+  if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$RUN"; then
+    dir=$(mktemp -d /tmp/tollgate-load-pg.XXXXXX)
+  fi
+  mkdir -p "$dir/data"
+  chmod 755 "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$dir/data"
+  PG_DATA=$dir/data
+  "${as[@]}" "$bin/initdb" -D "$PG_DATA" -A trust -U postgres >"$dir/initdb.log" 2>&1 || return 1
+  PG_CTL=("${as[@]}" "$bin/pg_ctl")
+  "${PG_CTL[@]}" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
+    -o "-p $P_PG -c listen_addresses=127.0.0.1 -k $PG_DATA" start >/dev/null
+}
+stop_postgres() {
+  [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ] &&
+    "${PG_CTL[@]}" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1
+  return 0
+}
+trap 'rc=$?; stop_postgres; (exit $rc); cleanup' EXIT
 
 # run_child CMD...: runs CMD and waits for it, as a child the trap can stop
 # (bash runs traps only between foreground commands, not during one).
@@ -267,7 +299,9 @@ providers:
     api_key_env: TOLLGATE_BENCH_PROVIDER_KEY
     routes: [/v1/chat/completions, /v1/responses, /v1/embeddings]
 usage:
-  log_path: $6
+  log_path: $6${8:+
+  postgres_url: $8
+  spool_dir: $RUN/spool-$2}
   drain_on_disconnect: 30s
   prices:
     claude-sonnet-4-5: { input: 3.0, output: 15.0, cache_read: 0.3, cache_write: 3.75 }
@@ -410,7 +444,8 @@ mkdir -p "$RUN"
 export TOLLGATE_BENCH_PROVIDER_KEY=bench-not-a-real-key
 
 read -r P_NGINX P_BARE P_TG P_TG_ADMIN P_TG_METRICS P_TGR P_TGR_ADMIN P_TGR_METRICS P_REDIS \
-  P_MEM P_MEM_ADMIN P_MEM_METRICS P_TGF P_TGF_ADMIN P_TGF_METRICS <<<"$("${TOOL[@]}" ports 15)"
+  P_MEM P_MEM_ADMIN P_MEM_METRICS P_TGF P_TGF_ADMIN P_TGF_METRICS \
+  P_TGL P_TGL_ADMIN P_TGL_METRICS P_PG <<<"$("${TOOL[@]}" ports 19)"
 
 # Keys and tokens. Both are kept in target/load/ between runs: minting is RSA
 # signing (1-2 ms a token per core), minutes for the memory test's users.
@@ -440,6 +475,8 @@ tollgate_config "$RUN/tollgate-redis.yaml" "$P_TGR" "$P_TGR_ADMIN" "$P_TGR_METRI
   "redis://127.0.0.1:$P_REDIS" "$RUN/usage-tollgate-redis.jsonl"
 tollgate_config "$RUN/tollgate-failover.yaml" "$P_TGF" "$P_TGF_ADMIN" "$P_TGF_METRICS" null \
   "$RUN/usage-tollgate-failover.jsonl" failover
+tollgate_config "$RUN/tollgate-ledger.yaml" "$P_TGL" "$P_TGL_ADMIN" "$P_TGL_METRICS" null \
+  "$RUN/usage-tollgate-ledger.jsonl" "" "postgres://postgres@127.0.0.1:$P_PG/postgres"
 "$TG" check -c "$RUN/tollgate.yaml" >"$RUN/check.log" 2>&1 || die "tollgate check failed: $(cat "$RUN/check.log")"
 "$TG" check -c "$RUN/tollgate-failover.yaml" >>"$RUN/check.log" 2>&1 || die "tollgate check (failover) failed: $(cat "$RUN/check.log")"
 t0=$(date +%s.%N)
@@ -504,7 +541,22 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         PID[tollgate_failover]=$STARTED
         ADDR[tollgate_failover]=127.0.0.1:$P_TGF
         ;;
-      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_failover)" ;;
+      tollgate_ledger)
+        if ! start_postgres; then
+          UNAVAIL[tollgate_ledger]="PostgreSQL did not start (see $RUN/pg/server.log)"
+        elif ! start_tollgate tollgate_ledger "$RUN/tollgate-ledger.yaml" "$P_TGL_ADMIN" "$P_TGL"; then
+          UNAVAIL[tollgate_ledger]=$UNAVAILABLE
+        else
+          PID[tollgate_ledger]=$STARTED
+          ADDR[tollgate_ledger]=127.0.0.1:$P_TGL
+        fi
+        if [ -n "${UNAVAIL[tollgate_ledger]:-}" ]; then
+          log "tollgate_ledger: n/a (${UNAVAIL[tollgate_ledger]})"
+          echo "{\"kind\":\"unavailable\",\"target\":\"tollgate_ledger\",\"reason\":$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "${UNAVAIL[tollgate_ledger]}")}" >>"$RUNS"
+          continue
+        fi
+        ;;
+      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_failover, tollgate_ledger)" ;;
     esac
     ACTIVE+=("$t")
   done

@@ -386,6 +386,7 @@ LABELS = {
     "tollgate": "tollgate, in-process store",
     "tollgate_redis": "tollgate, Redis store",
     "tollgate_failover": "tollgate, every request fails over once (529, then 200)",
+    "tollgate_ledger": "tollgate, in-process store + Postgres ledger",
 }
 
 

@@ -271,9 +271,25 @@ async fn members_streaming_through_two_replicas_never_overspend_their_team() {
         anthropic::stream(MODEL, usage).paced(Duration::from_millis(40)),
     );
     let url = redis.url();
+    // Both replicas also write one Postgres ledger when the test command
+    // runs one.
+    let ledger = match crate::common::postgres::shared_url() {
+        Some(u) => Some(crate::common::postgres::fresh_database(&u).await),
+        None => {
+            eprintln!("no PostgreSQL: the ledger part of this test is skipped");
+            None
+        }
+    };
+    let pg = ledger.clone();
     let shared = move |b: GatewayBuilder| {
+        let pg = pg.clone();
         b.store(&url, "fail_closed")
             .team("research", json!({"usd_per_day": budget}))
+            .tweak(move |c| {
+                if let Some(pg) = pg {
+                    c["usage"]["postgres_url"] = json!(pg);
+                }
+            })
     };
     let a = shared(GatewayBuilder::for_provider(&p)).start();
     let b = shared(GatewayBuilder::for_provider(&p))
@@ -367,6 +383,9 @@ async fn members_streaming_through_two_replicas_never_overspend_their_team() {
         );
         assert_usd(v["cost_usd"].as_f64().unwrap(), spent, "team cost_usd");
     }
+    if let Some(pg) = &ledger {
+        ledger_matches_records(&a, &b, pg, &recs, &day).await;
+    }
     // Every reservation of both scopes was settled.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -384,4 +403,68 @@ async fn members_streaming_through_two_replicas_never_overspend_their_team() {
         assert!(Instant::now() < deadline, "tg:inflight is still {n}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The ledger both replicas wrote holds exactly their records, and
+/// `usage report` reads the same totals from it as from their two logs.
+async fn ledger_matches_records(a: &Gateway, b: &Gateway, pg: &str, recs: &[Value], day: &str) {
+    let client = crate::common::postgres::connect(pg).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = client
+            .query(
+                "SELECT request_id, team, input_tokens, output_tokens, cost_usd \
+                 FROM tollgate_usage",
+                &[],
+            )
+            .await;
+        if let Ok(rows) = rows {
+            if rows.len() >= recs.len() || Instant::now() > deadline {
+                break rows;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ledger never got the records"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rows.len(), recs.len(), "one ledger row per record");
+    for row in &rows {
+        let id: String = row.get(0);
+        let rec = recs
+            .iter()
+            .find(|r| r["request_id"] == json!(id))
+            .unwrap_or_else(|| panic!("ledger row {id} has no record"));
+        let team: Option<String> = row.get(1);
+        assert_eq!(team.as_deref(), Some("research"));
+        assert_eq!(json!(row.get::<_, i64>(2)), rec["input_tokens"]);
+        assert_eq!(json!(row.get::<_, i64>(3)), rec["output_tokens"]);
+        assert_eq!(json!(row.get::<_, f64>(4)), rec["cost_usd"]);
+    }
+    let report = |extra: &[&str]| {
+        let conf = a.setup.config_path.to_string_lossy().to_string();
+        let mut args = vec![
+            "usage", "report", "-c", &conf, "--from", day, "--to", day, "--by", "team", "--by",
+            "model", "--format", "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = crate::common::gateway::run_cli(a.dir(), &args);
+        assert!(
+            out.status.success(),
+            "usage report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 report")
+    };
+    let from_ledger = report(&[]);
+    let (la, lb) = (
+        a.setup.usage_log.to_string_lossy().to_string(),
+        b.setup.usage_log.to_string_lossy().to_string(),
+    );
+    let from_logs = report(&["--jsonl", &la, "--jsonl", &lb]);
+    assert_eq!(from_ledger, from_logs, "ledger and log reports differ");
+    let v: Value = serde_json::from_str(&from_ledger).expect("JSON report");
+    assert_eq!(v[0]["team"], json!("research"), "{v}");
+    assert_eq!(v[0]["requests"], json!(recs.len()), "{v}");
 }
