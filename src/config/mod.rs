@@ -415,8 +415,8 @@ pub struct UsageConfig {
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
     /// The usage ledger: every record is also written to Postgres (table
-    /// `tollgate_usage`). Holds a password: print it only through
-    /// [`postgres_url::redacted`].
+    /// `tollgate_usage`); `usage report` reads it. Holds a password: print
+    /// it only through [`postgres_url::redacted`].
     #[serde(default)]
     pub postgres_url: Option<String>,
     /// Where records wait for Postgres; see [`UsageConfig::spool_dir`].

@@ -687,3 +687,72 @@ async fn a_graceful_upgrade_hands_the_old_process_spool_to_the_new_one() {
         "{upgrade_log}"
     );
 }
+
+/// The acceptance case: what the gateway itself wrote to the
+/// ledger gives the same report as its usage log, for every grouping and
+/// format.
+#[tokio::test]
+async fn the_report_from_the_ledger_equals_the_report_from_the_usage_log() {
+    if skip("the_report_from_the_ledger_equals_the_report_from_the_usage_log") {
+        return;
+    }
+    let server = postgres::shared_url().expect("postgres");
+    let url = postgres::fresh_database(&server).await;
+    let provider = FakeProvider::start();
+    let gw = with_ledger(GatewayBuilder::for_provider(&provider), &url, None).start();
+    let (alice, bob) = (unique("ledger-report-a"), unique("ledger-report-b"));
+    let (ta, tb) = (gw.token(&alice), gw.token(&bob));
+    burst(&provider, &gw, &ta, 0..12).await;
+    burst(&provider, &gw, &tb, 12..20).await;
+    wait_rows(&url, 20, &gw).await;
+    gw.records_for_sub(&bob, 8).await;
+
+    let dir = gw.dir().to_path_buf();
+    let config = gw.config_path().to_path_buf();
+    let log = gw.setup.usage_log.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let run = |extra: &[&str]| {
+            // Wide enough for any UTC day this test may run on.
+            let mut args = vec![
+                "usage",
+                "report",
+                "-c",
+                path_str(&config),
+                "--from",
+                "2020-01-01",
+                "--to",
+                "2099-12-31",
+            ];
+            args.extend_from_slice(extra);
+            let out = run_cli(&dir, &args);
+            assert!(
+                out.status.success(),
+                "usage report {extra:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).expect("utf-8")
+        };
+        let mut pairs = Vec::new();
+        for by in [
+            &[][..],
+            &["--by", "sub"],
+            &["--by", "model,provider"],
+            &["--by", "day,sub"],
+        ] {
+            for format in ["table", "csv", "json"] {
+                let mut args = by.to_vec();
+                args.extend(["--format", format]);
+                let ledger = run(&args);
+                args.extend(["--jsonl", path_str(&log)]);
+                pairs.push((args.join(" "), ledger, run(&args)));
+            }
+        }
+        pairs
+    })
+    .await
+    .expect("reports");
+    for (what, ledger, jsonl) in outputs {
+        assert_eq!(ledger, jsonl, "ledger vs usage log: {what}");
+        assert!(ledger.lines().count() >= 2, "{what}: {ledger}");
+    }
+}

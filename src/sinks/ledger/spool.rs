@@ -30,6 +30,8 @@ const DONE_SUFFIX: &str = ".done";
 /// Bytes read at once while replaying; a longer line is skipped as corrupt
 /// (a record is a few hundred bytes).
 pub const READ_CHUNK: usize = 4 << 20;
+/// What a batch reads first: 500 records of a typical few hundred bytes.
+const FIRST_READ: usize = 512 << 10;
 
 /// Creates the directory (0700) when missing.
 pub fn prepare_dir(dir: &Path) -> io::Result<()> {
@@ -237,19 +239,18 @@ pub fn read_batch(
     if from >= limit {
         return Ok(batch);
     }
-    let want = usize::try_from(limit - from)
-        .unwrap_or(READ_CHUNK)
-        .min(READ_CHUNK);
-    let mut buf = vec![0u8; want];
-    let mut got = 0;
-    while got < want {
-        let n = read_at(file, &mut buf[got..], from + got as u64)?;
-        if n == 0 {
-            break;
+    // A batch of records fits in the first read; only a line without its
+    // `\n` there is worth the large one.
+    let mut size = FIRST_READ;
+    let buf = loop {
+        let want = usize::try_from(limit - from).unwrap_or(size).min(size);
+        let buf = read_up_to(file, from, want)?;
+        if buf.len() < size || size >= READ_CHUNK || memchr::memchr(b'\n', &buf).is_some() {
+            break buf;
         }
-        got += n;
-    }
-    buf.truncate(got);
+        size = READ_CHUNK;
+    };
+    let got = buf.len();
     let (lines, consumed) = split_lines(&buf, max_lines);
     batch.lines = lines.into_iter().map(<[u8]>::to_vec).collect();
     batch.end = from + consumed as u64;
@@ -285,6 +286,21 @@ pub fn read_batch(
         batch.end = from + got as u64;
     }
     Ok(batch)
+}
+
+/// Up to `want` bytes from `at` (fewer at the end of the file).
+fn read_up_to(file: &File, at: u64, want: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        let n = read_at(file, &mut buf[got..], at + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    Ok(buf)
 }
 
 /// The complete lines at the start of `buf` (at most `max`), and the bytes

@@ -129,9 +129,13 @@ fn write_batch(
     buf: &[u8],
     off: &mut usize,
 ) -> io::Result<()> {
+    // Not while the previous segment still waits for Postgres: an outage
+    // grows one file instead of piling up files (and the descriptors that
+    // hold their locks).
     let rotate = segment
         .as_ref()
-        .is_some_and(|s| s.len >= shared.segment_bytes);
+        .is_some_and(|s| s.len >= shared.segment_bytes)
+        && shared.state.lock().sealed.is_empty();
     if *off == 0 && (segment.is_none() || rotate) {
         let (id, file) = spool::create_segment(&shared.dir, *last_id)?;
         *last_id = id;

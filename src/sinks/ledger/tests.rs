@@ -305,7 +305,10 @@ fn records_wait_in_rotating_segments_while_postgres_is_unreachable() {
     }
     let (segments, lines) = spooled_lines(dir.path());
     assert_eq!(lines, 50, "every record fsynced in the spool");
-    assert!(segments > 1, "segments rotate ({segments})");
+    assert_eq!(
+        segments, 2,
+        "one rotation, then the active segment grows while the sealed one waits"
+    );
     assert_eq!(ledger.pending(), 50);
     assert!(ledger.shared.metrics.errors.get() >= 1);
     assert_eq!(ledger.shared.metrics.pending.get(), 50);
@@ -399,4 +402,18 @@ async fn rotated_and_orphaned_segments_are_written_and_deleted() {
     // Only the segment still being appended to remains.
     let (segments, _) = spooled_lines(dir.path());
     assert_eq!(segments, 1);
+}
+
+#[test]
+fn a_long_line_within_the_read_chunk_is_read_whole() {
+    let mut data = vec![b'y'; 700 << 10];
+    data.push(b'\n');
+    data.extend(line("next"));
+    let (_dir, f) = segment_with(&data);
+    let len = data.len() as u64;
+    let b = spool::read_batch(&f, 0, len, true, 500).unwrap();
+    assert_eq!(b.oversized, 0);
+    assert_eq!(b.lines.len(), 2);
+    assert_eq!(b.lines[0].len(), 700 << 10);
+    assert_eq!(b.end, len);
 }
