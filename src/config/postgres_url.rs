@@ -26,13 +26,82 @@ pub fn parse(url: &str) -> Result<tokio_postgres::Config, String> {
     Ok(cfg)
 }
 
-/// `url` with its password (URL userinfo, `?password=`, or `password=` in a
-/// key/value string) replaced by `***`.
+/// `url` with any password replaced by `***`: the password of a URL's
+/// user info, a `password=` query parameter, or a `password=` key of the
+/// `key=value` form libpq also accepts.
 pub fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => format!("{scheme}://{}", redact_url_rest(rest)),
-        None => redact_key_values(url),
+    match url.find("://") {
+        Some(i) => {
+            let rest_start = i + 3;
+            let rest = &url[rest_start..];
+            let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let authority = &rest[..auth_end];
+            let mut out = String::with_capacity(url.len());
+            out.push_str(&url[..rest_start]);
+            match authority.rfind('@') {
+                Some(at) => {
+                    let userinfo = &authority[..at];
+                    match userinfo.find(':') {
+                        Some(c) => {
+                            out.push_str(&userinfo[..=c]);
+                            out.push_str(HIDDEN);
+                        }
+                        None => out.push_str(userinfo),
+                    }
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(&mask_password_values(&rest[auth_end..], &['&', '#']));
+            out
+        }
+        None => mask_password_values(url, &[' ', '\t', '\n']),
     }
+}
+
+/// Masks the value after every `password` `=` (spaces allowed around `=`,
+/// a value quoted with `'` runs to the closing quote).
+fn mask_password_values(s: &str, ends: &[char]) -> String {
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut pos = 0;
+    while let Some(found) = lower[pos..].find("password") {
+        let key_end = pos + found + "password".len();
+        out.push_str(&s[pos..key_end]);
+        let after = &s[key_end..];
+        let trimmed = after.trim_start_matches([' ', '\t']);
+        let Some(value) = trimmed.strip_prefix('=') else {
+            pos = key_end;
+            continue;
+        };
+        let value = value.trim_start_matches([' ', '\t']);
+        let value_start = s.len() - value.len();
+        out.push_str(&s[key_end..value_start]);
+        let value_len = if let Some(q) = value.strip_prefix('\'') {
+            // libpq quoting: `\'` and `\\` escape; the value ends at an
+            // unescaped quote (or at the end of a torn string).
+            let mut escaped = false;
+            let mut len = q.len();
+            for (i, ch) in q.char_indices() {
+                match ch {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '\'' => {
+                        len = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            1 + len
+        } else {
+            value.find(ends).unwrap_or(value.len())
+        };
+        out.push_str(HIDDEN);
+        pos = value_start + value_len;
+    }
+    out.push_str(&s[pos..]);
+    out
 }
 
 /// Registers the password with the operational log's redaction, so that no
@@ -56,68 +125,6 @@ fn parse_password(url: &str) -> Option<String> {
     let cfg = tokio_postgres::Config::from_str(url).ok()?;
     cfg.get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned())
-}
-
-fn redact_url_rest(rest: &str) -> String {
-    // The authority ends at the first '/' or '?'; userinfo is what comes
-    // before its last '@' (a password may itself contain '@' percent-encoded
-    // or not).
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:{HIDDEN}@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_string(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k == "password" => format!("{k}={HIDDEN}"),
-                    _ => kv.to_string(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_string(),
-    };
-    format!("{authority}{tail}")
-}
-
-/// `password=secret` or `password = 'se cret'` in libpq's key/value form.
-fn redact_key_values(s: &str) -> String {
-    let Some(at) = s.find("password") else {
-        return s.to_string();
-    };
-    let after = &s[at + "password".len()..];
-    let trimmed = after.trim_start();
-    let Some(value) = trimmed.strip_prefix('=') else {
-        return s.to_string();
-    };
-    let value = value.trim_start();
-    let value_start = s.len() - value.len();
-    let value_len = if let Some(quoted) = value.strip_prefix('\'') {
-        let mut escaped = false;
-        let mut len = None;
-        for (i, c) in quoted.char_indices() {
-            match c {
-                '\\' if !escaped => escaped = true,
-                '\'' if !escaped => {
-                    len = Some(i + 2);
-                    break;
-                }
-                _ => escaped = false,
-            }
-        }
-        len.unwrap_or(value.len())
-    } else {
-        value.find(char::is_whitespace).unwrap_or(value.len())
-    };
-    let rest = &s[value_start + value_len..];
-    format!("{}{HIDDEN}{}", &s[..value_start], redact_key_values(rest))
 }
 
 #[cfg(test)]
@@ -163,5 +170,52 @@ mod tests {
         assert!(parse("nonsense without equals").is_err());
         assert!(parse("postgres://h/db?sslmode=require").is_err());
         assert!(parse("postgres://h/db?sslmode=disable").is_ok());
+    }
+
+    #[test]
+    fn masks_passwords_in_every_form() {
+        let cases = [
+            (
+                "postgres://tollgate:s3cr%40t@db.internal:5432/tollgate",
+                "postgres://tollgate:***@db.internal:5432/tollgate",
+            ),
+            (
+                "postgresql://u:p@ss@h/db?sslmode=disable",
+                "postgresql://u:***@h/db?sslmode=disable",
+            ),
+            (
+                "postgres://tollgate@127.0.0.1:5432/tollgate",
+                "postgres://tollgate@127.0.0.1:5432/tollgate",
+            ),
+            (
+                "postgres://h/db?user=u&password=hunter2&sslmode=disable",
+                "postgres://h/db?user=u&password=***&sslmode=disable",
+            ),
+            (
+                "host=db user=u password=hunter2 dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            (
+                "host=db password = 'a b\\' c' dbname=x",
+                "host=db password = *** dbname=x",
+            ),
+            ("host=db PASSWORD=x", "host=db PASSWORD=***"),
+            ("password='torn", "password=***"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redacted(input), want, "{input}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_drops_the_user_info_password(
+            user in "[a-z]{1,8}", pass in "[a-zA-Z0-9]{6,12}", junk in "\\PC{0,40}"
+        ) {
+            let _ = redacted(&junk);
+            let url = format!("postgres://{user}:{pass}@host:5432/db?{junk}");
+            let red = redacted(&url);
+            proptest::prop_assert!(!red.contains(&format!(":{pass}@")), "{}", red);
+        }
     }
 }

@@ -5,14 +5,12 @@
 
 mod group;
 mod range;
-mod redact;
 mod render;
 mod source_jsonl;
 mod source_ledger;
 
 pub use group::{Report, Row, Totals};
 pub use range::DayRange;
-pub use redact::redact_url;
 pub use render::render;
 pub use source_jsonl::{parse_line, read_jsonl, JsonlStats, LineRecord};
 pub use source_ledger::{build_query, read_ledger};

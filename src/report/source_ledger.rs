@@ -3,8 +3,8 @@
 //! it does groups summed from JSONL logs.
 
 use super::group::{Row, Totals};
-use super::redact::redact_url;
 use super::{DayRange, GroupField};
+use crate::config::postgres_url::redacted as redact_url;
 use anyhow::{anyhow, Context};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
