@@ -8,6 +8,7 @@ mod accounting;
 mod admission;
 mod attempts;
 mod body;
+mod cached;
 mod ctx;
 mod downstream;
 mod error;
@@ -73,6 +74,7 @@ impl Gateway {
             return Ok(Decision::Refuse(e));
         }
         Ok(match body::plan(app, session, ctx).await? {
+            Ok(()) if ctx.cache.as_ref().is_some_and(|c| c.hit.is_some()) => Decision::Cached,
             Ok(()) => Decision::Proxy,
             Err(e) => Decision::Refuse(e),
         })
@@ -97,6 +99,8 @@ enum Decision {
     Proxy,
     /// The gateway answered it (`/auth/revoke`).
     Answered,
+    /// The response cache answers it.
+    Cached,
     Refuse(GatewayError),
 }
 
@@ -131,6 +135,10 @@ impl ProxyHttp for Gateway {
         match self.admit(session, ctx).await? {
             Decision::Proxy => {}
             Decision::Answered => return Ok(true),
+            Decision::Cached => {
+                cached::serve(app, session, ctx).await?;
+                return Ok(true);
+            }
             Decision::Refuse(refusal) => return self.refuse(session, ctx, refusal).await,
         }
         // We ask providers for identity encoding; one that compresses anyway
@@ -309,6 +317,9 @@ impl ProxyHttp for Gateway {
                 BodyKind::from_content_type(ct),
             ));
         }
+        if ctx.cache.is_some() {
+            cached::begin_capture(ctx, upstream_response);
+        }
         respond::common_headers(upstream_response, ctx)
     }
 
@@ -324,6 +335,9 @@ impl ProxyHttp for Gateway {
         }
         if let (Some(m), Some(b)) = (ctx.meter.as_mut(), body.as_ref()) {
             m.feed(b);
+        }
+        if ctx.cache.is_some() {
+            cached::feed(ctx, body.as_ref());
         }
         if end_of_stream {
             ctx.response_done = true;
