@@ -30,6 +30,9 @@ pub const HEADER: &str = "x-tollgate-cache";
 /// while a response streams is bounded by it.
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 
+/// Shared entries up to this size are compressed on the request's thread.
+const INLINE_ENCODE_BYTES: usize = 64 * 1024;
+
 /// What the cache did for a request; the `result` label of
 /// `tollgate_cache_requests_total` and the value of [`HEADER`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +125,10 @@ impl Cache {
         }
     }
 
-    /// Stores an answer without keeping the caller waiting: in process at
-    /// once; for a shared store, compressed on a blocking thread and sent
-    /// without waiting for the reply.
+    /// Stores an answer without keeping the caller waiting for the store:
+    /// in process at once; for a shared store, compressed (here when small,
+    /// on a blocking thread when large) and sent without waiting for the
+    /// reply.
     pub fn put(&self, key: Key, entry: Entry) {
         if entry.body.len() > MAX_ENTRY_BYTES {
             return;
@@ -137,14 +141,21 @@ impl Cache {
                 };
                 let store = store.clone();
                 let ttl = self.ttl;
-                rt.spawn_blocking(move || match entry::encode(&entry) {
+                let small = entry.body.len() <= INLINE_ENCODE_BYTES;
+                let put = move || match entry::encode(&entry) {
                     Ok(raw) => {
                         if let Some(blobs) = store.blobs() {
                             blobs.put_blob(&key.hex(), raw.into(), ttl);
                         }
                     }
                     Err(e) => log::warn!("response cache entry not encoded: {e}"),
-                });
+                };
+                // A typical answer (a few KiB) compresses in microseconds.
+                if small {
+                    put();
+                } else {
+                    rt.spawn_blocking(put);
+                }
             }
         }
     }

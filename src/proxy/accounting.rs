@@ -83,15 +83,6 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .or_else(|| used.model.clone()),
         cache_hit: false,
     };
-    if ctx.cache.is_some() {
-        let answer = cached::Answer {
-            usage: u,
-            model: used.metered.model.clone(),
-            upstream_model: ctx.attempts.upstream_model.as_deref().map(str::to_string),
-            provider: provider.clone(),
-        };
-        cached::store(app, ctx, used.complete, answer);
-    }
     write_record(app, record);
     app.sinks.metrics.request_finished(
         &provider,
@@ -118,6 +109,22 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         let day = utc_day_string(now_ms());
         release(app, ctx, lease, charge, Some((&day, &totals))).await;
     }
+}
+
+/// At a miss's last byte, before the client has it: stores the answer when
+/// it is complete, so the client's next identical request finds it.
+pub fn cache_answer(app: &App, ctx: &mut Ctx) {
+    if !ctx.proxied || ctx.refusal.is_some() {
+        return;
+    }
+    let used = used(app, ctx);
+    let answer = cached::Answer {
+        usage: used.metered.usage,
+        model: used.metered.model.clone(),
+        upstream_model: ctx.attempts.upstream_model.as_deref().map(str::to_string),
+        provider: ctx.provider().map_or("", |p| p.name.as_str()).to_string(),
+    };
+    cached::store(app, ctx, used.complete, answer);
 }
 
 /// Never awaits: a dropped future (runtime shutdown) must not lose the

@@ -341,6 +341,9 @@ impl ProxyHttp for Gateway {
         }
         if end_of_stream {
             ctx.response_done = true;
+            if ctx.cache.is_some() {
+                accounting::cache_answer(&self.app, ctx);
+            }
             // Before the last byte reaches the client, so its next request
             // cannot find its slot still taken or its budget unsettled.
             accounting::settle_at_last_byte(&self.app, ctx);
