@@ -526,7 +526,8 @@ fn python() -> Option<PathBuf> {
     None
 }
 
-/// Two identical streaming calls through the official SDK, unchanged; the
+/// Two identical streaming calls through the official SDK, unchanged (its
+/// `stream()` takes no `temperature`: the calls opt in with the header); the
 /// second is answered from the cache. Prints both texts, the final usage
 /// and each response's `x-tollgate-cache`.
 const SDK_SCRIPT: &str = r#"
@@ -536,8 +537,8 @@ c = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0)
 msgs = [{"role": "user", "content": "Say hello, " + case}]
 out = []
 for _ in range(2):
-    with c.messages.stream(model=model, max_tokens=200, temperature=0,
-                           messages=msgs, extra_headers={"x-test-case": case}) as s:
+    with c.messages.stream(model=model, max_tokens=200, messages=msgs,
+                           extra_headers={"x-test-case": case, "x-tollgate-cache": "use"}) as s:
         text = "".join(s.text_stream)
         final = s.get_final_message()
         out.append({"text": text, "usage": final.usage.model_dump(),
