@@ -258,3 +258,18 @@ pub fn store(app: &App, ctx: &mut Ctx, complete: bool, answer: Answer) {
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_beta_headers_are_all_in_the_key() {
+        let mut h = HeaderMap::new();
+        assert_eq!(joined(&h, "anthropic-beta"), None);
+        h.append("anthropic-beta", "a".parse().unwrap());
+        assert_eq!(joined(&h, "anthropic-beta").as_deref(), Some(&b"a"[..]));
+        h.append("anthropic-beta", "b,c".parse().unwrap());
+        assert_eq!(joined(&h, "anthropic-beta").as_deref(), Some(&b"a,b,c"[..]));
+    }
+}

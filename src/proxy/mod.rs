@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation. Each hook is a short sentence of
 //! calls into the modules that own the decisions: `admission` (route,
-//! identity, limits), `body` (the request body's path), `upstream` (request
+//! identity, limits), `body` (the request body's path), `cached` (the
+//! response cache's stage), `upstream` (request
 //! rewriting), `accounting` (records, metrics, settlement), `respond` (the
 //! gateway's own answers).
 
