@@ -43,6 +43,22 @@ impl CacheState {
     }
 }
 
+/// Once the endpoint is known: on a cacheable endpoint, an answer given
+/// before the cache could decide (401, 400, 403, …) says `skip` too. Not
+/// counted in the metrics: only decisions are.
+pub fn routed(app: &App, ctx: &mut Ctx) {
+    if app.cache.is_none() {
+        return;
+    }
+    if ctx
+        .endpoint()
+        .and_then(|e| cache::eligible(e, None, false))
+        .is_some()
+    {
+        ctx.cache = Some(CacheState::new(Outcome::Skip));
+    }
+}
+
 /// Looks an eligible request up. True on a hit (then `ctx.cache.hit` holds
 /// the answer; admission decides whether it is served).
 pub async fn look_up(app: &App, headers: &HeaderMap, ctx: &mut Ctx, body: &[u8]) -> bool {

@@ -71,6 +71,7 @@ impl Gateway {
         if let Err(e) = admission::route(app, &req.method, req.uri.path(), ctx) {
             return Ok(Decision::Refuse(e));
         }
+        cached::routed(app, ctx);
         if let Err(e) = admission::authenticate(app, &session.req_header().headers, ctx).await {
             return Ok(Decision::Refuse(e));
         }

@@ -273,6 +273,15 @@ async fn temperature_zero_or_use_makes_a_request_eligible(s: &Store) {
     assert_eq!(cache_header(&second), "hit");
     assert_eq!(second.body, first.body);
     assert_eq!(provider.requests_for(&case).len(), 1);
+    // An answer given before the cache could decide says skip.
+    let anonymous = send(
+        client()
+            .post(gw.proxy_url("/v1/messages"))
+            .json(&det(&unique("anon"), false)),
+    )
+    .await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(cache_header(&anonymous), "skip");
     // Endpoints never cached carry no header.
     let emb = ask(
         gw,
