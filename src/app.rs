@@ -19,6 +19,8 @@ pub struct App {
     pub limits: Limiter,
     pub sinks: Sinks,
     pub request: RequestPolicy,
+    /// The response cache; `None` when `cache.enabled` is false.
+    pub cache: Option<crate::cache::Cache>,
 }
 
 /// Verifying callers' tokens, and issuing tokens (admin API).
@@ -76,6 +78,7 @@ impl App {
         };
         let router = Router::from_config(cfg)?;
         let store = crate::store::connect(&cfg.store)?;
+        let cache = crate::cache::Cache::from_config(&cfg.cache, &store);
         let usage_log = UsageLog::new(&cfg.usage.log_path)
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
         let ledger = open_ledger(cfg)?;
@@ -115,6 +118,7 @@ impl App {
                 client_timeout: cfg.limits.client_timeout.as_duration(),
                 drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
             },
+            cache,
         }))
     }
 

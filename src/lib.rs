@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod identity;

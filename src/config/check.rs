@@ -71,6 +71,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     }
     check_routing(cfg, &mut out);
     check_usage(cfg, &mut out);
+    out.extend(cfg.cache.problems().into_iter().map(Problem::error));
     out
 }
 

@@ -4,12 +4,14 @@
 //! Loading never touches the network; `check` (see [`check`]) adds the
 //! filesystem and environment probes.
 
+mod cache;
 pub mod check;
 mod duration;
 mod log_target;
 mod models;
 pub mod postgres_url;
 
+pub use cache::{CacheConfig, CacheScope};
 pub use duration::{parse_duration, DurationError, HumanDuration};
 pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
@@ -55,6 +57,8 @@ pub struct Config {
     pub usage: UsageConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// The working directory at load time: relative paths in the file are
     /// resolved against it, and made absolute before a daemon fork changes
     /// directory.

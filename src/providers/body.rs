@@ -27,6 +27,10 @@ pub struct RequestInfo {
     pub stream: bool,
     /// Over-estimate of the input tokens, for budget reservation.
     pub input_estimate: u64,
+    /// `temperature` is a number equal to 0 (the response cache's default
+    /// eligibility). Any other value, or none, is false; its type is the
+    /// provider's to check.
+    pub temperature_zero: bool,
 }
 
 impl Default for RequestInfo {
@@ -37,6 +41,7 @@ impl Default for RequestInfo {
             choices: 1,
             stream: false,
             input_estimate: 0,
+            temperature_zero: false,
         }
     }
 }
@@ -155,6 +160,8 @@ struct Fields<'a> {
     stream: Option<Scalar<'a>>,
     #[serde(borrow, default)]
     background: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    temperature: Option<Scalar<'a>>,
 }
 
 /// Reads what limits need from a request body for `endpoint`. An empty body
@@ -208,6 +215,8 @@ pub fn inspect(endpoint: Endpoint, body: &[u8]) -> Result<RequestInfo, BodyError
         choices,
         stream,
         input_estimate: estimate_input_tokens(body),
+        temperature_zero: matches!(f.temperature, Some(Scalar::U64(0)))
+            || matches!(f.temperature, Some(Scalar::F64(t)) if t == 0.0),
     })
 }
 

@@ -269,3 +269,19 @@ fn a_deployment_renames_the_model() {
     assert!(with_model(br#"{"messages":[]}"#, "x").is_none());
     assert!(with_model(b"not json", "x").is_none());
 }
+
+#[test]
+fn temperature_zero_is_read_whatever_its_spelling() {
+    for (body, zero) in [
+        (r#"{"model":"m","temperature":0}"#, true),
+        (r#"{"model":"m","temperature":0.0}"#, true),
+        (r#"{"model":"m","temperature":-0.0}"#, true),
+        (r#"{"model":"m","temperature":0.2}"#, false),
+        (r#"{"model":"m","temperature":1}"#, false),
+        (r#"{"model":"m","temperature":"0"}"#, false),
+        (r#"{"model":"m","temperature":null}"#, false),
+        (r#"{"model":"m"}"#, false),
+    ] {
+        assert_eq!(ok(Messages, body).temperature_zero, zero, "{body}");
+    }
+}

@@ -4,6 +4,7 @@
 //! part is handed over earlier, at the response's last byte, when the store
 //! can take it ([`settle_at_last_byte`]).
 
+use super::cached;
 use super::ctx::{Ctx, Hold, Lease};
 use crate::app::App;
 use crate::clock::{now_ms, utc_day_string};
@@ -21,6 +22,9 @@ pub struct Outcome<'a> {
 
 pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     ctx.inflight = None;
+    if ctx.cache.as_ref().is_some_and(|c| c.served) {
+        return finish_hit(app, ctx, out).await;
+    }
     let provider = ctx
         .provider()
         .map_or("none", |p| p.name.as_str())
@@ -77,14 +81,9 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .as_deref()
             .map(str::to_string)
             .or_else(|| used.model.clone()),
+        cache_hit: false,
     };
-    // Never awaits: a dropped future (runtime shutdown) must not lose the
-    // record; a full queue spills to the writer's overflow instead. The
-    // ledger's queue never blocks either (its spool is written off-path).
-    if let Some(ledger) = &app.sinks.ledger {
-        ledger.try_send(record.clone());
-    }
-    app.sinks.usage_log.try_send(record);
+    write_record(app, record);
     app.sinks.metrics.request_finished(
         &provider,
         app.sinks
@@ -109,6 +108,127 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         let totals = day_totals(&u, used.cost);
         let day = utc_day_string(now_ms());
         release(app, ctx, lease, charge, Some((&day, &totals))).await;
+    }
+}
+
+/// At a miss's last byte, before the client has it: stores the answer when
+/// it is complete, so the client's next identical request finds it.
+pub fn cache_answer(app: &App, ctx: &mut Ctx) {
+    if !ctx.proxied || ctx.refusal.is_some() {
+        return;
+    }
+    let used = used(app, ctx);
+    let answer = cached::Answer {
+        usage: used.metered.usage,
+        model: used.metered.model.clone(),
+        upstream_model: ctx.attempts.upstream_model.as_deref().map(str::to_string),
+        provider: ctx.provider().map_or("", |p| p.name.as_str()).to_string(),
+    };
+    cached::store(app, ctx, used.complete, answer);
+}
+
+/// Never awaits: a dropped future (runtime shutdown) must not lose the
+/// record; a full queue spills to the writer's overflow instead. The
+/// ledger's queue never blocks either (its spool is written off-path).
+fn write_record(app: &App, record: UsageRecord) {
+    if let Some(ledger) = &app.sinks.ledger {
+        ledger.try_send(record.clone());
+    }
+    app.sinks.usage_log.try_send(record);
+}
+
+/// The end of a request answered from the response cache: its record
+/// carries the original answer's usage at no cost, the metrics count a
+/// request that used no tokens, and the dollars it saved.
+async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
+    let Some(entry) = ctx.cache.as_ref().and_then(|c| c.hit.clone()) else {
+        return;
+    };
+    let model = ctx
+        .model()
+        .map(str::to_string)
+        .or_else(|| entry.model.clone());
+    let elapsed = ctx.started.elapsed();
+    let u = entry.usage;
+    let status = ctx.status.unwrap_or(200);
+    let record = UsageRecord {
+        ts: UsageRecord::now_rfc3339(),
+        request_id: ctx.request_id.clone(),
+        sub: ctx.sub().to_string(),
+        role: ctx.identity().and_then(|i| i.role.clone()),
+        tier: ctx
+            .caller
+            .as_ref()
+            .map(|c| c.tier.name.clone())
+            .unwrap_or_default(),
+        team: ctx.team().map(|t| t.name.clone()),
+        jti: ctx.identity().map(|i| i.jti.clone()).unwrap_or_default(),
+        provider: entry.provider.clone(),
+        model: model.clone(),
+        endpoint: ctx.endpoint().map_or("", |e| e.name()),
+        path: out.path.to_string(),
+        status,
+        stream: ctx.info.as_ref().is_some_and(|i| i.stream),
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_creation_input_tokens: u.cache_creation_input_tokens,
+        cache_read_input_tokens: u.cache_read_input_tokens,
+        cost_usd: 0.0,
+        duration_ms: elapsed.as_millis() as u64,
+        ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
+        client_disconnected: out.client_disconnected,
+        usage_complete: true,
+        // No deployment was tried.
+        attempts: 0,
+        upstream_model: entry.upstream_model.clone().or_else(|| model.clone()),
+        cache_hit: true,
+    };
+    write_record(app, record);
+    let sent = entry.upstream_model.as_deref().or(ctx.model());
+    let price = app.pricing.price_for(entry.model.as_deref(), sent);
+    app.sinks.metrics.cache_saved(Pricing::cost_at(price, &u));
+    app.sinks.metrics.request_finished(
+        &entry.provider,
+        app.sinks.model_labels.label(model.as_deref().unwrap_or("")),
+        status,
+        ctx.sub(),
+        ctx.team().map_or("", |t| t.name.as_str()),
+        TokenCounts::default(),
+        0.0,
+        elapsed,
+        None,
+    );
+    // Released before the answer was written, unless the store wanted it
+    // done here.
+    if let Some(lease) = ctx.lease.take() {
+        let totals = hit_totals();
+        let day = utc_day_string(now_ms());
+        release(app, ctx, lease, Charge::default(), Some((&day, &totals))).await;
+    }
+}
+
+/// A hit counts as a request of the day, with no tokens and no cost.
+fn hit_totals() -> DayTotals {
+    DayTotals {
+        requests: 1,
+        ..day_totals(&Usage::default(), 0.0)
+    }
+}
+
+/// Before a hit's answer is written: gives back its concurrency slot and
+/// counts it in the day's totals, without waiting (as
+/// [`settle_at_last_byte`] does for a proxied answer).
+pub fn settle_hit(app: &App, ctx: &mut Ctx) {
+    let Some(lease) = ctx.lease.take() else {
+        return;
+    };
+    let totals = hit_totals();
+    let day = utc_day_string(now_ms());
+    let store = &app.limits.store;
+    let taken = finishes(ctx, lease, Charge::default(), Some((&day, &totals)))
+        .all(|done| store.finish_early(done, &app.sinks.finish_failed));
+    if !taken {
+        ctx.lease = Some(lease);
     }
 }
 

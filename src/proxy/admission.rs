@@ -276,6 +276,29 @@ pub async fn approve_body(
     ctx: &mut Ctx,
     mode: Admit,
 ) -> Result<Option<Vec<u8>>, GatewayError> {
+    let inspected = inspect_body(app, raw, ctx, mode).await?;
+    reserve_body(app, ctx, inspected, mode).await
+}
+
+/// What [`inspect_body`] found and [`reserve_body`] reserves.
+pub struct Inspected {
+    /// The body to send upstream when it had to be rewritten.
+    pub rewritten: Option<Vec<u8>>,
+    ask: Option<BudgetAsk>,
+    team_ask: Option<BudgetAsk>,
+    names_cap: bool,
+}
+
+/// The body's half of [`approve_body`] that touches no budget: inspection,
+/// the deployments to try and the model rules. Sets `ctx.info`. Stages that
+/// need the approved body before anything is reserved (the response cache)
+/// run between it and [`reserve_body`].
+pub async fn inspect_body(
+    app: &App,
+    raw: &[u8],
+    ctx: &mut Ctx,
+    mode: Admit,
+) -> Result<Inspected, GatewayError> {
     let endpoint = ctx.endpoint().ok_or_else(GatewayError::internal)?;
     let info = match body::inspect(endpoint, raw) {
         Ok(info) => info,
@@ -310,6 +333,35 @@ pub async fn approve_body(
     ctx.attempts.plan = plan;
     ctx.attempts.routed = routed;
     let names_cap = info.max_tokens.is_some();
+    ctx.info = Some(info);
+    Ok(Inspected {
+        rewritten,
+        ask,
+        team_ask,
+        names_cap,
+    })
+}
+
+/// The budget half of [`approve_body`]: refuses a worst case no budget can
+/// ever hold, then reserves it (admitting too with [`Admit::WithBody`]).
+/// Returns the body to send upstream when it had to be rewritten.
+pub async fn reserve_body(
+    app: &App,
+    ctx: &mut Ctx,
+    inspected: Inspected,
+    mode: Admit,
+) -> Result<Option<Vec<u8>>, GatewayError> {
+    let Inspected {
+        rewritten,
+        ask,
+        team_ask,
+        names_cap,
+    } = inspected;
+    let Caller {
+        identity,
+        tier,
+        team,
+    } = caller(ctx)?;
     let never = ask
         .as_ref()
         .and_then(|a| impossible("tier", a, names_cap))
@@ -319,11 +371,9 @@ pub async fn approve_body(
                 .and_then(|a| impossible("team", a, names_cap))
         });
     if let Some(err) = never {
-        ctx.info = Some(info);
         let err = refused(app, err);
         return Err(admit_before_refusing(app, ctx, mode, err).await);
     }
-    ctx.info = Some(info);
     if let Some(t) = &team {
         let admit_team = mode == Admit::WithBody && !t.limits.admit.is_unlimited();
         if admit_team || team_ask.is_some() {

@@ -24,6 +24,7 @@
 //! replaces with the whole body.
 
 use super::admission::{self, Admit};
+use super::cached;
 use super::ctx::{BodyPhase, Ctx};
 use super::error::GatewayError;
 use crate::app::App;
@@ -84,6 +85,7 @@ pub async fn plan(
         if let Err(e) = admission::admit(app, ctx).await {
             return Ok(Err(e));
         }
+        cached::bypassed(app, ctx);
         ctx.body = BodyPhase::Collecting(BytesMut::new());
         return Ok(Ok(()));
     };
@@ -95,11 +97,27 @@ pub async fn plan(
         // near 64 KiB): Pingora would send it nowhere.
         return Ok(Err(GatewayError::unreplayable()));
     }
-    Ok(admission::approve_body(app, &raw, ctx, Admit::WithBody)
-        .await
-        .map(|approved| {
-            ctx.body = BodyPhase::Approved(approved.map_or_else(|| raw.freeze(), Bytes::from));
-        }))
+    let mut inspected = match admission::inspect_body(app, &raw, ctx, Admit::WithBody).await {
+        Ok(inspected) => inspected,
+        Err(e) => return Ok(Err(e)),
+    };
+    let approved = inspected
+        .rewritten
+        .take()
+        .map_or_else(|| raw.freeze(), Bytes::from);
+    // The guard's stage belongs here: after inspection, before the cache.
+    if cached::look_up(app, &session.req_header().headers, ctx, &approved).await {
+        // A hit is a request (requests per minute, concurrency) but spends
+        // no token or dollar budget: nothing is reserved.
+        let admitted = admission::admit(app, ctx).await;
+        cached::admitted(app, ctx, admitted.is_ok());
+        return Ok(admitted);
+    }
+    Ok(
+        admission::reserve_body(app, ctx, inspected, Admit::WithBody)
+            .await
+            .map(|_| ctx.body = BodyPhase::Approved(approved)),
+    )
 }
 
 /// Reads a body of `expected` bytes whole, before any upstream is chosen,

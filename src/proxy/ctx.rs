@@ -103,6 +103,9 @@ pub struct Ctx {
     /// The answer's head is on its way to the client: from here on nothing
     /// fails over.
     pub response_started: bool,
+    /// What the response cache did; `None` when it is off or the endpoint
+    /// is never cached.
+    pub cache: Option<super::cached::CacheState>,
 }
 
 /// The deployments a request tries, and where it stands.
@@ -169,6 +172,7 @@ impl Ctx {
             inflight: None,
             attempts: Attempts::default(),
             response_started: false,
+            cache: None,
         }
     }
 

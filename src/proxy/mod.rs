@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation. Each hook is a short sentence of
 //! calls into the modules that own the decisions: `admission` (route,
-//! identity, limits), `body` (the request body's path), `upstream` (request
+//! identity, limits), `body` (the request body's path), `cached` (the
+//! response cache's stage), `upstream` (request
 //! rewriting), `accounting` (records, metrics, settlement), `respond` (the
 //! gateway's own answers).
 
@@ -8,6 +9,7 @@ mod accounting;
 mod admission;
 mod attempts;
 mod body;
+mod cached;
 mod ctx;
 mod downstream;
 mod error;
@@ -69,10 +71,12 @@ impl Gateway {
         if let Err(e) = admission::route(app, &req.method, req.uri.path(), ctx) {
             return Ok(Decision::Refuse(e));
         }
+        cached::routed(app, ctx);
         if let Err(e) = admission::authenticate(app, &session.req_header().headers, ctx).await {
             return Ok(Decision::Refuse(e));
         }
         Ok(match body::plan(app, session, ctx).await? {
+            Ok(()) if ctx.cache.as_ref().is_some_and(|c| c.hit.is_some()) => Decision::Cached,
             Ok(()) => Decision::Proxy,
             Err(e) => Decision::Refuse(e),
         })
@@ -97,6 +101,8 @@ enum Decision {
     Proxy,
     /// The gateway answered it (`/auth/revoke`).
     Answered,
+    /// The response cache answers it.
+    Cached,
     Refuse(GatewayError),
 }
 
@@ -131,6 +137,10 @@ impl ProxyHttp for Gateway {
         match self.admit(session, ctx).await? {
             Decision::Proxy => {}
             Decision::Answered => return Ok(true),
+            Decision::Cached => {
+                cached::serve(app, session, ctx).await?;
+                return Ok(true);
+            }
             Decision::Refuse(refusal) => return self.refuse(session, ctx, refusal).await,
         }
         // We ask providers for identity encoding; one that compresses anyway
@@ -309,6 +319,9 @@ impl ProxyHttp for Gateway {
                 BodyKind::from_content_type(ct),
             ));
         }
+        if ctx.cache.is_some() {
+            cached::begin_capture(ctx, upstream_response);
+        }
         respond::common_headers(upstream_response, ctx)
     }
 
@@ -325,8 +338,14 @@ impl ProxyHttp for Gateway {
         if let (Some(m), Some(b)) = (ctx.meter.as_mut(), body.as_ref()) {
             m.feed(b);
         }
+        if ctx.cache.is_some() {
+            cached::feed(ctx, body.as_ref());
+        }
         if end_of_stream {
             ctx.response_done = true;
+            if ctx.cache.is_some() {
+                accounting::cache_answer(&self.app, ctx);
+            }
             // Before the last byte reaches the client, so its next request
             // cannot find its slot still taken or its budget unsettled.
             accounting::settle_at_last_byte(&self.app, ctx);

@@ -21,6 +21,9 @@ pub fn dialect(ctx: &Ctx) -> Dialect {
 /// `x-request-id` on every response, `x-ratelimit-*` once the caller is known.
 pub fn common_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(c) = &ctx.cache {
+        resp.insert_header(crate::cache::HEADER, c.outcome.label())?;
+    }
     if ctx.caller.is_none() {
         return Ok(());
     }

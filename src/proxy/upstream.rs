@@ -10,14 +10,16 @@ use pingora::prelude::*;
 /// Client headers that never reach a provider: credentials (ours or any
 /// other); OpenAI's organisation and project, which are the gateway's to
 /// choose (a provider's `organization` / `project` keys); and `Expect`, which
-/// the gateway answers itself since it reads the body first.
-const REMOVED: [&str; 6] = [
+/// the gateway answers itself since it reads the body first; and the
+/// gateway's own cache directive.
+const REMOVED: [&str; 7] = [
     "authorization",
     "x-api-key",
     "proxy-authorization",
     "openai-organization",
     "openai-project",
     "expect",
+    crate::cache::HEADER,
 ];
 
 pub fn prepare_request(

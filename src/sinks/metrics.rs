@@ -14,7 +14,8 @@ use crate::store::StoreOp;
 use anyhow::{bail, Context};
 use prometheus::core::Collector;
 use prometheus::{
-    CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Counter, CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Request duration: from a few hundred milliseconds for a short completion
@@ -31,6 +32,9 @@ pub const TTFB_BUCKETS: &[f64] = &[
 
 /// Values of the `limit` label of `tollgate_rate_limited_total`.
 pub const LIMIT_KINDS: [&str; 4] = ["requests", "tokens", "concurrent", "budget"];
+
+/// Values of the `result` label of `tollgate_cache_requests_total`.
+pub const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "skip"];
 
 /// Label value used when the caller has none (e.g. the model of a request
 /// refused before its body was read): an empty value would make the series
@@ -74,6 +78,8 @@ struct Inner {
     inflight: IntGaugeVec,
     attempts: IntCounterVec,
     cooling: Arc<CoolingGauge>,
+    cache_requests: IntCounterVec,
+    cache_saved: Counter,
 }
 
 /// `tollgate_deployment_cooling{provider}`: 1 while a deployment is
@@ -240,6 +246,17 @@ impl Metrics {
             ),
             &["provider", "outcome"],
         )?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_requests_total",
+                "Requests on cacheable endpoints with the response cache on, by result: hit (answered from the cache), miss (looked up, went to the provider), skip (not eligible, or bypassed by the x-tollgate-cache header).",
+            ),
+            &["result"],
+        )?;
+        let cache_saved = Counter::new(
+            "tollgate_cache_saved_usd_total",
+            "What the answers served from the response cache would have cost at current prices, in US dollars.",
+        )?;
         let cooling = Arc::new(CoolingGauge {
             gauge: IntGaugeVec::new(
                 Opts::new(
@@ -273,6 +290,8 @@ impl Metrics {
                 Box::new(inflight.clone()),
                 Box::new(attempts.clone()),
                 Box::new(SharedCooling(Arc::clone(&cooling))),
+                Box::new(cache_requests.clone()),
+                Box::new(cache_saved.clone()),
             ]);
             all
         };
@@ -296,6 +315,9 @@ impl Metrics {
         for limit in LIMIT_KINDS {
             rate_limited.with_label_values(&[limit]);
         }
+        for result in CACHE_RESULTS {
+            cache_requests.with_label_values(&[result]);
+        }
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -309,6 +331,8 @@ impl Metrics {
                 inflight,
                 attempts,
                 cooling,
+                cache_requests,
+                cache_saved,
             }),
         })
     }
@@ -463,6 +487,18 @@ impl Metrics {
             .rate_limited
             .with_label_values(&[or_unknown(limit)])
             .inc();
+    }
+
+    /// `result` is one of [`CACHE_RESULTS`].
+    pub fn cache_request(&self, result: &str) {
+        self.inner.cache_requests.with_label_values(&[result]).inc();
+    }
+
+    /// A hit's answer would have cost `usd`.
+    pub fn cache_saved(&self, usd: f64) {
+        if usd.is_finite() && usd > 0.0 {
+            self.inner.cache_saved.inc_by(usd);
+        }
     }
 
     pub fn store_error(&self, op: StoreOp) {

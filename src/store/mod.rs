@@ -40,6 +40,8 @@ pub enum StoreOp {
     Revoke,
     Usage,
     Ping,
+    /// A response cache lookup in a shared store.
+    Cache,
 }
 
 impl StoreOp {
@@ -52,6 +54,7 @@ impl StoreOp {
             StoreOp::Revoke => "revoke",
             StoreOp::Usage => "usage",
             StoreOp::Ping => "ping",
+            StoreOp::Cache => "cache",
         }
     }
 }
@@ -314,8 +317,25 @@ pub async fn admit_then_reserve<S: Store + ?Sized>(
     }
 }
 
+/// Opaque values with a time to live, shared by every replica (the response
+/// cache's entries, when the store is Redis).
+#[async_trait]
+pub trait Blobs: Send + Sync {
+    /// One round trip; `None` when absent or expired.
+    async fn get_blob(&self, key: &str) -> Result<Option<bytes::Bytes>, StoreError>;
+    /// Sent without waiting for the answer; a failure is only logged (a
+    /// cache write that did not land costs a later miss, nothing more).
+    fn put_blob(&self, key: &str, value: bytes::Bytes, ttl: std::time::Duration);
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Shared values with a TTL, when this store holds them for every
+    /// replica; `None` for a store local to the process.
+    fn blobs(&self) -> Option<&dyn Blobs> {
+        None
+    }
+
     /// Takes over a request's whole [`finish`](Store::finish) the moment its
     /// response's last byte is ready, before the client can send its next
     /// request, without waiting (finishing only when the request is logged

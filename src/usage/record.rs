@@ -37,6 +37,9 @@ pub struct UsageRecord {
     /// The model name sent upstream: `model`, unless the deployment renamed
     /// it.
     pub upstream_model: Option<String>,
+    /// Answered from the response cache: the usage is the original
+    /// answer's, `cost_usd` is 0 and no provider was called.
+    pub cache_hit: bool,
 }
 
 const TS_FORMAT: StaticFormatDescription =
@@ -101,6 +104,7 @@ mod tests {
             endpoint: "messages",
             attempts: 1,
             upstream_model: Some("claude-sonnet-4-5".into()),
+            cache_hit: false,
         }
     }
 
@@ -139,6 +143,7 @@ mod tests {
             "endpoint",
             "attempts",
             "upstream_model",
+            "cache_hit",
         ];
         let mut got = keys.clone();
         got.sort_unstable();

@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod auth;
 mod budget_two_replicas;
+mod cache;
 mod cli;
 mod cloud;
 mod concurrency_release;

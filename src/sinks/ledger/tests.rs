@@ -31,6 +31,7 @@ fn record(id: &str) -> UsageRecord {
         endpoint: "messages",
         attempts: 1,
         upstream_model: Some("claude-sonnet-4-5".into()),
+        cache_hit: false,
     }
 }
 
@@ -65,7 +66,7 @@ fn a_complete_schema_is_left_alone_and_a_partial_one_completed() {
     assert!(schema::ddl(&all, &indexes).is_empty());
     let older: Vec<String> = all
         .iter()
-        .filter(|c| *c != "upstream_model" && *c != "team")
+        .filter(|c| *c != "upstream_model" && *c != "team" && *c != "cache_hit")
         .cloned()
         .collect();
     assert_eq!(
@@ -73,6 +74,7 @@ fn a_complete_schema_is_left_alone_and_a_partial_one_completed() {
         vec![
             "ALTER TABLE tollgate_usage ADD COLUMN IF NOT EXISTS team text".to_string(),
             "ALTER TABLE tollgate_usage ADD COLUMN IF NOT EXISTS upstream_model text".to_string(),
+            "ALTER TABLE tollgate_usage ADD COLUMN IF NOT EXISTS cache_hit boolean".to_string(),
             "CREATE INDEX IF NOT EXISTS tollgate_usage_ts_idx ON tollgate_usage (ts)".to_string(),
         ]
     );

@@ -365,6 +365,8 @@ fn types_help_and_buckets() {
         ("tollgate_inflight_requests", "gauge"),
         ("tollgate_upstream_attempts_total", "counter"),
         ("tollgate_deployment_cooling", "gauge"),
+        ("tollgate_cache_requests_total", "counter"),
+        ("tollgate_cache_saved_usd_total", "counter"),
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} {kind}\n")),
@@ -375,7 +377,7 @@ fn types_help_and_buckets() {
         assert!(line.len() > help.len() + 10, "{name}: no help text");
     }
     let families = registry.gather();
-    assert_eq!(families.len(), 11, "exactly the documented metrics");
+    assert_eq!(families.len(), 13, "exactly the documented metrics");
 
     let all = parse(&text);
     let les = |name: &str| -> Vec<String> {
@@ -429,10 +431,10 @@ fn registering_twice_fails_and_leaves_the_registry_intact() {
         err.to_string().contains("tollgate_requests_total"),
         "{err:#}"
     );
-    // The first instance still works and owns all eleven metrics.
+    // The first instance still works and owns all thirteen metrics.
     exercise(&m);
     let _guard = m.inflight("openai");
-    assert_eq!(registry.gather().len(), 11);
+    assert_eq!(registry.gather().len(), 13);
 
     // A clash on a later metric rolls back the ones registered before it:
     // once the clash is gone, registering succeeds.
@@ -609,4 +611,37 @@ fn team_label_on_tokens_and_cost_only() {
             );
         }
     }
+}
+
+#[test]
+fn cache_results_start_at_zero_and_savings_never_go_down() {
+    let registry = Registry::new();
+    let m = Metrics::with_registry(&registry, false).unwrap();
+    let all = samples(&registry);
+    for r in CACHE_RESULTS {
+        assert_eq!(
+            value(&all, "tollgate_cache_requests_total", &[("result", r)]),
+            Some(0.0),
+            "{r}"
+        );
+    }
+    m.cache_request("hit");
+    m.cache_request("hit");
+    m.cache_request("skip");
+    m.cache_saved(0.25);
+    m.cache_saved(f64::NAN);
+    m.cache_saved(-1.0);
+    let all = samples(&registry);
+    assert_eq!(
+        value(&all, "tollgate_cache_requests_total", &[("result", "hit")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&all, "tollgate_cache_requests_total", &[("result", "skip")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&all, "tollgate_cache_saved_usd_total", &[]),
+        Some(0.25)
+    );
 }

@@ -5,6 +5,7 @@
 //! when Redis fails: docs/redis-store.md.
 
 mod batch;
+mod blobs;
 mod connection;
 mod finishes;
 mod keys;
@@ -153,6 +154,10 @@ fn bump_inflight_later(client: &Client, rt: &tokio::runtime::Handle, ctx: &SyncC
 
 #[async_trait]
 impl Store for RedisStore {
+    fn blobs(&self) -> Option<&dyn Blobs> {
+        Some(self)
+    }
+
     /// Hands the finish to the IO thread (kept for replay like any other if
     /// Redis is down) and returns at once. The command is already queued
     /// when this returns, so a request the client sends next through this
