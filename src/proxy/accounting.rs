@@ -178,8 +178,9 @@ async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
         client_disconnected: out.client_disconnected,
         usage_complete: true,
-        // No deployment was tried.
-        attempts: 0,
+        // The spec counts attempts from 1; a hit's one "attempt" is the
+        // cache's answer (no deployment was tried).
+        attempts: 1,
         upstream_model: entry.upstream_model.clone().or_else(|| model.clone()),
         cache_hit: true,
     };
