@@ -153,6 +153,10 @@ fn bump_inflight_later(client: &Client, rt: &tokio::runtime::Handle, ctx: &SyncC
 
 #[async_trait]
 impl Store for RedisStore {
+    fn survives_restart(&self) -> bool {
+        true
+    }
+
     /// Hands the finish to the IO thread (kept for replay like any other if
     /// Redis is down) and returns at once. The command is already queued
     /// when this returns, so a request the client sends next through this
