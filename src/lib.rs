@@ -8,6 +8,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod identity;
+pub mod journal;
 pub mod limits;
 pub mod oplog;
 pub mod providers;

@@ -27,6 +27,9 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         .to_string();
     let status = ctx.status.unwrap_or(out.fallback_status);
     if !ctx.proxied || ctx.refusal.is_some() {
+        if let (true, Some(j)) = (ctx.journaled, &app.sinks.journal) {
+            j.cancel(&ctx.request_id);
+        }
         app.sinks.metrics.request_refused(
             &provider,
             app.sinks.model_labels.label(ctx.model().unwrap_or("")),
@@ -59,7 +62,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         model: used.model.clone(),
         endpoint: ctx.endpoint().map_or("", |e| e.name()),
         path: out.path.to_string(),
-        status,
+        status: Some(status),
         stream: ctx.info.as_ref().is_some_and(|i| i.stream),
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
@@ -77,6 +80,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .as_deref()
             .map(str::to_string)
             .or_else(|| used.model.clone()),
+        interrupted: false,
     };
     // Never awaits: a dropped future (runtime shutdown) must not lose the
     // record; a full queue spills to the writer's overflow instead. The

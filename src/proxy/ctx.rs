@@ -103,6 +103,9 @@ pub struct Ctx {
     /// The answer's head is on its way to the client: from here on nothing
     /// fails over.
     pub response_started: bool,
+    /// The request's journal entry was written: its record, or a cancel,
+    /// completes it.
+    pub journaled: bool,
 }
 
 /// The deployments a request tries, and where it stands.
@@ -169,6 +172,7 @@ impl Ctx {
             inflight: None,
             attempts: Attempts::default(),
             response_started: false,
+            journaled: false,
         }
     }
 

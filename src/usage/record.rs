@@ -19,7 +19,9 @@ pub struct UsageRecord {
     pub provider: String,
     pub model: Option<String>,
     pub path: String,
-    pub status: u16,
+    /// Null only for a record recovered from the journal: the process died
+    /// before the answer (if any) was seen.
+    pub status: Option<u16>,
     pub stream: bool,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -37,6 +39,8 @@ pub struct UsageRecord {
     /// The model name sent upstream: `model`, unless the deployment renamed
     /// it.
     pub upstream_model: Option<String>,
+    /// Recovered from the journal after the gateway died mid-request.
+    pub interrupted: bool,
 }
 
 const TS_FORMAT: StaticFormatDescription =
@@ -87,7 +91,7 @@ mod tests {
             provider: "anthropic".into(),
             model: Some("claude-sonnet-4-5".into()),
             path: "/v1/messages".into(),
-            status: 200,
+            status: Some(200),
             stream: true,
             input_tokens: 1,
             output_tokens: 2,
@@ -101,6 +105,7 @@ mod tests {
             endpoint: "messages",
             attempts: 1,
             upstream_model: Some("claude-sonnet-4-5".into()),
+            interrupted: false,
         }
     }
 
@@ -139,6 +144,7 @@ mod tests {
             "endpoint",
             "attempts",
             "upstream_model",
+            "interrupted",
         ];
         let mut got = keys.clone();
         got.sort_unstable();

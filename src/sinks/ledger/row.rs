@@ -55,6 +55,8 @@ struct Line {
     attempts: Option<u64>,
     #[serde(default)]
     upstream_model: Option<String>,
+    #[serde(default)]
+    interrupted: Option<bool>,
 }
 
 /// One row of `tollgate_usage`, in the column types of [`super::schema`].
@@ -84,6 +86,7 @@ pub struct Row {
     pub endpoint: Option<String>,
     pub attempts: Option<i32>,
     pub upstream_model: Option<String>,
+    pub interrupted: Option<bool>,
 }
 
 /// Why a line was skipped (logged; the record cannot be written).
@@ -138,6 +141,7 @@ pub fn parse(line: &[u8]) -> Result<Row, RowError> {
         endpoint: l.endpoint.map(text),
         attempts: l.attempts.map(int),
         upstream_model: l.upstream_model.map(text),
+        interrupted: l.interrupted,
     })
 }
 

@@ -63,6 +63,7 @@ pub const COLUMNS: &[Column] = &[
     col!("endpoint", "text", "", |r| r.endpoint.clone()),
     col!("attempts", "integer", "", |r| r.attempts),
     col!("upstream_model", "text", "", |r| r.upstream_model.clone()),
+    col!("interrupted", "boolean", "", |r| r.interrupted),
 ];
 
 /// The report's queries: a time range, grouped by subject, team or model.
