@@ -10,6 +10,7 @@ mod budget_two_replicas;
 mod cli;
 mod cloud;
 mod concurrency_release;
+mod crash;
 mod deploy_gate;
 mod endpoints;
 mod errors;
