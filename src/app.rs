@@ -89,24 +89,7 @@ impl App {
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
         let ledger = open_ledger(cfg)?;
         let journal = open_journal(cfg, ledger.is_some(), upgrade)?;
-        if let Some(j) = &journal {
-            let jl = j.clone();
-            usage_log.set_written_hook(Arc::new(move |recs: &[UsageRecord]| {
-                jl.written(
-                    journal::SINK_LOG,
-                    recs.iter().map(|r| r.request_id.as_str()),
-                );
-            }));
-            if let Some(ledger) = &ledger {
-                let jl = j.clone();
-                ledger.set_spooled_hook(Arc::new(move |recs: &[UsageRecord]| {
-                    jl.written(
-                        journal::SINK_LEDGER,
-                        recs.iter().map(|r| r.request_id.as_str()),
-                    );
-                }));
-            }
-        }
+        chain_sinks(&usage_log, ledger.as_ref(), journal.as_ref());
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
         let finish_failed: FinishFailed = {
             let metrics = metrics.clone();
@@ -184,6 +167,40 @@ fn open_ledger(cfg: &Config) -> anyhow::Result<Option<Ledger>> {
         .context("usage.spool_dir is required with usage.postgres_url")?;
     let ledger = Ledger::open(url, &cfg.path(&dir), LedgerMetrics::new()?)?;
     Ok(Some(ledger))
+}
+
+/// The ledger is fed by the usage log's writer, with each record once its
+/// line is written: the ledger then never holds a record the log lacks (a
+/// crash between the two leaves the record in the log only, which crash
+/// recovery finds there and hands to the ledger). The journal hears from
+/// both when a record is safe.
+fn chain_sinks(usage_log: &UsageLog<UsageRecord>, ledger: Option<&Ledger>, j: Option<&Journal>) {
+    if ledger.is_none() && j.is_none() {
+        return;
+    }
+    let (to_ledger, to_journal) = (ledger.cloned(), j.cloned());
+    usage_log.set_written_hook(Arc::new(move |recs: &[UsageRecord]| {
+        if let Some(ledger) = &to_ledger {
+            for r in recs {
+                ledger.try_send(r.clone());
+            }
+        }
+        if let Some(j) = &to_journal {
+            j.written(
+                journal::SINK_LOG,
+                recs.iter().map(|r| r.request_id.as_str()),
+            );
+        }
+    }));
+    if let (Some(ledger), Some(j)) = (ledger, j) {
+        let j = j.clone();
+        ledger.set_spooled_hook(Arc::new(move |recs: &[UsageRecord]| {
+            j.written(
+                journal::SINK_LEDGER,
+                recs.iter().map(|r| r.request_id.as_str()),
+            );
+        }));
+    }
 }
 
 fn open_journal(cfg: &Config, ledger: bool, upgrade: bool) -> anyhow::Result<Option<Journal>> {

@@ -1,6 +1,7 @@
 //! One journal line. An entry is a JSON object (a request about to go
 //! upstream, with everything its usage record and its reservations need);
-//! a done mark is `-` followed by the request id. Lines are independent:
+//! a done mark is `-` followed by the request id; a logged mark, `=` and the
+//! id, says the usage log has its record while the ledger does not yet. Lines are independent:
 //! an entry is open when no done mark names it, whatever their order, so
 //! compaction may rewrite open entries after marks of other requests.
 
@@ -106,9 +107,26 @@ impl Entry<'_> {
     }
 }
 
+/// The request id of an entry line written by [`Entry::write_line`] (its
+/// first field; request ids need no JSON escaping).
+pub fn id_of(line: &[u8]) -> Option<&str> {
+    const HEAD: &[u8] = b"{\"request_id\":\"";
+    let rest = line.strip_prefix(HEAD)?;
+    let end = memchr::memchr(b'"', rest)?;
+    let id = std::str::from_utf8(&rest[..end]).ok()?;
+    (!id.contains('\\')).then_some(id)
+}
+
 /// Appends the done mark of `request_id`.
 pub fn write_done(request_id: &str, out: &mut Vec<u8>) {
     out.push(b'-');
+    out.extend_from_slice(request_id.as_bytes());
+    out.push(b'\n');
+}
+
+/// Appends the logged mark of `request_id`.
+pub fn write_logged(request_id: &str, out: &mut Vec<u8>) {
+    out.push(b'=');
     out.extend_from_slice(request_id.as_bytes());
     out.push(b'\n');
 }
@@ -118,6 +136,8 @@ pub fn write_done(request_id: &str, out: &mut Vec<u8>) {
 #[derive(Debug, Default)]
 pub struct Contents {
     pub open: HashMap<String, Vec<u8>>,
+    /// Open entries whose record the usage log has.
+    pub logged: HashSet<String>,
     /// Lines that were neither an entry nor a mark, or an unterminated last
     /// line (a write cut by a machine crash): skipped.
     pub skipped: usize,
@@ -127,6 +147,7 @@ pub struct Contents {
 pub fn parse(bytes: &[u8]) -> Contents {
     let mut entries: HashMap<String, Vec<u8>> = HashMap::new();
     let mut done: HashSet<&[u8]> = HashSet::new();
+    let mut logged: HashSet<&[u8]> = HashSet::new();
     let mut skipped = 0;
     let mut start = 0;
     for nl in memchr::memchr_iter(b'\n', bytes) {
@@ -135,6 +156,9 @@ pub fn parse(bytes: &[u8]) -> Contents {
         match line.first() {
             Some(b'-') if line.len() > 1 => {
                 done.insert(&line[1..]);
+            }
+            Some(b'=') if line.len() > 1 => {
+                logged.insert(&line[1..]);
             }
             Some(b'{') => match serde_json::from_slice::<Entry<'_>>(line) {
                 Ok(e) if !e.request_id.is_empty() => {
@@ -150,8 +174,14 @@ pub fn parse(bytes: &[u8]) -> Contents {
         skipped += 1;
     }
     entries.retain(|id, _| !done.contains(id.as_bytes()));
+    let logged = entries
+        .keys()
+        .filter(|id| logged.contains(id.as_bytes()))
+        .cloned()
+        .collect();
     Contents {
         open: entries,
+        logged,
         skipped,
     }
 }
@@ -198,6 +228,8 @@ mod tests {
     #[test]
     fn entry_round_trips_as_one_line() {
         let l = line("req_1");
+        assert_eq!(id_of(&l), Some("req_1"));
+        assert_eq!(id_of(b"{\"request_id\":\"a\\\"b\"}"), None);
         assert_eq!(l.iter().filter(|&&b| b == b'\n').count(), 1);
         let back: Entry<'_> = serde_json::from_slice(&l[..l.len() - 1]).unwrap();
         assert_eq!(back, sample("req_1"));
@@ -212,7 +244,10 @@ mod tests {
         f.extend(line("req_2"));
         f.extend(line("req_3"));
         write_done("req_1", &mut f);
+        write_logged("req_2", &mut f);
+        write_logged("req_1", &mut f);
         let c = parse(&f);
+        assert_eq!(c.logged, HashSet::from(["req_2".to_string()]));
         let mut open: Vec<&str> = c.open.keys().map(String::as_str).collect();
         open.sort_unstable();
         assert_eq!(open, ["req_2"]);

@@ -131,11 +131,11 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The request ids of the last `max` bytes of the usage log (none when it
-/// cannot be read): a record written there just before a crash, whose
-/// entry had no done mark yet, must not be written again.
-pub fn log_tail_ids(log: &Path, max: u64) -> std::collections::HashSet<String> {
-    let mut ids = std::collections::HashSet::new();
+/// The lines of the last `max` bytes of the usage log by request id (none
+/// when it cannot be read): a record written there just before a crash,
+/// whose entry had no done mark yet, must not be written again.
+pub fn log_tail(log: &Path, max: u64) -> std::collections::HashMap<String, Vec<u8>> {
+    let mut ids = std::collections::HashMap::new();
     let Ok(mut file) = File::open(log) else {
         return ids;
     };
@@ -151,8 +151,8 @@ pub fn log_tail_ids(log: &Path, max: u64) -> std::collections::HashSet<String> {
     ids
 }
 
-/// The `request_id` of each line (the log writes it without spaces).
-pub fn collect_ids(buf: &[u8], ids: &mut std::collections::HashSet<String>) {
+/// Each line by its `request_id` (the log writes it without spaces).
+pub fn collect_ids(buf: &[u8], ids: &mut std::collections::HashMap<String, Vec<u8>>) {
     const KEY: &[u8] = b"\"request_id\":\"";
     for line in buf.split(|&b| b == b'\n') {
         let Some(at) = memchr::memmem::find(line, KEY) else {
@@ -161,7 +161,7 @@ pub fn collect_ids(buf: &[u8], ids: &mut std::collections::HashSet<String>) {
         let rest = &line[at + KEY.len()..];
         if let Some(end) = memchr::memchr(b'"', rest) {
             if let Ok(id) = std::str::from_utf8(&rest[..end]) {
-                ids.insert(id.to_owned());
+                ids.insert(id.to_owned(), line.to_vec());
             }
         }
     }
@@ -204,10 +204,11 @@ mod tests {
             ));
         }
         fs::write(&log, &text).unwrap();
-        let all = log_tail_ids(&log, 1 << 20);
+        let all = log_tail(&log, 1 << 20);
         assert_eq!(all.len(), 100);
-        let tail = log_tail_ids(&log, 200);
-        assert!(tail.contains("req_99") && !tail.contains("req_1"));
-        assert!(log_tail_ids(&dir.path().join("missing"), 100).is_empty());
+        assert!(all["req_7"].starts_with(b"{\"ts\""));
+        let tail = log_tail(&log, 200);
+        assert!(tail.contains_key("req_99") && !tail.contains_key("req_1"));
+        assert!(log_tail(&dir.path().join("missing"), 100).is_empty());
     }
 }

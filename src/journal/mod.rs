@@ -102,7 +102,6 @@ struct Queue {
 enum Msg {
     /// An entry was written; its line (with `\n`) and the sinks it waits for.
     Opened {
-        id: String,
         line: Vec<u8>,
         sinks: u8,
     },
@@ -241,11 +240,7 @@ impl Journal {
             }
         }
         let end = s.appended.fetch_add(line.len() as u64, Ordering::AcqRel) + line.len() as u64;
-        self.push(Msg::Opened {
-            id: e.request_id.to_string(),
-            line,
-            sinks,
-        });
+        self.push(Msg::Opened { line, sinks });
         Some(Appended { end })
     }
 
@@ -340,7 +335,15 @@ impl Journal {
     /// open (waiting for `sinks`) before the dead file is deleted, so a
     /// crash during recovery loses none and doubles none.
     pub(crate) fn adopt_entry(&self, e: &Entry<'_>, sinks: u8) -> Option<Appended> {
-        self.append_for(e, sinks)
+        let a = self.append_for(e, sinks)?;
+        if sinks & SINK_LOG == 0 {
+            // Carried over with it: the log has its record already.
+            let mut mark = Vec::with_capacity(e.request_id.len() + 2);
+            entry::write_logged(&e.request_id, &mut mark);
+            let current = Arc::clone(&self.shared.current.lock());
+            (&current.file).write_all(&mark).ok()?;
+        }
+        Some(a)
     }
 
     pub(crate) fn sinks(&self) -> u8 {

@@ -11,7 +11,7 @@
 
 use super::entry::{self, Entry};
 use super::{file, Journal, SINK_LOG};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// How much of the usage log's end is read for records already written.
@@ -25,6 +25,8 @@ const MAX_FILE_BYTES: u64 = 256 << 20;
 pub struct Recovered {
     pub entry: Entry<'static>,
     pub sinks: u8,
+    /// Its record's line in the usage log, when it is there already.
+    pub logged: Option<Vec<u8>>,
 }
 
 /// Takes over every dead process's file in the journal's directory.
@@ -39,7 +41,7 @@ pub fn recover(journal: &Journal, log_path: Option<&Path>) -> Vec<Recovered> {
         }
     };
     let mut out = Vec::new();
-    let mut tail: Option<HashSet<String>> = None;
+    let mut tail: Option<HashMap<String, Vec<u8>>> = None;
     for path in files {
         let mut f = match file::adopt(&path) {
             Ok(Some(f)) => f,
@@ -65,9 +67,9 @@ pub fn recover(journal: &Journal, log_path: Option<&Path>) -> Vec<Recovered> {
             );
         }
         let tail = tail.get_or_insert_with(|| {
-            log_path.map_or_else(HashSet::new, |p| file::log_tail_ids(p, LOG_TAIL_BYTES))
+            log_path.map_or_else(HashMap::new, |p| file::log_tail(p, LOG_TAIL_BYTES))
         });
-        let Some(batch) = take_over(journal, contents.open, tail) else {
+        let Some(batch) = take_over(journal, contents, tail) else {
             log::error!(
                 "journal: cannot journal {}'s entries in this process's file; left for later",
                 path.display()
@@ -98,15 +100,16 @@ pub fn recover(journal: &Journal, log_path: Option<&Path>) -> Vec<Recovered> {
 /// The open entries less those the log has, journaled here.
 fn take_over(
     journal: &Journal,
-    open: std::collections::HashMap<String, Vec<u8>>,
-    in_log: &HashSet<String>,
+    contents: entry::Contents,
+    in_log: &HashMap<String, Vec<u8>>,
 ) -> Option<Vec<Recovered>> {
-    let mut batch = Vec::with_capacity(open.len());
-    for (id, line) in open {
+    let mut batch = Vec::with_capacity(contents.open.len());
+    for (id, line) in contents.open {
         let Ok(e) = serde_json::from_slice::<Entry<'_>>(&line) else {
             continue;
         };
-        let sinks = if in_log.contains(&id) {
+        let logged = in_log.get(&id).cloned();
+        let sinks = if logged.is_some() || contents.logged.contains(&id) {
             journal.sinks() & !SINK_LOG
         } else {
             journal.sinks()
@@ -124,7 +127,11 @@ fn take_over(
             }
             return None;
         }
-        batch.push(Recovered { entry: e, sinks });
+        batch.push(Recovered {
+            entry: e,
+            sinks,
+            logged,
+        });
     }
     Some(batch)
 }

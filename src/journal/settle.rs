@@ -4,7 +4,7 @@
 
 use super::entry::{Entry, Held};
 use super::recover::Recovered;
-use super::{SINK_LEDGER, SINK_LOG};
+use super::SINK_LOG;
 use crate::app::App;
 use crate::clock::utc_day_string;
 use crate::sinks::TokenCounts;
@@ -13,21 +13,22 @@ use crate::usage::UsageRecord;
 use std::time::Duration;
 
 /// Emits each recovered entry's record to the sinks that still need it; a
-/// record new to the usage log is also counted in metrics and charged.
+/// record new to the usage log is also counted in metrics and charged. One
+/// already in the log goes to the ledger as the log has it (the ledger is
+/// fed after the log, so it lacks what the log lacks, never the reverse).
 pub async fn settle_recovered(app: &App, recovered: Vec<Recovered>) {
     for r in recovered {
-        let record = record_of(&r.entry);
-        let fresh = r.sinks & SINK_LOG != 0;
-        if r.sinks & SINK_LEDGER != 0 {
+        if r.sinks & SINK_LOG == 0 {
+            // Its real record is in the log already (charged and counted
+            // then): the ledger gets that one.
             if let Some(ledger) = &app.sinks.ledger {
-                ledger.try_send(record.clone());
+                let logged = r.logged.as_deref().and_then(UsageRecord::from_json_line);
+                ledger.try_send(logged.unwrap_or_else(|| record_of(&r.entry)));
             }
-        }
-        if !fresh {
-            // Its real record is in the log already: it was charged and
-            // counted then.
             continue;
         }
+        // The ledger gets it from the usage log's writer.
+        let record = record_of(&r.entry);
         app.sinks.metrics.request_finished(
             &record.provider,
             app.sinks
@@ -85,20 +86,7 @@ pub fn record_of(e: &Entry<'_>) -> UsageRecord {
 
 /// The record's `endpoint` is one of the catalogue's names.
 fn endpoint_name(name: &str) -> &'static str {
-    use crate::providers::Endpoint::*;
-    [
-        Messages,
-        CountTokens,
-        Models,
-        ChatCompletions,
-        Completions,
-        Responses,
-        Embeddings,
-    ]
-    .into_iter()
-    .map(|e| e.name())
-    .find(|n| *n == name)
-    .unwrap_or("")
+    crate::providers::Endpoint::from_name(name).map_or("", |e| e.name())
 }
 
 /// Charges the reservation's amount: a store that kept its state (Redis)

@@ -184,4 +184,16 @@ fn recovery_takes_dead_files_and_skips_records_already_logged() {
     // them from there, once.
     assert_eq!(open_ids(&live.path()), ["req_1", "req_2", "req_3"]);
     assert!(recover(&live, Some(&log)).is_empty());
+    // Killed now, req_2 still counts as logged even without the log.
+    let live_path = live.path();
+    drop(live);
+    let third = Journal::open(&jdir, Duration::from_millis(5), true, false).unwrap();
+    let mut again = recover(&third, None);
+    again.sort_by(|a, b| a.entry.request_id.cmp(&b.entry.request_id));
+    let sinks: Vec<u8> = again.iter().map(|r| r.sinks).collect();
+    assert_eq!(
+        sinks,
+        [SINK_LOG | SINK_LEDGER, SINK_LEDGER, SINK_LOG | SINK_LEDGER]
+    );
+    assert!(!live_path.exists());
 }

@@ -1,7 +1,7 @@
 //! The journal thread: keeps the open entries, appends done marks, fsyncs,
 //! compacts.
 
-use super::{entry, file, Current, Msg, Shared};
+use super::{entry, file, Current, Msg, Shared, SINK_LOG};
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -83,7 +83,16 @@ pub(super) fn finish_here(s: &Arc<Shared>) {
 fn apply(st: &mut State, msgs: &mut Vec<Msg>) {
     for m in msgs.drain(..) {
         match m {
-            Msg::Opened { id, line, sinks } => {
+            Msg::Opened { line, sinks } => {
+                let id = entry::id_of(&line).map(str::to_owned).or_else(|| {
+                    let body = line.strip_suffix(b"\n").unwrap_or(&line);
+                    serde_json::from_slice::<entry::Entry<'_>>(body)
+                        .ok()
+                        .map(|e| e.request_id.into_owned())
+                });
+                let Some(id) = id else {
+                    continue;
+                };
                 st.open.insert(
                     id,
                     Open {
@@ -101,6 +110,10 @@ fn apply(st: &mut State, msgs: &mut Vec<Msg>) {
                     if o.waiting == 0 {
                         st.open.remove(&id);
                         entry::write_done(&id, &mut st.marks);
+                    } else if sink & SINK_LOG != 0 {
+                        // Recovery must not write it to the log again, even
+                        // once it left the log's tail.
+                        entry::write_logged(&id, &mut st.marks);
                     }
                 }
             }

@@ -84,10 +84,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     };
     // Never awaits: a dropped future (runtime shutdown) must not lose the
     // record; a full queue spills to the writer's overflow instead. The
-    // ledger's queue never blocks either (its spool is written off-path).
-    if let Some(ledger) = &app.sinks.ledger {
-        ledger.try_send(record.clone());
-    }
+    // ledger gets it from the log's writer once its line is written.
     app.sinks.usage_log.try_send(record);
     app.sinks.metrics.request_finished(
         &provider,

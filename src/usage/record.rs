@@ -61,6 +61,53 @@ impl UsageRecord {
         }
     }
 
+    /// A line of the usage log read back (crash recovery sends a record the
+    /// log already holds to the ledger). None when it is not a record.
+    pub fn from_json_line(line: &[u8]) -> Option<UsageRecord> {
+        let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        let flag = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        };
+        Some(UsageRecord {
+            ts: text("ts")?,
+            request_id: text("request_id")?,
+            sub: text("sub").unwrap_or_default(),
+            role: text("role"),
+            tier: text("tier").unwrap_or_default(),
+            team: text("team"),
+            jti: text("jti").unwrap_or_default(),
+            provider: text("provider").unwrap_or_default(),
+            model: text("model"),
+            path: text("path").unwrap_or_default(),
+            status: num("status").and_then(|s| u16::try_from(s).ok()),
+            stream: flag("stream"),
+            input_tokens: num("input_tokens").unwrap_or(0),
+            output_tokens: num("output_tokens").unwrap_or(0),
+            cache_creation_input_tokens: num("cache_creation_input_tokens").unwrap_or(0),
+            cache_read_input_tokens: num("cache_read_input_tokens").unwrap_or(0),
+            cost_usd: v
+                .get("cost_usd")
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0),
+            duration_ms: num("duration_ms").unwrap_or(0),
+            ttfb_ms: num("ttfb_ms"),
+            client_disconnected: flag("client_disconnected"),
+            usage_complete: flag("usage_complete"),
+            endpoint: text("endpoint")
+                .and_then(|e| crate::providers::Endpoint::from_name(&e))
+                .map_or("", |e| e.name()),
+            attempts: num("attempts")
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(1),
+            upstream_model: text("upstream_model"),
+            interrupted: flag("interrupted"),
+        })
+    }
+
     /// Now as `2025-01-31T12:34:56.789Z`.
     pub fn now_rfc3339() -> String {
         format_ts(OffsetDateTime::now_utc())
@@ -154,6 +201,16 @@ mod tests {
         assert_eq!(v["jti"], "j\"1\n");
         assert_eq!(v["cost_usd"], 0.000123);
         assert_eq!(v["ttfb_ms"], 300);
+    }
+
+    #[test]
+    fn a_written_line_reads_back_as_the_same_record() {
+        let mut r = sample();
+        r.jti = "j1".into();
+        let mut out = Vec::new();
+        r.write_json_line(&mut out);
+        assert_eq!(UsageRecord::from_json_line(&out), Some(r));
+        assert_eq!(UsageRecord::from_json_line(b"{\"x\":1}"), None);
     }
 
     #[test]

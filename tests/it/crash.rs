@@ -102,15 +102,23 @@ async fn with_ledger(b: GatewayBuilder) -> GatewayBuilder {
     }
 }
 
-/// The ledger's request ids once it holds `n` rows (or after 30 s).
-async fn ledger_ids(url: &str, n: usize) -> HashSet<String> {
+/// The ledger's rows (request id → interrupted, output tokens) once it
+/// holds `n` (or after 30 s).
+async fn ledger_rows(url: &str, n: usize) -> HashMap<String, (Option<bool>, Option<i64>)> {
     let client = crate::common::postgres::connect(url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ids: HashSet<String> = client
-            .query("SELECT request_id FROM tollgate_usage", &[])
+        let ids: HashMap<String, (Option<bool>, Option<i64>)> = client
+            .query(
+                "SELECT request_id, interrupted, output_tokens FROM tollgate_usage",
+                &[],
+            )
             .await
-            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), (r.get(1), r.get(2))))
+                    .collect()
+            })
             .unwrap_or_default();
         if ids.len() >= n || Instant::now() > deadline {
             return ids;
@@ -280,15 +288,24 @@ async fn sigkill_under_load_loses_and_doubles_no_record() {
     assert!(files <= 2, "{files} journal files left");
 
     if let Some(url) = pg_url {
-        let rows = ledger_ids(&url, records.len()).await;
-        let missing: Vec<&String> = ids.difference(&rows).collect();
-        let extra: Vec<&String> = rows.difference(&ids).collect();
+        let rows = ledger_rows(&url, records.len()).await;
+        let row_ids: HashSet<String> = rows.keys().cloned().collect();
+        let missing: Vec<&String> = ids.difference(&row_ids).collect();
+        let extra: Vec<&String> = row_ids.difference(&ids).collect();
         assert!(
             missing.is_empty() && extra.is_empty(),
             "the ledger differs from the log: {} missing {missing:?}, {} extra {extra:?}",
             missing.len(),
             extra.len()
         );
+        // The same record, not only the same id: a request whose record
+        // reached the log before the kill, and the spool not, gets the
+        // log's record in the ledger, not an interrupted one.
+        for r in &records {
+            let id = r["request_id"].as_str().unwrap_or("");
+            let want = (r["interrupted"].as_bool(), r["output_tokens"].as_i64());
+            assert_eq!(rows[id], want, "ledger row {id} differs from the log's {r}");
+        }
     }
 }
 
