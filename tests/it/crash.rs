@@ -6,7 +6,8 @@
 //!   ones say so, and the journal stays small;
 //! - an interrupted request's reservation is charged (in-process store and
 //!   Redis);
-//! - a graceful upgrade under load yields no interrupted record;
+//! - a graceful upgrade under load yields no interrupted record (with
+//!   `journal_fsync: 0`, whose group commit this also exercises);
 //! - a second gateway on the same journal_dir is refused.
 //!
 //! The provider does not see the gateway's request id, so records are
@@ -403,7 +404,10 @@ async fn an_interrupted_reservation_is_charged_with_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_graceful_upgrade_under_load_interrupts_nothing() {
     let provider = Arc::new(FakeProvider::start());
-    let mut gw = GatewayBuilder::for_provider(&provider).start();
+    // fsync before each request goes upstream (group commit), end to end.
+    let mut gw = GatewayBuilder::for_provider(&provider)
+        .tweak(|c| c["usage"]["journal_fsync"] = json!("0"))
+        .start();
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for k in 0..8 {
