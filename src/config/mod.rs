@@ -658,6 +658,30 @@ mod tests {
     }
 
     #[test]
+    fn journal_defaults_next_to_the_usage_log_file_and_is_off_on_stdout() {
+        let mut u = UsageConfig::default();
+        assert_eq!(u.journal_dir(), None, "stdout log: no journal");
+        assert_eq!(u.journal_fsync.as_duration(), Duration::from_millis(100));
+        u.log_path = LogTarget::from("/var/log/tollgate/usage.jsonl");
+        assert_eq!(
+            u.journal_dir(),
+            Some(PathBuf::from("/var/log/tollgate/tollgate-journal"))
+        );
+        u.journal_dir = Some(PathBuf::from("/var/lib/tollgate/journal"));
+        assert_eq!(
+            u.journal_dir(),
+            Some(PathBuf::from("/var/lib/tollgate/journal"))
+        );
+        let cfg = Config::parse(&EXAMPLE.replacen(
+            "drain_on_disconnect: 30s",
+            "journal_fsync: 0\n  drain_on_disconnect: 30s",
+            1,
+        ))
+        .expect("journal_fsync: 0");
+        assert!(cfg.usage.journal_fsync.as_duration().is_zero());
+    }
+
+    #[test]
     fn listen_accepts_list() {
         let text = EXAMPLE.replacen(
             "listen: 127.0.0.1:8080",
