@@ -221,11 +221,16 @@ impl Journal {
         if !e.write_line(&mut line) {
             return None;
         }
-        // Held only for the write: compaction waits until no append to the
-        // file it replaces is under way.
+        if sinks & SINK_LOG == 0 {
+            // Taken over from a dead process whose record the log has: the
+            // mark goes in the same write.
+            entry::write_logged(&e.request_id, &mut line);
+        }
+        // Held until the entry is queued for the thread: compaction waits
+        // for every append to the file it replaces to be queued, then
+        // copies the open entries over.
         let current = Arc::clone(&s.current.lock());
         let written = (&current.file).write(&line);
-        drop(current);
         match written {
             Ok(n) if n == line.len() => {}
             Ok(_) | Err(_) => {
@@ -241,6 +246,7 @@ impl Journal {
         }
         let end = s.appended.fetch_add(line.len() as u64, Ordering::AcqRel) + line.len() as u64;
         self.push(Msg::Opened { line, sinks });
+        drop(current);
         Some(Appended { end })
     }
 
@@ -335,15 +341,7 @@ impl Journal {
     /// open (waiting for `sinks`) before the dead file is deleted, so a
     /// crash during recovery loses none and doubles none.
     pub(crate) fn adopt_entry(&self, e: &Entry<'_>, sinks: u8) -> Option<Appended> {
-        let a = self.append_for(e, sinks)?;
-        if sinks & SINK_LOG == 0 {
-            // Carried over with it: the log has its record already.
-            let mut mark = Vec::with_capacity(e.request_id.len() + 2);
-            entry::write_logged(&e.request_id, &mut mark);
-            let current = Arc::clone(&self.shared.current.lock());
-            (&current.file).write_all(&mark).ok()?;
-        }
-        Some(a)
+        self.append_for(e, sinks)
     }
 
     pub(crate) fn sinks(&self) -> u8 {

@@ -197,3 +197,26 @@ fn recovery_takes_dead_files_and_skips_records_already_logged() {
     );
     assert!(!live_path.exists());
 }
+
+#[test]
+fn compaction_keeps_what_the_log_already_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path(), true).with_compact_bytes(2048);
+    j.start();
+    let first = j.path();
+    j.append(&entry("req_logged")).unwrap();
+    j.written(SINK_LOG, ["req_logged"].into_iter());
+    for i in 0..40 {
+        let id = format!("req_{i:03}");
+        j.append(&entry(&id)).unwrap();
+        j.written(SINK_LOG, [id.as_str()].into_iter());
+        j.written(SINK_LEDGER, [id.as_str()].into_iter());
+    }
+    wait_for(|| !first.exists());
+    std::thread::sleep(Duration::from_millis(300));
+    let files = file::list(dir.path()).unwrap();
+    assert_eq!(files.len(), 1);
+    let c = entry::parse(&std::fs::read(&files[0]).unwrap());
+    assert_eq!(c.open.keys().collect::<Vec<_>>(), ["req_logged"]);
+    assert!(c.logged.contains("req_logged"));
+}

@@ -181,8 +181,11 @@ fn compact(s: &Arc<Shared>, st: &mut State, msgs: &mut Vec<Msg>) {
     // Done marks of entries that lived in the old file are moot now.
     st.marks.clear();
     let mut buf = Vec::with_capacity(st.open.values().map(|o| o.line.len()).sum());
-    for o in st.open.values() {
+    for (id, o) in &st.open {
         buf.extend_from_slice(&o.line);
+        if o.waiting & SINK_LOG == 0 {
+            entry::write_logged(id, &mut buf);
+        }
     }
     // Every append counted here is in the old file or the new one, and both
     // are fsynced below.
