@@ -140,7 +140,7 @@ fn record(c: &mut Criterion) {
         provider: "anthropic".into(),
         model: Some("claude-sonnet-4-5-20250929".into()),
         path: "/v1/messages".into(),
-        status: 200,
+        status: Some(200),
         stream: true,
         input_tokens: 2095,
         output_tokens: 503,
@@ -155,6 +155,7 @@ fn record(c: &mut Criterion) {
         attempts: 1,
         upstream_model: Some("claude-sonnet-4-5-20250929".into()),
         cache_hit: false,
+        interrupted: false,
     };
     let mut g = c.benchmark_group("record");
     let mut out = Vec::with_capacity(1024);

@@ -99,6 +99,11 @@ case "$(yaml_val log_path)" in
     "$logdir"/*) ;;
     *) fail "usage.log_path $(yaml_val log_path) is not under LogsDirectory $logdir" ;;
 esac
+statedir=/var/lib/$(unit_val StateDirectory)
+case "$(yaml_val journal_dir)" in
+    "$statedir"/*) ;;
+    *) fail "usage.journal_dir $(yaml_val journal_dir) is not under StateDirectory $statedir" ;;
+esac
 grace=$(yaml_val grace_period_seconds)
 shut=$(yaml_val graceful_shutdown_timeout_seconds)
 case "$stop" in

@@ -3,6 +3,7 @@
 
 use crate::config::{Config, OnError};
 use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
+use crate::journal::{self, Journal};
 use crate::limits::{Teams, Tiers};
 use crate::providers::Router;
 use crate::sinks::{Ledger, LedgerMetrics, Metrics, ModelLabels, UsageLog};
@@ -47,6 +48,8 @@ pub struct Sinks {
     pub usage_log: UsageLog<UsageRecord>,
     /// `usage.postgres_url`: records also go to Postgres, through the spool.
     pub ledger: Option<Ledger>,
+    /// `usage.journal_dir`: requests in flight survive the process's death.
+    pub journal: Option<Journal>,
     pub metrics: Metrics,
     pub model_labels: ModelLabels,
     /// Counts and logs a finish the store took over and could not apply.
@@ -66,6 +69,12 @@ pub struct RequestPolicy {
 
 impl App {
     pub fn from_config(cfg: &Config) -> anyhow::Result<Arc<Self>> {
+        Self::from_config_for(cfg, false)
+    }
+
+    /// `upgrade`: started by a graceful upgrade (`serve -u`), while the old
+    /// process still holds the journal's directory lock.
+    pub fn from_config_for(cfg: &Config, upgrade: bool) -> anyhow::Result<Arc<Self>> {
         let resolve = |p: &std::path::Path| cfg.path(p);
         let verifier = Verifier::from_config(&cfg.identity, &resolve)
             .context("cannot load the identity verification keys")?;
@@ -82,6 +91,8 @@ impl App {
         let usage_log = UsageLog::new(&cfg.usage.log_path)
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
         let ledger = open_ledger(cfg)?;
+        let journal = open_journal(cfg, ledger.is_some(), upgrade)?;
+        chain_sinks(&usage_log, ledger.as_ref(), journal.as_ref());
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
         let finish_failed: FinishFailed = {
             let metrics = metrics.clone();
@@ -107,6 +118,7 @@ impl App {
             sinks: Sinks {
                 usage_log,
                 ledger,
+                journal,
                 metrics,
                 model_labels: ModelLabels::from_config(cfg),
                 finish_failed,
@@ -159,6 +171,53 @@ fn open_ledger(cfg: &Config) -> anyhow::Result<Option<Ledger>> {
         .context("usage.spool_dir is required with usage.postgres_url")?;
     let ledger = Ledger::open(url, &cfg.path(&dir), LedgerMetrics::new()?)?;
     Ok(Some(ledger))
+}
+
+/// The ledger is fed by the usage log's writer, with each record once its
+/// line is written: the ledger then never holds a record the log lacks (a
+/// crash between the two leaves the record in the log only, which crash
+/// recovery finds there and hands to the ledger). The journal hears from
+/// both when a record is safe.
+fn chain_sinks(usage_log: &UsageLog<UsageRecord>, ledger: Option<&Ledger>, j: Option<&Journal>) {
+    if ledger.is_none() && j.is_none() {
+        return;
+    }
+    let (to_ledger, to_journal) = (ledger.cloned(), j.cloned());
+    usage_log.set_written_hook(Arc::new(move |recs: &[UsageRecord]| {
+        if let Some(ledger) = &to_ledger {
+            for r in recs {
+                ledger.try_send(r.clone());
+            }
+        }
+        if let Some(j) = &to_journal {
+            j.written(
+                journal::SINK_LOG,
+                recs.iter().map(|r| r.request_id.as_str()),
+            );
+        }
+    }));
+    if let (Some(ledger), Some(j)) = (ledger, j) {
+        let j = j.clone();
+        ledger.set_spooled_hook(Arc::new(move |recs: &[UsageRecord]| {
+            j.written(
+                journal::SINK_LEDGER,
+                recs.iter().map(|r| r.request_id.as_str()),
+            );
+        }));
+    }
+}
+
+fn open_journal(cfg: &Config, ledger: bool, upgrade: bool) -> anyhow::Result<Option<Journal>> {
+    let Some(dir) = cfg.usage.journal_dir() else {
+        return Ok(None);
+    };
+    let j = Journal::open(
+        &cfg.path(&dir),
+        cfg.usage.journal_fsync.as_duration(),
+        ledger,
+        upgrade,
+    )?;
+    Ok(Some(j))
 }
 
 impl crate::sinks::LogLine for UsageRecord {

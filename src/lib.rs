@@ -9,6 +9,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod identity;
+pub mod journal;
 pub mod limits;
 pub mod oplog;
 pub mod providers;

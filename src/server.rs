@@ -62,6 +62,12 @@ impl BackgroundService for Housekeeping {
             ledger.start();
         }
         self.app.limits.store.start_background();
+        if let Some(j) = &self.app.sinks.journal {
+            j.start();
+        }
+        recover_journal(&self.app).await;
+        let mut recovery = tokio::time::interval(JOURNAL_RECOVERY_EVERY);
+        recovery.tick().await;
         let log = self.app.sinks.usage_log.clone();
         tokio::spawn(crate::sinks::watch_sighup(log));
         // Every 10 s, or more often when idle series expire sooner, so a
@@ -76,10 +82,32 @@ impl BackgroundService for Housekeeping {
                     self.app.limits.store.sweep(now);
                     self.app.sinks.metrics.sweep_idle_users(now, self.app.sinks.metrics_user_idle);
                 }
+                _ = recovery.tick() => recover_journal(&self.app).await,
                 _ = shutdown.changed() => break,
             }
         }
     }
+}
+
+/// How often journal files of processes that died since are looked for (a
+/// replica's old process killed during a graceful upgrade).
+const JOURNAL_RECOVERY_EVERY: Duration = Duration::from_secs(3);
+
+/// Turns the open entries of dead processes' journal files into records,
+/// and takes the journal's directory lock once it is free (after an
+/// upgrade).
+async fn recover_journal(app: &Arc<App>) {
+    let Some(j) = app.sinks.journal.clone() else {
+        return;
+    };
+    let log = app.sinks.usage_log.path().map(std::path::Path::to_owned);
+    let found = tokio::task::spawn_blocking(move || {
+        j.take_dir_lock();
+        crate::journal::recover::recover(&j, log.as_deref())
+    })
+    .await
+    .unwrap_or_default();
+    crate::journal::settle_recovered(app, found).await;
 }
 
 /// Pid of the process that was started, before any daemon fork.
@@ -159,7 +187,9 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     // so it is a service the listeners depend on rather than a call here.
     let bootstrap = server.bootstrap_as_a_service();
 
-    let app = App::from_config(&cfg)?;
+    // Before the daemon fork: the journal's locks belong to open files the
+    // forked child keeps.
+    let app = App::from_config_for(&cfg, upgrade)?;
 
     let mut http =
         pingora::proxy::HttpProxy::new(Gateway::new(app.clone()), server.configuration.clone());
@@ -215,6 +245,11 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     // take the rest, and the next start writes what it did not.
     if let Some(ledger) = &app.sinks.ledger {
         ledger.flush_at_exit(Duration::from_secs(5));
+    }
+    // Every record is written: the last done marks, and this process's
+    // journal file goes (nothing for the next process to recover).
+    if let Some(journal) = &app.sinks.journal {
+        journal.close(Duration::from_secs(5));
     }
     log::info!("tollgate stopped");
     Ok(())

@@ -1158,3 +1158,44 @@ pub fn ledger_spool(data: &[u8]) {
         assert!(r.cost_usd.is_none_or(f64::is_finite));
     }
 }
+
+// ---------------------------------------------------------------------------
+// journal_file
+// ---------------------------------------------------------------------------
+
+/// A crash journal file as a killed process (or a machine crash) may leave
+/// it. Every open entry is a line of the file that parses as an entry naming
+/// that request id, and no done mark names it; an entry line the journal
+/// writes gives its id back without a JSON parse; the file cut anywhere
+/// reads without a panic, and with a done mark appended for every open
+/// entry, nothing is open.
+pub fn journal_file(data: &[u8]) {
+    use tollgate::journal::entry::{self, Entry};
+    let c = entry::parse(data);
+    for (id, line) in &c.open {
+        assert!(!id.is_empty());
+        let e: Entry<'_> = serde_json::from_slice(line).expect("an open entry parses");
+        assert_eq!(&*e.request_id, id.as_str());
+        let mut own = Vec::new();
+        if e.write_line(&mut own) {
+            if let Some(fast) = entry::id_of(&own) {
+                assert_eq!(fast, id.as_str());
+            }
+        }
+        assert!(c.logged.iter().all(|l| c.open.contains_key(l)));
+    }
+    for cut in [data.len() / 3, data.len() / 2, data.len().saturating_sub(1)] {
+        let _ = entry::parse(&data[..cut]);
+    }
+    // Without its torn tail: nobody appends to a dead process's file.
+    let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut closed = data[..whole].to_vec();
+    for id in c.open.keys() {
+        entry::write_done(id, &mut closed);
+    }
+    let after = entry::parse(&closed);
+    assert!(
+        after.open.keys().all(|id| id.contains('\n')),
+        "a done mark closes its entry"
+    );
+}

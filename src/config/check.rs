@@ -485,6 +485,7 @@ fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {
         }
     }
     check_ledger(cfg, out);
+    check_journal(cfg, out);
     for (model, p) in &u.prices {
         let vals = [p.input, p.output, p.cache_read, p.cache_write];
         if vals.iter().any(|v| !v.is_finite() || *v < 0.0) {
@@ -492,6 +493,24 @@ fn check_usage(cfg: &Config, out: &mut Vec<Problem>) {
                 "usage.prices.{model}: prices must be non-negative numbers"
             )));
         }
+    }
+}
+
+/// `usage.journal_dir`: usable, or (log on stdout, none set) off, which
+/// loses the records of requests in flight when the gateway dies.
+fn check_journal(cfg: &Config, out: &mut Vec<Problem>) {
+    let Some(dir) = cfg.usage.journal_dir() else {
+        out.push(Problem::warning(
+            "usage.journal_dir is not set and usage.log_path is standard output: the crash \
+             journal is off, so a crash loses the usage records of requests in flight",
+        ));
+        return;
+    };
+    if let Err(msg) = spool_dir_usable(&cfg.path(&dir)) {
+        out.push(Problem::error(format!(
+            "usage.journal_dir {}: {msg}",
+            dir.display()
+        )));
     }
 }
 

@@ -46,6 +46,9 @@ impl HumanDuration {
     pub fn from_secs(s: u64) -> Self {
         Self(Duration::from_secs(s))
     }
+    pub fn from_millis(ms: u64) -> Self {
+        Self(Duration::from_millis(ms))
+    }
 }
 
 impl fmt::Display for HumanDuration {

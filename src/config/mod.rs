@@ -426,6 +426,13 @@ pub struct UsageConfig {
     /// Where records wait for Postgres; see [`UsageConfig::spool_dir`].
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+    /// The crash journal; see [`UsageConfig::journal_dir`].
+    #[serde(default)]
+    pub journal_dir: Option<PathBuf>,
+    /// At least this often the journal is fsynced; 0: before each request
+    /// goes upstream (group commit).
+    #[serde(default = "default_journal_fsync")]
+    pub journal_fsync: HumanDuration,
 }
 
 /// Name of the default spool directory, created next to the usage log file.
@@ -445,6 +452,27 @@ impl UsageConfig {
     }
 }
 
+/// Name of the default journal directory, next to the usage log file.
+pub const DEFAULT_JOURNAL_DIR: &str = "tollgate-journal";
+
+impl UsageConfig {
+    /// The crash journal's directory: `journal_dir`, else `tollgate-journal`
+    /// next to a `log_path` file. None (journal off) when the log is stdout
+    /// and no directory is set. Relative: resolve it with [`Config::path`].
+    pub fn journal_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.journal_dir {
+            return Some(dir.clone());
+        }
+        let file = self.log_path.file()?;
+        let parent = file.parent().unwrap_or(Path::new(""));
+        Some(parent.join(DEFAULT_JOURNAL_DIR))
+    }
+}
+
+fn default_journal_fsync() -> HumanDuration {
+    HumanDuration::from_millis(100)
+}
+
 fn default_log_path() -> LogTarget {
     LogTarget::Stdout
 }
@@ -460,6 +488,8 @@ impl Default for UsageConfig {
             prices: BTreeMap::new(),
             postgres_url: None,
             spool_dir: None,
+            journal_dir: None,
+            journal_fsync: default_journal_fsync(),
         }
     }
 }
@@ -629,6 +659,30 @@ mod tests {
             cfg.usage.postgres_url.is_none(),
             "the example runs without Postgres"
         );
+    }
+
+    #[test]
+    fn journal_defaults_next_to_the_usage_log_file_and_is_off_on_stdout() {
+        let mut u = UsageConfig::default();
+        assert_eq!(u.journal_dir(), None, "stdout log: no journal");
+        assert_eq!(u.journal_fsync.as_duration(), Duration::from_millis(100));
+        u.log_path = LogTarget::from("/var/log/tollgate/usage.jsonl");
+        assert_eq!(
+            u.journal_dir(),
+            Some(PathBuf::from("/var/log/tollgate/tollgate-journal"))
+        );
+        u.journal_dir = Some(PathBuf::from("/var/lib/tollgate/journal"));
+        assert_eq!(
+            u.journal_dir(),
+            Some(PathBuf::from("/var/lib/tollgate/journal"))
+        );
+        let cfg = Config::parse(&EXAMPLE.replacen(
+            "drain_on_disconnect: 30s",
+            "journal_fsync: 0\n  drain_on_disconnect: 30s",
+            1,
+        ))
+        .expect("journal_fsync: 0");
+        assert!(cfg.usage.journal_fsync.as_duration().is_zero());
     }
 
     #[test]

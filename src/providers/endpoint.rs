@@ -54,6 +54,21 @@ pub enum Metering {
 }
 
 impl Endpoint {
+    pub const ALL: [Endpoint; 7] = [
+        Endpoint::Messages,
+        Endpoint::CountTokens,
+        Endpoint::Models,
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Responses,
+        Endpoint::Embeddings,
+    ];
+
+    /// The endpoint named `name` (its [`name`](Self::name)).
+    pub fn from_name(name: &str) -> Option<Endpoint> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Messages => "messages",

@@ -31,6 +31,9 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         .to_string();
     let status = ctx.status.unwrap_or(out.fallback_status);
     if !ctx.proxied || ctx.refusal.is_some() {
+        if let (true, Some(j)) = (ctx.journaled, &app.sinks.journal) {
+            j.cancel(&ctx.request_id);
+        }
         app.sinks.metrics.request_refused(
             &provider,
             app.sinks.model_labels.label(ctx.model().unwrap_or("")),
@@ -63,7 +66,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         model: used.model.clone(),
         endpoint: ctx.endpoint().map_or("", |e| e.name()),
         path: out.path.to_string(),
-        status,
+        status: Some(status),
         stream: ctx.info.as_ref().is_some_and(|i| i.stream),
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
@@ -82,6 +85,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .map(str::to_string)
             .or_else(|| used.model.clone()),
         cache_hit: false,
+        interrupted: false,
     };
     write_record(app, record);
     app.sinks.metrics.request_finished(
@@ -130,10 +134,10 @@ pub fn cache_answer(app: &App, ctx: &mut Ctx) {
 /// Never awaits: a dropped future (runtime shutdown) must not lose the
 /// record; a full queue spills to the writer's overflow instead. The
 /// ledger's queue never blocks either (its spool is written off-path).
+/// Never awaits: a dropped future (runtime shutdown) must not lose the
+/// record; a full queue spills to the writer's overflow instead. The ledger
+/// gets it from the log's writer once its line is written.
 fn write_record(app: &App, record: UsageRecord) {
-    if let Some(ledger) = &app.sinks.ledger {
-        ledger.try_send(record.clone());
-    }
     app.sinks.usage_log.try_send(record);
 }
 
@@ -167,7 +171,7 @@ async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         model: model.clone(),
         endpoint: ctx.endpoint().map_or("", |e| e.name()),
         path: out.path.to_string(),
-        status,
+        status: Some(status),
         stream: ctx.info.as_ref().is_some_and(|i| i.stream),
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
@@ -183,6 +187,7 @@ async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         attempts: 1,
         upstream_model: entry.upstream_model.clone().or_else(|| model.clone()),
         cache_hit: true,
+        interrupted: false,
     };
     write_record(app, record);
     let sent = entry.upstream_model.as_deref().or(ctx.model());

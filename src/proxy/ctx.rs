@@ -106,6 +106,9 @@ pub struct Ctx {
     /// What the response cache did; `None` when it is off or the endpoint
     /// is never cached.
     pub cache: Option<super::cached::CacheState>,
+    /// The request's journal entry was written: its record, or a cancel,
+    /// completes it.
+    pub journaled: bool,
 }
 
 /// The deployments a request tries, and where it stands.
@@ -173,6 +176,7 @@ impl Ctx {
             attempts: Attempts::default(),
             response_started: false,
             cache: None,
+            journaled: false,
         }
     }
 

@@ -13,6 +13,7 @@ mod cached;
 mod ctx;
 mod downstream;
 mod error;
+mod journal;
 mod respond;
 mod self_revoke;
 mod upstream;
@@ -201,18 +202,28 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream::prepare_request(session.req_header(), upstream_request, ctx)
+        upstream::prepare_request(session.req_header(), upstream_request, ctx)?;
+        if journal::due_at_headers(ctx) {
+            journal::note(&self.app, ctx, session.req_header().uri.path()).await;
+        }
+        Ok(())
     }
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
         match body::filter(&self.app, body, end_of_stream, ctx).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if end_of_stream {
+                    // A collected body, approved: its last bytes go now.
+                    journal::note(&self.app, ctx, session.req_header().uri.path()).await;
+                }
+                Ok(())
+            }
             Err(err) => Err(self.body_refusal(ctx, err)),
         }
     }

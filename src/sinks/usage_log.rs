@@ -48,6 +48,10 @@ pub trait LogLine: Send + 'static {
     fn write_line(&self, out: &mut Vec<u8>);
 }
 
+/// Told which records' lines were just handed to the OS completely (the
+/// crash journal marks their entries done). Runs on the writer thread.
+pub type WrittenHook<T> = Arc<dyn Fn(&[T]) + Send + Sync>;
+
 /// Queue capacity used when the caller has no better number: enough to
 /// absorb a burst of several thousand requests finishing at once.
 pub const DEFAULT_CAPACITY: usize = 8192;
@@ -124,6 +128,7 @@ struct Shared<T> {
     wake_writer: Condvar,
     /// `flush` and `flush_and_stop` wait here for the writer's progress.
     progress: Condvar,
+    on_written: std::sync::OnceLock<WrittenHook<T>>,
 }
 
 struct State<T> {
@@ -208,6 +213,7 @@ impl<T: LogLine> UsageLog<T> {
             }),
             wake_writer: Condvar::new(),
             progress: Condvar::new(),
+            on_written: std::sync::OnceLock::new(),
         });
         Ok(Self {
             handle: Arc::new(Handle { shared }),
@@ -224,6 +230,12 @@ impl<T: LogLine> UsageLog<T> {
             LogTarget::File(path) => Some(path),
             LogTarget::Stdout => None,
         }
+    }
+
+    /// Sets the hook told about every record once its line is written
+    /// (first call wins).
+    pub fn set_written_hook(&self, hook: WrittenHook<T>) {
+        let _ = self.shared().on_written.set(hook);
     }
 
     /// Queue capacity (records accepted without spilling or waiting).
@@ -343,6 +355,10 @@ impl<T: LogLine> UsageLog<T> {
                 sink::describe(target),
                 String::from_utf8_lossy(line.trim_ascii_end())
             );
+            return;
+        }
+        if let Some(hook) = self.shared().on_written.get() {
+            hook(std::slice::from_ref(rec));
         }
     }
 

@@ -349,6 +349,13 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Whether what the store holds (windows, reservations, slots) survives
+    /// this process's death: a request the journal recovers then still has
+    /// its reservation held there to settle.
+    fn survives_restart(&self) -> bool {
+        false
+    }
+
     /// Starts background work (connections, revocation sync) once the
     /// process has forked; stores needing none keep the default. Never waits
     /// for the network.

@@ -19,7 +19,9 @@ pub struct UsageRecord {
     pub provider: String,
     pub model: Option<String>,
     pub path: String,
-    pub status: u16,
+    /// Null only for a record recovered from the journal: the process died
+    /// before the answer (if any) was seen.
+    pub status: Option<u16>,
     pub stream: bool,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -40,6 +42,8 @@ pub struct UsageRecord {
     /// Answered from the response cache: the usage is the original
     /// answer's, `cost_usd` is 0 and no provider was called.
     pub cache_hit: bool,
+    /// Recovered from the journal after the gateway died mid-request.
+    pub interrupted: bool,
 }
 
 const TS_FORMAT: StaticFormatDescription =
@@ -58,6 +62,54 @@ impl UsageRecord {
                 log::error!("cannot serialize usage record {}: {e}", self.request_id);
             }
         }
+    }
+
+    /// A line of the usage log read back (crash recovery sends a record the
+    /// log already holds to the ledger). None when it is not a record.
+    pub fn from_json_line(line: &[u8]) -> Option<UsageRecord> {
+        let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        let flag = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        };
+        Some(UsageRecord {
+            ts: text("ts")?,
+            request_id: text("request_id")?,
+            sub: text("sub").unwrap_or_default(),
+            role: text("role"),
+            tier: text("tier").unwrap_or_default(),
+            team: text("team"),
+            jti: text("jti").unwrap_or_default(),
+            provider: text("provider").unwrap_or_default(),
+            model: text("model"),
+            path: text("path").unwrap_or_default(),
+            status: num("status").and_then(|s| u16::try_from(s).ok()),
+            stream: flag("stream"),
+            input_tokens: num("input_tokens").unwrap_or(0),
+            output_tokens: num("output_tokens").unwrap_or(0),
+            cache_creation_input_tokens: num("cache_creation_input_tokens").unwrap_or(0),
+            cache_read_input_tokens: num("cache_read_input_tokens").unwrap_or(0),
+            cost_usd: v
+                .get("cost_usd")
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0),
+            duration_ms: num("duration_ms").unwrap_or(0),
+            ttfb_ms: num("ttfb_ms"),
+            client_disconnected: flag("client_disconnected"),
+            usage_complete: flag("usage_complete"),
+            endpoint: text("endpoint")
+                .and_then(|e| crate::providers::Endpoint::from_name(&e))
+                .map_or("", |e| e.name()),
+            attempts: num("attempts")
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(1),
+            upstream_model: text("upstream_model"),
+            cache_hit: flag("cache_hit"),
+            interrupted: flag("interrupted"),
+        })
     }
 
     /// Now as `2025-01-31T12:34:56.789Z`.
@@ -90,7 +142,7 @@ mod tests {
             provider: "anthropic".into(),
             model: Some("claude-sonnet-4-5".into()),
             path: "/v1/messages".into(),
-            status: 200,
+            status: Some(200),
             stream: true,
             input_tokens: 1,
             output_tokens: 2,
@@ -105,6 +157,7 @@ mod tests {
             attempts: 1,
             upstream_model: Some("claude-sonnet-4-5".into()),
             cache_hit: false,
+            interrupted: false,
         }
     }
 
@@ -144,6 +197,7 @@ mod tests {
             "attempts",
             "upstream_model",
             "cache_hit",
+            "interrupted",
         ];
         let mut got = keys.clone();
         got.sort_unstable();
@@ -153,6 +207,16 @@ mod tests {
         assert_eq!(v["jti"], "j\"1\n");
         assert_eq!(v["cost_usd"], 0.000123);
         assert_eq!(v["ttfb_ms"], 300);
+    }
+
+    #[test]
+    fn a_written_line_reads_back_as_the_same_record() {
+        let mut r = sample();
+        r.jti = "j1".into();
+        let mut out = Vec::new();
+        r.write_json_line(&mut out);
+        assert_eq!(UsageRecord::from_json_line(&out), Some(r));
+        assert_eq!(UsageRecord::from_json_line(b"{\"x\":1}"), None);
     }
 
     #[test]

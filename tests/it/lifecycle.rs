@@ -92,11 +92,39 @@ fn serve_d_runs_in_the_background_with_a_pid_file() {
         "the daemon is a background process, not the launcher"
     );
 
+    // The crash journal's directory lock, taken before the fork, is the
+    // daemon's: another gateway on it is refused and named the daemon.
+    let second = Command::new(BIN)
+        .args(["serve", "-c", path_str(&s.config_path)])
+        .current_dir(s.dir.path())
+        .env(PROVIDER_KEY_ENV, PROVIDER_KEY)
+        .stdin(Stdio::null())
+        .output()
+        .expect("second serve");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("used by another running tollgate (pid {pid})")),
+        "{err}"
+    );
+    let journal = s.dir.path().join("tollgate-journal");
+    let files = || {
+        std::fs::read_dir(&journal)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "jnl"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(files(), 1, "the daemon's journal file");
+
     send_signal(pid, "TERM");
     assert!(
         wait_until(Duration::from_secs(15), || !process_alive(pid)),
         "daemon {pid} still running 15 s after SIGTERM"
     );
+    assert_eq!(files(), 0, "a graceful stop removes its journal file");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod cloud;
 mod concurrency_release;
+mod crash;
 mod deploy_gate;
 mod endpoints;
 mod errors;

@@ -32,6 +32,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("bedrock_eventstream", targets::bedrock_eventstream),
     ("vertex_token_response", targets::vertex_token_response),
     ("ledger_spool", targets::ledger_spool),
+    ("journal_file", targets::journal_file),
 ];
 
 fn root() -> PathBuf {
@@ -248,6 +249,11 @@ fn smoke_vertex_token_response() {
 #[test]
 fn smoke_ledger_spool() {
     smoke("ledger_spool", 1500);
+}
+
+#[test]
+fn smoke_journal_file() {
+    smoke("journal_file", 1500);
 }
 
 /// A signed-mode input (see `targets::jwt_verify`) reaches the claims checks,

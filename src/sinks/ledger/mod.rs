@@ -83,7 +83,12 @@ struct Shared {
     /// Waited on by [`Ledger::flush`].
     progress: Condvar,
     wake_writer: tokio::sync::Notify,
+    /// Told which records are fsynced in the spool (the crash journal marks
+    /// their entries done). Runs on the spooler thread.
+    on_spooled: std::sync::OnceLock<SpooledHook>,
 }
+
+pub type SpooledHook = Arc<dyn Fn(&[UsageRecord]) + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -163,6 +168,7 @@ impl Ledger {
                 wake_spooler: Condvar::new(),
                 progress: Condvar::new(),
                 wake_writer: tokio::sync::Notify::new(),
+                on_spooled: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -177,6 +183,12 @@ impl Ledger {
 
     pub fn spool_dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// Sets the hook told about every record once it is fsynced in the
+    /// spool (first call wins).
+    pub fn set_spooled_hook(&self, hook: SpooledHook) {
+        let _ = self.shared.on_spooled.set(hook);
     }
 
     /// Starts the spooler and writer threads in this process (after a

@@ -57,6 +57,7 @@ struct Line {
     upstream_model: Option<String>,
     #[serde(default)]
     cache_hit: Option<bool>,
+    interrupted: Option<bool>,
 }
 
 /// One row of `tollgate_usage`, in the column types of [`super::schema`].
@@ -87,6 +88,7 @@ pub struct Row {
     pub attempts: Option<i32>,
     pub upstream_model: Option<String>,
     pub cache_hit: Option<bool>,
+    pub interrupted: Option<bool>,
 }
 
 /// Why a line was skipped (logged; the record cannot be written).
@@ -142,6 +144,7 @@ pub fn parse(line: &[u8]) -> Result<Row, RowError> {
         attempts: l.attempts.map(int),
         upstream_model: l.upstream_model.map(text),
         cache_hit: l.cache_hit,
+        interrupted: l.interrupted,
     })
 }
 

@@ -64,6 +64,7 @@ pub const COLUMNS: &[Column] = &[
     col!("attempts", "integer", "", |r| r.attempts),
     col!("upstream_model", "text", "", |r| r.upstream_model.clone()),
     col!("cache_hit", "boolean", "", |r| r.cache_hit),
+    col!("interrupted", "boolean", "", |r| r.interrupted),
 ];
 
 /// The report's queries: a time range, grouped by subject, team or model.

@@ -33,10 +33,11 @@ pub(super) fn run(shared: &Shared) {
     let mut buf: Vec<u8> = Vec::new();
     let mut off = 0usize;
     let mut in_hand = 0u64;
+    let mut records: Vec<UsageRecord> = Vec::new();
     let mut failing: Option<(Instant, Duration)> = None;
     loop {
         if buf.is_empty() {
-            let (taken, unwritable) = take_batch(shared, &mut buf);
+            let (taken, unwritable) = take_batch(shared, &mut buf, &mut records);
             in_hand = taken;
             if unwritable > 0 {
                 let mut st = shared.state.lock();
@@ -50,6 +51,12 @@ pub(super) fn run(shared: &Shared) {
         }
         match write_batch(shared, &mut segment, &mut last_id, &buf, &mut off) {
             Ok(()) => {
+                // Before `spooled` moves: a flush that returns has seen the
+                // hook run for its records.
+                if let Some(hook) = shared.on_spooled.get() {
+                    hook(&records);
+                }
+                records.clear();
                 let durable = segment.as_ref().map(|s| (s.id, s.len));
                 let mut st = shared.state.lock();
                 st.spooled += in_hand;
@@ -94,7 +101,7 @@ pub(super) fn run(shared: &Shared) {
 /// Waits for records and serialises a batch into `buf`. Returns how many
 /// were taken, and how many of those produced no line (logged by the
 /// record).
-fn take_batch(shared: &Shared, buf: &mut Vec<u8>) -> (u64, u64) {
+fn take_batch(shared: &Shared, buf: &mut Vec<u8>, batch: &mut Vec<UsageRecord>) -> (u64, u64) {
     let mut st = shared.state.lock();
     while st.queue.is_empty() {
         shared.wake_spooler.wait(&mut st);
@@ -104,10 +111,10 @@ fn take_batch(shared: &Shared, buf: &mut Vec<u8>) -> (u64, u64) {
         let _ = shared.wake_spooler.wait_until(&mut st, until);
     }
     let n = st.queue.len().min(MAX_BATCH);
-    let batch: Vec<UsageRecord> = st.queue.drain(..n).collect();
+    batch.extend(st.queue.drain(..n));
     drop(st);
     let mut unwritable = 0;
-    for rec in &batch {
+    for rec in batch.iter() {
         let start = buf.len();
         rec.write_line(buf);
         if buf.len() == start {

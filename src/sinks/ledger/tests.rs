@@ -17,7 +17,7 @@ fn record(id: &str) -> UsageRecord {
         provider: "anthropic".into(),
         model: Some("claude-sonnet-4-5".into()),
         path: "/v1/messages".into(),
-        status: 200,
+        status: Some(200),
         stream: true,
         input_tokens: 1,
         output_tokens: 2,
@@ -32,6 +32,7 @@ fn record(id: &str) -> UsageRecord {
         attempts: 1,
         upstream_model: Some("claude-sonnet-4-5".into()),
         cache_hit: false,
+        interrupted: false,
     }
 }
 

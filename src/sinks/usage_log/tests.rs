@@ -481,3 +481,33 @@ fn handles_and_futures_can_cross_threads() {
     send(&fut);
     drop(fut);
 }
+
+#[test]
+fn the_written_hook_hears_of_each_record_once_its_line_is_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.jsonl");
+    let log: UsageLog<Rec> = UsageLog::new(&LogTarget::File(path.clone())).unwrap();
+    let heard = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    {
+        let heard = heard.clone();
+        let path = path.clone();
+        log.set_written_hook(Arc::new(move |recs: &[Rec]| {
+            // Told only once the lines are there.
+            let on_disk = read_records(&path);
+            for r in recs {
+                assert!(on_disk.contains(&(r.producer, r.seq)));
+                heard.lock().push(r.seq);
+            }
+        }));
+    }
+    for i in 0..500 {
+        log.try_send(rec(0, i));
+    }
+    log.flush(WAIT).unwrap();
+    assert!(log.flush_and_stop(WAIT));
+    // After stop, a late record is written by its sender, and heard too.
+    log.try_send(rec(0, 500));
+    let mut got = heard.lock().clone();
+    got.sort_unstable();
+    assert_eq!(got, (0..=500).collect::<Vec<_>>());
+}

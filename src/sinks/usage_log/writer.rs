@@ -21,6 +21,8 @@ pub(super) struct Writer<'a, T> {
     /// written).
     taken: u64,
     batch: Vec<Queued<T>>,
+    /// The records whose lines are in `buf`, for the written hook.
+    in_buf: Vec<T>,
     failing: Option<Failure>,
     reopen_pending: bool,
 }
@@ -34,6 +36,7 @@ impl<'a, T: LogLine> Writer<'a, T> {
             off: 0,
             taken: 0,
             batch: Vec::new(),
+            in_buf: Vec::new(),
             failing: None,
             reopen_pending: false,
         }
@@ -102,15 +105,23 @@ impl<'a, T: LogLine> Writer<'a, T> {
         if self.reopen_pending && self.reopen() {
             self.reopen_pending = false;
         }
+        let hooked = self.shared.on_written.get().is_some();
         for q in self.batch.drain(..) {
             serialize_one(&q.rec, &mut self.buf);
             self.taken += 1;
+            if hooked {
+                self.in_buf.push(q.rec);
+            }
         }
         if !self.buf.is_empty() {
             match self.write_pending() {
                 Ok(()) => {
                     self.buf.clear();
                     self.off = 0;
+                    if let Some(hook) = self.shared.on_written.get() {
+                        hook(&self.in_buf);
+                    }
+                    self.in_buf.clear();
                     if let Some(f) = self.failing.take() {
                         log::warn!(
                             "usage log {}: writing again after {} failed attempt(s) over {:?}; no record lost",

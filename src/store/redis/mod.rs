@@ -158,6 +158,10 @@ impl Store for RedisStore {
         Some(self)
     }
 
+    fn survives_restart(&self) -> bool {
+        true
+    }
+
     /// Hands the finish to the IO thread (kept for replay like any other if
     /// Redis is down) and returns at once. The command is already queued
     /// when this returns, so a request the client sends next through this

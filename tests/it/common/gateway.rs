@@ -409,6 +409,19 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Starts `tollgate serve` again on the same config, ports and files
+    /// (after the previous process was killed or exited).
+    pub fn respawn(&mut self) {
+        self.kill();
+        let (child, reaper) = spawn_serve(&self.setup);
+        self.child = child;
+        self.reaper = Some(reaper);
+        match self.wait_ready() {
+            Ready::Yes => {}
+            Ready::PortTaken => panic!("a port was taken on respawn:\n{}", self.stderr_log()),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         self.setup.dir.path()
     }

@@ -1,0 +1,214 @@
+//! The journal's files, following the ledger spool's rules: one file per
+//! process (`<pid>-<random>.jnl`, 0600, in a 0700 directory), held under an
+//! exclusive `flock` for the process's life; a file nobody holds belongs to
+//! a dead process and is adopted by whoever locks it first. `LOCK` marks the
+//! directory as one gateway's: a second live gateway on it is refused.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+const SUFFIX: &str = ".jnl";
+const LOCK_NAME: &str = "LOCK";
+
+pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    crate::sinks::ledger::spool::prepare_dir(dir)
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: false while another open file description
+/// (another process, or another open in this one) holds it.
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor we own, no pointers involved.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Opens `dir/LOCK` and tries to lock it. `Err(pid)` names the live holder
+/// (0 when it wrote none).
+pub fn lock_dir(dir: &Path) -> io::Result<Result<File, u32>> {
+    let path = dir.join(LOCK_NAME);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
+    if !try_lock(&file)? {
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        return Ok(Err(text.trim().parse().unwrap_or(0)));
+    }
+    write_pid(&mut file)?;
+    Ok(Ok(file))
+}
+
+/// Writes this process's pid into the locked `LOCK` (again after a daemon
+/// fork), for the refusal message another process prints.
+pub fn write_pid(file: &mut File) -> io::Result<()> {
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+}
+
+/// Creates and locks a fresh journal file for this process.
+pub fn create(dir: &Path) -> io::Result<(PathBuf, File)> {
+    for _ in 0..100 {
+        let n: u32 = rand::random();
+        let path = dir.join(format!("{}-{n:08x}{SUFFIX}", std::process::id()));
+        let opened = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match opened {
+            // Another process may adopt (and delete) an empty new file in
+            // the instant before we lock it: take another name.
+            Ok(file) if try_lock(&file)? => return Ok((path, file)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "no free journal file name after 100 tries",
+    ))
+}
+
+/// The journal files in `dir`.
+pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some(&SUFFIX[1..]) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Opens a file left by another process and locks it; None while a live
+/// process (or this one) holds it, or when it vanished.
+pub fn adopt(path: &Path) -> io::Result<Option<File>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !try_lock(&file)? {
+        return Ok(None);
+    }
+    // Its owner may have deleted it between our open and our lock.
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(file))
+}
+
+/// Reads at most `max` bytes from the start of `file`.
+pub fn read_all(file: &mut File, max: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.take(max).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Syncs a directory, so a file created or removed in it stays so after a
+/// machine crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The lines of the last `max` bytes of the usage log by request id (none
+/// when it cannot be read): a record written there just before a crash,
+/// whose entry had no done mark yet, must not be written again.
+pub fn log_tail(log: &Path, max: u64) -> std::collections::HashMap<String, Vec<u8>> {
+    let mut ids = std::collections::HashMap::new();
+    let Ok(mut file) = File::open(log) else {
+        return ids;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if file.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
+        return ids;
+    }
+    let mut buf = Vec::new();
+    if file.take(max).read_to_end(&mut buf).is_err() {
+        return ids;
+    }
+    collect_ids(&buf, &mut ids);
+    ids
+}
+
+/// Each line by its `request_id` (the log writes it without spaces).
+pub fn collect_ids(buf: &[u8], ids: &mut std::collections::HashMap<String, Vec<u8>>) {
+    const KEY: &[u8] = b"\"request_id\":\"";
+    for line in buf.split(|&b| b == b'\n') {
+        let Some(at) = memchr::memmem::find(line, KEY) else {
+            continue;
+        };
+        let rest = &line[at + KEY.len()..];
+        if let Some(end) = memchr::memchr(b'"', rest) {
+            if let Ok(id) = std::str::from_utf8(&rest[..end]) {
+                ids.insert(id.to_owned(), line.to_vec());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_file_is_not_adopted_and_a_released_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, file) = create(dir.path()).unwrap();
+        assert!(adopt(&path).unwrap().is_none(), "held by its creator");
+        drop(file);
+        assert!(adopt(&path).unwrap().is_some());
+        assert_eq!(list(dir.path()).unwrap(), vec![path]);
+    }
+
+    #[test]
+    fn the_directory_lock_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            lock_dir(dir.path()).unwrap().unwrap_err(),
+            std::process::id()
+        );
+        drop(held);
+        assert!(lock_dir(dir.path()).unwrap().is_ok());
+    }
+
+    #[test]
+    fn log_tail_ids_reads_the_last_bytes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("usage.jsonl");
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!(
+                "{{\"ts\":\"t\",\"request_id\":\"req_{i}\",\"sub\":\"a\"}}\n"
+            ));
+        }
+        fs::write(&log, &text).unwrap();
+        let all = log_tail(&log, 1 << 20);
+        assert_eq!(all.len(), 100);
+        assert!(all["req_7"].starts_with(b"{\"ts\""));
+        let tail = log_tail(&log, 200);
+        assert!(tail.contains_key("req_99") && !tail.contains_key("req_1"));
+        assert!(log_tail(&dir.path().join("missing"), 100).is_empty());
+    }
+}

@@ -1,0 +1,137 @@
+//! Recovery: the open entries of dead processes' files become records.
+//!
+//! For each journal file nobody holds: lock it, read it (a torn last line
+//! is skipped), take its open entries, drop those whose record already
+//! reached the usage log (its last [`LOG_TAIL_BYTES`]: written, then killed
+//! before the done mark), journal the rest in this process's own file as
+//! open entries, fsync, and only then delete the dead file. A crash at any
+//! point leaves each entry in exactly one file (or in both for an instant
+//! before the delete, where the log tail and the ledger's key keep it
+//! single once written).
+
+use super::entry::{self, Entry};
+use super::{file, Journal, SINK_LOG};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// How much of the usage log's end is read for records already written.
+pub const LOG_TAIL_BYTES: u64 = 4 << 20;
+/// A dead file larger than this is read only this far (compaction keeps
+/// files near [`super::COMPACT_BYTES`]).
+const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// An entry to turn into a record, and the sinks that still need it.
+#[derive(Debug)]
+pub struct Recovered {
+    pub entry: Entry<'static>,
+    pub sinks: u8,
+    /// Its record's line in the usage log, when it is there already.
+    pub logged: Option<Vec<u8>>,
+}
+
+/// Takes over every dead process's file in the journal's directory.
+/// Blocking (file I/O): run it off the request path.
+pub fn recover(journal: &Journal, log_path: Option<&Path>) -> Vec<Recovered> {
+    let dir = journal.dir();
+    let files = match file::list(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!("journal {}: cannot list: {e}", dir.display());
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    let mut tail: Option<HashMap<String, Vec<u8>>> = None;
+    for path in files {
+        let mut f = match file::adopt(&path) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("journal: cannot open {}: {e}", path.display());
+                continue;
+            }
+        };
+        let bytes = match file::read_all(&mut f, MAX_FILE_BYTES) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("journal: cannot read {}: {e}", path.display());
+                continue;
+            }
+        };
+        let contents = entry::parse(&bytes);
+        if contents.skipped > 0 {
+            log::warn!(
+                "journal {}: {} unreadable line(s) skipped (a torn last write)",
+                path.display(),
+                contents.skipped
+            );
+        }
+        let tail = tail.get_or_insert_with(|| {
+            log_path.map_or_else(HashMap::new, |p| file::log_tail(p, LOG_TAIL_BYTES))
+        });
+        let Some(batch) = take_over(journal, contents, tail) else {
+            log::error!(
+                "journal: cannot journal {}'s entries in this process's file; left for later",
+                path.display()
+            );
+            continue;
+        };
+        if let Err(e) = journal.sync_now() {
+            log::error!("journal: fsync before recovering {}: {e}", path.display());
+            continue;
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::error!("journal: cannot remove {}: {e}", path.display());
+            continue;
+        }
+        let _ = file::sync_dir(dir);
+        if !batch.is_empty() {
+            log::warn!(
+                "journal: {} request(s) of a dead process recovered from {}",
+                batch.len(),
+                path.display()
+            );
+        }
+        out.extend(batch);
+    }
+    out
+}
+
+/// The open entries less those the log has, journaled here.
+fn take_over(
+    journal: &Journal,
+    contents: entry::Contents,
+    in_log: &HashMap<String, Vec<u8>>,
+) -> Option<Vec<Recovered>> {
+    let mut batch = Vec::with_capacity(contents.open.len());
+    for (id, line) in contents.open {
+        let Ok(e) = serde_json::from_slice::<Entry<'_>>(&line) else {
+            continue;
+        };
+        let logged = in_log.get(&id).cloned();
+        let sinks = if logged.is_some() || contents.logged.contains(&id) {
+            journal.sinks() & !SINK_LOG
+        } else {
+            journal.sinks()
+        };
+        if sinks == 0 {
+            continue;
+        }
+        let e = e.into_owned();
+        if journal.adopt_entry(&e, sinks).is_none() {
+            // The dead file stays and still holds them all: those already
+            // journaled here are marked done, to be taken over again later.
+            for r in &batch {
+                let r: &Recovered = r;
+                journal.cancel(&r.entry.request_id);
+            }
+            return None;
+        }
+        batch.push(Recovered {
+            entry: e,
+            sinks,
+            logged,
+        });
+    }
+    Some(batch)
+}
