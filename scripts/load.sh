@@ -16,7 +16,9 @@
 # deployment answering 529 and fails over to the real one: the cost of one
 # failover, to compare with tollgate), tollgate_ledger (in-process store and
 # usage.postgres_url: every record also goes to a private PostgreSQL
-# through the spool; what the ledger costs the request path). A
+# through the spool; what the ledger costs the request path),
+# tollgate_nojournal (in-process store, usage lines on stdout and no
+# journal_dir, so the crash journal is off: what the journal costs). A
 # target that cannot start (e.g. a build without the Redis store) is
 # reported as n/a instead of failing the run.
 #
@@ -36,7 +38,7 @@ Knobs (environment):
   USERS=500 TOKENS=2000              reused token pool (token i belongs to user i % USERS)
   FRESH_PCT=1 FRESH_PER_RUN=3000     % of requests with a never-seen token; tokens set aside per run
   RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE)
-  TARGETS="direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger"
+  TARGETS="direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger tollgate_nojournal"
   THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
   MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds after each round
   PER_USER_LABELS=true               metrics.per_user_labels (false only to diagnose its cost)
@@ -66,7 +68,7 @@ FRESH_PER_RUN=${FRESH_PER_RUN:-3000}
 RATE=${RATE:-100}
 LAT_SECONDS=${LAT_SECONDS:-10}
 LAT_REPEATS=${LAT_REPEATS:-1}
-TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger}
+TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger tollgate_nojournal}
 THREADS=${THREADS:-2}
 MEM_USERS=${MEM_USERS:-100000}
 MEM_ROUNDS=${MEM_ROUNDS:-1}
@@ -445,7 +447,7 @@ export TOLLGATE_BENCH_PROVIDER_KEY=bench-not-a-real-key
 
 read -r P_NGINX P_BARE P_TG P_TG_ADMIN P_TG_METRICS P_TGR P_TGR_ADMIN P_TGR_METRICS P_REDIS \
   P_MEM P_MEM_ADMIN P_MEM_METRICS P_TGF P_TGF_ADMIN P_TGF_METRICS \
-  P_TGL P_TGL_ADMIN P_TGL_METRICS P_PG <<<"$("${TOOL[@]}" ports 19)"
+  P_TGL P_TGL_ADMIN P_TGL_METRICS P_PG P_TGN P_TGN_ADMIN P_TGN_METRICS <<<"$("${TOOL[@]}" ports 22)"
 
 # Keys and tokens. Both are kept in target/load/ between runs: minting is RSA
 # signing (1-2 ms a token per core), minutes for the memory test's users.
@@ -477,6 +479,8 @@ tollgate_config "$RUN/tollgate-failover.yaml" "$P_TGF" "$P_TGF_ADMIN" "$P_TGF_ME
   "$RUN/usage-tollgate-failover.jsonl" failover
 tollgate_config "$RUN/tollgate-ledger.yaml" "$P_TGL" "$P_TGL_ADMIN" "$P_TGL_METRICS" null \
   "$RUN/usage-tollgate-ledger.jsonl" "" "postgres://postgres@127.0.0.1:$P_PG/postgres"
+# Usage lines on stdout (into the target's log file): no journal.
+tollgate_config "$RUN/tollgate-nojournal.yaml" "$P_TGN" "$P_TGN_ADMIN" "$P_TGN_METRICS" null "\"-\""
 "$TG" check -c "$RUN/tollgate.yaml" >"$RUN/check.log" 2>&1 || die "tollgate check failed: $(cat "$RUN/check.log")"
 "$TG" check -c "$RUN/tollgate-failover.yaml" >>"$RUN/check.log" 2>&1 || die "tollgate check (failover) failed: $(cat "$RUN/check.log")"
 t0=$(date +%s.%N)
@@ -556,7 +560,13 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
           continue
         fi
         ;;
-      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_failover, tollgate_ledger)" ;;
+      tollgate_nojournal)
+        start_tollgate tollgate_nojournal "$RUN/tollgate-nojournal.yaml" "$P_TGN_ADMIN" "$P_TGN" ||
+          die "tollgate (no journal) $UNAVAILABLE; see $RUN/tollgate_nojournal.log"
+        PID[tollgate_nojournal]=$STARTED
+        ADDR[tollgate_nojournal]=127.0.0.1:$P_TGN
+        ;;
+      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_failover, tollgate_ledger, tollgate_nojournal)" ;;
     esac
     ACTIVE+=("$t")
   done

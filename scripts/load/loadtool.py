@@ -387,6 +387,7 @@ LABELS = {
     "tollgate_redis": "tollgate, Redis store",
     "tollgate_failover": "tollgate, every request fails over once (529, then 200)",
     "tollgate_ledger": "tollgate, in-process store + Postgres ledger",
+    "tollgate_nojournal": "tollgate, in-process store, crash journal off",
 }
 
 
