@@ -18,7 +18,9 @@
 # usage.postgres_url: every record also goes to a private PostgreSQL
 # through the spool; what the ledger costs the request path),
 # tollgate_nojournal (in-process store, usage lines on stdout and no
-# journal_dir, so the crash journal is off: what the journal costs). A
+# journal_dir, so the crash journal is off: what the journal costs),
+# tollgate_guard (in-process store, the request guard on with every
+# built-in over all text, action block: what scanning costs). A
 # target that cannot start (e.g. a build without the Redis store) is
 # reported as n/a instead of failing the run.
 #
@@ -38,7 +40,7 @@ Knobs (environment):
   USERS=500 TOKENS=2000              reused token pool (token i belongs to user i % USERS)
   FRESH_PCT=1 FRESH_PER_RUN=3000     % of requests with a never-seen token; tokens set aside per run
   RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE)
-  TARGETS="direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger tollgate_nojournal"
+  TARGETS="direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard"
   THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
   MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds after each round
   PER_USER_LABELS=true               metrics.per_user_labels (false only to diagnose its cost)
@@ -68,7 +70,7 @@ FRESH_PER_RUN=${FRESH_PER_RUN:-3000}
 RATE=${RATE:-100}
 LAT_SECONDS=${LAT_SECONDS:-10}
 LAT_REPEATS=${LAT_REPEATS:-1}
-TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger tollgate_nojournal}
+TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard}
 THREADS=${THREADS:-2}
 MEM_USERS=${MEM_USERS:-100000}
 MEM_ROUNDS=${MEM_ROUNDS:-1}
@@ -311,6 +313,16 @@ usage:
 metrics:
   per_user_labels: $PER_USER_LABELS
 EOF
+  if [ "${7:-}" = guard ]; then
+    cat >>"$1" <<EOF
+guard:
+  scan: all
+  rules:
+    - { name: injection, builtin: prompt_injection, action: block }
+    - { name: secrets, builtin: secrets, action: block }
+    - { name: pii, builtin: pii, action: redact }
+EOF
+  fi
   if [ "${7:-}" = failover ]; then
     # A deployment that is always overloaded, tried first; no cooldown, so
     # every request fails over once.
@@ -447,7 +459,8 @@ export TOLLGATE_BENCH_PROVIDER_KEY=bench-not-a-real-key
 
 read -r P_NGINX P_BARE P_TG P_TG_ADMIN P_TG_METRICS P_TGR P_TGR_ADMIN P_TGR_METRICS P_REDIS \
   P_MEM P_MEM_ADMIN P_MEM_METRICS P_TGF P_TGF_ADMIN P_TGF_METRICS \
-  P_TGL P_TGL_ADMIN P_TGL_METRICS P_PG P_TGN P_TGN_ADMIN P_TGN_METRICS <<<"$("${TOOL[@]}" ports 22)"
+  P_TGL P_TGL_ADMIN P_TGL_METRICS P_PG P_TGN P_TGN_ADMIN P_TGN_METRICS \
+  P_TGG P_TGG_ADMIN P_TGG_METRICS <<<"$("${TOOL[@]}" ports 25)"
 
 # Keys and tokens. Both are kept in target/load/ between runs: minting is RSA
 # signing (1-2 ms a token per core), minutes for the memory test's users.
@@ -481,6 +494,8 @@ tollgate_config "$RUN/tollgate-ledger.yaml" "$P_TGL" "$P_TGL_ADMIN" "$P_TGL_METR
   "$RUN/usage-tollgate-ledger.jsonl" "" "postgres://postgres@127.0.0.1:$P_PG/postgres"
 # Usage lines on stdout (into the target's log file): no journal.
 tollgate_config "$RUN/tollgate-nojournal.yaml" "$P_TGN" "$P_TGN_ADMIN" "$P_TGN_METRICS" null "\"-\""
+tollgate_config "$RUN/tollgate-guard.yaml" "$P_TGG" "$P_TGG_ADMIN" "$P_TGG_METRICS" null \
+  "$RUN/usage-tollgate-guard.jsonl" guard
 "$TG" check -c "$RUN/tollgate.yaml" >"$RUN/check.log" 2>&1 || die "tollgate check failed: $(cat "$RUN/check.log")"
 "$TG" check -c "$RUN/tollgate-failover.yaml" >>"$RUN/check.log" 2>&1 || die "tollgate check (failover) failed: $(cat "$RUN/check.log")"
 t0=$(date +%s.%N)
@@ -566,7 +581,13 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         PID[tollgate_nojournal]=$STARTED
         ADDR[tollgate_nojournal]=127.0.0.1:$P_TGN
         ;;
-      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_failover, tollgate_ledger, tollgate_nojournal)" ;;
+      tollgate_guard)
+        start_tollgate tollgate_guard "$RUN/tollgate-guard.yaml" "$P_TGG_ADMIN" "$P_TGG" ||
+          die "tollgate (guard) $UNAVAILABLE; see $RUN/tollgate_guard.log"
+        PID[tollgate_guard]=$STARTED
+        ADDR[tollgate_guard]=127.0.0.1:$P_TGG
+        ;;
+      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_failover, tollgate_ledger, tollgate_nojournal, tollgate_guard)" ;;
     esac
     ACTIVE+=("$t")
   done

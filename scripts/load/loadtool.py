@@ -388,6 +388,7 @@ LABELS = {
     "tollgate_failover": "tollgate, every request fails over once (529, then 200)",
     "tollgate_ledger": "tollgate, in-process store + Postgres ledger",
     "tollgate_nojournal": "tollgate, in-process store, crash journal off",
+    "tollgate_guard": "tollgate, in-process store + guard (all built-ins, scan all)",
 }
 
 
