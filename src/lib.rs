@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod guard;
 pub mod identity;
 pub mod limits;
 pub mod oplog;

@@ -6,10 +6,12 @@
 
 pub mod check;
 mod duration;
+mod guard;
 mod log_target;
 mod models;
 
 pub use duration::{parse_duration, DurationError, HumanDuration};
+pub use guard::{GuardAction, GuardBuiltin, GuardConfig, GuardRuleConfig, GuardScan};
 pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
 
@@ -54,6 +56,10 @@ pub struct Config {
     pub usage: UsageConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Request text rules (prompt injection, secrets, personal data); off
+    /// without rules.
+    #[serde(default)]
+    pub guard: GuardConfig,
     /// The working directory at load time: relative paths in the file are
     /// resolved against it, and made absolute before a daemon fork changes
     /// directory.
