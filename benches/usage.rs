@@ -154,6 +154,7 @@ fn record(c: &mut Criterion) {
         endpoint: "messages",
         attempts: 1,
         upstream_model: Some("claude-sonnet-4-5-20250929".into()),
+        guard: Vec::new(),
     };
     let mut g = c.benchmark_group("record");
     let mut out = Vec::with_capacity(1024);

@@ -2,6 +2,7 @@
 //! proxy and admin services.
 
 use crate::config::{Config, OnError};
+use crate::guard::Guard;
 use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
 use crate::limits::{Teams, Tiers};
 use crate::providers::Router;
@@ -19,6 +20,9 @@ pub struct App {
     pub limits: Limiter,
     pub sinks: Sinks,
     pub request: RequestPolicy,
+    /// `guard:`; `None` (the default) when no rule is configured, and then
+    /// the request path does no guard work at all.
+    pub guard: Option<Guard>,
 }
 
 /// Verifying callers' tokens, and issuing tokens (admin API).
@@ -77,6 +81,10 @@ impl App {
         let usage_log = UsageLog::new(&cfg.usage.log_path)
             .with_context(|| format!("cannot open usage.log_path {}", cfg.usage.log_path))?;
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
+        let guard = Guard::from_config(&cfg.guard)?;
+        for r in guard.iter().flat_map(|g| g.rules()) {
+            metrics.guard_rule(&r.name, r.action.name());
+        }
         let finish_failed: FinishFailed = {
             let metrics = metrics.clone();
             Arc::new(move |e: &StoreError| {
@@ -111,6 +119,7 @@ impl App {
                 client_timeout: cfg.limits.client_timeout.as_duration(),
                 drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
             },
+            guard,
         }))
     }
 

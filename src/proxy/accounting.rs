@@ -77,6 +77,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .as_deref()
             .map(str::to_string)
             .or_else(|| used.model.clone()),
+        guard: ctx.guard.iter().map(|n| n.to_string()).collect(),
     };
     // Never awaits: a dropped future (runtime shutdown) must not lose the
     // record; a full queue spills to the writer's overflow instead.

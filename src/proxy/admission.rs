@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::clock::now_ms;
 use crate::config::OnError;
 use crate::config::Price;
+use crate::guard::Guard;
 use crate::identity::{AuthFailure, Identity};
 use crate::limits::{Team, Tier};
 use crate::providers::body::{self, RequestInfo};
@@ -266,11 +267,62 @@ pub enum Admit {
     WithBody,
 }
 
-/// Inspects the whole request body, applies the tier's model rules and
-/// reserves the worst case against token and dollar budgets (admitting the
-/// request in the same store call with [`Admit::WithBody`]). Returns the
-/// body to send upstream when it had to be rewritten.
+/// Runs the guard over the whole request body, then inspects it (as
+/// redacted), applies the tier's model rules and reserves the worst case
+/// against token and dollar budgets (admitting the request in the same
+/// store call with [`Admit::WithBody`]). Returns the body to send upstream
+/// when it had to be rewritten.
+///
+/// The guard comes first: a blocked request is refused before it is
+/// admitted or anything is reserved (see [`screen`]).
 pub async fn approve_body(
+    app: &App,
+    raw: &[u8],
+    ctx: &mut Ctx,
+    mode: Admit,
+) -> Result<Option<Vec<u8>>, GatewayError> {
+    let redacted = match &app.guard {
+        None => None,
+        Some(guard) => screen(app, guard, raw, ctx)?,
+    };
+    let body = redacted.as_deref().unwrap_or(raw);
+    let rewritten = approve_screened(app, body, ctx, mode).await?;
+    Ok(rewritten.or(redacted))
+}
+
+/// The guard's verdict on a body: a block refuses the request at once —
+/// not through [`admit_before_refusing`]: it is not counted against
+/// `requests_per_minute`, reserves nothing and writes no record — and a
+/// redaction returns the body to go on with. Matches are counted and kept
+/// for the record; the matched text is never logged.
+fn screen(
+    app: &App,
+    guard: &Guard,
+    raw: &[u8],
+    ctx: &mut Ctx,
+) -> Result<Option<Vec<u8>>, GatewayError> {
+    let endpoint = ctx.endpoint().ok_or_else(GatewayError::internal)?;
+    let verdict = guard.check(endpoint, raw);
+    if verdict.matched.is_empty() {
+        return Ok(None);
+    }
+    for r in verdict.matched.iter().filter_map(|&i| guard.rule(i)) {
+        app.sinks.metrics.guard_match(&r.name, r.action.name());
+    }
+    ctx.guard = guard.names(&verdict.matched);
+    log::info!(
+        "request {}: guard rules matched: {}",
+        ctx.request_id,
+        ctx.guard.join(", ")
+    );
+    if let Some(rule) = verdict.blocked_by.and_then(|i| guard.rule(i)) {
+        return Err(GatewayError::guard_blocked(&rule.name));
+    }
+    Ok(verdict.redacted)
+}
+
+/// [`approve_body`] after the guard.
+async fn approve_screened(
     app: &App,
     raw: &[u8],
     ctx: &mut Ctx,

@@ -103,6 +103,8 @@ pub struct Ctx {
     /// The answer's head is on its way to the client: from here on nothing
     /// fails over.
     pub response_started: bool,
+    /// Guard rules that matched the request, sorted (the record's `guard`).
+    pub guard: Vec<Arc<str>>,
 }
 
 /// The deployments a request tries, and where it stands.
@@ -169,6 +171,7 @@ impl Ctx {
             inflight: None,
             attempts: Attempts::default(),
             response_started: false,
+            guard: Vec::new(),
         }
     }
 

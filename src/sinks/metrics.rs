@@ -74,6 +74,7 @@ struct Inner {
     inflight: IntGaugeVec,
     attempts: IntCounterVec,
     cooling: Arc<CoolingGauge>,
+    guard_matches: IntCounterVec,
 }
 
 /// `tollgate_deployment_cooling{provider}`: 1 while a deployment is
@@ -240,6 +241,13 @@ impl Metrics {
             ),
             &["provider", "outcome"],
         )?;
+        let guard_matches = IntCounterVec::new(
+            Opts::new(
+                "tollgate_guard_matches_total",
+                "Requests a guard rule matched, by rule and its action (block, redact, log).",
+            ),
+            &["rule", "action"],
+        )?;
         let cooling = Arc::new(CoolingGauge {
             gauge: IntGaugeVec::new(
                 Opts::new(
@@ -273,6 +281,7 @@ impl Metrics {
                 Box::new(inflight.clone()),
                 Box::new(attempts.clone()),
                 Box::new(SharedCooling(Arc::clone(&cooling))),
+                Box::new(guard_matches.clone()),
             ]);
             all
         };
@@ -309,8 +318,23 @@ impl Metrics {
                 inflight,
                 attempts,
                 cooling,
+                guard_matches,
             }),
         })
+    }
+
+    /// A configured guard rule, shown at 0 from the start so that rate()
+    /// works from its first match.
+    pub fn guard_rule(&self, rule: &str, action: &str) {
+        self.inner.guard_matches.with_label_values(&[rule, action]);
+    }
+
+    /// A guard rule matched a request (once per request and rule).
+    pub fn guard_match(&self, rule: &str, action: &str) {
+        self.inner
+            .guard_matches
+            .with_label_values(&[rule, action])
+            .inc();
     }
 
     /// One attempt at a deployment ended: `ok`, `failover` or `failed`.

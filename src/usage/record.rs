@@ -37,6 +37,8 @@ pub struct UsageRecord {
     /// The model name sent upstream: `model`, unless the deployment renamed
     /// it.
     pub upstream_model: Option<String>,
+    /// Guard rules that matched the request, sorted; empty when none.
+    pub guard: Vec<String>,
 }
 
 const TS_FORMAT: StaticFormatDescription =
@@ -101,6 +103,7 @@ mod tests {
             endpoint: "messages",
             attempts: 1,
             upstream_model: Some("claude-sonnet-4-5".into()),
+            guard: vec!["pii".into()],
         }
     }
 
@@ -139,6 +142,7 @@ mod tests {
             "endpoint",
             "attempts",
             "upstream_model",
+            "guard",
         ];
         let mut got = keys.clone();
         got.sort_unstable();
@@ -148,6 +152,7 @@ mod tests {
         assert_eq!(v["jti"], "j\"1\n");
         assert_eq!(v["cost_usd"], 0.000123);
         assert_eq!(v["ttfb_ms"], 300);
+        assert_eq!(v["guard"], serde_json::json!(["pii"]));
     }
 
     #[test]
