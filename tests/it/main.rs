@@ -13,6 +13,7 @@ mod concurrency_release;
 mod deploy_gate;
 mod endpoints;
 mod errors;
+mod guard;
 mod hostile_requests;
 mod identity_sources;
 mod key_permissions;
