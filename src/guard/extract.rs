@@ -153,6 +153,18 @@ impl Walk<'_, '_> {
     /// Anthropic content: a string or blocks, of a turn in scope. Tool
     /// results, even in a user turn, are tool output: `all` only.
     fn anthropic_content(&mut self, v: &Span) {
+        self.anthropic_content_at(v, 0);
+    }
+
+    /// Tool results nest content; past a few levels (a body no provider
+    /// would take) the rest is read whole, without recursing further: the
+    /// guard runs before the depth-limited JSON parse of `inspect`.
+    fn anthropic_content_at(&mut self, v: &Span, depth: usize) {
+        const MAX_DEPTH: usize = 4;
+        if depth >= MAX_DEPTH {
+            self.any(v);
+            return;
+        }
         if json::is_string(self.buf, v) {
             self.emit(v);
             return;
@@ -174,7 +186,7 @@ impl Walk<'_, '_> {
             if ty("tool_result") {
                 if self.all {
                     for c in json::values(self.buf, &m, "content") {
-                        self.anthropic_content(&c);
+                        self.anthropic_content_at(&c, depth + 1);
                     }
                 }
                 continue;

@@ -716,3 +716,53 @@ fn arb_json() -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+#[test]
+fn the_specs_example_section_loads() {
+    let yaml = r#"
+scan: user
+rules:
+  - { name: injection, builtin: prompt_injection, action: block }
+  - { name: secrets,   builtin: secrets,          action: block }
+  - { name: pii,       builtin: pii,              action: redact }
+  - { name: codename,  pattern: "(?i)project\\s+falcon", action: log }
+"#;
+    let cfg: GuardConfig = serde_yaml_ng::from_str(yaml).expect("parses");
+    assert!(super::problems(&cfg).is_empty());
+    let g = Guard::from_config(&cfg).unwrap().unwrap();
+    assert_eq!(g.rules().len(), 4);
+    let v = g.check(Endpoint::Messages, &user_body("news on project falcon?"));
+    assert_eq!(g.names(&v.matched).len(), 1);
+    // Unknown keys are refused, like the rest of the config.
+    let err = serde_yaml_ng::from_str::<GuardConfig>(
+        "rules: [{name: a, builtin: pii, action: log, extra: 1}]",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("extra"), "{err}");
+    assert!(serde_yaml_ng::from_str::<GuardConfig>("scan: everything").is_err());
+}
+
+#[test]
+fn deep_nesting_does_not_overflow_the_stack() {
+    let g = all_builtins();
+    let depth = 200_000;
+    let mut body = String::from(r#"{"messages":[{"role":"user","content":"#);
+    for _ in 0..depth {
+        body.push_str(r#"[{"type":"tool_result","content":"#);
+    }
+    body.push_str(r#""ghp_1234567890abcdefghijABCDEFGHIJ123456""#);
+    for _ in 0..depth {
+        body.push_str("}]");
+    }
+    body.push_str("}]}");
+    let v = g.check(Endpoint::Messages, body.as_bytes());
+    assert_eq!(g.names(&v.matched).len(), 1);
+    for ep in [
+        Endpoint::ChatCompletions,
+        Endpoint::Responses,
+        Endpoint::Embeddings,
+    ] {
+        let _ = g.check(ep, body.as_bytes());
+    }
+}
