@@ -1,7 +1,8 @@
 //! The guard over a realistic 100 KB Messages body (a coding agent's
 //! conversation: system prompt, many user and assistant turns, tool
 //! results), with every built-in rule: the common case where nothing
-//! matches, and one with matches to redact.
+//! matches, and one with matches to redact; and the 4.5 KB body of
+//! `scripts/load.sh`, the cost added to an ordinary request.
 //!
 //! `cargo bench --bench guard -- --warm-up-time 1 --measurement-time 3`
 
@@ -113,6 +114,17 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(dirty.len() as u64));
     g.bench_function("100k_with_matches/redact", |b| {
         b.iter(|| redacting.check(Endpoint::Messages, black_box(&dirty)))
+    });
+    // The 4.5 KB body `scripts/load.sh` sends: the guard's cost per
+    // ordinary request.
+    let load = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/load/request_anthropic.json"
+    ))
+    .expect("load body");
+    g.throughput(Throughput::Bytes(load.len() as u64));
+    g.bench_function("load_body_4.5k/scan_all", |b| {
+        b.iter(|| blocking.check(Endpoint::Messages, black_box(&load)))
     });
     g.finish();
     println!(
