@@ -156,6 +156,7 @@ fn record(c: &mut Criterion) {
         upstream_model: Some("claude-sonnet-4-5-20250929".into()),
         cache_hit: false,
         interrupted: false,
+        guard: Vec::new(),
     };
     let mut g = c.benchmark_group("record");
     let mut out = Vec::with_capacity(1024);

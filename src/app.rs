@@ -2,6 +2,7 @@
 //! proxy and admin services.
 
 use crate::config::{Config, OnError};
+use crate::guard::Guard;
 use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
 use crate::journal::{self, Journal};
 use crate::limits::{Teams, Tiers};
@@ -22,6 +23,9 @@ pub struct App {
     pub request: RequestPolicy,
     /// The response cache; `None` when `cache.enabled` is false.
     pub cache: Option<crate::cache::Cache>,
+    /// `guard:`; `None` (the default) when no rule is configured, and then
+    /// the request path does no guard work at all.
+    pub guard: Option<Guard>,
 }
 
 /// Verifying callers' tokens, and issuing tokens (admin API).
@@ -94,6 +98,10 @@ impl App {
         let journal = open_journal(cfg, ledger.is_some(), upgrade)?;
         chain_sinks(&usage_log, ledger.as_ref(), journal.as_ref());
         let metrics = Metrics::new(cfg.metrics.per_user_labels)?;
+        let guard = Guard::from_config(&cfg.guard)?;
+        for r in guard.iter().flat_map(|g| g.rules()) {
+            metrics.guard_rule(&r.name, r.action.name());
+        }
         let finish_failed: FinishFailed = {
             let metrics = metrics.clone();
             Arc::new(move |e: &StoreError| {
@@ -131,6 +139,7 @@ impl App {
                 drain_on_disconnect: cfg.usage.drain_on_disconnect.as_duration(),
             },
             cache,
+            guard,
         }))
     }
 

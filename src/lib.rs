@@ -8,6 +8,7 @@ pub mod app;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod guard;
 pub mod identity;
 pub mod journal;
 pub mod limits;

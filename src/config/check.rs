@@ -72,6 +72,11 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     check_routing(cfg, &mut out);
     check_usage(cfg, &mut out);
     out.extend(cfg.cache.problems().into_iter().map(Problem::error));
+    out.extend(
+        crate::guard::problems(&cfg.guard)
+            .into_iter()
+            .map(Problem::error),
+    );
     out
 }
 

@@ -7,12 +7,14 @@
 mod cache;
 pub mod check;
 mod duration;
+mod guard;
 mod log_target;
 mod models;
 pub mod postgres_url;
 
 pub use cache::{CacheConfig, CacheScope};
 pub use duration::{parse_duration, DurationError, HumanDuration};
+pub use guard::{GuardAction, GuardBuiltin, GuardConfig, GuardRuleConfig, GuardScan};
 pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
 
@@ -59,6 +61,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Request text rules (prompt injection, secrets, personal data); off
+    /// without rules.
+    #[serde(default)]
+    pub guard: GuardConfig,
     /// The working directory at load time: relative paths in the file are
     /// resolved against it, and made absolute before a daemon fork changes
     /// directory.

@@ -82,6 +82,7 @@ pub fn record_of(e: &Entry<'_>) -> UsageRecord {
         attempts: 1,
         cache_hit: false,
         interrupted: true,
+        guard: Vec::new(),
     }
 }
 

@@ -86,6 +86,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .or_else(|| used.model.clone()),
         cache_hit: false,
         interrupted: false,
+        guard: ctx.guard.iter().map(|n| n.to_string()).collect(),
     };
     write_record(app, record);
     app.sinks.metrics.request_finished(
@@ -188,6 +189,7 @@ async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         upstream_model: entry.upstream_model.clone().or_else(|| model.clone()),
         cache_hit: true,
         interrupted: false,
+        guard: ctx.guard.iter().map(|n| n.to_string()).collect(),
     };
     write_record(app, record);
     let sent = entry.upstream_model.as_deref().or(ctx.model());

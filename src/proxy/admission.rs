@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::clock::now_ms;
 use crate::config::OnError;
 use crate::config::Price;
+use crate::guard::Guard;
 use crate::identity::{AuthFailure, Identity};
 use crate::limits::{Team, Tier};
 use crate::providers::body::{self, RequestInfo};
@@ -280,6 +281,37 @@ pub async fn approve_body(
     reserve_body(app, ctx, inspected, mode).await
 }
 
+/// The guard's verdict on a body: a block refuses the request at once —
+/// not through [`admit_before_refusing`]: it is not counted against
+/// `requests_per_minute`, reserves nothing and writes no record — and a
+/// redaction returns the body to go on with. Matches are counted and kept
+/// for the record; the matched text is never logged.
+fn screen(
+    app: &App,
+    guard: &Guard,
+    raw: &[u8],
+    ctx: &mut Ctx,
+) -> Result<Option<Vec<u8>>, GatewayError> {
+    let endpoint = ctx.endpoint().ok_or_else(GatewayError::internal)?;
+    let verdict = guard.check(endpoint, raw);
+    if verdict.matched.is_empty() {
+        return Ok(None);
+    }
+    for r in verdict.matched.iter().filter_map(|&i| guard.rule(i)) {
+        app.sinks.metrics.guard_match(&r.name, r.action.name());
+    }
+    ctx.guard = guard.names(&verdict.matched);
+    log::info!(
+        "request {}: guard rules matched: {}",
+        ctx.request_id,
+        ctx.guard.join(", ")
+    );
+    if let Some(rule) = verdict.blocked_by.and_then(|i| guard.rule(i)) {
+        return Err(GatewayError::guard_blocked(&rule.name));
+    }
+    Ok(verdict.redacted)
+}
+
 /// What [`inspect_body`] found and [`reserve_body`] reserves.
 pub struct Inspected {
     /// The body to send upstream when it had to be rewritten.
@@ -299,6 +331,13 @@ pub async fn inspect_body(
     ctx: &mut Ctx,
     mode: Admit,
 ) -> Result<Inspected, GatewayError> {
+    // The guard first: a blocked body costs the caller nothing, and a
+    // redacted one is what is inspected, estimated and sent.
+    let redacted = match &app.guard {
+        None => None,
+        Some(guard) => screen(app, guard, raw, ctx)?,
+    };
+    let raw = redacted.as_deref().unwrap_or(raw);
     let endpoint = ctx.endpoint().ok_or_else(GatewayError::internal)?;
     let info = match body::inspect(endpoint, raw) {
         Ok(info) => info,
@@ -335,7 +374,7 @@ pub async fn inspect_body(
     let names_cap = info.max_tokens.is_some();
     ctx.info = Some(info);
     Ok(Inspected {
-        rewritten,
+        rewritten: rewritten.or(redacted),
         ask,
         team_ask,
         names_cap,

@@ -109,6 +109,8 @@ pub struct Ctx {
     /// The request's journal entry was written: its record, or a cancel,
     /// completes it.
     pub journaled: bool,
+    /// Guard rules that matched the request, sorted (the record's `guard`).
+    pub guard: Vec<Arc<str>>,
 }
 
 /// The deployments a request tries, and where it stands.
@@ -177,6 +179,7 @@ impl Ctx {
             response_started: false,
             cache: None,
             journaled: false,
+            guard: Vec::new(),
         }
     }
 

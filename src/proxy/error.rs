@@ -172,6 +172,16 @@ impl GatewayError {
         Self::new(400, ErrorKind::InvalidRequest, e.to_string())
     }
 
+    /// A guard rule with `action: block` matched. Names the rule only: the
+    /// matched text is never echoed.
+    pub fn guard_blocked(rule: &str) -> Self {
+        Self::new(
+            400,
+            ErrorKind::InvalidRequest,
+            format!("request blocked by guard rule {rule}"),
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(500, ErrorKind::Api, "internal gateway error")
     }

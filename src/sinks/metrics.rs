@@ -80,6 +80,7 @@ struct Inner {
     cooling: Arc<CoolingGauge>,
     cache_requests: IntCounterVec,
     cache_saved: Counter,
+    guard_matches: IntCounterVec,
 }
 
 /// `tollgate_deployment_cooling{provider}`: 1 while a deployment is
@@ -257,6 +258,13 @@ impl Metrics {
             "tollgate_cache_saved_usd_total",
             "What the answers served from the response cache would have cost at current prices, in US dollars.",
         )?;
+        let guard_matches = IntCounterVec::new(
+            Opts::new(
+                "tollgate_guard_matches_total",
+                "Requests a guard rule matched, by rule and its action (block, redact, log).",
+            ),
+            &["rule", "action"],
+        )?;
         let cooling = Arc::new(CoolingGauge {
             gauge: IntGaugeVec::new(
                 Opts::new(
@@ -292,6 +300,7 @@ impl Metrics {
                 Box::new(SharedCooling(Arc::clone(&cooling))),
                 Box::new(cache_requests.clone()),
                 Box::new(cache_saved.clone()),
+                Box::new(guard_matches.clone()),
             ]);
             all
         };
@@ -333,8 +342,23 @@ impl Metrics {
                 cooling,
                 cache_requests,
                 cache_saved,
+                guard_matches,
             }),
         })
+    }
+
+    /// A configured guard rule, shown at 0 from the start so that rate()
+    /// works from its first match.
+    pub fn guard_rule(&self, rule: &str, action: &str) {
+        self.inner.guard_matches.with_label_values(&[rule, action]);
+    }
+
+    /// A guard rule matched a request (once per request and rule).
+    pub fn guard_match(&self, rule: &str, action: &str) {
+        self.inner
+            .guard_matches
+            .with_label_values(&[rule, action])
+            .inc();
     }
 
     /// One attempt at a deployment ended: `ok`, `failover` or `failed`.

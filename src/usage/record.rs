@@ -44,6 +44,8 @@ pub struct UsageRecord {
     pub cache_hit: bool,
     /// Recovered from the journal after the gateway died mid-request.
     pub interrupted: bool,
+    /// Guard rules that matched the request, sorted; empty when none.
+    pub guard: Vec<String>,
 }
 
 const TS_FORMAT: StaticFormatDescription =
@@ -109,6 +111,15 @@ impl UsageRecord {
             upstream_model: text("upstream_model"),
             cache_hit: flag("cache_hit"),
             interrupted: flag("interrupted"),
+            guard: v
+                .get("guard")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -158,6 +169,7 @@ mod tests {
             upstream_model: Some("claude-sonnet-4-5".into()),
             cache_hit: false,
             interrupted: false,
+            guard: vec!["pii".into()],
         }
     }
 
@@ -198,6 +210,7 @@ mod tests {
             "upstream_model",
             "cache_hit",
             "interrupted",
+            "guard",
         ];
         let mut got = keys.clone();
         got.sort_unstable();
@@ -207,6 +220,7 @@ mod tests {
         assert_eq!(v["jti"], "j\"1\n");
         assert_eq!(v["cost_usd"], 0.000123);
         assert_eq!(v["ttfb_ms"], 300);
+        assert_eq!(v["guard"], serde_json::json!(["pii"]));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod crash;
 mod deploy_gate;
 mod endpoints;
 mod errors;
+mod guard;
 mod hostile_requests;
 mod identity_sources;
 mod key_permissions;

@@ -58,6 +58,8 @@ struct Line {
     #[serde(default)]
     cache_hit: Option<bool>,
     interrupted: Option<bool>,
+    #[serde(default)]
+    guard: Option<Vec<String>>,
 }
 
 /// One row of `tollgate_usage`, in the column types of [`super::schema`].
@@ -89,6 +91,8 @@ pub struct Row {
     pub upstream_model: Option<String>,
     pub cache_hit: Option<bool>,
     pub interrupted: Option<bool>,
+    /// The record's `guard` list as JSON text (`[]` when none matched).
+    pub guard: Option<String>,
 }
 
 /// Why a line was skipped (logged; the record cannot be written).
@@ -145,6 +149,10 @@ pub fn parse(line: &[u8]) -> Result<Row, RowError> {
         upstream_model: l.upstream_model.map(text),
         cache_hit: l.cache_hit,
         interrupted: l.interrupted,
+        guard: l
+            .guard
+            .and_then(|g| serde_json::to_string(&g).ok())
+            .map(text),
     })
 }
 

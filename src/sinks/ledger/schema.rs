@@ -65,6 +65,7 @@ pub const COLUMNS: &[Column] = &[
     col!("upstream_model", "text", "", |r| r.upstream_model.clone()),
     col!("cache_hit", "boolean", "", |r| r.cache_hit),
     col!("interrupted", "boolean", "", |r| r.interrupted),
+    col!("guard", "text", "", |r| r.guard.clone()),
 ];
 
 /// The report's queries: a time range, grouped by subject, team or model.

@@ -33,6 +33,7 @@ fn record(id: &str) -> UsageRecord {
         upstream_model: Some("claude-sonnet-4-5".into()),
         cache_hit: false,
         interrupted: false,
+        guard: Vec::new(),
     }
 }
 
