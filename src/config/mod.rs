@@ -8,15 +8,19 @@ mod cache;
 pub mod check;
 mod duration;
 mod guard;
+mod limits;
 mod log_target;
 mod models;
 pub mod postgres_url;
+mod usage;
 
 pub use cache::{CacheConfig, CacheScope};
 pub use duration::{parse_duration, DurationError, HumanDuration};
 pub use guard::{GuardAction, GuardBuiltin, GuardConfig, GuardRuleConfig, GuardScan};
+pub use limits::{LimitsConfig, TierConfig};
 pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
+pub use usage::{Price, UsageConfig, DEFAULT_JOURNAL_DIR, DEFAULT_SPOOL_DIR};
 
 use crate::identity::Alg;
 use serde::{Deserialize, Serialize};
@@ -277,69 +281,6 @@ pub enum OnError {
     FailOpen,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    #[serde(default = "default_tier")]
-    pub default_tier: String,
-    #[serde(default)]
-    pub tiers: BTreeMap<String, TierConfig>,
-    /// Limits shared by all members of a team, on top of each member's
-    /// tier; `default` applies to each team not listed.
-    #[serde(default)]
-    pub teams: BTreeMap<String, TierConfig>,
-    #[serde(default = "default_max_tokens")]
-    pub default_max_tokens: u64,
-    #[serde(default = "default_max_body")]
-    pub max_body_bytes: usize,
-    #[serde(default = "default_client_timeout")]
-    pub client_timeout: HumanDuration,
-}
-
-fn default_tier() -> String {
-    "user".into()
-}
-fn default_max_tokens() -> u64 {
-    4096
-}
-fn default_max_body() -> usize {
-    10 * 1024 * 1024
-}
-fn default_client_timeout() -> HumanDuration {
-    HumanDuration::from_secs(30)
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            default_tier: default_tier(),
-            tiers: BTreeMap::new(),
-            teams: BTreeMap::new(),
-            default_max_tokens: default_max_tokens(),
-            max_body_bytes: default_max_body(),
-            client_timeout: default_client_timeout(),
-        }
-    }
-}
-
-/// Every limit is optional; an absent one is unlimited.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TierConfig {
-    #[serde(default)]
-    pub requests_per_minute: Option<u64>,
-    #[serde(default)]
-    pub tokens_per_minute: Option<u64>,
-    #[serde(default)]
-    pub tokens_per_day: Option<u64>,
-    #[serde(default)]
-    pub usd_per_day: Option<f64>,
-    #[serde(default)]
-    pub max_concurrent: Option<u64>,
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-}
-
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
@@ -413,105 +354,6 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_provider_timeout() -> Duration {
     Duration::from_secs(600)
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UsageConfig {
-    #[serde(default = "default_log_path")]
-    pub log_path: LogTarget,
-    #[serde(default = "default_drain")]
-    pub drain_on_disconnect: HumanDuration,
-    #[serde(default)]
-    pub prices: BTreeMap<String, Price>,
-    /// The usage ledger: every record is also written to Postgres (table
-    /// `tollgate_usage`); `usage report` reads it. Holds a password: print
-    /// it only through [`postgres_url::redacted`].
-    #[serde(default)]
-    pub postgres_url: Option<String>,
-    /// Where records wait for Postgres; see [`UsageConfig::spool_dir`].
-    #[serde(default)]
-    pub spool_dir: Option<PathBuf>,
-    /// The crash journal; see [`UsageConfig::journal_dir`].
-    #[serde(default)]
-    pub journal_dir: Option<PathBuf>,
-    /// At least this often the journal is fsynced; 0: before each request
-    /// goes upstream (group commit).
-    #[serde(default = "default_journal_fsync")]
-    pub journal_fsync: HumanDuration,
-}
-
-/// Name of the default spool directory, created next to the usage log file.
-pub const DEFAULT_SPOOL_DIR: &str = "tollgate-spool";
-
-impl UsageConfig {
-    /// The ledger's spool directory: `spool_dir`, else `tollgate-spool` next
-    /// to a `log_path` file. None when neither gives one (only an error when
-    /// `postgres_url` is set). Relative: resolve it with [`Config::path`].
-    pub fn spool_dir(&self) -> Option<PathBuf> {
-        if let Some(dir) = &self.spool_dir {
-            return Some(dir.clone());
-        }
-        let file = self.log_path.file()?;
-        let parent = file.parent().unwrap_or(Path::new(""));
-        Some(parent.join(DEFAULT_SPOOL_DIR))
-    }
-}
-
-/// Name of the default journal directory, next to the usage log file.
-pub const DEFAULT_JOURNAL_DIR: &str = "tollgate-journal";
-
-impl UsageConfig {
-    /// The crash journal's directory: `journal_dir`, else `tollgate-journal`
-    /// next to a `log_path` file. None (journal off) when the log is stdout
-    /// and no directory is set. Relative: resolve it with [`Config::path`].
-    pub fn journal_dir(&self) -> Option<PathBuf> {
-        if let Some(dir) = &self.journal_dir {
-            return Some(dir.clone());
-        }
-        let file = self.log_path.file()?;
-        let parent = file.parent().unwrap_or(Path::new(""));
-        Some(parent.join(DEFAULT_JOURNAL_DIR))
-    }
-}
-
-fn default_journal_fsync() -> HumanDuration {
-    HumanDuration::from_millis(100)
-}
-
-fn default_log_path() -> LogTarget {
-    LogTarget::Stdout
-}
-fn default_drain() -> HumanDuration {
-    HumanDuration::from_secs(30)
-}
-
-impl Default for UsageConfig {
-    fn default() -> Self {
-        Self {
-            log_path: default_log_path(),
-            drain_on_disconnect: default_drain(),
-            prices: BTreeMap::new(),
-            postgres_url: None,
-            spool_dir: None,
-            journal_dir: None,
-            journal_fsync: default_journal_fsync(),
-        }
-    }
-}
-
-/// USD per million tokens.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    #[serde(default)]
-    pub input: f64,
-    #[serde(default)]
-    pub output: f64,
-    #[serde(default)]
-    pub cache_read: f64,
-    #[serde(default)]
-    pub cache_write: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -9,6 +9,7 @@ mod accounting;
 mod admission;
 mod attempts;
 mod body;
+mod body_rules;
 mod cached;
 mod ctx;
 mod downstream;
