@@ -5,7 +5,7 @@
 //! bodies ever go upstream.
 
 pub use crate::usage::json_scan::skip_ws;
-use crate::usage::json_scan::{key_is, Member};
+use crate::usage::json_scan::{key_is, object_members, skip_value, Member};
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -13,98 +13,7 @@ pub type Span = Range<usize>;
 
 /// The members of the object at `v`, if it is one.
 pub fn members(buf: &[u8], v: &Span) -> Option<Vec<Member>> {
-    if buf.get(v.start) != Some(&b'{') {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut i = skip_ws(buf, v.start + 1);
-    if buf.get(i) == Some(&b'}') {
-        return Some(out);
-    }
-    loop {
-        if buf.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = skip_string(buf, i)?;
-        let key = i + 1..key_end - 1;
-        i = skip_ws(buf, key_end);
-        if buf.get(i) != Some(&b':') {
-            return None;
-        }
-        let start = skip_ws(buf, i + 1);
-        let end = skip_value(buf, start)?;
-        out.push(Member {
-            key,
-            value: start..end,
-        });
-        i = skip_ws(buf, end);
-        match buf.get(i) {
-            Some(b',') => i = skip_ws(buf, i + 1),
-            Some(b'}') => return Some(out),
-            _ => return None,
-        }
-    }
-}
-
-/// Index just past the string whose opening quote is at `i`. Vectorised
-/// searches: every level of the walk skips its children once, so skipping
-/// must cost little more than reading.
-fn skip_string(b: &[u8], i: usize) -> Option<usize> {
-    string_end(b, i + 1).map(|end| end + 1)
-}
-
-/// Index just past the value starting at `i`.
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => skip_string(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0u64;
-            let mut j = i;
-            loop {
-                j += nested_stop(b.get(j..)?)?;
-                match b[j] {
-                    b'"' => {
-                        j = skip_string(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    _ => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                }
-                j += 1;
-            }
-        }
-        b',' | b'}' | b']' | b':' => None,
-        _ => {
-            let len = b[i..]
-                .iter()
-                .position(|&c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .unwrap_or(b.len() - i);
-            Some(i + len)
-        }
-    }
-}
-
-/// The first quote or bracket in `b`. Searched window by window: a
-/// search for the next opening over the whole rest would make a long run
-/// of closings quadratic.
-fn nested_stop(b: &[u8]) -> Option<usize> {
-    const WINDOW: usize = 256;
-    let mut start = 0;
-    while start < b.len() {
-        let w = &b[start..b.len().min(start + WINDOW)];
-        let open = memchr::memchr3(b'"', b'{', b'[', w);
-        let close = memchr::memchr2(b'}', b']', &w[..open.unwrap_or(w.len())]);
-        if let Some(p) = close.or(open) {
-            return Some(start + p);
-        }
-        start += w.len();
-    }
-    None
+    object_members(buf, v.start).map(|(m, _)| m)
 }
 
 /// The elements of the array at `v`, if it is one.

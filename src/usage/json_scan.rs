@@ -370,7 +370,7 @@ fn skip_string(buf: &[u8], i: usize) -> Option<usize> {
 }
 
 /// Returns the index just past the value starting at `i`.
-fn skip_value(buf: &[u8], i: usize) -> Option<usize> {
+pub fn skip_value(buf: &[u8], i: usize) -> Option<usize> {
     match *buf.get(i)? {
         b'"' => skip_string(buf, i),
         b'{' | b'[' => {
