@@ -662,8 +662,15 @@ proptest! {
                 t.starts_with(|c: char| c.is_whitespace() || c == '"')
             });
             if texts[0] == "jane@acme.io" && ends_word {
-                // A known address at a word boundary is always found.
-                prop_assert!(g.check(ep, body).redacted.is_some_and(|o| !String::from_utf8_lossy(&o).contains("jane@acme.io")));
+                // A known address at a word boundary is always found. Later
+                // copies may be glued to other text (`éjane@acme.io4111` is
+                // no address): count, don't require all gone.
+                let before = String::from_utf8_lossy(body).matches("jane@acme.io").count();
+                let after = g
+                    .check(ep, body)
+                    .redacted
+                    .map(|o| String::from_utf8_lossy(&o).matches("jane@acme.io").count());
+                prop_assert!(after.is_some_and(|n| n < before), "{before} before, {after:?} after");
             }
         }
     }
