@@ -157,6 +157,7 @@ fn record(c: &mut Criterion) {
         cache_hit: false,
         interrupted: false,
         guard: Vec::new(),
+        journal: None,
     };
     let mut g = c.benchmark_group("record");
     let mut out = Vec::with_capacity(1024);

@@ -193,25 +193,21 @@ fn chain_sinks(usage_log: &UsageLog<UsageRecord>, ledger: Option<&Ledger>, j: Op
     }
     let (to_ledger, to_journal) = (ledger.cloned(), j.cloned());
     usage_log.set_written_hook(Arc::new(move |recs: &[UsageRecord]| {
+        // The journal hears first: its entry then says "logged" before the
+        // ledger can report the same record.
+        if let Some(j) = &to_journal {
+            j.written(journal::SINK_LOG, recs.iter().filter_map(|r| r.journal));
+        }
         if let Some(ledger) = &to_ledger {
             for r in recs {
                 ledger.try_send(r.clone());
             }
         }
-        if let Some(j) = &to_journal {
-            j.written(
-                journal::SINK_LOG,
-                recs.iter().map(|r| r.request_id.as_str()),
-            );
-        }
     }));
     if let (Some(ledger), Some(j)) = (ledger, j) {
         let j = j.clone();
         ledger.set_spooled_hook(Arc::new(move |recs: &[UsageRecord]| {
-            j.written(
-                journal::SINK_LEDGER,
-                recs.iter().map(|r| r.request_id.as_str()),
-            );
+            j.written(journal::SINK_LEDGER, recs.iter().filter_map(|r| r.journal));
         }));
     }
 }

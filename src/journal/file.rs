@@ -1,5 +1,5 @@
 //! The journal's files, following the ledger spool's rules: one file per
-//! process (`<pid>-<random>.jnl`, 0600, in a 0700 directory), held under an
+//! process (`<pid>-<random>.slots`, 0600, in a 0700 directory), held under an
 //! exclusive `flock` for the process's life; a file nobody holds belongs to
 //! a dead process and is adopted by whoever locks it first. `LOCK` marks the
 //! directory as one gateway's: a second live gateway on it is refused.
@@ -10,7 +10,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-const SUFFIX: &str = ".jnl";
+const SUFFIX: &str = ".slots";
+/// Journals of the line format (a JSON line per entry, done marks appended)
+/// that builds before the slot format wrote: recovered, never written.
+const LINES_SUFFIX: &str = ".jnl";
 const LOCK_NAME: &str = "LOCK";
 
 pub fn prepare_dir(dir: &Path) -> io::Result<()> {
@@ -86,17 +89,23 @@ pub fn create(dir: &Path) -> io::Result<(PathBuf, File)> {
     ))
 }
 
-/// The journal files in `dir`.
+/// The journal files in `dir`, of either format.
 pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) == Some(&SUFFIX[1..]) {
+        let ext = path.extension().and_then(|e| e.to_str());
+        if ext == Some(&SUFFIX[1..]) || ext == Some(&LINES_SUFFIX[1..]) {
             out.push(path);
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// A journal file of the line format.
+pub fn is_lines(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some(&LINES_SUFFIX[1..])
 }
 
 /// Opens a file left by another process and locks it; None while a live

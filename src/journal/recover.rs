@@ -1,7 +1,7 @@
 //! Recovery: the open entries of dead processes' files become records.
 //!
 //! For each journal file nobody holds: lock it, read it (a torn last line
-//! is skipped), take its open entries, drop those whose record already
+//! or torn entry is skipped), take its open entries, drop those whose record already
 //! reached the usage log (its last [`LOG_TAIL_BYTES`]: written, then killed
 //! before the done mark), journal the rest in this process's own file as
 //! open entries, fsync, and only then delete the dead file. A crash at any
@@ -10,21 +10,23 @@
 //! single once written).
 
 use super::entry::{self, Entry};
-use super::{file, Journal, SINK_LOG};
+use super::{file, slots, Journal, Slot, SINK_LOG};
 use std::collections::HashMap;
 use std::path::Path;
 
 /// How much of the usage log's end is read for records already written.
 pub const LOG_TAIL_BYTES: u64 = 4 << 20;
-/// A dead file larger than this is read only this far (compaction keeps
-/// files near [`super::COMPACT_BYTES`]).
-const MAX_FILE_BYTES: u64 = 256 << 20;
+/// A dead file of the line format larger than this is read only this far
+/// (its compaction kept files near 4 MB).
+const MAX_LINES_BYTES: u64 = 256 << 20;
 
 /// An entry to turn into a record, and the sinks that still need it.
 #[derive(Debug)]
 pub struct Recovered {
     pub entry: Entry<'static>,
     pub sinks: u8,
+    /// Its entry in this process's journal, released by its record.
+    pub slot: Slot,
     /// Its record's line in the usage log, when it is there already.
     pub logged: Option<Vec<u8>>,
 }
@@ -51,17 +53,27 @@ pub fn recover(journal: &Journal, log_path: Option<&Path>) -> Vec<Recovered> {
                 continue;
             }
         };
-        let bytes = match file::read_all(&mut f, MAX_FILE_BYTES) {
+        let lines = file::is_lines(&path);
+        let max = if lines {
+            MAX_LINES_BYTES
+        } else {
+            slots::FILE_BYTES
+        };
+        let bytes = match file::read_all(&mut f, max) {
             Ok(b) => b,
             Err(e) => {
                 log::warn!("journal: cannot read {}: {e}", path.display());
                 continue;
             }
         };
-        let contents = entry::parse(&bytes);
+        let contents = if lines {
+            entry::parse(&bytes)
+        } else {
+            slots::parse(&bytes)
+        };
         if contents.skipped > 0 {
             log::warn!(
-                "journal {}: {} unreadable line(s) skipped (a torn last write)",
+                "journal {}: {} unreadable entries skipped (torn by a machine crash)",
                 path.display(),
                 contents.skipped
             );
@@ -118,18 +130,19 @@ fn take_over(
             continue;
         }
         let e = e.into_owned();
-        if journal.adopt_entry(&e, sinks).is_none() {
+        let Some(slot) = journal.adopt_entry(&e, sinks) else {
             // The dead file stays and still holds them all: those already
-            // journaled here are marked done, to be taken over again later.
+            // journaled here are released, to be taken over again later.
             for r in &batch {
                 let r: &Recovered = r;
-                journal.cancel(&r.entry.request_id);
+                journal.cancel(r.slot);
             }
             return None;
-        }
+        };
         batch.push(Recovered {
             entry: e,
             sinks,
+            slot,
             logged,
         });
     }

@@ -23,12 +23,15 @@ pub async fn settle_recovered(app: &App, recovered: Vec<Recovered>) {
             // then): the ledger gets that one.
             if let Some(ledger) = &app.sinks.ledger {
                 let logged = r.logged.as_deref().and_then(UsageRecord::from_json_line);
-                ledger.try_send(logged.unwrap_or_else(|| record_of(&r.entry)));
+                let mut record = logged.unwrap_or_else(|| record_of(&r.entry));
+                record.journal = Some(r.slot);
+                ledger.try_send(record);
             }
             continue;
         }
         // The ledger gets it from the usage log's writer.
-        let record = record_of(&r.entry);
+        let mut record = record_of(&r.entry);
+        record.journal = Some(r.slot);
         app.sinks.metrics.request_finished(
             &record.provider,
             app.sinks
@@ -83,6 +86,7 @@ pub fn record_of(e: &Entry<'_>) -> UsageRecord {
         cache_hit: false,
         interrupted: true,
         guard: Vec::new(),
+        journal: None,
     }
 }
 

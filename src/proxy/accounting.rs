@@ -31,8 +31,8 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         .to_string();
     let status = ctx.status.unwrap_or(out.fallback_status);
     if !ctx.proxied || ctx.refusal.is_some() {
-        if let (true, Some(j)) = (ctx.journaled, &app.sinks.journal) {
-            j.cancel(&ctx.request_id);
+        if let (Some(slot), Some(j)) = (ctx.journal.take(), &app.sinks.journal) {
+            j.cancel(slot);
         }
         app.sinks.metrics.request_refused(
             &provider,
@@ -87,6 +87,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         cache_hit: false,
         interrupted: false,
         guard: ctx.guard.iter().map(|n| n.to_string()).collect(),
+        journal: ctx.journal,
     };
     write_record(app, record);
     app.sinks.metrics.request_finished(
@@ -190,6 +191,7 @@ async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         cache_hit: true,
         interrupted: false,
         guard: ctx.guard.iter().map(|n| n.to_string()).collect(),
+        journal: ctx.journal,
     };
     write_record(app, record);
     let sent = entry.upstream_model.as_deref().or(ctx.model());

@@ -106,9 +106,9 @@ pub struct Ctx {
     /// What the response cache did; `None` when it is off or the endpoint
     /// is never cached.
     pub cache: Option<super::cached::CacheState>,
-    /// The request's journal entry was written: its record, or a cancel,
-    /// completes it.
-    pub journaled: bool,
+    /// The request's journal entry, once noted: its record, or a cancel,
+    /// releases it.
+    pub journal: Option<crate::journal::Slot>,
     /// Guard rules that matched the request, sorted (the record's `guard`).
     pub guard: Vec<Arc<str>>,
 }
@@ -178,7 +178,7 @@ impl Ctx {
             attempts: Attempts::default(),
             response_started: false,
             cache: None,
-            journaled: false,
+            journal: None,
             guard: Vec::new(),
         }
     }

@@ -15,10 +15,10 @@ pub fn due_at_headers(ctx: &Ctx) -> bool {
     !matches!(ctx.body, BodyPhase::Collecting(_))
 }
 
-/// Appends the request's entry once (one `write(2)`), and with
-/// `journal_fsync: 0` waits for an fsync covering it.
+/// Notes the request's entry once (a copy into a mapped slot), and with
+/// `journal_fsync: 0` waits for an msync covering it.
 pub async fn note(app: &App, ctx: &mut Ctx, path: &str) {
-    if ctx.journaled {
+    if ctx.journal.is_some() {
         return;
     }
     let Some(journal) = &app.sinks.journal else {
@@ -48,7 +48,7 @@ pub async fn note(app: &App, ctx: &mut Ctx, path: &str) {
     let appended = journal.append(&entry);
     drop(entry);
     if let Some(a) = appended {
-        ctx.journaled = true;
+        ctx.journal = Some(a.slot);
         journal.durable(a).await;
     }
 }

@@ -46,6 +46,10 @@ pub struct UsageRecord {
     pub interrupted: bool,
     /// Guard rules that matched the request, sorted; empty when none.
     pub guard: Vec<String>,
+    /// The request's crash-journal entry, released once a sink wrote this
+    /// record; not part of the line.
+    #[serde(skip)]
+    pub journal: Option<crate::journal::Slot>,
 }
 
 const TS_FORMAT: StaticFormatDescription =
@@ -120,6 +124,7 @@ impl UsageRecord {
                         .collect()
                 })
                 .unwrap_or_default(),
+            journal: None,
         })
     }
 
@@ -170,6 +175,7 @@ mod tests {
             cache_hit: false,
             interrupted: false,
             guard: vec!["pii".into()],
+            journal: None,
         }
     }
 

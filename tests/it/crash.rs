@@ -133,16 +133,19 @@ fn journal_dir(gw: &Gateway) -> std::path::PathBuf {
     gw.dir().join("tollgate-journal")
 }
 
+/// Journal files, and the disk they take (a slot file is sparse: its
+/// apparent size is fixed, the disk follows the requests in flight).
 fn journal_bytes(gw: &Gateway) -> (usize, u64) {
+    use std::os::unix::fs::MetadataExt;
     let mut files = 0;
     let mut bytes = 0;
     for e in std::fs::read_dir(journal_dir(gw))
         .expect("journal dir")
         .flatten()
     {
-        if e.path().extension().is_some_and(|x| x == "jnl") {
+        if e.path().extension().is_some_and(|x| x == "slots") {
             files += 1;
-            bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            bytes += e.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
         }
     }
     (files, bytes)

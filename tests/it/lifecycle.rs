@@ -112,7 +112,7 @@ fn serve_d_runs_in_the_background_with_a_pid_file() {
         std::fs::read_dir(&journal)
             .map(|d| {
                 d.flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "jnl"))
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "slots"))
                     .count()
             })
             .unwrap_or(0)

@@ -34,6 +34,7 @@ fn record(id: &str) -> UsageRecord {
         cache_hit: false,
         interrupted: false,
         guard: Vec::new(),
+        journal: None,
     }
 }
 
