@@ -192,16 +192,14 @@ fn chain_sinks(usage_log: &UsageLog<UsageRecord>, ledger: Option<&Ledger>, j: Op
         return;
     }
     let (to_ledger, to_journal) = (ledger.cloned(), j.cloned());
-    usage_log.set_written_hook(Arc::new(move |recs: &[UsageRecord]| {
+    usage_log.set_written_hook(Arc::new(move |recs: &mut Vec<UsageRecord>| {
         // The journal hears first: its entry then says "logged" before the
         // ledger can report the same record.
         if let Some(j) = &to_journal {
             j.written(journal::SINK_LOG, recs.iter().filter_map(|r| r.journal));
         }
         if let Some(ledger) = &to_ledger {
-            for r in recs {
-                ledger.try_send(r.clone());
-            }
+            ledger.try_send_all(recs.drain(..));
         }
     }));
     if let (Some(ledger), Some(j)) = (ledger, j) {

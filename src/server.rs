@@ -246,7 +246,7 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     if let Some(ledger) = &app.sinks.ledger {
         ledger.flush_at_exit(Duration::from_secs(5));
     }
-    // Every record is written: the last done marks, and this process's
+    // Every record is written, so every slot is released: this process's
     // journal file goes (nothing for the next process to recover).
     if let Some(journal) = &app.sinks.journal {
         journal.close(Duration::from_secs(5));

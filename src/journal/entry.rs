@@ -1,9 +1,12 @@
-//! One journal line. An entry is a JSON object (a request about to go
-//! upstream, with everything its usage record and its reservations need);
-//! a done mark is `-` followed by the request id; a logged mark, `=` and the
-//! id, says the usage log has its record while the ledger does not yet. Lines are independent:
-//! an entry is open when no done mark names it, whatever their order, so
-//! compaction may rewrite open entries after marks of other requests.
+//! A journal entry: a JSON object (a request about to go upstream, with
+//! everything its usage record and its reservations need), as a slot holds
+//! it ([`super::slots`]).
+//!
+//! Also the line format earlier builds wrote, still read by recovery: one
+//! entry per line; a done mark is `-` followed by the request id; a logged
+//! mark, `=` and the id, says the usage log has its record while the ledger
+//! does not yet. Lines are independent: an entry is open when no done mark
+//! names it, whatever their order.
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;

@@ -142,7 +142,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// The lines of the last `max` bytes of the usage log by request id (none
 /// when it cannot be read): a record written there just before a crash,
-/// whose entry had no done mark yet, must not be written again.
+/// whose entry was not cleared yet, must not be written again.
 pub fn log_tail(log: &Path, max: u64) -> std::collections::HashMap<String, Vec<u8>> {
     let mut ids = std::collections::HashMap::new();
     let Ok(mut file) = File::open(log) else {

@@ -189,9 +189,7 @@ impl Journal {
             .spawn(move || thread::run(&shared))
         {
             Ok(_) => q.thread_pid = Some(pid),
-            Err(e) => log::error!(
-                "journal: cannot start its thread: {e}; entries are not fsynced"
-            ),
+            Err(e) => log::error!("journal: cannot start its thread: {e}; entries are not fsynced"),
         }
     }
 

@@ -1,9 +1,9 @@
 //! Recovery: the open entries of dead processes' files become records.
 //!
-//! For each journal file nobody holds: lock it, read it (a torn last line
-//! or torn entry is skipped), take its open entries, drop those whose record already
-//! reached the usage log (its last [`LOG_TAIL_BYTES`]: written, then killed
-//! before the done mark), journal the rest in this process's own file as
+//! For each journal file nobody holds: lock it, read it (an entry torn by a
+//! machine crash is skipped), take its open entries, drop those whose record
+//! already reached the usage log (its last [`LOG_TAIL_BYTES`]: written, then
+//! killed before the slot was cleared), journal the rest in this process's own file as
 //! open entries, fsync, and only then delete the dead file. A crash at any
 //! point leaves each entry in exactly one file (or in both for an instant
 //! before the delete, where the log tail and the ledger's key keep it

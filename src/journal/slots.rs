@@ -109,7 +109,9 @@ impl Slots {
             let at = base.add(index * SLOT_BYTES + 4);
             std::ptr::copy_nonoverlapping(head.as_ptr(), at, head.len());
         }
-        let gen = self.gen[index].fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        let gen = self.gen[index]
+            .fetch_add(1, Ordering::AcqRel)
+            .wrapping_add(1);
         self.waiting[index].store(sinks, Ordering::Release);
         self.live.fetch_add(1, Ordering::AcqRel);
         self.state(index)
@@ -272,7 +274,9 @@ mod tests {
     fn live_entries_are_read_back_and_released_ones_are_gone() {
         let (f, s) = mapped();
         let a = s.claim(&line("req_a", 0), SINK_LOG, false).unwrap();
-        let b = s.claim(&line("req_b", 2_000), SINK_LOG | SINK_LEDGER, false).unwrap();
+        let b = s
+            .claim(&line("req_b", 2_000), SINK_LOG | SINK_LEDGER, false)
+            .unwrap();
         let c = s.claim(&line("req_c", 0), SINK_LOG, false).unwrap();
         assert_eq!(b.span, 5, "a long entry spans slots");
         assert_eq!(s.live(), 3);
@@ -308,10 +312,18 @@ mod tests {
     #[test]
     fn runs_fill_words_and_too_long_entries_are_refused() {
         let (_f, s) = mapped();
-        assert!(s.claim(&vec![b'x'; MAX_SPAN * PAYLOAD + 1], SINK_LOG, false).is_none());
+        assert!(s
+            .claim(&vec![b'x'; MAX_SPAN * PAYLOAD + 1], SINK_LOG, false)
+            .is_none());
         let one = s.claim(&line("req_1", 0), SINK_LOG, false).unwrap();
-        let big = s.claim(&vec![b'x'; MAX_SPAN * PAYLOAD], SINK_LOG, false).unwrap();
-        assert_eq!((one.index, big.index), (0, 64), "a 64-slot run needs a whole word");
+        let big = s
+            .claim(&vec![b'x'; MAX_SPAN * PAYLOAD], SINK_LOG, false)
+            .unwrap();
+        assert_eq!(
+            (one.index, big.index),
+            (0, 64),
+            "a 64-slot run needs a whole word"
+        );
         let two = s.claim(&line("req_2", 0), SINK_LOG, false).unwrap();
         assert_eq!(two.index, 1);
     }

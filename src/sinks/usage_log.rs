@@ -49,8 +49,9 @@ pub trait LogLine: Send + 'static {
 }
 
 /// Told which records' lines were just handed to the OS completely (the
-/// crash journal marks their entries done). Runs on the writer thread.
-pub type WrittenHook<T> = Arc<dyn Fn(&[T]) + Send + Sync>;
+/// crash journal marks their entries done, the ledger takes them over: the
+/// hook may drain the batch). Runs on the writer thread.
+pub type WrittenHook<T> = Arc<dyn Fn(&mut Vec<T>) + Send + Sync>;
 
 /// Queue capacity used when the caller has no better number: enough to
 /// absorb a burst of several thousand requests finishing at once.
@@ -297,7 +298,7 @@ impl<T: LogLine> UsageLog<T> {
         let shared = self.shared();
         let mut st = shared.state.lock();
         if st.mode == Mode::Stopped {
-            self.write_direct(&mut st, &rec);
+            self.write_direct(&mut st, rec);
             drop(st);
             if permit {
                 shared.permits.add_permits(1);
@@ -332,12 +333,12 @@ impl<T: LogLine> UsageLog<T> {
 
     /// After `flush_and_stop` there is no writer; a late record is written by
     /// its caller rather than queued where nobody would write it.
-    fn write_direct(&self, st: &mut State<T>, rec: &T) {
+    fn write_direct(&self, st: &mut State<T>, rec: T) {
         let target = &self.shared().target;
         let mut line = Vec::with_capacity(512);
         st.accepted += 1;
         st.written += 1;
-        if !serialize_one(rec, &mut line) {
+        if !serialize_one(&rec, &mut line) {
             return;
         }
         let result = match &mut st.sink {
@@ -358,7 +359,7 @@ impl<T: LogLine> UsageLog<T> {
             return;
         }
         if let Some(hook) = self.shared().on_written.get() {
-            hook(std::slice::from_ref(rec));
+            hook(&mut vec![rec]);
         }
     }
 

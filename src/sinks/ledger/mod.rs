@@ -241,12 +241,23 @@ impl Ledger {
 
     /// Queues `rec` for the spool and Postgres. Never blocks on I/O.
     pub fn try_send(&self, rec: UsageRecord) {
+        self.try_send_all(std::iter::once(rec));
+    }
+
+    /// Queues a batch (the usage log writer's, moved: no copy) under one
+    /// lock. Never blocks on I/O.
+    pub fn try_send_all(&self, recs: impl Iterator<Item = UsageRecord>) {
         let shared = &self.shared;
         let mut st = shared.state.lock();
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(rec);
-        st.accepted += 1;
-        shared.add_pending(&mut st, 1);
+        let before = st.queue.len();
+        st.queue.extend(recs);
+        let n = (st.queue.len() - before) as u64;
+        if n == 0 {
+            return;
+        }
+        st.accepted += n;
+        shared.add_pending(&mut st, n as i64);
         if st.spooler_pid != Some(std::process::id()) {
             self.ensure_running(&mut st);
         }

@@ -491,7 +491,7 @@ fn the_written_hook_hears_of_each_record_once_its_line_is_in_the_file() {
     {
         let heard = heard.clone();
         let path = path.clone();
-        log.set_written_hook(Arc::new(move |recs: &[Rec]| {
+        log.set_written_hook(Arc::new(move |recs: &mut Vec<Rec>| {
             // Told only once the lines are there.
             let on_disk = read_records(&path);
             for r in recs {

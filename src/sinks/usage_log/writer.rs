@@ -119,7 +119,7 @@ impl<'a, T: LogLine> Writer<'a, T> {
                     self.buf.clear();
                     self.off = 0;
                     if let Some(hook) = self.shared.on_written.get() {
-                        hook(&self.in_buf);
+                        hook(&mut self.in_buf);
                     }
                     self.in_buf.clear();
                     if let Some(f) = self.failing.take() {
