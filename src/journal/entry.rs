@@ -146,6 +146,18 @@ pub struct Contents {
     pub skipped: usize,
 }
 
+impl Contents {
+    /// Adds another file's entries: one of a request id is kept, and it is
+    /// logged when either file says so.
+    pub fn merge(&mut self, other: Contents) {
+        for (id, line) in other.open {
+            self.open.entry(id).or_insert(line);
+        }
+        self.logged.extend(other.logged);
+        self.skipped += other.skipped;
+    }
+}
+
 /// Reads a journal file's bytes. Never panics, whatever they are.
 pub fn parse(bytes: &[u8]) -> Contents {
     let mut entries: HashMap<String, Vec<u8>> = HashMap::new();

@@ -4,15 +4,15 @@
 //! machine crash is skipped), take its open entries, drop those whose record
 //! already reached the usage log (its last [`LOG_TAIL_BYTES`]: written, then
 //! killed before the slot was cleared), journal the rest in this process's own file as
-//! open entries, fsync, and only then delete the dead file. A crash at any
-//! point leaves each entry in exactly one file (or in both for an instant
-//! before the delete, where the log tail and the ledger's key keep it
-//! single once written).
+//! open entries, fsync, and only then delete the dead files. A crash in
+//! between leaves an entry in two files, which the next recovery reads
+//! together and merges (see [`recover`]).
 
 use super::entry::{self, Entry};
 use super::{file, slots, Journal, Slot, SINK_LOG};
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 /// How much of the usage log's end is read for records already written.
 pub const LOG_TAIL_BYTES: u64 = 4 << 20;
@@ -33,6 +33,11 @@ pub struct Recovered {
 
 /// Takes over every dead process's file in the journal's directory.
 /// Blocking (file I/O): run it off the request path.
+///
+/// Every dead file is locked and read before any entry is taken over: an
+/// entry is in two files when a recovering process died between journaling
+/// what it took over and deleting the file it took it from. Merged by
+/// request id (logged if either copy says so), it is recovered once.
 pub fn recover(journal: &Journal, log_path: Option<&Path>) -> Vec<Recovered> {
     let dir = journal.dir();
     let files = match file::list(dir) {
@@ -42,71 +47,83 @@ pub fn recover(journal: &Journal, log_path: Option<&Path>) -> Vec<Recovered> {
             return Vec::new();
         }
     };
-    let mut out = Vec::new();
-    let mut tail: Option<HashMap<String, Vec<u8>>> = None;
+    let mut taken: Vec<(PathBuf, File)> = Vec::new();
+    let mut merged = entry::Contents::default();
     for path in files {
-        let mut f = match file::adopt(&path) {
-            Ok(Some(f)) => f,
-            Ok(None) => continue,
-            Err(e) => {
-                log::warn!("journal: cannot open {}: {e}", path.display());
-                continue;
-            }
-        };
-        let lines = file::is_lines(&path);
-        let max = if lines {
-            MAX_LINES_BYTES
-        } else {
-            slots::FILE_BYTES
-        };
-        let bytes = match file::read_all(&mut f, max) {
-            Ok(b) => b,
-            Err(e) => {
-                log::warn!("journal: cannot read {}: {e}", path.display());
-                continue;
-            }
-        };
-        let contents = if lines {
-            entry::parse(&bytes)
-        } else {
-            slots::parse(&bytes)
-        };
-        if contents.skipped > 0 {
-            log::warn!(
-                "journal {}: {} unreadable entries skipped (torn by a machine crash)",
-                path.display(),
-                contents.skipped
-            );
-        }
-        let tail = tail.get_or_insert_with(|| {
-            log_path.map_or_else(HashMap::new, |p| file::log_tail(p, LOG_TAIL_BYTES))
-        });
-        let Some(batch) = take_over(journal, contents, tail) else {
-            log::error!(
-                "journal: cannot journal {}'s entries in this process's file; left for later",
-                path.display()
-            );
+        let Some((f, contents)) = read_dead(&path) else {
             continue;
         };
-        if let Err(e) = journal.sync_now() {
-            log::error!("journal: fsync before recovering {}: {e}", path.display());
-            continue;
-        }
-        if let Err(e) = std::fs::remove_file(&path) {
-            log::error!("journal: cannot remove {}: {e}", path.display());
-            continue;
-        }
-        let _ = file::sync_dir(dir);
-        if !batch.is_empty() {
-            log::warn!(
-                "journal: {} request(s) of a dead process recovered from {}",
-                batch.len(),
-                path.display()
-            );
-        }
-        out.extend(batch);
+        merged.merge(contents);
+        taken.push((path, f));
     }
-    out
+    if taken.is_empty() {
+        return Vec::new();
+    }
+    let tail = log_path.map_or_else(HashMap::new, |p| file::log_tail(p, LOG_TAIL_BYTES));
+    let Some(batch) = take_over(journal, merged, &tail) else {
+        log::error!("journal: cannot journal dead processes' entries in this process's file; left for later");
+        return Vec::new();
+    };
+    if let Err(e) = journal.sync_now() {
+        log::error!("journal: fsync before deleting dead processes' files: {e}; left for later");
+        for r in &batch {
+            journal.cancel(r.slot);
+        }
+        return Vec::new();
+    }
+    for (path, _lock) in &taken {
+        if let Err(e) = std::fs::remove_file(path) {
+            log::error!("journal: cannot remove {}: {e}", path.display());
+        }
+    }
+    let _ = file::sync_dir(dir);
+    if !batch.is_empty() {
+        log::warn!(
+            "journal: {} request(s) of dead processes recovered from {} file(s)",
+            batch.len(),
+            taken.len()
+        );
+    }
+    batch
+}
+
+/// Locks a dead process's file and reads its open entries; None while a
+/// live process holds it, or when it cannot be read.
+fn read_dead(path: &Path) -> Option<(File, entry::Contents)> {
+    let mut f = match file::adopt(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return None,
+        Err(e) => {
+            log::warn!("journal: cannot open {}: {e}", path.display());
+            return None;
+        }
+    };
+    let lines = file::is_lines(path);
+    let max = if lines {
+        MAX_LINES_BYTES
+    } else {
+        slots::FILE_BYTES
+    };
+    let bytes = match file::read_all(&mut f, max) {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!("journal: cannot read {}: {e}", path.display());
+            return None;
+        }
+    };
+    let contents = if lines {
+        entry::parse(&bytes)
+    } else {
+        slots::parse(&bytes)
+    };
+    if contents.skipped > 0 {
+        log::warn!(
+            "journal {}: {} unreadable entries skipped (torn by a machine crash)",
+            path.display(),
+            contents.skipped
+        );
+    }
+    Some((f, contents))
 }
 
 /// The open entries less those the log has, journaled here.

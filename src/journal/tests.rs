@@ -212,3 +212,31 @@ fn a_journal_of_the_line_format_is_still_recovered() {
     assert_eq!(summary, [("req_old_1", SINK_LOG)]);
     assert!(!jdir.join("4242-0000abcd.jnl").exists());
 }
+
+#[test]
+fn an_entry_in_two_dead_files_is_recovered_once() {
+    // A recovering process died after journaling what it took over and
+    // before deleting the file it took it from: both files hold req_1 (the
+    // second one after its record reached the log).
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), true);
+    first.append(&entry("req_1")).unwrap();
+    first.append(&entry("req_2")).unwrap();
+    let second = Journal::open(dir.path(), Duration::from_millis(5), true, true).unwrap();
+    let a = second.adopt_entry(&entry("req_1"), SINK_LOG | SINK_LEDGER).unwrap();
+    second.written(SINK_LOG, [a].into_iter());
+    drop(first);
+    drop(second);
+    let live = Journal::open(dir.path(), Duration::from_millis(5), true, false).unwrap();
+    let mut got = recover(&live, None);
+    got.sort_by(|a, b| a.entry.request_id.cmp(&b.entry.request_id));
+    let summary: Vec<(&str, u8)> = got
+        .iter()
+        .map(|r| (&*r.entry.request_id, r.sinks))
+        .collect();
+    assert_eq!(
+        summary,
+        [("req_1", SINK_LEDGER), ("req_2", SINK_LOG | SINK_LEDGER)]
+    );
+    assert_eq!(file::list(dir.path()).unwrap(), vec![live.path()]);
+}
