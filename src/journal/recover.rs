@@ -104,7 +104,12 @@ fn read_dead(path: &Path) -> Option<(File, entry::Contents)> {
     } else {
         slots::FILE_BYTES
     };
-    let bytes = match file::read_all(&mut f, max) {
+    let read = if lines {
+        file::read_all(&mut f, max)
+    } else {
+        file::read_data(&mut f, max)
+    };
+    let bytes = match read {
         Ok(b) => b,
         Err(e) => {
             log::warn!("journal: cannot read {}: {e}", path.display());
