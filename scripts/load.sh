@@ -47,7 +47,7 @@ Knobs (environment):
   SKIP_BUILD=0 SKIP_INSTALL=0 NOTE="..."     NOTE is printed above the tables
   PROFILER=callgrind|perf PROFILE_TARGETS="bare tollgate" PROFILE_SECONDS=20
   PROFILE_CONNECTIONS=4 PROFILE_WARMUP=10   (callgrind; perf samples at CONNECTIONS);
-  PROFILE_TARGETS may also name tollgate_redis (starts a private redis-server)
+  PROFILE_TARGETS may also name tollgate_nojournal, or tollgate_redis (starts a private redis-server)
 EOF
 }
 
@@ -706,6 +706,10 @@ if [ "$MODE" = profile ]; then
         cmd=("$TG" serve -c "$RUN/tollgate.yaml")
         port=$P_TG ready="http://127.0.0.1:$P_TG_ADMIN/readyz"
         ;;
+      tollgate_nojournal)
+        cmd=("$TG" serve -c "$RUN/tollgate-nojournal.yaml")
+        port=$P_TGN ready="http://127.0.0.1:$P_TGN_ADMIN/readyz"
+        ;;
       tollgate_redis)
         if [ -z "${REDIS_PID:-}" ]; then
           start redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN"
@@ -716,7 +720,7 @@ if [ "$MODE" = profile ]; then
         cmd=("$TG" serve -c "$RUN/tollgate-redis.yaml")
         port=$P_TGR ready="http://127.0.0.1:$P_TGR_ADMIN/readyz"
         ;;
-      *) die "PROFILE_TARGETS: bare, tollgate or tollgate_redis, not $t" ;;
+      *) die "PROFILE_TARGETS: bare, tollgate, tollgate_nojournal or tollgate_redis, not $t" ;;
     esac
     ADDR[$t]=127.0.0.1:$port
     if [ "$PROFILER" = callgrind ]; then

@@ -243,7 +243,11 @@ mod tests {
         let got = read_data(&mut file, 8 << 20).unwrap();
         assert_eq!(&got[..4], b"head");
         assert_eq!(&got[3 << 20..(3 << 20) + 6], b"middle");
-        assert!(got.len() < 4 << 20, "ends with its last data: {}", got.len());
+        assert!(
+            got.len() < 4 << 20,
+            "ends with its last data: {}",
+            got.len()
+        );
         assert!(got[4..3 << 20].iter().all(|&b| b == 0));
         assert_eq!(read_data(&mut file, 2).unwrap(), b"he");
     }

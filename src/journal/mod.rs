@@ -101,7 +101,7 @@ pub struct Appended {
 }
 
 thread_local! {
-    /// An entry is serialised here before it is copied into its slot.
+    /// An entry is encoded here before it is copied into its slot.
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
@@ -208,10 +208,7 @@ impl Journal {
         let slot = LINE.with(|line| {
             let mut line = line.borrow_mut();
             line.clear();
-            if !e.write_line(&mut line) {
-                return None;
-            }
-            line.pop();
+            e.encode(&mut line);
             s.slots.claim(&line, sinks, sinks & SINK_LOG == 0)
         });
         let Some(slot) = slot else {

@@ -14,13 +14,14 @@
 //!
 //! Slot layout (little-endian), [`SLOT_BYTES`] each:
 //! `state: u32` (0 free, [`OPEN`], [`LOGGED`]), `len: u32`, `span: u8`,
-//! 3 bytes zero, `crc32: u32`, then [`PAYLOAD`] bytes of the entry's JSON.
+//! 3 bytes zero, `crc32: u32`, then [`PAYLOAD`] bytes of the entry in its
+//! compact form ([`entry::decode`]).
 //! An entry longer than one slot continues in the payloads of the next
 //! `span - 1` slots, whose headers stay zero: a header is only ever zero or
 //! the head of a live entry, never stale bytes.
 
-use super::entry::Contents;
-use super::{Entry, SINK_LOG};
+use super::entry::{self, Contents};
+use super::SINK_LOG;
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
 use std::io;
@@ -81,7 +82,7 @@ impl Slots {
         self.live.load(Ordering::Acquire)
     }
 
-    /// Copies `line` (an entry's JSON, no newline) into free slots, waiting
+    /// Copies `line` (an entry's compact form) into free slots, waiting
     /// for `sinks`. None when it is too long or every slot is taken.
     pub fn claim(&self, line: &[u8], sinks: u8, logged: bool) -> Option<Slot> {
         let span = line.len().div_ceil(PAYLOAD).max(1);
@@ -234,13 +235,21 @@ pub fn parse(bytes: &[u8]) -> Contents {
             let n = (len - line.len()).min(PAYLOAD);
             line.extend_from_slice(&bytes[from..from + n]);
         }
-        match serde_json::from_slice::<Entry<'_>>(&line) {
-            Ok(e) if crc32fast::hash(&line) == crc && !e.request_id.is_empty() => {
+        let entry = (crc32fast::hash(&line) == crc)
+            .then(|| entry::decode(&line))
+            .flatten()
+            .filter(|e| !e.request_id.is_empty());
+        let mut json = Vec::new();
+        match entry {
+            // The rest of recovery reads entries as JSON lines, the format
+            // of older journals.
+            Some(e) if e.write_line(&mut json) => {
+                json.pop();
                 let id = e.request_id.into_owned();
                 if state == LOGGED {
                     out.logged.insert(id.clone());
                 }
-                out.open.insert(id, line);
+                out.open.insert(id, json);
             }
             _ => out.skipped += 1,
         }
@@ -256,6 +265,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn line(id: &str, pad: usize) -> Vec<u8> {
+        let mut e = crate::journal::tests::entry(id);
+        e.sub = "s".repeat(pad).into();
+        let mut out = Vec::new();
+        e.encode(&mut out);
+        out
+    }
+
+    fn json(id: &str, pad: usize) -> Vec<u8> {
         let mut e = crate::journal::tests::entry(id);
         e.sub = "s".repeat(pad).into();
         let mut out = Vec::new();
@@ -287,7 +304,7 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(ids, ["req_b", "req_c"]);
         assert!(read.logged.contains("req_b") && !read.logged.contains("req_c"));
-        assert_eq!(read.open["req_b"], line("req_b", 2_000));
+        assert_eq!(read.open["req_b"], json("req_b", 2_000));
         assert_eq!(read.skipped, 0);
         s.release(b, SINK_LEDGER);
         s.release(c, SINK_LOG);

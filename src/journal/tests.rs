@@ -223,7 +223,9 @@ fn an_entry_in_two_dead_files_is_recovered_once() {
     first.append(&entry("req_1")).unwrap();
     first.append(&entry("req_2")).unwrap();
     let second = Journal::open(dir.path(), Duration::from_millis(5), true, true).unwrap();
-    let a = second.adopt_entry(&entry("req_1"), SINK_LOG | SINK_LEDGER).unwrap();
+    let a = second
+        .adopt_entry(&entry("req_1"), SINK_LOG | SINK_LEDGER)
+        .unwrap();
     second.written(SINK_LOG, [a].into_iter());
     drop(first);
     drop(second);

@@ -1,10 +1,6 @@
 //! One line of the usage log. Its field names are a public contract (billing
 //! and audit tools read them): never rename one.
 
-use time::format_description::StaticFormatDescription;
-use time::macros::format_description;
-use time::OffsetDateTime;
-
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UsageRecord {
     /// RFC 3339, UTC, millisecond precision.
@@ -51,9 +47,6 @@ pub struct UsageRecord {
     #[serde(skip)]
     pub journal: Option<crate::journal::Slot>,
 }
-
-const TS_FORMAT: StaticFormatDescription =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
 impl UsageRecord {
     /// Appends the record as one JSON line. Serializing these field types
@@ -130,15 +123,8 @@ impl UsageRecord {
 
     /// Now as `2025-01-31T12:34:56.789Z`.
     pub fn now_rfc3339() -> String {
-        format_ts(OffsetDateTime::now_utc())
+        crate::clock::rfc3339_millis(crate::clock::now_ms())
     }
-}
-
-fn format_ts(t: OffsetDateTime) -> String {
-    t.format(TS_FORMAT).unwrap_or_else(|_| {
-        // Only a year outside 0..=9999 fails to format; keep the line valid.
-        format!("{}", t.unix_timestamp())
-    })
 }
 
 #[cfg(test)]
@@ -251,8 +237,10 @@ mod tests {
 
     #[test]
     fn timestamp_shape() {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
-        assert_eq!(format_ts(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            crate::clock::rfc3339_millis(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
         let now = UsageRecord::now_rfc3339();
         assert_eq!(now.len(), 24, "{now}");
         assert!(now.ends_with('Z'));
