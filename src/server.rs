@@ -202,17 +202,19 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
             !app.request.drain_on_disconnect.is_zero(),
         ),
     );
-    for addr in cfg.listen.addrs() {
-        proxy.add_tcp(&addr);
+    // TLS files are read here, before the daemon fork and before any
+    // privilege drop (`server.user`): a key readable by root only works.
+    for entry in cfg.listen.entries() {
+        crate::tls::add_listener(&cfg, &mut proxy, entry)?;
     }
     server.add_service(proxy).add_dependency(&bootstrap);
 
-    if let Some(addr) = &cfg.admin_listen {
+    if let Some(entry) = &cfg.admin_listen {
         let mut admin = Service::new(
             "tollgate admin".to_string(),
             HttpServer::new_app(AdminApp::new(app.clone())),
         );
-        admin.add_tcp(addr);
+        crate::tls::add_listener(&cfg, &mut admin, entry)?;
         server.add_service(admin).add_dependency(&bootstrap);
     }
     if let Some(addr) = &cfg.metrics_listen {

@@ -9,6 +9,7 @@ pub mod check;
 mod duration;
 mod guard;
 mod limits;
+mod listen;
 mod log_target;
 mod models;
 pub mod postgres_url;
@@ -18,6 +19,7 @@ pub use cache::{CacheConfig, CacheScope};
 pub use duration::{parse_duration, DurationError, HumanDuration};
 pub use guard::{GuardAction, GuardBuiltin, GuardConfig, GuardRuleConfig, GuardScan};
 pub use limits::{LimitsConfig, TierConfig};
+pub use listen::{ListenEntry, ListenSpec, OneOrMany, TlsConfig};
 pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
 pub use usage::{Price, UsageConfig, DEFAULT_JOURNAL_DIR, DEFAULT_SPOOL_DIR};
@@ -43,8 +45,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Proxy listeners: `addr`, or `{ addr, tls: { cert, key } }`.
     pub listen: OneOrMany,
-    pub admin_listen: Option<String>,
+    /// The admin listener; with `tls.client_ca`, clients need a certificate.
+    pub admin_listen: Option<ListenEntry>,
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub server: ServerSection,
@@ -74,23 +78,6 @@ pub struct Config {
     /// directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
-}
-
-/// `listen: addr` or `listen: [addr, addr]`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn addrs(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(a) => vec![a.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
 }
 
 /// Pingora `ServerConf` keys we pass through. Only the ones an operator of this
