@@ -520,6 +520,42 @@ mod tests {
         assert!(cfg.usage.journal_fsync.as_duration().is_zero());
     }
 
+    /// The systemd example serves TLS next to plain HTTP; the commented
+    /// examples of conf/tollgate.yaml parse once uncommented.
+    #[test]
+    fn example_tls_listeners_parse() {
+        let cfg = Config::parse(include_str!("../../conf/tollgate.systemd.yaml"))
+            .expect("conf/tollgate.systemd.yaml parses");
+        let entries = cfg.listen.entries();
+        assert_eq!(cfg.listen.addrs(), ["0.0.0.0:8080", "0.0.0.0:8443"]);
+        assert_eq!(entries[0].tls(), None);
+        let tls = entries[1].tls().expect("a TLS listener");
+        assert_eq!(tls.cert, PathBuf::from("/etc/tollgate/tls/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/tollgate/tls/key.pem"));
+
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| {
+                        r.starts_with("listen:")
+                            || r.starts_with("  - ")
+                            || r.starts_with("admin_listen: {")
+                    })
+                    .unwrap_or(l)
+            })
+            .filter(|l| !l.starts_with("listen: 127") && !l.starts_with("admin_listen: 127"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::parse(&uncommented).expect("uncommented TLS examples parse");
+        assert_eq!(cfg.listen.addrs(), ["127.0.0.1:8080", "0.0.0.0:8443"]);
+        let admin = cfg.admin_listen.expect("admin_listen");
+        assert_eq!(
+            admin.tls().and_then(|t| t.client_ca.clone()),
+            Some(PathBuf::from("tls/admin-ca.pem"))
+        );
+    }
+
     #[test]
     fn listen_accepts_list() {
         let text = EXAMPLE.replacen(
