@@ -546,3 +546,65 @@ async fn an_h2_reset_mid_stream_ends_upstream_with_one_incomplete_record() {
         crate::common::fake_provider::Outcome::Cut
     );
 }
+
+/// `serve -d` (how systemd runs it) with relative certificate paths: the
+/// files are read before the daemon's fork and change of directory, and the
+/// daemon serves h2 with them.
+#[tokio::test]
+async fn the_daemon_serves_tls_from_relative_paths() {
+    let s = GatewayBuilder::new("http://127.0.0.1:9").setup();
+    let pki = Pki::new("daemon");
+    std::fs::create_dir(s.dir.path().join("tls")).expect("mkdir tls");
+    let server = pki.server_ok(&s.dir.path().join("tls"), "server");
+    let mut c = s.config.clone();
+    c["listen"] = json!({"addr": s.config["listen"],
+        "tls": {"cert": "tls/server.crt", "key": "tls/server.key"}});
+    let path = s.dir.path().join("daemon.yaml");
+    crate::common::gateway::write_config(&path, &c);
+    // The daemon inherits the launcher's stdio: a file, not a pipe that
+    // would never reach end of file while the daemon runs.
+    let err = std::fs::File::create(s.dir.path().join("daemon.err")).expect("daemon.err");
+    let out = std::process::Command::new(crate::common::gateway::BIN)
+        .args(["serve", "-d", "-c", "daemon.yaml"])
+        .current_dir(s.dir.path())
+        .env(
+            crate::common::gateway::PROVIDER_KEY_ENV,
+            crate::common::PROVIDER_KEY,
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .status()
+        .expect("serve -d");
+    let log = || std::fs::read_to_string(s.dir.path().join("daemon.err")).unwrap_or_default();
+    let pid_file = s.config["server"]["pid_file"].as_str().expect("pid_file");
+    let pid: Option<u32> = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    struct Kill(Option<u32>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+    let _kill = Kill(pid);
+    assert!(out.success(), "serve -d: {}", log());
+    assert!(pid.is_some(), "the daemon wrote its pid file");
+    // Ready means bootstrapped; the listeners follow.
+    crate::common::eventually(Duration::from_secs(20), "the daemon's TLS listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", s.proxy_port)).ok()
+    })
+    .await;
+    let resp = https_client(&pki.root_pem, None)
+        .get(https(s.proxy_port, "/v1/not-served"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("https to the daemon: {e:?}\n{}", log()));
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(peer_certificate(&resp), Some(server.leaf_der.clone()));
+    assert_eq!(resp.status().as_u16(), 404);
+}
