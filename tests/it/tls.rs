@@ -495,6 +495,44 @@ async fn a_graceful_upgrade_serves_the_renewed_certificate() {
     drop(certs);
 }
 
+/// An HTTP/2 connection with no open stream is closed after
+/// `client_timeout` (2 s here): idle connections cannot pile up. (A busy one
+/// outlives it: see the SSE test.)
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_after_client_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = tls_env();
+    let mut tls =
+        crate::common::pki::tls_connect(&e.pki.root_pem, e.env.gw.setup.proxy_port, b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The client preface and an empty SETTINGS frame; then nothing.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut got = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    let after = started.elapsed();
+    assert!(got >= 9, "the server's SETTINGS came first ({got} bytes)");
+    assert!(
+        closed.is_ok(),
+        "an idle h2 connection still open after 10 s"
+    );
+    assert!(
+        after >= Duration::from_millis(1500),
+        "closed after {after:?}, before client_timeout"
+    );
+}
+
 /// Known limit (README): h2 does not drain yet. A client that resets its
 /// stream (RST_STREAM, as reqwest does when the body is dropped) ends the
 /// upstream request, and still gets exactly one record, marked as a

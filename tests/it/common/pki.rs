@@ -135,3 +135,32 @@ pub fn peer_certificate(resp: &reqwest::Response) -> Option<Vec<u8>> {
         .and_then(|i| i.peer_certificate())
         .map(<[u8]>::to_vec)
 }
+
+/// A bare TLS connection to `127.0.0.1:port` offering only ALPN `alpn`,
+/// trusting `root_pem`: for connection-level cases no HTTP client shows.
+pub async fn tls_connect(
+    root_pem: &str,
+    port: u16,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+        roots.add(c.expect("root pem")).expect("root cert");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("tcp connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("tls handshake")
+}
