@@ -646,3 +646,38 @@ async fn the_daemon_serves_tls_from_relative_paths() {
     assert_eq!(peer_certificate(&resp), Some(server.leaf_der.clone()));
     assert_eq!(resp.status().as_u16(), 404);
 }
+
+/// A request body that stops arriving over h2 is answered 408 after
+/// `client_timeout` (2 s here), as over HTTP/1.1.
+#[tokio::test]
+async fn a_stalled_h2_request_body_gets_408_after_client_timeout() {
+    let e = tls_env();
+    let token = e.env.gw.token(&unique("h2-stall"));
+    let case = unique("h2-stall");
+    let first = serde_json::to_vec(&anthropic_body(&case, MODEL, false)).expect("json");
+    let declared = first.len() + 10;
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
+        .chain(futures_util::stream::pending());
+    let started = std::time::Instant::now();
+    let resp = https_client(&e.pki.root_pem, None)
+        .post(proxy("/v1/messages"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("content-length", declared.to_string())
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("an answer while the body is still open");
+    let waited = started.elapsed();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let r = Resp::from(resp).await;
+    crate::common::assert_anthropic_error(&r, 408, "invalid_request_error");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    assert!(
+        e.env.provider.requests_for(&case).is_empty(),
+        "nothing reached the provider"
+    );
+}
