@@ -19,4 +19,5 @@ pub mod report;
 pub mod server;
 pub mod sinks;
 pub mod store;
+pub mod tls;
 pub mod usage;

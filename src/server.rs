@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::proxy::{Gateway, Guarded};
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -170,6 +171,17 @@ impl BackgroundService for JwksRefresh {
     }
 }
 
+/// HTTP/2 connections (TLS listeners, by ALPN) have no header block for the
+/// HTTP/1 header deadline to time; instead one with no open stream is closed
+/// after `client_timeout`, so idle connections cannot pile up. Everything
+/// else is Pingora's default (no h2c, no CONNECT).
+fn h2_server_options(idle: Duration) -> HttpServerOptions {
+    // Non-exhaustive: built from the default, not with a struct literal.
+    let mut o = HttpServerOptions::default();
+    o.h2_idle_timeout = Some(idle);
+    o
+}
+
 pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     if daemon && cfg.server.daemon_wait_for_ready {
         guard_ready_signal();
@@ -194,6 +206,7 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     let mut http =
         pingora::proxy::HttpProxy::new(Gateway::new(app.clone()), server.configuration.clone());
     http.handle_init_modules();
+    http.server_options = Some(h2_server_options(app.request.client_timeout));
     let mut proxy = Service::new(
         "tollgate proxy".to_string(),
         Guarded::new(
@@ -202,17 +215,18 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
             !app.request.drain_on_disconnect.is_zero(),
         ),
     );
-    for addr in cfg.listen.addrs() {
-        proxy.add_tcp(&addr);
+    // TLS files are read here, before the daemon fork and before any
+    // privilege drop (`server.user`): a key readable by root only works.
+    for entry in cfg.listen.entries() {
+        crate::tls::add_listener(&cfg, &mut proxy, entry)?;
     }
     server.add_service(proxy).add_dependency(&bootstrap);
 
-    if let Some(addr) = &cfg.admin_listen {
-        let mut admin = Service::new(
-            "tollgate admin".to_string(),
-            HttpServer::new_app(AdminApp::new(app.clone())),
-        );
-        admin.add_tcp(addr);
+    if let Some(entry) = &cfg.admin_listen {
+        let mut admin_app = HttpServer::new_app(AdminApp::new(app.clone()));
+        admin_app.server_options = Some(h2_server_options(app.request.client_timeout));
+        let mut admin = Service::new("tollgate admin".to_string(), admin_app);
+        crate::tls::add_listener(&cfg, &mut admin, entry)?;
         server.add_service(admin).add_dependency(&bootstrap);
     }
     if let Some(addr) = &cfg.metrics_listen {

@@ -188,13 +188,44 @@ fn listeners(cfg: &Config) -> Vec<(&'static str, String)> {
         .into_iter()
         .map(|a| ("listen", a))
         .collect();
-    addrs.extend(cfg.admin_listen.iter().map(|a| ("admin_listen", a.clone())));
+    addrs.extend(
+        cfg.admin_listen
+            .iter()
+            .map(|e| ("admin_listen", e.addr().to_string())),
+    );
     addrs.extend(
         cfg.metrics_listen
             .iter()
             .map(|a| ("metrics_listen", a.clone())),
     );
     addrs
+}
+
+/// Each TLS listener's files: readable, the key matching the certificate,
+/// the client CA usable, and no certificate expired (a warning within 14
+/// days of expiry).
+fn check_tls(cfg: &Config, out: &mut Vec<Problem>) {
+    let entries = cfg
+        .listen
+        .entries()
+        .iter()
+        .map(|e| ("listen", e))
+        .chain(cfg.admin_listen.iter().map(|e| ("admin_listen", e)));
+    let now = crate::tls::now_unix();
+    for (key, entry) in entries {
+        let Some(tls) = entry.tls() else { continue };
+        let files = crate::tls::TlsFiles::resolve(cfg, tls);
+        for f in crate::tls::check_files(&files, now) {
+            out.push(match f {
+                crate::tls::Finding::Error(m) => {
+                    Problem::error(format!("{key} {}: {m}", entry.addr()))
+                }
+                crate::tls::Finding::Warning(m) => {
+                    Problem::warning(format!("{key} {}: {m}", entry.addr()))
+                }
+            });
+        }
+    }
 }
 
 /// The pid in `pid_file` when that process is alive.
@@ -227,6 +258,7 @@ fn check_listeners(cfg: &Config, out: &mut Vec<Problem>) {
     if cfg.server.threads == 0 {
         out.push(Problem::error("server.threads must be at least 1"));
     }
+    check_tls(cfg, out);
 }
 
 fn check_store(cfg: &Config, out: &mut Vec<Problem>) {

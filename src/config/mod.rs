@@ -9,6 +9,7 @@ pub mod check;
 mod duration;
 mod guard;
 mod limits;
+mod listen;
 mod log_target;
 mod models;
 pub mod postgres_url;
@@ -18,6 +19,7 @@ pub use cache::{CacheConfig, CacheScope};
 pub use duration::{parse_duration, DurationError, HumanDuration};
 pub use guard::{GuardAction, GuardBuiltin, GuardConfig, GuardRuleConfig, GuardScan};
 pub use limits::{LimitsConfig, TierConfig};
+pub use listen::{ListenEntry, ListenSpec, OneOrMany, TlsConfig};
 pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
 pub use usage::{Price, UsageConfig, DEFAULT_JOURNAL_DIR, DEFAULT_SPOOL_DIR};
@@ -43,8 +45,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Proxy listeners: `addr`, or `{ addr, tls: { cert, key } }`.
     pub listen: OneOrMany,
-    pub admin_listen: Option<String>,
+    /// The admin listener; with `tls.client_ca`, clients need a certificate.
+    pub admin_listen: Option<ListenEntry>,
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub server: ServerSection,
@@ -74,23 +78,6 @@ pub struct Config {
     /// directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
-}
-
-/// `listen: addr` or `listen: [addr, addr]`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn addrs(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(a) => vec![a.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
 }
 
 /// Pingora `ServerConf` keys we pass through. Only the ones an operator of this
@@ -531,6 +518,42 @@ mod tests {
         ))
         .expect("journal_fsync: 0");
         assert!(cfg.usage.journal_fsync.as_duration().is_zero());
+    }
+
+    /// The systemd example serves TLS next to plain HTTP; the commented
+    /// examples of conf/tollgate.yaml parse once uncommented.
+    #[test]
+    fn example_tls_listeners_parse() {
+        let cfg = Config::parse(include_str!("../../conf/tollgate.systemd.yaml"))
+            .expect("conf/tollgate.systemd.yaml parses");
+        let entries = cfg.listen.entries();
+        assert_eq!(cfg.listen.addrs(), ["0.0.0.0:8080", "0.0.0.0:8443"]);
+        assert_eq!(entries[0].tls(), None);
+        let tls = entries[1].tls().expect("a TLS listener");
+        assert_eq!(tls.cert, PathBuf::from("/etc/tollgate/tls/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/tollgate/tls/key.pem"));
+
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| {
+                        r.starts_with("listen:")
+                            || r.starts_with("  - ")
+                            || r.starts_with("admin_listen: {")
+                    })
+                    .unwrap_or(l)
+            })
+            .filter(|l| !l.starts_with("listen: 127") && !l.starts_with("admin_listen: 127"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::parse(&uncommented).expect("uncommented TLS examples parse");
+        assert_eq!(cfg.listen.addrs(), ["127.0.0.1:8080", "0.0.0.0:8443"]);
+        let admin = cfg.admin_listen.expect("admin_listen");
+        assert_eq!(
+            admin.tls().and_then(|t| t.client_ca.clone()),
+            Some(PathBuf::from("tls/admin-ca.pem"))
+        );
     }
 
     #[test]

@@ -136,11 +136,19 @@ async fn read_whole(
             session.enable_retry_buffering();
             buffering = true;
         }
-        let Some(chunk) = session
-            .read_request_body()
+        // Pingora 0.9 applies the session's read timeout on HTTP/1 only: on
+        // HTTP/2 a stalled body would wait for ever, so each read is bounded
+        // here as well (408, as over HTTP/1.1).
+        let read = tokio::time::timeout(app.request.client_timeout, session.read_request_body())
             .await
-            .map_err(|e| e.into_down())?
-        else {
+            .map_err(|_| {
+                pingora::Error::explain(
+                    pingora::ErrorType::ReadTimedout,
+                    "request body idle past client_timeout",
+                )
+                .into_down()
+            })?;
+        let Some(chunk) = read.map_err(|e| e.into_down())? else {
             return Ok(Some(buf));
         };
         if buf.len() + chunk.len() > app.request.max_body_bytes {

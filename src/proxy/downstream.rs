@@ -10,6 +10,11 @@
 //!   regardless of `set_abort_on_close(false)`. With draining on, a reset is
 //!   reported as a normal close and writes after a broken pipe are dropped,
 //!   so the provider's stream is still read to its final usage.
+//!
+//! On TLS listeners the wrapper sees the decrypted stream (Pingora does the
+//! handshake before the app). An HTTP/2 connection (ALPN `h2`) carries
+//! binary frames, not header blocks ended by an empty line, so the header
+//! deadline is off for it; the reset handling stays.
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -18,7 +23,7 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType,
 };
-use pingora::protocols::{SocketDigest, TimingDigest};
+use pingora::protocols::{SocketDigest, TimingDigest, ALPN};
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
@@ -56,6 +61,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // A kept-alive connection comes back already wrapped.
         let stream: Stream = if stream.as_any().is::<GuardedStream>() {
             stream
+        } else if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            Box::new(GuardedStream::without_header_deadline(stream, self.drain))
         } else {
             Box::new(GuardedStream::new(stream, self.header_timeout, self.drain))
         };
@@ -82,6 +89,8 @@ pub struct GuardedStream {
     timer: Option<Pin<Box<Sleep>>>,
     drain: bool,
     write_broken: bool,
+    /// Off for HTTP/2, whose frames have no header block to time.
+    header_deadline: bool,
 }
 
 impl GuardedStream {
@@ -96,6 +105,17 @@ impl GuardedStream {
             timer: None,
             drain,
             write_broken: false,
+            header_deadline: true,
+        }
+    }
+
+    /// Reset handling only: for HTTP/2 connections.
+    pub fn without_header_deadline(inner: Stream, drain: bool) -> Self {
+        Self {
+            in_headers: false,
+            deadline: None,
+            header_deadline: false,
+            ..Self::new(inner, Duration::ZERO, drain)
         }
     }
 
@@ -242,7 +262,7 @@ impl AsyncWrite for GuardedStream {
         let this = &mut *self;
         // A response is going out: what is read next starts a new request,
         // whose deadline starts with its first byte.
-        if !this.in_headers {
+        if !this.in_headers && this.header_deadline {
             this.in_headers = true;
             this.end = HeaderEnd::default();
             this.deadline = None;

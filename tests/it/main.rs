@@ -37,4 +37,5 @@ mod store_outage;
 mod store_unreachable;
 mod streaming;
 mod teams;
+mod tls;
 mod usage_records;

@@ -310,6 +310,19 @@ fn base_config(dir: &Path, keys: &Path, provider_url: &str, ports: [u16; 3]) -> 
     })
 }
 
+/// Points a listener entry at `port`: the string form, the object form
+/// (`{addr, tls}`), or the first entry of a list.
+fn set_port(entry: &mut Value, port: u16) {
+    let addr = json!(format!("127.0.0.1:{port}"));
+    match entry {
+        Value::Object(o) => {
+            o.insert("addr".into(), addr);
+        }
+        Value::Array(a) if !a.is_empty() => set_port(&mut a[0], port),
+        other => *other = addr,
+    }
+}
+
 /// YAML 1.2 is a superset of JSON: the config is written as pretty JSON, with
 /// a YAML comment on top.
 pub fn write_config(path: &Path, config: &Value) {
@@ -354,9 +367,9 @@ impl Gateway {
         self.kill();
         let s = &mut self.setup;
         [s.proxy_port, s.admin_port, s.metrics_port] = free_ports();
-        s.config["listen"] = json!(format!("127.0.0.1:{}", s.proxy_port));
-        s.config["admin_listen"] = json!(format!("127.0.0.1:{}", s.admin_port));
-        s.config["metrics_listen"] = json!(format!("127.0.0.1:{}", s.metrics_port));
+        set_port(&mut s.config["listen"], s.proxy_port);
+        set_port(&mut s.config["admin_listen"], s.admin_port);
+        set_port(&mut s.config["metrics_listen"], s.metrics_port);
         write_config(&s.config_path, &s.config);
         let (child, reaper) = spawn_serve(&self.setup);
         self.child = child;
@@ -386,8 +399,14 @@ impl Gateway {
                     self.stderr_log()
                 );
             }
-            let healthy = raw_get(self.setup.admin_port, "/healthz")
-                .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+            // A TLS admin listener is probed by the test itself (it may need
+            // a client certificate): here, only that it accepts.
+            let healthy = if self.setup.config["admin_listen"]["tls"].is_object() {
+                TcpStream::connect(("127.0.0.1", self.setup.admin_port)).is_ok()
+            } else {
+                raw_get(self.setup.admin_port, "/healthz")
+                    .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            };
             if healthy
                 && TcpStream::connect(("127.0.0.1", self.setup.proxy_port)).is_ok()
                 && TcpStream::connect(("127.0.0.1", self.setup.metrics_port)).is_ok()
