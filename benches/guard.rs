@@ -2,7 +2,9 @@
 //! conversation: system prompt, many user and assistant turns, tool
 //! results), with every built-in rule: the common case where nothing
 //! matches, and one with matches to redact; and the 4.5 KB body of
-//! `scripts/load.sh`, the cost added to an ordinary request.
+//! `scripts/load.sh`, the cost added to an ordinary request. One more
+//! splits the no-match case: the walk alone (lexing, walking, decoding the
+//! text), without the rules.
 //!
 //! `cargo bench --bench guard -- --warm-up-time 1 --measurement-time 3`
 
@@ -107,6 +109,11 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(clean.len() as u64));
     g.bench_function("100k_no_match/scan_all", |b| {
         b.iter(|| blocking.check(Endpoint::Messages, black_box(&clean)))
+    });
+    // The same without the rules: lexing, walking and decoding the text
+    // (the rest of `scan_all` is the RegexSet).
+    g.bench_function("100k_no_match/scan_all_walk_only", |b| {
+        b.iter(|| blocking.text_len(Endpoint::Messages, black_box(&clean)))
     });
     g.bench_function("100k_no_match/scan_user", |b| {
         b.iter(|| user.check(Endpoint::Messages, black_box(&clean)))

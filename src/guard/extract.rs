@@ -14,52 +14,54 @@
 //! in it, when its turn is in scope: an unknown shape is never a way
 //! around the guard.
 
-use super::json::{self, Span};
+use super::json::{Doc, Span};
+use super::unescape;
 use crate::config::GuardScan;
 use crate::providers::Endpoint;
+use crate::usage::json_scan::Member;
 
 /// Calls `f` with the span (quotes included) of every string literal of
 /// `body` that `scope` covers on `endpoint`.
-pub fn texts(endpoint: Endpoint, body: &[u8], scope: GuardScan, f: &mut dyn FnMut(Span)) {
+pub fn texts(endpoint: Endpoint, doc: &Doc, scope: GuardScan, f: &mut dyn FnMut(Span)) {
     let all = scope == GuardScan::All;
-    let root_start = json::skip_ws(body, 0);
-    let root = root_start..body.len();
-    let Some(top) = json::members(body, &root) else {
+    let root_start = super::json::skip_ws(doc.buf, 0);
+    let root = root_start..doc.buf.len();
+    let Some(top) = doc.members(&root) else {
         // Not an object: `inspect` refuses it; read it whole meanwhile.
-        json::all_strings(body, &root, f);
+        doc.all_strings(&root, f);
         return;
     };
-    let mut w = Walk { buf: body, all, f };
+    let mut w = Walk { doc, all, f };
     match endpoint {
         Endpoint::Messages | Endpoint::CountTokens => {
-            for v in json::values(body, &top, "system") {
+            for v in doc.values(&top, "system") {
                 if all {
                     w.anthropic_content(&v);
                 }
             }
-            for v in json::values(body, &top, "messages") {
+            for v in doc.values(&top, "messages") {
                 w.messages(&v, Dialect::Anthropic);
             }
         }
         Endpoint::ChatCompletions => {
-            for v in json::values(body, &top, "messages") {
+            for v in doc.values(&top, "messages") {
                 w.messages(&v, Dialect::Chat);
             }
         }
         Endpoint::Responses => {
-            for v in json::values(body, &top, "instructions") {
+            for v in doc.values(&top, "instructions") {
                 if all {
                     w.any(&v);
                 }
             }
-            for v in json::values(body, &top, "input") {
+            for v in doc.values(&top, "input") {
                 w.responses_input(&v);
             }
-            for v in json::values(body, &top, "prompt") {
+            for v in doc.values(&top, "prompt") {
                 // Reusable prompt variables are filled in by the caller.
-                match json::members(body, &v) {
+                match doc.members(&v) {
                     Some(m) => {
-                        for vars in json::values(body, &m, "variables") {
+                        for vars in doc.values(&m, "variables") {
                             w.any(&vars);
                         }
                     }
@@ -69,13 +71,13 @@ pub fn texts(endpoint: Endpoint, body: &[u8], scope: GuardScan, f: &mut dyn FnMu
         }
         Endpoint::Completions => {
             for key in ["prompt", "suffix"] {
-                for v in json::values(body, &top, key) {
+                for v in doc.values(&top, key) {
                     w.any(&v);
                 }
             }
         }
         Endpoint::Embeddings => {
-            for v in json::values(body, &top, "input") {
+            for v in doc.values(&top, "input") {
                 w.any(&v);
             }
         }
@@ -89,43 +91,65 @@ enum Dialect {
     Chat,
 }
 
+/// The Anthropic block types the walk tells apart.
+#[derive(Clone, Copy)]
+enum Kind {
+    Image,
+    RedactedThinking,
+    ToolResult,
+    ToolUse,
+    ServerToolUse,
+    Text,
+    Thinking,
+}
+
+const KINDS: [(&str, Kind); 7] = [
+    ("image", Kind::Image),
+    ("redacted_thinking", Kind::RedactedThinking),
+    ("tool_result", Kind::ToolResult),
+    ("tool_use", Kind::ToolUse),
+    ("server_tool_use", Kind::ServerToolUse),
+    ("text", Kind::Text),
+    ("thinking", Kind::Thinking),
+];
+
 struct Walk<'a, 'f> {
-    buf: &'a [u8],
+    doc: &'a Doc<'a>,
     all: bool,
     f: &'f mut dyn FnMut(Span),
 }
 
 impl Walk<'_, '_> {
     fn emit(&mut self, v: &Span) {
-        if json::is_string(self.buf, v) {
+        if self.doc.is_string(v) {
             (self.f)(v.clone());
         }
     }
 
     /// Every string in `v`.
     fn any(&mut self, v: &Span) {
-        json::all_strings(self.buf, v, self.f);
+        self.doc.all_strings(v, self.f);
     }
 
     /// A turn is a user's unless every role it names is one the model
     /// wrote or the operator did (a turn with no role, an unknown one, or a
     /// second `"role": "user"` counts as the user's).
-    fn is_user_turn(&self, m: &[crate::usage::json_scan::Member]) -> bool {
+    fn is_user_turn(&self, m: &[Member]) -> bool {
         const OTHERS: [&str; 5] = ["assistant", "system", "developer", "tool", "function"];
-        let mut roles = json::values(self.buf, m, "role").peekable();
+        let mut roles = self.doc.values(m, "role").peekable();
         if roles.peek().is_none() {
             return true;
         }
-        !roles.all(|r| OTHERS.iter().any(|o| json::str_is(self.buf, &r, o)))
+        !roles.all(|r| OTHERS.iter().any(|o| self.doc.str_is(&r, o)))
     }
 
     fn messages(&mut self, v: &Span, dialect: Dialect) {
-        let Some(items) = json::elements(self.buf, v) else {
+        let Some(items) = self.doc.elements(v) else {
             self.any(v);
             return;
         };
         for item in items {
-            let Some(m) = json::members(self.buf, &item) else {
+            let Some(m) = self.doc.members(&item) else {
                 self.any(&item);
                 continue;
             };
@@ -133,7 +157,7 @@ impl Walk<'_, '_> {
             if !user && !self.all {
                 continue;
             }
-            for c in json::values(self.buf, &m, "content") {
+            for c in self.doc.values(&m, "content") {
                 match dialect {
                     Dialect::Anthropic => self.anthropic_content(&c),
                     Dialect::Chat => self.parts(&c),
@@ -142,7 +166,7 @@ impl Walk<'_, '_> {
             if self.all {
                 // Assistant tool calls and refusals (chat completions).
                 for key in ["tool_calls", "function_call", "refusal"] {
-                    for v in json::values(self.buf, &m, key) {
+                    for v in self.doc.values(&m, key) {
                         self.any(&v);
                     }
                 }
@@ -165,48 +189,48 @@ impl Walk<'_, '_> {
             self.any(v);
             return;
         }
-        if json::is_string(self.buf, v) {
+        if self.doc.is_string(v) {
             self.emit(v);
             return;
         }
-        let Some(blocks) = json::elements(self.buf, v) else {
+        let Some(blocks) = self.doc.elements(v) else {
             self.any(v);
             return;
         };
         for b in blocks {
-            let Some(m) = json::members(self.buf, &b) else {
+            let Some(m) = self.doc.members(&b) else {
                 self.any(&b);
                 continue;
             };
-            let ty =
-                |t: &str| json::values(self.buf, &m, "type").any(|v| json::str_is(self.buf, &v, t));
-            if ty("image") || ty("redacted_thinking") {
+            let kinds = self.block_kinds(&m);
+            let ty = |k: Kind| kinds & (1 << k as u32) != 0;
+            if ty(Kind::Image) || ty(Kind::RedactedThinking) {
                 continue;
             }
-            if ty("tool_result") {
+            if ty(Kind::ToolResult) {
                 if self.all {
-                    for c in json::values(self.buf, &m, "content") {
+                    for c in self.doc.values(&m, "content") {
                         self.anthropic_content_at(&c, depth + 1);
                     }
                 }
                 continue;
             }
-            if ty("tool_use") || ty("server_tool_use") {
+            if ty(Kind::ToolUse) || ty(Kind::ServerToolUse) {
                 if self.all {
-                    for i in json::values(self.buf, &m, "input") {
+                    for i in self.doc.values(&m, "input") {
                         self.any(&i);
                     }
                 }
                 continue;
             }
-            if ty("text") {
-                for t in json::values(self.buf, &m, "text") {
+            if ty(Kind::Text) {
+                for t in self.doc.values(&m, "text") {
                     self.emit(&t);
                 }
                 continue;
             }
-            if ty("thinking") {
-                for t in json::values(self.buf, &m, "thinking") {
+            if ty(Kind::Thinking) {
+                for t in self.doc.values(&m, "thinking") {
                     self.emit(&t);
                 }
                 continue;
@@ -216,22 +240,43 @@ impl Walk<'_, '_> {
         }
     }
 
+    /// Which kinds an Anthropic block's `type` values name, a bit per
+    /// `Kind`: read once per block rather than once per kind asked about.
+    fn block_kinds(&self, m: &[Member]) -> u32 {
+        let mut kinds = 0;
+        let mut scratch = Vec::new();
+        for t in self.doc.values(m, "type") {
+            if !self.doc.is_string(&t) {
+                continue;
+            }
+            let Some(text) = unescape::text(self.doc.buf, &t, &mut scratch) else {
+                continue;
+            };
+            for (name, kind) in KINDS {
+                if text == name {
+                    kinds |= 1 << kind as u32;
+                }
+            }
+        }
+        kinds
+    }
+
     /// Chat completions / Responses content: a string or typed parts.
     fn parts(&mut self, v: &Span) {
-        if json::is_string(self.buf, v) {
+        if self.doc.is_string(v) {
             self.emit(v);
             return;
         }
-        let Some(parts) = json::elements(self.buf, v) else {
+        let Some(parts) = self.doc.elements(v) else {
             self.any(v);
             return;
         };
         for p in parts {
-            let Some(m) = json::members(self.buf, &p) else {
+            let Some(m) = self.doc.members(&p) else {
                 self.any(&p);
                 continue;
             };
-            let media = json::values(self.buf, &m, "type").any(|t| {
+            let media = self.doc.values(&m, "type").any(|t| {
                 [
                     "image_url",
                     "input_image",
@@ -240,14 +285,16 @@ impl Walk<'_, '_> {
                     "input_file",
                 ]
                 .iter()
-                .any(|k| json::str_is(self.buf, &t, k))
+                .any(|k| self.doc.str_is(&t, k))
             });
             if media {
                 // File names and data are not prompt text.
                 continue;
             }
-            let mut texts = json::values(self.buf, &m, "text")
-                .chain(json::values(self.buf, &m, "refusal"))
+            let mut texts = self
+                .doc
+                .values(&m, "text")
+                .chain(self.doc.values(&m, "refusal"))
                 .peekable();
             if texts.peek().is_some() {
                 for t in texts {
@@ -261,26 +308,26 @@ impl Walk<'_, '_> {
 
     /// The Responses API's `input`: a string (the user's), or items.
     fn responses_input(&mut self, v: &Span) {
-        if json::is_string(self.buf, v) {
+        if self.doc.is_string(v) {
             self.emit(v);
             return;
         }
-        let Some(items) = json::elements(self.buf, v) else {
+        let Some(items) = self.doc.elements(v) else {
             self.any(v);
             return;
         };
         for item in items {
-            let Some(m) = json::members(self.buf, &item) else {
+            let Some(m) = self.doc.members(&item) else {
                 self.any(&item);
                 continue;
             };
-            let has_role = json::values(self.buf, &m, "role").next().is_some();
-            let mut types = json::values(self.buf, &m, "type").peekable();
+            let has_role = self.doc.values(&m, "role").next().is_some();
+            let mut types = self.doc.values(&m, "type").peekable();
             let typed = types.peek().is_some();
-            let message = types.all(|t| json::str_is(self.buf, &t, "message"));
+            let message = types.all(|t| self.doc.str_is(&t, "message"));
             if has_role && message {
                 if self.all || self.is_user_turn(&m) {
-                    for c in json::values(self.buf, &m, "content") {
+                    for c in self.doc.values(&m, "content") {
                         self.parts(&c);
                     }
                 }

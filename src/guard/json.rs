@@ -4,74 +4,167 @@
 //! JSON is refused by `body::inspect` right after the guard, so only valid
 //! bodies ever go upstream.
 
+use super::index::{string_end, End, Index};
+use super::unescape;
 pub use crate::usage::json_scan::skip_ws;
-use crate::usage::json_scan::{key_is, object_members, skip_value, Member};
-use std::borrow::Cow;
+use crate::usage::json_scan::{self, Member};
+use smallvec::SmallVec;
 use std::ops::Range;
 
 pub type Span = Range<usize>;
 
-/// The members of the object at `v`, if it is one.
-pub fn members(buf: &[u8], v: &Span) -> Option<Vec<Member>> {
-    object_members(buf, v.start).map(|(m, _)| m)
+/// An object's members: a turn or a block has a handful, kept on the
+/// stack (an allocation per object was a fifth of the guard's time).
+pub type Members = SmallVec<[Member; 4]>;
+
+/// An array's elements: content blocks, a few; a conversation's turns
+/// spill to the heap once.
+pub type Elements = SmallVec<[Span; 4]>;
+
+/// A body, with where each of its values ends (`index`), so stepping over
+/// a value costs no more than a lookup.
+pub struct Doc<'a> {
+    pub buf: &'a [u8],
+    index: Index,
 }
 
-/// The elements of the array at `v`, if it is one.
-pub fn elements(buf: &[u8], v: &Span) -> Option<Vec<Span>> {
-    if buf.get(v.start) != Some(&b'[') {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut i = skip_ws(buf, v.start + 1);
-    if buf.get(i) == Some(&b']') {
-        return Some(out);
-    }
-    loop {
-        let end = skip_value(buf, i)?;
-        out.push(i..end);
-        i = skip_ws(buf, end);
-        match buf.get(i) {
-            Some(b',') => i = skip_ws(buf, i + 1),
-            Some(b']') => return Some(out),
-            _ => return None,
+impl<'a> Doc<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            index: Index::new(buf),
         }
     }
-}
 
-/// Every value of `key` among `members` (a duplicated key is read by some
-/// parsers first and by others last: the guard reads them all).
-pub fn values<'m>(
-    buf: &'m [u8],
-    members: &'m [Member],
-    key: &'m str,
-) -> impl Iterator<Item = Span> + 'm {
-    members
-        .iter()
-        .filter(move |m| key_is(buf, &m.key, key))
-        .map(|m| m.value.clone())
-}
-
-pub fn is_string(buf: &[u8], v: &Span) -> bool {
-    buf.get(v.start) == Some(&b'"')
-}
-
-/// The text of the string literal at `v` (quotes included in the span):
-/// borrowed unless it has escapes.
-pub fn text<'a>(buf: &'a [u8], v: &Span) -> Option<Cow<'a, str>> {
-    let lit = buf.get(v.clone())?;
-    if lit.len() < 2 || lit[0] != b'"' || lit[lit.len() - 1] != b'"' {
-        return None;
+    /// Index just past the value starting at `i`: what
+    /// `json_scan::skip_value` answers, without reading a recorded string
+    /// or container. `cursor`: see `Index::end`.
+    fn skip_value(&self, i: usize, cursor: &mut usize) -> Option<usize> {
+        let first = *self.buf.get(i)?;
+        if !matches!(first, b'"' | b'{' | b'[') {
+            return json_scan::skip_value(self.buf, i);
+        }
+        match self.index.end(i, cursor) {
+            End::At(end) => Some(end),
+            End::Never => None,
+            End::Unknown if first == b'"' => string_end(self.buf, i + 1).map(|end| end + 1),
+            End::Unknown => json_scan::skip_value(self.buf, i),
+        }
     }
-    let inner = &lit[1..lit.len() - 1];
-    if !inner.contains(&b'\\') {
-        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+
+    /// The members of the object at `v`, if it is one (as
+    /// `json_scan::object_members` reads them).
+    pub fn members(&self, v: &Span) -> Option<Members> {
+        let buf = self.buf;
+        if buf.get(v.start) != Some(&b'{') {
+            return None;
+        }
+        let mut cursor = self.index.inside(v.start);
+        let mut out = SmallVec::new();
+        let mut i = skip_ws(buf, v.start + 1);
+        if buf.get(i) == Some(&b'}') {
+            return Some(out);
+        }
+        loop {
+            if buf.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key_end = self.skip_value(i, &mut cursor)?;
+            let key = i + 1..key_end - 1;
+            i = skip_ws(buf, key_end);
+            if buf.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = skip_ws(buf, i + 1);
+            let end = self.skip_value(start, &mut cursor)?;
+            out.push(Member {
+                key,
+                value: start..end,
+            });
+            i = skip_ws(buf, end);
+            match buf.get(i) {
+                Some(b',') => i = skip_ws(buf, i + 1),
+                Some(b'}') => return Some(out),
+                _ => return None,
+            }
+        }
     }
-    serde_json::from_slice::<String>(lit).ok().map(Cow::Owned)
+
+    /// The elements of the array at `v`, if it is one.
+    pub fn elements(&self, v: &Span) -> Option<Elements> {
+        let buf = self.buf;
+        if buf.get(v.start) != Some(&b'[') {
+            return None;
+        }
+        let mut cursor = self.index.inside(v.start);
+        let mut out = SmallVec::new();
+        let mut i = skip_ws(buf, v.start + 1);
+        if buf.get(i) == Some(&b']') {
+            return Some(out);
+        }
+        loop {
+            let end = self.skip_value(i, &mut cursor)?;
+            out.push(i..end);
+            i = skip_ws(buf, end);
+            match buf.get(i) {
+                Some(b',') => i = skip_ws(buf, i + 1),
+                Some(b']') => return Some(out),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Every value of `key` among `members` (a duplicated key is read by
+    /// some parsers first and by others last: the guard reads them all).
+    pub fn values<'m>(
+        &'m self,
+        members: &'m [Member],
+        key: &'m str,
+    ) -> impl Iterator<Item = Span> + 'm {
+        members
+            .iter()
+            .filter(move |m| key_is(self.buf, &m.key, key))
+            .map(|m| m.value.clone())
+    }
+
+    pub fn is_string(&self, v: &Span) -> bool {
+        self.buf.get(v.start) == Some(&b'"')
+    }
+
+    /// Whether the string at `v` equals `s` (escapes decoded). The raw
+    /// bytes decide unless they hold a backslash, as for keys.
+    pub fn str_is(&self, v: &Span, s: &str) -> bool {
+        let Some(inner) = self.buf.get(v.start + 1..v.end.saturating_sub(1)) else {
+            return false;
+        };
+        if !self.is_string(v) || inner.len() < s.len() {
+            return false;
+        }
+        if inner == s.as_bytes() {
+            return self.buf.get(v.end - 1) == Some(&b'"');
+        }
+        inner.contains(&b'\\')
+            && unescape::text(self.buf, v, &mut Vec::new()).is_some_and(|t| t == s)
+    }
+
+    /// Every string value inside `v`: see [`all_strings`].
+    pub fn all_strings(&self, v: &Span, f: &mut dyn FnMut(Span)) {
+        all_strings(self.buf, v, f);
+    }
 }
 
-/// Whether the string at `v` equals `s` (escapes decoded).
-pub fn str_is(buf: &[u8], v: &Span, s: &str) -> bool {
-    is_string(buf, v) && text(buf, v).is_some_and(|t| t == s)
+/// Whether the key span `key` names `name`. Keys are almost never
+/// escaped: the raw bytes decide unless they hold a backslash (this runs
+/// for every member the walk looks at, several times).
+fn key_is(buf: &[u8], key: &Span, name: &str) -> bool {
+    let Some(raw) = buf.get(key.clone()) else {
+        return false;
+    };
+    if raw == name.as_bytes() {
+        return true;
+    }
+    // An escape makes the raw key longer than its text, never shorter.
+    raw.len() > name.len() && raw.contains(&b'\\') && json_scan::key_is(buf, key, name)
 }
 
 /// Keys whose values are never prose: identifiers, enums, signatures.
@@ -135,16 +228,4 @@ fn prev_non_ws(b: &[u8], before: usize) -> Option<u8> {
         .rev()
         .copied()
         .find(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-}
-
-/// Index of the closing quote of the string whose contents start at `i`.
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        let p = memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        i += p;
-        if b[i] == b'"' {
-            return Some(i);
-        }
-        i += 2;
-    }
 }
