@@ -9,7 +9,7 @@
 //! are counted exactly.
 
 use crate::common::client::{anthropic_body, openai_body, Resp};
-use crate::common::fake_provider::{anthropic, openai, FakeProvider};
+use crate::common::fake_provider::{anthropic, openai, FakeProvider, Script};
 use crate::common::metrics::Metrics;
 use crate::common::{
     assert_anthropic_error, assert_openai_error, jwt, unique, Env, Gateway, GatewayBuilder, Usage,
@@ -379,6 +379,7 @@ async fn a_full_deployment_is_skipped_for_the_next() {
         .tweak(|c| {
             c["models"] =
                 json!({"claude-sonnet-4-5": {"deployments": ["anthropic", "anthropic-2"]}});
+            c["routing"] = json!({"cooldown": "1s"});
         })
         .start();
     let gw = &gw;
@@ -424,10 +425,39 @@ async fn a_full_deployment_is_skipped_for_the_next() {
     );
     assert_eq!(m.sum("tollgate_deployment_cooling", &[]), 0.0, "{}", m.text);
 
+    // `anthropic` free again but failing (529, a retry_on status), the
+    // rest full: the request did reach a provider, so it keeps its record
+    // (503, one attempt, the deployment last tried).
     a.open_gate(&gate_a);
-    b.open_gate(&gate_b);
     let _ = held_a.text().await;
+    let case = unique("fails");
+    a.script(
+        &case,
+        Script::json(
+            529,
+            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}),
+        ),
+    );
+    let body = anthropic_body(&case, "claude-sonnet-4-5", false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let resp = loop {
+        let resp = post(&c, gw, "/v1/messages", &token, &body).await;
+        if !a.requests_for(&case).is_empty() || Instant::now() > deadline {
+            break resp;
+        }
+        // `anthropic`'s slot was not given back yet: refused as full.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_anthropic_error(&resp, 503, "overloaded_error");
+    let record = gw.record_for_request(&resp.request_id()).await;
+    assert_eq!(record["status"], json!(503), "{record}");
+    assert_eq!(record["provider"], json!("anthropic"), "{record}");
+    assert_eq!(record["attempts"], json!(1), "{record}");
+
+    b.open_gate(&gate_b);
     let _ = held_b.text().await;
+    // `anthropic` cools down after its 529 (routing.cooldown): wait it out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     // Free again: the first deployment serves.
     let resp = served_soon(&c, gw, &token).await;
     let record = gw.record_for_request(&resp.request_id()).await;
