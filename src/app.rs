@@ -7,6 +7,7 @@ use crate::identity::{authenticate, AuthFailure, Identity, Signer, Verifier};
 use crate::journal::{self, Journal};
 use crate::limits::{Teams, Tiers};
 use crate::providers::Router;
+use crate::shield::AuthShield;
 use crate::sinks::{Ledger, LedgerMetrics, Metrics, ModelLabels, UsageLog};
 use crate::store::{FinishFailed, Store, StoreError, StoreOp};
 use crate::usage::{Pricing, UsageRecord};
@@ -26,6 +27,8 @@ pub struct App {
     /// `guard:`; `None` (the default) when no rule is configured, and then
     /// the request path does no guard work at all.
     pub guard: Option<Guard>,
+    /// `shield:`; `None` (the default) when off.
+    pub shield: Option<AuthShield>,
 }
 
 /// Verifying callers' tokens, and issuing tokens (admin API).
@@ -140,6 +143,10 @@ impl App {
             },
             cache,
             guard,
+            shield: cfg
+                .shield
+                .failed_auth_per_ip_per_minute
+                .map(AuthShield::new),
         }))
     }
 

@@ -17,6 +17,7 @@ pub mod providers;
 pub mod proxy;
 pub mod report;
 pub mod server;
+pub mod shield;
 pub mod sinks;
 pub mod store;
 pub mod tls;

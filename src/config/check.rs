@@ -72,6 +72,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     check_routing(cfg, &mut out);
     check_usage(cfg, &mut out);
     out.extend(cfg.cache.problems().into_iter().map(Problem::error));
+    out.extend(cfg.shield.problems().into_iter().map(Problem::error));
     out.extend(
         crate::guard::problems(&cfg.guard)
             .into_iter()
@@ -458,6 +459,11 @@ fn check_providers(cfg: &Config, out: &mut Vec<Problem>) {
         {
             out.push(Problem::warning(format!(
                 "provider {n}: organization and project apply to OpenAI providers only"
+            )));
+        }
+        if p.max_inflight == Some(0) {
+            out.push(Problem::error(format!(
+                "provider {n}: max_inflight must be at least 1 (leave it out for no limit)"
             )));
         }
         if p.connect_timeout_seconds.as_secs() == 0 || p.timeout_seconds.as_secs() == 0 {

@@ -13,6 +13,7 @@ mod listen;
 mod log_target;
 mod models;
 pub mod postgres_url;
+mod shield;
 mod usage;
 
 pub use cache::{CacheConfig, CacheScope};
@@ -22,6 +23,7 @@ pub use limits::{LimitsConfig, TierConfig};
 pub use listen::{ListenEntry, ListenSpec, OneOrMany, TlsConfig};
 pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
+pub use shield::ShieldConfig;
 pub use usage::{Price, UsageConfig, DEFAULT_JOURNAL_DIR, DEFAULT_SPOOL_DIR};
 
 use crate::identity::Alg;
@@ -73,6 +75,9 @@ pub struct Config {
     /// without rules.
     #[serde(default)]
     pub guard: GuardConfig,
+    /// The pre-authentication shield; off when absent.
+    #[serde(default)]
+    pub shield: ShieldConfig,
     /// The working directory at load time: relative paths in the file are
     /// resolved against it, and made absolute before a daemon fork changes
     /// directory.
@@ -321,6 +326,10 @@ pub struct ProviderConfig {
     /// OAuth access tokens. `project` is the Google Cloud project.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
+    /// Requests open at this deployment at once, at most (per process);
+    /// beyond it, 503 or the next deployment. Unlimited when absent.
+    #[serde(default)]
+    pub max_inflight: Option<u32>,
 }
 
 impl ProviderConfig {
@@ -447,6 +456,54 @@ mod tests {
                 .iter()
                 .any(|p| p.message.contains("tokens_per_minute")),
             "{problems:?}"
+        );
+    }
+
+    /// Without `shield:` or `max_inflight`, today's behaviour: no shield,
+    /// no cap. Bad values are named by `check`, or by the parser.
+    #[test]
+    fn shield_and_max_inflight() {
+        let minimal = "listen: 127.0.0.1:1\nidentity: { issuer: t }\nproviders:\n  \
+            - { name: a, kind: anthropic, base_url: \"http://a\", routes: [/v1/messages] }\n";
+        let cfg = Config::parse(minimal).expect("minimal");
+        assert_eq!(cfg.shield.failed_auth_per_ip_per_minute, None);
+        assert_eq!(cfg.providers[0].max_inflight, None);
+
+        let cfg = Config::parse(EXAMPLE).expect("example");
+        assert_eq!(cfg.shield.failed_auth_per_ip_per_minute, Some(60));
+        assert!(cfg.providers.iter().any(|p| p.max_inflight.is_some()));
+
+        let zero = format!("{minimal}shield: {{ failed_auth_per_ip_per_minute: 0 }}\n").replace(
+            "routes: [/v1/messages] }",
+            "routes: [/v1/messages], max_inflight: 0 }",
+        );
+        let cfg = Config::parse(&zero).expect("zeros parse");
+        let problems: Vec<String> = check::check(&cfg).into_iter().map(|p| p.message).collect();
+        let all = problems.join("\n");
+        assert!(
+            all.contains("shield.failed_auth_per_ip_per_minute: must be at least 1"),
+            "{all}"
+        );
+        assert!(
+            all.contains("provider a: max_inflight must be at least 1"),
+            "{all}"
+        );
+
+        for bad in [
+            "shield: { failed_auth_per_ip_per_minute: -3 }",
+            "shield: { failed_auth_per_ip_per_minute: lots }",
+            "shield: { failed_auth_per_minute: 10 }",
+        ] {
+            let err = Config::parse(&format!("{minimal}{bad}\n")).unwrap_err();
+            assert!(
+                err.contains("shield") || err.contains("failed_auth"),
+                "{bad}: {err}"
+            );
+        }
+        let err = Config::parse(&minimal.replace("] }", "], max_inflight: -1 }")).unwrap_err();
+        assert!(
+            err.contains("max_inflight") || err.contains("providers"),
+            "{err}"
         );
     }
 

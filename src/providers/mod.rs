@@ -181,6 +181,8 @@ pub struct Provider {
     pub api_version: Option<String>,
     /// Vertex: the Google Cloud project and region of its paths.
     pub gcp: Option<(String, String)>,
+    /// `max_inflight`: the requests open here at once; `None`: no cap.
+    pub inflight: Option<crate::shield::InflightLimit>,
 }
 
 impl Provider {
@@ -209,6 +211,7 @@ impl Provider {
                 }
                 _ => None,
             },
+            inflight: p.max_inflight.map(crate::shield::InflightLimit::new),
         })
     }
 

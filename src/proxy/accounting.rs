@@ -22,6 +22,7 @@ pub struct Outcome<'a> {
 
 pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     ctx.inflight = None;
+    ctx.attempts.slot = None;
     if ctx.cache.as_ref().is_some_and(|c| c.served) {
         return finish_hit(app, ctx, out).await;
     }
@@ -77,7 +78,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
         client_disconnected: out.client_disconnected || ctx.drain.is_some(),
         usage_complete: used.complete,
-        attempts: u32::try_from(ctx.attempts.started.max(1)).unwrap_or(u32::MAX),
+        attempts: u32::try_from(ctx.attempts.tried()).unwrap_or(u32::MAX),
         upstream_model: ctx
             .attempts
             .upstream_model

@@ -20,6 +20,7 @@ use crate::store::{
     Admission, BudgetAsk, Limit, PairGrant, PairReserved, Reserved, Scope, Side, StoreOp,
 };
 use http::{HeaderMap, Method};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The provider and endpoint serving `method` and `path`: 400 for a
@@ -37,17 +38,44 @@ pub fn route(app: &App, method: &Method, path: &str, ctx: &mut Ctx) -> Result<()
     Ok(())
 }
 
+/// The pre-authentication shield: 429 for a client address with too many
+/// failed authentications in the last minute, before its token is read.
+pub fn shield(app: &App, client: Option<IpAddr>) -> Result<(), GatewayError> {
+    let (Some(shield), Some(ip)) = (&app.shield, client) else {
+        return Ok(());
+    };
+    shield.check(ip).map_err(|t| {
+        app.sinks.metrics.rate_limited(crate::shield::LIMIT_SHIELD);
+        GatewayError::shielded(t)
+    })
+}
+
+/// Counts a failed authentication against the client's address.
+pub fn auth_failed(app: &App, client: Option<IpAddr>) {
+    if let (Some(shield), Some(ip)) = (&app.shield, client) {
+        shield.failed(ip);
+    }
+}
+
 /// Verifies the credential and checks revocation (`store.on_error` decides
-/// when the store cannot tell), then resolves the caller's tier.
+/// when the store cannot tell), then resolves the caller's tier. A failure
+/// (401, or 403 for a revoked token) counts against `client` in the shield.
 pub async fn authenticate(
     app: &App,
     headers: &HeaderMap,
+    client: Option<IpAddr>,
     ctx: &mut Ctx,
 ) -> Result<(), GatewayError> {
     let id = match app.authenticate(headers).await {
         Ok(id) => id,
-        Err(AuthFailure::Invalid(e)) => return Err(GatewayError::unauthorized(e)),
-        Err(AuthFailure::Revoked(_)) => return Err(GatewayError::revoked()),
+        Err(AuthFailure::Invalid(e)) => {
+            auth_failed(app, client);
+            return Err(GatewayError::unauthorized(e));
+        }
+        Err(AuthFailure::Revoked(_)) => {
+            auth_failed(app, client);
+            return Err(GatewayError::revoked());
+        }
         Err(AuthFailure::StoreDown(id, e)) => {
             // Already counted by `App::authenticate`.
             log::warn!("store revocation check failed: {e}");

@@ -11,6 +11,7 @@
 //! the gateway holds it whole.
 
 use super::ctx::{BodyPhase, Ctx};
+use super::error::GatewayError;
 use crate::app::App;
 use crate::providers::body::with_model;
 use crate::providers::router::Router;
@@ -19,23 +20,47 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How an attempt starts.
+pub enum Begun {
+    /// At this deployment, whose `max_inflight` slot (if any) it holds.
+    Attempt(Arc<Provider>),
+    /// Every deployment left is at its `max_inflight`: the request ends
+    /// with this 503.
+    Overloaded(GatewayError),
+    /// Nothing to try (no route: cannot happen past admission).
+    Nothing,
+}
+
 /// Starts the next attempt: picks its deployment, and the body and model
 /// name it is sent. A request without a plan goes to its route's provider.
-pub fn begin(app: &App, ctx: &mut Ctx) -> Option<Arc<Provider>> {
+///
+/// A deployment at its `max_inflight` is skipped for the next one, when the
+/// request could fail over to it anyway (a deployment left, nothing
+/// answered yet, the body held): nothing was sent to it, so it is neither
+/// an attempt nor a failure (no cooldown). With none left, 503.
+pub fn begin(app: &App, ctx: &mut Ctx) -> Begun {
     let a = &mut ctx.attempts;
     if a.plan.is_empty() {
-        let route = ctx.route.as_ref()?;
+        let Some(route) = ctx.route.as_ref() else {
+            return Begun::Nothing;
+        };
         a.plan = Router::single(&route.provider);
     }
-    if std::mem::take(&mut a.again) && a.started > 0 {
-        // The same deployment once more, on a fresh connection.
-    } else {
+    let again = std::mem::take(&mut a.again) && a.started > 0;
+    if !again {
         a.started += 1;
     }
     a.failing_over = false;
     // Each attempt's connection counts for itself (see `unanswered`).
     ctx.reached = false;
-    let d = a.current()?.clone();
+    if !again {
+        if let Err(refusal) = take_slot(ctx) {
+            return Begun::Overloaded(refusal);
+        }
+    }
+    let Some(d) = ctx.attempts.current().cloned() else {
+        return Begun::Nothing;
+    };
     let requested = ctx.info.as_ref().and_then(|i| i.model.as_deref());
     let renamed = d.model.as_deref().filter(|m| Some(*m) != requested);
     ctx.attempts.upstream_model = d.model.clone().or_else(|| requested.map(Arc::from));
@@ -51,7 +76,48 @@ pub fn begin(app: &App, ctx: &mut Ctx) -> Option<Arc<Provider>> {
     }
     // Replacing the guard moves the in-flight count to this deployment.
     ctx.inflight = Some(app.sinks.metrics.inflight(&d.provider.name));
-    Some(d.provider)
+    Begun::Attempt(d.provider)
+}
+
+/// Takes the current deployment's `max_inflight` slot (giving back the
+/// previous attempt's), moving past full deployments while the request
+/// could fail over to the next one.
+fn take_slot(ctx: &mut Ctx) -> Result<(), GatewayError> {
+    // The previous attempt's deployment no longer serves this request.
+    ctx.attempts.slot = None;
+    loop {
+        let Some(d) = ctx.attempts.current() else {
+            return Ok(());
+        };
+        let Some(limit) = d.provider.inflight.as_ref() else {
+            return Ok(());
+        };
+        let full = match limit.try_acquire() {
+            Ok(slot) => {
+                ctx.attempts.slot = Some(slot);
+                return Ok(());
+            }
+            Err(full) => full,
+        };
+        let provider = d.provider.clone();
+        let name = provider.name.as_str();
+        ctx.attempts.skipped += 1;
+        if !can_fail_over(ctx) {
+            if !ctx.attempts.made_one() {
+                // Refused at this deployment: its metrics say so.
+                if let Some(route) = ctx.route.as_mut() {
+                    route.provider = provider.clone();
+                }
+            }
+            return Err(GatewayError::provider_overloaded(name, full.max));
+        }
+        log::info!(
+            "request {}: deployment {name} is at its max_inflight ({}); trying the next one",
+            ctx.request_id,
+            full.max
+        );
+        ctx.attempts.started += 1;
+    }
 }
 
 /// Fetches what the attempt's deployment needs before connecting: an OAuth

@@ -141,6 +141,16 @@ pub struct Attempts {
     /// The current attempt's `authorization` when its deployment takes an
     /// OAuth token (Vertex), fetched before connecting.
     pub bearer: Option<http::HeaderValue>,
+    /// Deployments of the plan passed over because they were at their
+    /// `max_inflight` (never sent anything): not attempts.
+    pub skipped: usize,
+    /// The current deployment's `max_inflight` slot, held until the request
+    /// ends or moves on.
+    pub slot: Option<crate::shield::InflightSlot>,
+    /// The request ends with this answer instead of an attempt's: every
+    /// deployment left was at its `max_inflight` after an earlier attempt
+    /// had reached a provider (so the request still gets its record).
+    pub overloaded: Option<GatewayError>,
 }
 
 impl Attempts {
@@ -151,6 +161,16 @@ impl Attempts {
     /// Another deployment is left to try.
     pub fn left(&self) -> bool {
         self.started < self.plan.len()
+    }
+
+    /// Deployments actually tried (the record's `attempts`), at least 1.
+    pub fn tried(&self) -> usize {
+        self.started.saturating_sub(self.skipped).max(1)
+    }
+
+    /// An attempt before the current one was really made (not skipped).
+    pub fn made_one(&self) -> bool {
+        self.started.saturating_sub(self.skipped) > 0
     }
 }
 

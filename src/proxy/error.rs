@@ -98,6 +98,28 @@ impl GatewayError {
         e
     }
 
+    /// The shield refuses the client's address (too many failed
+    /// authentications): 429 before any token is read.
+    pub fn shielded(t: crate::shield::Tripped) -> Self {
+        let mut e = Self::new(
+            429,
+            ErrorKind::RateLimit,
+            "too many failed authentications from this address",
+        );
+        e.retry_after = Some(t.retry_after_secs.max(1));
+        e
+    }
+
+    /// Every deployment the request could use has `max_inflight` requests
+    /// open: 503 `overloaded_error` (OpenAI shape: `server_error`).
+    pub fn provider_overloaded(provider: &str, max: u32) -> Self {
+        Self::new(
+            503,
+            ErrorKind::Overloaded,
+            format!("provider {provider} is overloaded: {max} requests in flight (max_inflight)"),
+        )
+    }
+
     /// The `limit` label of `tollgate_rate_limited_total` for this refusal.
     pub fn limit_label(&self) -> Option<&'static str> {
         self.limit.map(|l| l.label_for(self.team_limit))

@@ -34,6 +34,7 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, RetryType};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,18 +64,28 @@ impl Gateway {
     /// caller's limits (413/400/403/429).
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Decision> {
         let app = &self.app;
+        let client = client_ip(session);
         let req = session.req_header();
         if is_upgrade(req) {
             return Ok(Decision::Refuse(GatewayError::upgrade()));
         }
         if req.uri.path() == "/auth/revoke" {
-            return self.revoke_self(session, ctx).await;
+            if let Err(e) = admission::shield(app, client) {
+                return Ok(Decision::Refuse(e));
+            }
+            return self.revoke_self(session, client, ctx).await;
         }
         if let Err(e) = admission::route(app, &req.method, req.uri.path(), ctx) {
             return Ok(Decision::Refuse(e));
         }
+        // After the route (its provider shapes the 429), before any token
+        // is read.
+        if let Err(e) = admission::shield(app, client) {
+            return Ok(Decision::Refuse(e));
+        }
         cached::routed(app, ctx);
-        if let Err(e) = admission::authenticate(app, &session.req_header().headers, ctx).await {
+        let headers = &session.req_header().headers;
+        if let Err(e) = admission::authenticate(app, headers, client, ctx).await {
             return Ok(Decision::Refuse(e));
         }
         Ok(match body::plan(app, session, ctx).await? {
@@ -85,9 +96,14 @@ impl Gateway {
     }
 
     /// `POST /auth/revoke`, answered by the gateway itself.
-    async fn revoke_self(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Decision> {
+    async fn revoke_self(
+        &self,
+        session: &mut Session,
+        client: Option<IpAddr>,
+        ctx: &mut Ctx,
+    ) -> Result<Decision> {
         let req = session.req_header();
-        match self_revoke::revoke(&self.app, &req.method, &req.headers, ctx).await {
+        match self_revoke::revoke(&self.app, &req.method, &req.headers, client, ctx).await {
             Ok(answer) => {
                 ctx.status = Some(200);
                 respond::send_json(session, ctx, 200, answer).await?;
@@ -106,6 +122,14 @@ enum Decision {
     /// The response cache answers it.
     Cached,
     Refuse(GatewayError),
+}
+
+/// The client's IP address (none for a Unix socket listener).
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// `Upgrade` (WebSocket, h2c, TLS) would turn the connection into a tunnel
@@ -159,11 +183,15 @@ impl ProxyHttp for Gateway {
     /// Once per attempt: the next deployment of the request's plan.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.proxied = true;
-        let Some(p) = attempts::begin(&self.app, ctx) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no provider selected",
-            ));
+        let p = match attempts::begin(&self.app, ctx) {
+            attempts::Begun::Attempt(p) => p,
+            attempts::Begun::Overloaded(err) => return Err(self.overloaded(ctx, err)),
+            attempts::Begun::Nothing => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "no provider selected",
+                ))
+            }
         };
         if let Err(e) = attempts::authorize(&p, ctx).await {
             let mut err = Error::explain(ErrorType::ConnectError, e);
@@ -366,7 +394,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let err = ctx.refusal.clone().or_else(|| respond::classify(e));
+        let err = ctx
+            .refusal
+            .clone()
+            .or_else(|| ctx.attempts.overloaded.clone())
+            .or_else(|| respond::classify(e));
         let code = err.as_ref().map_or(0, |e| e.status);
         if let Some(err) = err {
             if ctx.status.is_none() {
@@ -418,6 +450,28 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Every deployment left is at its `max_inflight`: 503, counted. A
+    /// request that reached no provider is a refusal (no usage record);
+    /// one whose earlier attempt did reach one keeps its record.
+    fn overloaded(&self, ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
+        self.app
+            .sinks
+            .metrics
+            .rate_limited(crate::shield::LIMIT_PROVIDER_INFLIGHT);
+        respond::log_refusal(ctx, "", &err);
+        let status = err.status;
+        ctx.status = Some(status);
+        if ctx.attempts.made_one() {
+            ctx.attempts.overloaded = Some(err);
+        } else {
+            ctx.refusal = Some(err);
+        }
+        Error::explain(
+            ErrorType::HTTPStatus(status),
+            "every deployment is at its max_inflight",
+        )
+    }
+
     /// Records a refusal decided in the body phase and returns the error that
     /// aborts the upstream request; `fail_to_proxy` then answers the client.
     fn body_refusal(&self, ctx: &mut Ctx, err: GatewayError) -> Box<Error> {

@@ -8,12 +8,14 @@ use crate::app::App;
 use crate::identity::AuthFailure;
 use crate::store::StoreOp;
 use http::{HeaderMap, Method};
+use std::net::IpAddr;
 
 /// The JSON answer, or the error to send.
 pub async fn revoke(
     app: &App,
     method: &Method,
     headers: &HeaderMap,
+    client: Option<IpAddr>,
     ctx: &Ctx,
 ) -> Result<Vec<u8>, GatewayError> {
     if method != Method::POST {
@@ -22,7 +24,10 @@ pub async fn revoke(
     let id = match app.authenticate(headers).await {
         Ok(id) | Err(AuthFailure::StoreDown(id, _)) => id,
         Err(AuthFailure::Revoked(id)) => return Ok(answer(&id.jti)),
-        Err(AuthFailure::Invalid(e)) => return Err(GatewayError::unauthorized(e)),
+        Err(AuthFailure::Invalid(e)) => {
+            super::admission::auth_failed(app, client);
+            return Err(GatewayError::unauthorized(e));
+        }
     };
     let until = app.identity.verifier.accepted_until(&id);
     for jti in id.revocation_ids() {

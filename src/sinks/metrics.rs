@@ -31,7 +31,14 @@ pub const TTFB_BUCKETS: &[f64] = &[
 ];
 
 /// Values of the `limit` label of `tollgate_rate_limited_total`.
-pub const LIMIT_KINDS: [&str; 4] = ["requests", "tokens", "concurrent", "budget"];
+pub const LIMIT_KINDS: [&str; 6] = [
+    "requests",
+    "tokens",
+    "concurrent",
+    "budget",
+    crate::shield::LIMIT_SHIELD,
+    crate::shield::LIMIT_PROVIDER_INFLIGHT,
+];
 
 /// Values of the `result` label of `tollgate_cache_requests_total`.
 pub const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "skip"];

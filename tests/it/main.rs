@@ -32,6 +32,7 @@ mod real_clients;
 mod redis_store;
 mod report;
 mod secrets;
+mod shield;
 mod store_faults;
 mod store_outage;
 mod store_unreachable;

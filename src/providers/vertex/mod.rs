@@ -236,6 +236,7 @@ providers:
             project: None,
             api_version: None,
             gcp: Some(("my-project".into(), "europe-west1".into())),
+            inflight: None,
         }
     }
 
