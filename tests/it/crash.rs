@@ -166,17 +166,12 @@ async fn sigkill_under_load_loses_and_doubles_no_record() {
     sigkill_under_load(false).await;
 }
 
-/// The same with the Postgres ledger on. Open defect (issue 19's note):
-/// after 20 kills in ~15 s the ledger occasionally lacks records the log
-/// holds (36 of 491 in one CI run; 43 of ~700 in 1 of 13 runs on
-/// 2026-12-07, after the slot journal and the merged recovery). The last
-/// process's writer is idle with no error: the records are in no segment it
-/// reads, or behind a done offset, while their journal entries were
-/// released. The log side is exact; the single-kill ledger replay test
-/// (`ledger::`) passes. Run it with
-/// `cargo test --test it -- --ignored crash::sigkill_with_the_ledger`.
+/// The same with the Postgres ledger on: the ledger equals the log. (It
+/// used to lack records now and then: a new process's spool segment could
+/// take the number of a dead process's segment its writer had just
+/// finished, and the writer then never read the new one. Segment numbers
+/// now come from the clock; `ledger::tests::a_segment_number_never_comes_back`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open defect: the ledger can miss records after repeated SIGKILLs"]
 async fn sigkill_with_the_ledger_loses_and_doubles_no_record() {
     sigkill_under_load(true).await;
 }

@@ -87,14 +87,23 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// Creates and locks a new segment numbered above every existing one and
-/// above `after`.
+/// Creates and locks a new segment numbered above every existing one, above
+/// `after`, and above the clock (milliseconds × 1000).
+///
+/// Why the clock: a number must never come back. "Above every existing
+/// one" alone reused the number of a dead process's segment that the writer
+/// had just finished and deleted; the writer's bookkeeping for the old
+/// segment (its `own` entry, its done marker) then applied to the new one,
+/// whose records were never inserted while the process lived. Numbers taken
+/// from the clock grow across processes and restarts.
 pub fn create_segment(dir: &Path, after: u64) -> io::Result<(u64, File)> {
+    let clock = crate::clock::now_ms().saturating_mul(1000);
     let mut id = list_segments(dir)?
         .last()
         .copied()
         .unwrap_or(0)
         .max(after)
+        .max(clock)
         .saturating_add(1);
     for _ in 0..100 {
         let opened = OpenOptions::new()

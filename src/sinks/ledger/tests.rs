@@ -221,6 +221,22 @@ fn segments_are_private_numbered_locked_and_marked() {
     assert_eq!(spool::read_done(&spool_dir, 99), 0);
 }
 
+#[test]
+fn a_segment_number_never_comes_back() {
+    // A new process (after = 0) whose writer just finished and deleted the
+    // highest segment, a dead process's, must not take its number: the old
+    // segment's bookkeeping would apply to the new one.
+    let dir = tempfile::tempdir().unwrap();
+    let (dead, f) = spool::create_segment(dir.path(), 0).unwrap();
+    spool::write_done(dir.path(), dead, 4096).unwrap();
+    drop(f);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    spool::remove_segment(dir.path(), dead).unwrap();
+    let (fresh, _f) = spool::create_segment(dir.path(), 0).unwrap();
+    assert!(fresh > dead, "{fresh} after {dead}");
+    assert_eq!(spool::read_done(dir.path(), fresh), 0);
+}
+
 proptest! {
     #[test]
     fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
