@@ -52,30 +52,13 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     let u = used.metered.usage;
     let elapsed = ctx.started.elapsed();
     let record = UsageRecord {
-        ts: UsageRecord::now_rfc3339(),
-        request_id: ctx.request_id.clone(),
-        sub: ctx.sub().to_string(),
-        role: ctx.identity().and_then(|i| i.role.clone()),
-        tier: ctx
-            .caller
-            .as_ref()
-            .map(|c| c.tier.name.clone())
-            .unwrap_or_default(),
-        team: ctx.team().map(|t| t.name.clone()),
-        jti: ctx.identity().map(|i| i.jti.clone()).unwrap_or_default(),
         provider: provider.clone(),
         model: used.model.clone(),
-        endpoint: ctx.endpoint().map_or("", |e| e.name()),
-        path: out.path.to_string(),
-        status: Some(status),
-        stream: ctx.info.as_ref().is_some_and(|i| i.stream),
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
         cache_creation_input_tokens: u.cache_creation_input_tokens,
         cache_read_input_tokens: u.cache_read_input_tokens,
         cost_usd: used.cost,
-        duration_ms: elapsed.as_millis() as u64,
-        ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
         client_disconnected: out.client_disconnected || ctx.drain.is_some(),
         usage_complete: used.complete,
         attempts: u32::try_from(ctx.attempts.tried()).unwrap_or(u32::MAX),
@@ -85,10 +68,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .as_deref()
             .map(str::to_string)
             .or_else(|| used.model.clone()),
-        cache_hit: false,
-        interrupted: false,
-        guard: ctx.guard.iter().map(|n| n.to_string()).collect(),
-        journal: ctx.journal,
+        ..of_request(ctx, out.path, status, elapsed)
     };
     write_record(app, record);
     app.sinks.metrics.request_finished(
@@ -147,6 +127,47 @@ fn write_record(app: &App, record: UsageRecord) {
 /// The end of a request answered from the response cache: its record
 /// carries the original answer's usage at no cost, the metrics count a
 /// request that used no tokens, and the dollars it saved.
+/// The fields a record takes from the request itself (who asked, which
+/// endpoint, when, how long, what the guard saw), whoever answered it: a
+/// provider ([`finish`]) or the cache ([`finish_hit`]), which fill in the
+/// rest.
+fn of_request(ctx: &Ctx, path: &str, status: u16, elapsed: std::time::Duration) -> UsageRecord {
+    UsageRecord {
+        ts: UsageRecord::now_rfc3339(),
+        request_id: ctx.request_id.clone(),
+        sub: ctx.sub().to_string(),
+        role: ctx.identity().and_then(|i| i.role.clone()),
+        tier: ctx
+            .caller
+            .as_ref()
+            .map(|c| c.tier.name.clone())
+            .unwrap_or_default(),
+        team: ctx.team().map(|t| t.name.clone()),
+        jti: ctx.identity().map(|i| i.jti.clone()).unwrap_or_default(),
+        provider: String::new(),
+        model: None,
+        endpoint: ctx.endpoint().map_or("", |e| e.name()),
+        path: path.to_string(),
+        status: Some(status),
+        stream: ctx.info.as_ref().is_some_and(|i| i.stream),
+        input_tokens: 0,
+        output_tokens: 0,
+        cache_creation_input_tokens: 0,
+        cache_read_input_tokens: 0,
+        cost_usd: 0.0,
+        duration_ms: elapsed.as_millis() as u64,
+        ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
+        client_disconnected: false,
+        usage_complete: false,
+        attempts: 1,
+        upstream_model: None,
+        cache_hit: false,
+        interrupted: false,
+        guard: ctx.guard.iter().map(|n| n.to_string()).collect(),
+        journal: ctx.journal,
+    }
+}
+
 async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     let Some(entry) = ctx.cache.as_ref().and_then(|c| c.hit.clone()) else {
         return;
@@ -159,30 +180,13 @@ async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     let u = entry.usage;
     let status = ctx.status.unwrap_or(200);
     let record = UsageRecord {
-        ts: UsageRecord::now_rfc3339(),
-        request_id: ctx.request_id.clone(),
-        sub: ctx.sub().to_string(),
-        role: ctx.identity().and_then(|i| i.role.clone()),
-        tier: ctx
-            .caller
-            .as_ref()
-            .map(|c| c.tier.name.clone())
-            .unwrap_or_default(),
-        team: ctx.team().map(|t| t.name.clone()),
-        jti: ctx.identity().map(|i| i.jti.clone()).unwrap_or_default(),
         provider: entry.provider.clone(),
         model: model.clone(),
-        endpoint: ctx.endpoint().map_or("", |e| e.name()),
-        path: out.path.to_string(),
-        status: Some(status),
-        stream: ctx.info.as_ref().is_some_and(|i| i.stream),
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
         cache_creation_input_tokens: u.cache_creation_input_tokens,
         cache_read_input_tokens: u.cache_read_input_tokens,
         cost_usd: 0.0,
-        duration_ms: elapsed.as_millis() as u64,
-        ttfb_ms: ctx.ttfb.map(|d| d.as_millis() as u64),
         client_disconnected: out.client_disconnected,
         usage_complete: true,
         // The spec counts attempts from 1; a hit's one "attempt" is the
@@ -190,9 +194,7 @@ async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         attempts: 1,
         upstream_model: entry.upstream_model.clone().or_else(|| model.clone()),
         cache_hit: true,
-        interrupted: false,
-        guard: ctx.guard.iter().map(|n| n.to_string()).collect(),
-        journal: ctx.journal,
+        ..of_request(ctx, out.path, status, elapsed)
     };
     write_record(app, record);
     let sent = entry.upstream_model.as_deref().or(ctx.model());
