@@ -16,24 +16,11 @@ const SUFFIX: &str = ".slots";
 const LINES_SUFFIX: &str = ".jnl";
 const LOCK_NAME: &str = "LOCK";
 
+/// Journal files are adopted and locked as spool segments are.
+pub use crate::sinks::ledger::spool::{adopt_file as adopt, try_lock};
+
 pub fn prepare_dir(dir: &Path) -> io::Result<()> {
     crate::sinks::ledger::spool::prepare_dir(dir)
-}
-
-/// `flock(LOCK_EX | LOCK_NB)`: false while another open file description
-/// (another process, or another open in this one) holds it.
-pub fn try_lock(file: &File) -> io::Result<bool> {
-    // SAFETY: flock on a descriptor we own, no pointers involved.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
 }
 
 /// Opens `dir/LOCK` and tries to lock it. `Err(pid)` names the live holder
@@ -106,24 +93,6 @@ pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// A journal file of the line format.
 pub fn is_lines(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()) == Some(&LINES_SUFFIX[1..])
-}
-
-/// Opens a file left by another process and locks it; None while a live
-/// process (or this one) holds it, or when it vanished.
-pub fn adopt(path: &Path) -> io::Result<Option<File>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if !try_lock(&file)? {
-        return Ok(None);
-    }
-    // Its owner may have deleted it between our open and our lock.
-    if !path.exists() {
-        return Ok(None);
-    }
-    Ok(Some(file))
 }
 
 /// Reads at most `max` bytes from the start of `file`.

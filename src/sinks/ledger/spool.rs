@@ -128,7 +128,14 @@ pub fn create_segment(dir: &Path, after: u64) -> io::Result<(u64, File)> {
 /// Opens segment `id` (left by another process) and locks it; None while a
 /// live process holds it, or when it vanished.
 pub fn adopt(dir: &Path, id: u64) -> io::Result<Option<File>> {
-    let file = match File::open(segment_path(dir, id)) {
+    adopt_file(&segment_path(dir, id))
+}
+
+/// Opens a file another process created and locks it; None while a live
+/// process (or another open in this one) holds it, or when it vanished.
+/// The crash journal adopts dead processes' files the same way.
+pub fn adopt_file(path: &Path) -> io::Result<Option<File>> {
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -137,13 +144,15 @@ pub fn adopt(dir: &Path, id: u64) -> io::Result<Option<File>> {
         return Ok(None);
     }
     // Its owner may have deleted it between our open and our lock.
-    if !segment_path(dir, id).exists() {
+    if !path.exists() {
         return Ok(None);
     }
     Ok(Some(file))
 }
 
-fn try_lock(file: &File) -> io::Result<bool> {
+/// `flock(LOCK_EX | LOCK_NB)`: false while another open file description
+/// (another process, or another open in this one) holds it.
+pub fn try_lock(file: &File) -> io::Result<bool> {
     // SAFETY: flock on a descriptor we own, no pointers involved.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r == 0 {
