@@ -12,6 +12,7 @@
 #
 # Targets (TARGETS): direct (nginx), bare (examples/bare_proxy.rs),
 # tollgate (in-process store), tollgate_redis (private redis-server),
+# tollgate_redis_lease (the same Redis with store.lease: 1s),
 # tollgate_failover (in-process store; every request first meets a
 # deployment answering 529 and fails over to the real one: the cost of one
 # failover, to compare with tollgate), tollgate_ledger (in-process store and
@@ -40,14 +41,14 @@ Knobs (environment):
   USERS=500 TOKENS=2000              reused token pool (token i belongs to user i % USERS)
   FRESH_PCT=1 FRESH_PER_RUN=3000     % of requests with a never-seen token; tokens set aside per run
   RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE)
-  TARGETS="direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard"
+  TARGETS="direct bare tollgate tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard"
   THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
   MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds after each round
   PER_USER_LABELS=true               metrics.per_user_labels (false only to diagnose its cost)
   SKIP_BUILD=0 SKIP_INSTALL=0 NOTE="..."     NOTE is printed above the tables
   PROFILER=callgrind|perf PROFILE_TARGETS="bare tollgate" PROFILE_SECONDS=20
   PROFILE_CONNECTIONS=4 PROFILE_WARMUP=10   (callgrind; perf samples at CONNECTIONS);
-  PROFILE_TARGETS may also name tollgate_nojournal, or tollgate_redis (starts a private redis-server)
+  PROFILE_TARGETS may also name tollgate_nojournal, or tollgate_redis / tollgate_redis_lease (start a private redis-server)
 EOF
 }
 
@@ -70,7 +71,7 @@ FRESH_PER_RUN=${FRESH_PER_RUN:-3000}
 RATE=${RATE:-100}
 LAT_SECONDS=${LAT_SECONDS:-10}
 LAT_REPEATS=${LAT_REPEATS:-1}
-TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard}
+TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard}
 THREADS=${THREADS:-2}
 MEM_USERS=${MEM_USERS:-100000}
 MEM_ROUNDS=${MEM_ROUNDS:-1}
@@ -285,7 +286,8 @@ identity:
   default_ttl: 24h
 store:
   redis_url: $5
-  on_error: fail_closed
+  on_error: fail_closed${9:+
+  lease: $9}
 limits:
   default_tier: user
   tiers:
@@ -379,7 +381,7 @@ declare -A ADDR PID
 run_wrk() {
   local t=$1 rep=$2 secs=$3 fpct=$4 ffirst=$5 pid=${PID[$1]:-} c0="" c1="" r0="" r1="" out res
   [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
-  [ "$t" = tollgate_redis ] && r0=$(cpu_ticks "$REDIS_PID")
+  [[ "$t" = tollgate_redis* ]] && r0=$(cpu_ticks "$REDIS_PID")
   local rr=0
   [ "$rep" -eq 0 ] && rr=1 # warm-up: every pool token once, in order
   out=$(BENCH_BODY=$BODY BENCH_PATH=/v1/messages BENCH_TOKENS=$RUN/tokens.txt BENCH_ROUND_ROBIN=$rr \
@@ -389,7 +391,7 @@ run_wrk() {
     wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${secs}s" --timeout 10s -s "$LUA" \
     "http://${ADDR[$t]}/v1/messages" 2>&1) || die "wrk against $t failed: $out"
   [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
-  [ "$t" = tollgate_redis ] && r1=$(cpu_ticks "$REDIS_PID")
+  [[ "$t" = tollgate_redis* ]] && r1=$(cpu_ticks "$REDIS_PID")
   res=$(grep '^BENCH_RESULT ' <<<"$out" | head -n 1 | sed 's/^BENCH_RESULT //')
   [ -n "$res" ] || die "no result from wrk against $t: $out"
   LAST_REQUESTS=$(sed 's/.*"requests":\([0-9]*\).*/\1/' <<<"$res")
@@ -465,7 +467,7 @@ export TOLLGATE_BENCH_PROVIDER_KEY=bench-not-a-real-key
 read -r P_NGINX P_BARE P_TG P_TG_ADMIN P_TG_METRICS P_TGR P_TGR_ADMIN P_TGR_METRICS P_REDIS \
   P_MEM P_MEM_ADMIN P_MEM_METRICS P_TGF P_TGF_ADMIN P_TGF_METRICS \
   P_TGL P_TGL_ADMIN P_TGL_METRICS P_PG P_TGN P_TGN_ADMIN P_TGN_METRICS \
-  P_TGG P_TGG_ADMIN P_TGG_METRICS <<<"$("${TOOL[@]}" ports 25)"
+  P_TGG P_TGG_ADMIN P_TGG_METRICS P_TGRL P_TGRL_ADMIN P_TGRL_METRICS <<<"$("${TOOL[@]}" ports 28)"
 
 # Keys and tokens. Both are kept in target/load/ between runs: minting is RSA
 # signing (1-2 ms a token per core), minutes for the memory test's users.
@@ -493,6 +495,8 @@ mint() {
 tollgate_config "$RUN/tollgate.yaml" "$P_TG" "$P_TG_ADMIN" "$P_TG_METRICS" null "$RUN/usage-tollgate.jsonl"
 tollgate_config "$RUN/tollgate-redis.yaml" "$P_TGR" "$P_TGR_ADMIN" "$P_TGR_METRICS" \
   "redis://127.0.0.1:$P_REDIS" "$RUN/usage-tollgate-redis.jsonl"
+tollgate_config "$RUN/tollgate-redis-lease.yaml" "$P_TGRL" "$P_TGRL_ADMIN" "$P_TGRL_METRICS" \
+  "redis://127.0.0.1:$P_REDIS" "$RUN/usage-tollgate-redis-lease.jsonl" "" "" 1s
 tollgate_config "$RUN/tollgate-failover.yaml" "$P_TGF" "$P_TGF_ADMIN" "$P_TGF_METRICS" null \
   "$RUN/usage-tollgate-failover.jsonl" failover
 tollgate_config "$RUN/tollgate-ledger.yaml" "$P_TGL" "$P_TGL_ADMIN" "$P_TGL_METRICS" null \
@@ -539,23 +543,30 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         PID[tollgate]=$STARTED
         ADDR[tollgate]=127.0.0.1:$P_TG
         ;;
-      tollgate_redis)
-        start redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN"
-        REDIS_PID=$STARTED
+      tollgate_redis | tollgate_redis_lease)
+        if [ "$t" = tollgate_redis ]; then
+          cfg=$RUN/tollgate-redis.yaml admin=$P_TGR_ADMIN port=$P_TGR
+        else
+          cfg=$RUN/tollgate-redis-lease.yaml admin=$P_TGRL_ADMIN port=$P_TGRL
+        fi
+        if [ -z "$REDIS_PID" ]; then
+          start redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN"
+          REDIS_PID=$STARTED
+        fi
         if ! timeout 10 bash -c "until redis-cli -p $P_REDIS ping 2>/dev/null | grep -q PONG; do sleep 0.1; done"; then
-          UNAVAIL[tollgate_redis]="redis-server did not start"
-        elif ! start_tollgate tollgate_redis "$RUN/tollgate-redis.yaml" "$P_TGR_ADMIN" "$P_TGR"; then
-          UNAVAIL[tollgate_redis]=$UNAVAILABLE
+          UNAVAIL[$t]="redis-server did not start"
+        elif ! start_tollgate "$t" "$cfg" "$admin" "$port"; then
+          UNAVAIL[$t]=$UNAVAILABLE
         elif [ "$(redis-cli -p "$P_REDIS" dbsize 2>/dev/null || echo 0)" -eq 0 ]; then
           # A build that ignores store.redis_url would be measured as in-process.
-          UNAVAIL[tollgate_redis]="tollgate answered but wrote nothing to Redis (store.redis_url not used by this build)"
+          UNAVAIL[$t]="tollgate answered but wrote nothing to Redis (store.redis_url not used by this build)"
         else
-          PID[tollgate_redis]=$STARTED
-          ADDR[tollgate_redis]=127.0.0.1:$P_TGR
+          PID[$t]=$STARTED
+          ADDR[$t]=127.0.0.1:$port
         fi
-        if [ -n "${UNAVAIL[tollgate_redis]:-}" ]; then
-          log "tollgate_redis: n/a (${UNAVAIL[tollgate_redis]})"
-          echo "{\"kind\":\"unavailable\",\"target\":\"tollgate_redis\",\"reason\":$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "${UNAVAIL[tollgate_redis]}")}" >>"$RUNS"
+        if [ -n "${UNAVAIL[$t]:-}" ]; then
+          log "$t: n/a (${UNAVAIL[$t]})"
+          echo "{\"kind\":\"unavailable\",\"target\":\"$t\",\"reason\":$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "${UNAVAIL[$t]}")}" >>"$RUNS"
           continue
         fi
         ;;
@@ -592,7 +603,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         PID[tollgate_guard]=$STARTED
         ADDR[tollgate_guard]=127.0.0.1:$P_TGG
         ;;
-      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_failover, tollgate_ledger, tollgate_nojournal, tollgate_guard)" ;;
+      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_redis_lease, tollgate_failover, tollgate_ledger, tollgate_nojournal, tollgate_guard)" ;;
     esac
     ACTIVE+=("$t")
   done
@@ -710,17 +721,22 @@ if [ "$MODE" = profile ]; then
         cmd=("$TG" serve -c "$RUN/tollgate-nojournal.yaml")
         port=$P_TGN ready="http://127.0.0.1:$P_TGN_ADMIN/readyz"
         ;;
-      tollgate_redis)
+      tollgate_redis | tollgate_redis_lease)
         if [ -z "${REDIS_PID:-}" ]; then
           start redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN"
           REDIS_PID=$STARTED
           timeout 10 bash -c "until redis-cli -p $P_REDIS ping 2>/dev/null | grep -q PONG; do sleep 0.1; done" ||
             die "redis-server did not start"
         fi
-        cmd=("$TG" serve -c "$RUN/tollgate-redis.yaml")
-        port=$P_TGR ready="http://127.0.0.1:$P_TGR_ADMIN/readyz"
+        if [ "$t" = tollgate_redis ]; then
+          cmd=("$TG" serve -c "$RUN/tollgate-redis.yaml")
+          port=$P_TGR ready="http://127.0.0.1:$P_TGR_ADMIN/readyz"
+        else
+          cmd=("$TG" serve -c "$RUN/tollgate-redis-lease.yaml")
+          port=$P_TGRL ready="http://127.0.0.1:$P_TGRL_ADMIN/readyz"
+        fi
         ;;
-      *) die "PROFILE_TARGETS: bare, tollgate, tollgate_nojournal or tollgate_redis, not $t" ;;
+      *) die "PROFILE_TARGETS: bare, tollgate, tollgate_nojournal, tollgate_redis or tollgate_redis_lease, not $t" ;;
     esac
     ADDR[$t]=127.0.0.1:$port
     if [ "$PROFILER" = callgrind ]; then
@@ -772,9 +788,10 @@ if [ "$MODE" = profile ]; then
       res=$(json_add kind=profile target="$t" profiler=perf data="$RUN/perf.$t.data" <<<"$res")
     fi
     echo "$res" >>"$RUNS"
-    if [ "$t" = tollgate_redis ]; then
+    if [[ "$t" = tollgate_redis* ]]; then
       # Calls and µs per script call inside redis-server, for the whole run.
-      redis-cli -p "$P_REDIS" info commandstats >"$RUN/profile-redis-commandstats.txt" 2>&1 || true
+      redis-cli -p "$P_REDIS" info commandstats >"$RUN/profile-$t-commandstats.txt" 2>&1 || true
+      redis-cli -p "$P_REDIS" config resetstat >/dev/null 2>&1 || true
     fi
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done

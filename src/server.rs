@@ -87,6 +87,9 @@ impl BackgroundService for Housekeeping {
                 _ = shutdown.changed() => break,
             }
         }
+        // Leased slices go back before this process stops serving, so other
+        // replicas (and the next process) get them at once.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.app.limits.store.close()).await;
     }
 }
 

@@ -385,6 +385,7 @@ LABELS = {
     "bare": "bare Pingora pass-through",
     "tollgate": "tollgate, in-process store",
     "tollgate_redis": "tollgate, Redis store",
+    "tollgate_redis_lease": "tollgate, Redis store with leases (store.lease: 1s)",
     "tollgate_failover": "tollgate, every request fails over once (529, then 200)",
     "tollgate_ledger": "tollgate, in-process store + Postgres ledger",
     "tollgate_nojournal": "tollgate, in-process store, crash journal off",
@@ -618,6 +619,9 @@ def cmd_report(a):
         checks.append(("tollgate Redis: req/s ≥ 75 % of bare", tr["rps"] / bare["rps"] >= 0.75, f"{tr['rps'] / bare['rps'] * 100:.1f} %"))
     elif "tollgate_redis" in unavailable:
         checks.append(("tollgate Redis: req/s ≥ 75 % of bare", None, "n/a: " + unavailable["tollgate_redis"]))
+    trl = thr.get("tollgate_redis_lease")
+    if trl and bare.get("rps"):
+        checks.append(("tollgate Redis with leases: req/s ≥ 75 % of bare", trl["rps"] / bare["rps"] >= 0.75, f"{trl['rps'] / bare['rps'] * 100:.1f} %"))
     if lat:
         dj, tj = lat.get(("direct", "json")), lat.get(("tollgate", "json"))
         if dj and tj and dj["p99"] is not None and tj["p99"] is not None:

@@ -263,6 +263,18 @@ fn check_listeners(cfg: &Config, out: &mut Vec<Problem>) {
 }
 
 fn check_store(cfg: &Config, out: &mut Vec<Problem>) {
+    let lease = cfg.store.lease.as_duration();
+    if lease > crate::store::leased::MAX_LEASE {
+        out.push(Problem::error(format!(
+            "store.lease: at most {} ms (a longer lease holds allowance another replica may need)",
+            crate::store::leased::MAX_LEASE.as_millis()
+        )));
+    }
+    if !lease.is_zero() && cfg.store.redis_url.is_none() {
+        out.push(Problem::error(
+            "store.lease: only for a Redis store (store.redis_url); the in-process store needs no lease",
+        ));
+    }
     if let Some(url) = &cfg.store.redis_url {
         let ok = [
             "redis://",

@@ -263,6 +263,12 @@ pub struct StoreConfig {
     pub redis_url: Option<String>,
     #[serde(default)]
     pub on_error: OnError,
+    /// A Redis store only: how long a replica may hold a leased slice of a
+    /// subject's allowance, admitting from it without a round trip
+    /// (docs/redis-store.md "Leases"). 0 (the default): every request asks
+    /// Redis.
+    #[serde(default)]
+    pub lease: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

@@ -3,6 +3,7 @@
 //! a Redis implementation serves several replicas. The store holds no policy:
 //! callers pass the limits to enforce, the store applies them atomically.
 
+pub mod leased;
 pub mod memory;
 pub mod pair;
 pub mod redis;
@@ -366,6 +367,10 @@ pub trait Store: Send + Sync + 'static {
     /// the default.
     fn sweep(&self, _now_ms: u64) {}
 
+    /// At shutdown: gives back what this process holds for others (a
+    /// leasing store's slices). Later calls still work.
+    async fn close(&self) {}
+
     /// Cheap liveness probe for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -534,8 +539,15 @@ pub fn connect(cfg: &crate::config::StoreConfig) -> anyhow::Result<std::sync::Ar
         None => Ok(std::sync::Arc::new(MemoryStore::new())),
         // Parses the URL only; the connection starts on first use (after a
         // daemon fork) and is retried in the background for ever.
-        Some(url) => Ok(std::sync::Arc::new(
-            RedisStore::new(url).map_err(|e| anyhow::anyhow!("store.redis_url: {e}"))?,
-        )),
+        Some(url) => {
+            let redis =
+                RedisStore::new(url).map_err(|e| anyhow::anyhow!("store.redis_url: {e}"))?;
+            let lease = cfg.lease.as_duration();
+            if lease.is_zero() {
+                Ok(std::sync::Arc::new(redis))
+            } else {
+                Ok(std::sync::Arc::new(leased::LeasedStore::new(redis, lease)))
+            }
+        }
     }
 }

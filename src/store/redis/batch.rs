@@ -42,6 +42,10 @@ pub(super) enum Op {
     AdmitReserve,
     AdmitReservePair,
     Finish,
+    /// A replica's lease of a subject's allowance (`store.lease`).
+    Lease,
+    /// The unused part of an ended lease, given back.
+    LeaseReturn,
 }
 
 impl Op {
@@ -53,6 +57,8 @@ impl Op {
             Op::AdmitReserve => "ar",
             Op::AdmitReservePair => "arp",
             Op::Finish => "f",
+            Op::Lease => "l",
+            Op::LeaseReturn => "lr",
         }
     }
 }

@@ -9,6 +9,7 @@ mod blobs;
 mod connection;
 mod finishes;
 mod keys;
+mod leases;
 mod replies;
 mod revocations;
 mod scripts;

@@ -142,7 +142,7 @@ pub(super) fn reply_array(v: Value, what: &str) -> Result<Vec<Value>, StoreError
     }
 }
 
-fn int_at(a: &[Value], i: usize, what: &str) -> Result<i64, StoreError> {
+pub(super) fn int_at(a: &[Value], i: usize, what: &str) -> Result<i64, StoreError> {
     a.get(i)
         .and_then(|v| v.as_i64())
         .ok_or_else(|| StoreError::Protocol(format!("unexpected {what} reply: {a:?}")))

@@ -19,6 +19,8 @@ pub(super) struct Scripts {
     admit_reserve: Script,
     admit_reserve_pair: Script,
     finish: Script,
+    lease: Script,
+    lease_return: Script,
     /// The four above in one, called with several calls at once.
     pub(super) batch: Script,
     pub(super) counter: Script,
@@ -38,6 +40,8 @@ impl Scripts {
         let admit_reserve = include_str!("lua/admit_reserve.lua");
         let pair = include_str!("lua/admit_reserve_pair.lua");
         let finish = include_str!("lua/finish.lua");
+        let lease = include_str!("lua/lease.lua");
+        let lease_return = include_str!("lua/lease_return.lua");
         let admit_and_reserve = format!(
             "{BUDGET_LUA}\n{}{}",
             lua_function("admit", admit),
@@ -49,11 +53,18 @@ impl Scripts {
             admit_reserve: Script::from_lua(format!("{admit_and_reserve}{admit_reserve}")),
             admit_reserve_pair: Script::from_lua(format!("{admit_and_reserve}{pair}")),
             finish: Script::from_lua(format!("{BUDGET_LUA}\n{finish}")),
+            lease: Script::from_lua(format!(
+                "{BUDGET_LUA}\n{}{lease}",
+                lua_function("lease_return", lease_return)
+            )),
+            lease_return: Script::from_lua(format!("{BUDGET_LUA}\n{lease_return}")),
             batch: Script::from_lua(format!(
-                "{admit_and_reserve}{}{}{}{}",
+                "{admit_and_reserve}{}{}{}{}{}{}",
                 lua_function("admit_reserve", admit_reserve),
                 lua_function("admit_reserve_pair", pair),
                 lua_function("finish", finish),
+                lua_function("lease_return", lease_return),
+                lua_function("lease", lease),
                 include_str!("lua/batch.lua")
             )),
             counter: Script::from_lua(include_str!("lua/counter.lua")),
@@ -76,6 +87,8 @@ impl Scripts {
             Op::AdmitReserve => &self.admit_reserve,
             Op::AdmitReservePair => &self.admit_reserve_pair,
             Op::Finish => &self.finish,
+            Op::Lease => &self.lease,
+            Op::LeaseReturn => &self.lease_return,
         };
         script
             .evalsha_with_reload::<Value, _, _>(client, keys, args)
@@ -295,13 +308,13 @@ pub(super) fn counter_call(keys: &Keys, delta: i64) -> (Vec<String>, Vec<String>
     )
 }
 
-fn lua_int(v: u64) -> u64 {
+pub(super) fn lua_int(v: u64) -> u64 {
     v.min(MAX_LUA_INT)
 }
 
 /// Rust prints the shortest string that parses back to the same f64, which
 /// Lua's `tonumber` reads exactly; non-finite values would poison the sums.
-fn lua_f64(v: f64) -> String {
+pub(super) fn lua_f64(v: f64) -> String {
     if v.is_finite() {
         v.to_string()
     } else {
@@ -309,6 +322,6 @@ fn lua_f64(v: f64) -> String {
     }
 }
 
-fn limit_arg(v: Option<u64>) -> String {
+pub(super) fn limit_arg(v: Option<u64>) -> String {
     v.map_or_else(|| "-1".into(), |v| lua_int(v).to_string())
 }

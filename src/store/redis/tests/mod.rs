@@ -205,6 +205,7 @@ async fn unreachable_redis_fails_fast_and_connect_does_not_block() {
     let cfg = crate::config::StoreConfig {
         redis_url: Some("redis://127.0.0.1:1".into()),
         on_error: Default::default(),
+        lease: Default::default(),
     };
     let t = Instant::now();
     let store = crate::store::connect(&cfg).expect("connect never touches the network");
