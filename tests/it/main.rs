@@ -19,6 +19,7 @@ mod guard;
 mod hostile_requests;
 mod identity_sources;
 mod key_permissions;
+mod leases;
 mod ledger;
 mod lifecycle;
 mod limits;

@@ -329,3 +329,225 @@ impl State {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 4_102_444_800_000;
+
+    fn limits() -> AdmitLimits {
+        AdmitLimits {
+            requests_per_minute: Some(10),
+            max_concurrent: Some(2),
+        }
+    }
+
+    fn budget() -> BudgetLimits {
+        BudgetLimits {
+            tokens_per_minute: Some(1000),
+            tokens_per_day: None,
+            usd_per_day: Some(1.0),
+        }
+    }
+
+    fn ask(tokens: u64) -> BudgetAsk {
+        BudgetAsk {
+            tokens,
+            usd: 0.1,
+            limits: budget(),
+        }
+    }
+
+    /// A state holding a lease of 3 requests, 2 slots, 300 tokens, $0.3.
+    fn leased() -> State {
+        let mut st = State::default();
+        let grant = LeaseGrant::Granted {
+            requests: 3,
+            requests_before: Some(10),
+            slots: 2,
+            budget: Some(BudgetGrant::Granted {
+                tokens: 300,
+                usd: 0.3,
+                tokens_left_minute: Some(1000),
+            }),
+        };
+        let refused = st.install(&grant, 7, T0, T0 + 1000, Some(limits()), Some(budget()));
+        assert!(refused.is_none());
+        st
+    }
+
+    #[test]
+    fn requests_are_taken_until_a_part_runs_out_and_nothing_is_taken_then() {
+        let mut st = leased();
+        let a = BudgetAsk {
+            usd: 0.05,
+            ..ask(100)
+        };
+        let (adm, res) = st.take(T0, &limits(), Some(&a)).unwrap();
+        assert_eq!(
+            adm,
+            Admission::Admitted {
+                remaining_requests: Some(9),
+                slot_held: true
+            }
+        );
+        let Some(Reserved::Reserved {
+            reservation,
+            remaining_tokens_minute,
+        }) = res
+        else {
+            panic!("{res:?}")
+        };
+        assert_eq!(
+            (reservation.tokens, reservation.at_ms, reservation.held),
+            (100, T0, false)
+        );
+        assert_eq!(remaining_tokens_minute, Some(900));
+        st.take(T0, &limits(), Some(&a)).unwrap();
+        // Both slots are in use: the third request misses the request part
+        // only, and takes nothing.
+        let before = st.budget.clone();
+        assert_eq!(
+            st.take(T0, &limits(), Some(&a)),
+            Err(Missing {
+                admit: true,
+                budget: false
+            })
+        );
+        assert_eq!(st.budget, before);
+    }
+
+    #[test]
+    fn a_finish_gives_its_slot_and_unused_tokens_back_to_the_slice() {
+        let mut st = leased();
+        let (_, res) = st.take(T0, &limits(), Some(&ask(100))).unwrap();
+        let Some(Reserved::Reserved { reservation, .. }) = res else {
+            panic!()
+        };
+        let mut done = Finish {
+            sub: "u",
+            slot_held: true,
+            reservation: Some(reservation),
+            actual_tokens: 40,
+            actual_usd: 0.04,
+            totals: None,
+        };
+        st.absorb(&mut done);
+        assert!(!done.slot_held && done.reservation.is_none());
+        let b = st.budget.as_ref().unwrap();
+        assert_eq!(b.tokens_left, 260);
+        assert!((b.usd_left - 0.26).abs() < 1e-12);
+        assert_eq!(st.admit.as_ref().unwrap().slots_free, 2);
+    }
+
+    #[test]
+    fn what_a_slice_cannot_take_back_is_left_for_the_store() {
+        let mut st = leased();
+        // Used more than reserved: the store charges the difference.
+        let r = Reservation {
+            tokens: 100,
+            usd: 0.1,
+            at_ms: T0,
+            held: false,
+        };
+        let mut done = Finish {
+            sub: "u",
+            slot_held: false,
+            reservation: Some(r),
+            actual_tokens: 150,
+            actual_usd: 0.1,
+            totals: None,
+        };
+        st.absorb(&mut done);
+        assert_eq!(done.reservation, Some(r));
+        // A reservation from another minute, or one the store holds itself.
+        for r in [
+            Reservation {
+                at_ms: T0 - 60_000,
+                ..r
+            },
+            Reservation { held: true, ..r },
+        ] {
+            let mut done = Finish {
+                reservation: Some(r),
+                actual_tokens: 10,
+                ..done
+            };
+            st.absorb(&mut done);
+            assert_eq!(done.reservation, Some(r));
+        }
+    }
+
+    #[test]
+    fn an_ended_slice_gives_back_exactly_what_it_did_not_use() {
+        let mut st = leased();
+        st.take(T0, &limits(), Some(&ask(100))).unwrap();
+        assert_eq!(st.expire(T0 + 999), (None, None));
+        let (admit, budget) = st.expire(T0 + 1000);
+        assert_eq!(
+            admit,
+            Some(AdmitBack {
+                id: 7,
+                first_unused: 1,
+                requests: 3,
+                free_slots: 1
+            })
+        );
+        let b = budget.unwrap();
+        assert_eq!((b.at_ms, b.tokens), (T0, 200));
+        assert!(st.is_empty());
+        // A slice that has ended is not taken from.
+        assert!(st.take(T0 + 1000, &limits(), None).is_err());
+    }
+
+    #[test]
+    fn an_admission_given_back_is_taken_again() {
+        let mut st = leased();
+        st.take(T0, &limits(), None).unwrap();
+        assert!(st.unadmit(&limits(), true));
+        let s = st.admit.as_ref().unwrap();
+        assert_eq!((s.used, s.slots_free), (0, 2));
+        assert!(!st.unadmit(&AdmitLimits::default(), true));
+    }
+
+    #[test]
+    fn demand_doubles_when_a_slice_ran_out_and_is_capped() {
+        assert_eq!(Demand::default().want(), 1);
+        let d = Demand {
+            served: 5,
+            ran_out: true,
+        };
+        assert_eq!(d.want(), 10);
+        let d = Demand {
+            served: 5,
+            ran_out: false,
+        };
+        assert_eq!(d.want(), 6);
+        let d = Demand {
+            served: u64::MAX,
+            ran_out: true,
+        };
+        assert_eq!(d.want(), MAX_WANT);
+    }
+
+    #[test]
+    fn a_budget_refusal_installs_the_request_part_only() {
+        let mut st = State::default();
+        let r = crate::store::Refusal {
+            limit: crate::store::Limit::TokensPerDay,
+            retry_after_secs: 5,
+        };
+        let grant = LeaseGrant::Granted {
+            requests: 1,
+            requests_before: Some(1),
+            slots: 1,
+            budget: Some(BudgetGrant::Refused(r)),
+        };
+        assert_eq!(
+            st.install(&grant, 1, T0, T0 + 10, Some(limits()), Some(budget())),
+            Some(r)
+        );
+        assert!(st.admit.is_some() && st.budget.is_none());
+    }
+}
