@@ -533,47 +533,109 @@ async fn an_idle_h2_connection_is_closed_after_client_timeout() {
     );
 }
 
-/// Known limit (README): h2 does not drain yet. A client that resets its
-/// stream (RST_STREAM, as reqwest does when the body is dropped) ends the
-/// upstream request, and still gets exactly one record, marked as a
-/// disconnect with incomplete usage. When h2 drains, this test flips.
-#[tokio::test]
-async fn an_h2_reset_mid_stream_ends_upstream_with_one_incomplete_record() {
+/// How an HTTP/2 client leaves in the middle of a stream.
+#[derive(Clone, Copy, Debug)]
+enum H2Leave {
+    /// RST_STREAM(CANCEL) on its stream, as reqwest does when the body is
+    /// dropped; the connection stays.
+    Reset,
+    /// The whole connection is closed, with no frame for the stream.
+    CloseConnection,
+}
+
+/// The client leaves after the first event; the provider then finishes its
+/// stream. As over HTTP/1.1: the gateway keeps reading the provider (writing
+/// nothing), one record with the final usage, marked as a disconnect.
+async fn assert_h2_departure_is_drained(leave: H2Leave) {
     let e = tls_env();
     let sub = unique("h2-leaver");
     let token = e.env.gw.token(&sub);
     let case = unique("h2-leaver");
     let gate = unique("gate");
-    let usage = Usage::new(30, 77, 0, 0);
+    let usage = Usage::new(30, 77, 3, 11);
     let script = anthropic::stream(MODEL, usage)
         .paced(Duration::from_millis(100))
         .gate_after(1, &gate);
     e.env.provider.script(&case, script);
-    let resp = https_client(&e.pki.root_pem, None)
-        .post(proxy("/v1/messages"))
-        .bearer_auth(&token)
-        .json(&anthropic_body(&case, MODEL, true))
-        .send()
-        .await
-        .expect("h2 stream");
-    assert_eq!(resp.version(), Version::HTTP_2);
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("first event")
-        .expect("a chunk")
-        .expect("no error");
-    assert!(String::from_utf8_lossy(&first).contains("message_start"));
-    drop(body);
+    let body = anthropic_body(&case, MODEL, true).to_string();
+    match leave {
+        H2Leave::Reset => {
+            let resp = https_client(&e.pki.root_pem, None)
+                .post(proxy("/v1/messages"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("h2 stream");
+            assert_eq!(resp.version(), Version::HTTP_2);
+            let mut events = resp.bytes_stream();
+            let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("first event")
+                .expect("a chunk")
+                .expect("no error");
+            assert!(String::from_utf8_lossy(&first).contains("message_start"));
+            drop(events);
+        }
+        H2Leave::CloseConnection => {
+            let tls =
+                crate::common::pki::tls_connect(&e.pki.root_pem, e.env.gw.setup.proxy_port, b"h2")
+                    .await;
+            let (mut h2, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+            let conn = tokio::spawn(conn);
+            let req = http::Request::post(proxy("/v1/messages"))
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .header("content-length", body.len())
+                .body(())
+                .expect("request");
+            let (resp, mut send) = h2.send_request(req, false).expect("send request");
+            send.send_data(body.into(), true).expect("send body");
+            let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+                .await
+                .expect("response in time")
+                .expect("response");
+            assert_eq!(resp.status().as_u16(), 200);
+            let mut events = resp.into_body();
+            let first = tokio::time::timeout(Duration::from_secs(10), events.data())
+                .await
+                .expect("first event")
+                .expect("a chunk")
+                .expect("no error");
+            assert!(String::from_utf8_lossy(&first).contains("message_start"));
+            // Ends the task that owns the socket: the TCP connection closes
+            // without any frame about the stream.
+            conn.abort();
+            let _ = conn.await;
+            drop((events, send, h2));
+        }
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     e.env.provider.open_gate(&gate);
 
     let records = e.env.gw.records_for_sub(&sub, 1).await;
-    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(
+        records.len(),
+        1,
+        "exactly one record ({leave:?}): {records:#?}"
+    );
     let r = &records[0];
     assert_eq!(r["client_disconnected"], json!(true), "{r}");
-    assert_eq!(r["usage_complete"], json!(false), "{r}");
+    assert_eq!(
+        r["usage_complete"],
+        json!(true),
+        "drained to the provider's final usage ({leave:?}): {r}"
+    );
+    assert_eq!(r["status"], json!(200), "{r}");
     assert_eq!(r["input_tokens"], json!(usage.input), "{r}");
+    assert_eq!(r["output_tokens"], json!(usage.output), "{r}");
+    assert_eq!(
+        r["cache_creation_input_tokens"],
+        json!(usage.cache_creation),
+        "{r}"
+    );
+    assert_eq!(r["cache_read_input_tokens"], json!(usage.cache_read), "{r}");
     let answered = e
         .env
         .provider
@@ -581,8 +643,19 @@ async fn an_h2_reset_mid_stream_ends_upstream_with_one_incomplete_record() {
         .await;
     assert_eq!(
         answered[0].outcome,
-        crate::common::fake_provider::Outcome::Cut
+        crate::common::fake_provider::Outcome::Completed,
+        "the gateway kept reading the provider's stream to its end ({leave:?})"
     );
+}
+
+#[tokio::test]
+async fn an_h2_reset_mid_stream_is_drained_to_the_final_usage() {
+    assert_h2_departure_is_drained(H2Leave::Reset).await;
+}
+
+#[tokio::test]
+async fn an_h2_connection_closed_mid_stream_is_drained_to_the_final_usage() {
+    assert_h2_departure_is_drained(H2Leave::CloseConnection).await;
 }
 
 /// `serve -d` (how systemd runs it) with relative certificate paths: the
