@@ -342,10 +342,17 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.is_process_shutting_down() {
+            // Pingora closes a kept-alive HTTP/1 connection of a process
+            // that shuts down as soon as it is idle, which races the
+            // client's next request on it: `Connection: close` tells the
+            // client to open its next one (to the new process) instead.
+            session.set_keepalive(None);
+        }
         let status = upstream_response.status.as_u16();
         ctx.response_started = true;
         attempts::answered(&self.app, ctx, status);
