@@ -829,6 +829,62 @@ async fn an_h2_connection_closed_mid_stream_is_drained_to_the_final_usage() {
     assert_h2_departure_is_drained(H2Leave::CloseConnection).await;
 }
 
+/// The h2 drain is bounded like HTTP/1.1's: with `drain_on_disconnect: 1s`
+/// and a provider that needs about 3 s more after the client reset its
+/// stream, the gateway closes the upstream once the drain has run out. One
+/// record, a disconnect with incomplete usage.
+#[tokio::test]
+async fn an_h2_drain_stops_after_drain_on_disconnect() {
+    let certs = certs_dir();
+    let pki = Pki::new("drain-bound");
+    let server = pki.server_ok(certs.path(), "server");
+    let e = Env::start(|b| tls_listeners(b.drain_on_disconnect("1s"), &server, None));
+    let sub = unique("h2-bound");
+    let token = e.gw.token(&sub);
+    let case = unique("h2-bound");
+    let gate = unique("gate");
+    let script = anthropic::stream(MODEL, Usage::new(30, 77, 0, 0))
+        .paced(Duration::from_millis(400))
+        .gate_after(1, &gate);
+    e.provider.script(&case, script);
+    let resp = https_client(&pki.root_pem, None)
+        .post(https(e.gw.setup.proxy_port, "/v1/messages"))
+        .bearer_auth(&token)
+        .json(&anthropic_body(&case, MODEL, true))
+        .send()
+        .await
+        .expect("h2 stream");
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let mut events = resp.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("first event")
+        .expect("a chunk")
+        .expect("no error");
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(events);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    e.provider.open_gate(&gate);
+
+    let records = e.gw.records_for_sub(&sub, 1).await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!(r["client_disconnected"], json!(true), "{r}");
+    assert_eq!(r["usage_complete"], json!(false), "{r}");
+    // Drained for the second it was allowed, not dropped when the client left.
+    assert!(r["duration_ms"].as_u64().is_some_and(|d| d >= 1000), "{r}");
+    let answered = e
+        .provider
+        .wait_answered(&case, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        answered[0].outcome,
+        crate::common::fake_provider::Outcome::Cut,
+        "the upstream was closed when the drain ran out"
+    );
+    drop(certs);
+}
+
 /// `serve -d` (how systemd runs it) with relative certificate paths: the
 /// files are read before the daemon's fork and change of directory, and the
 /// daemon serves h2 with them.
