@@ -6,6 +6,8 @@
 #   DEST/node/node_modules/.bin/claude   Claude Code (@anthropic-ai/claude-code)
 #   DEST/venv/bin/llm                    the llm CLI (OpenAI API)
 #   DEST/venv/bin/python -m anthropic    Anthropic's official Python SDK
+#   DEST/venv/bin/python -m openai       OpenAI's official Python SDK
+#   DEST/venv/bin/python -m httpx        httpx with HTTP/2 (the h2 package)
 #
 # Installs nodejs/npm and python3-venv with apt-get when missing. Skips what
 # is already installed at the pinned version, so a second run is instant.
@@ -15,6 +17,9 @@ cd "$(dirname "$0")/.."
 CLAUDE_CODE_VERSION=2.1.332
 LLM_VERSION=0.36
 ANTHROPIC_SDK_VERSION=2.17.0
+OPENAI_SDK_VERSION=3.63.0
+HTTPX_VERSION=0.28.1
+H2_VERSION=4.4.1
 
 DEST="${1:-target/real-clients}"
 mkdir -p "$DEST"
@@ -71,4 +76,18 @@ if [ "$have" != "$ANTHROPIC_SDK_VERSION" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "anthropic==$ANTHROPIC_SDK_VERSION" >&2
 fi
 
-log "claude $("$CLAUDE" --version | awk '{print $1}'), llm $("$VENV/bin/llm" --version | awk '{print $NF}'), anthropic $("$VENV/bin/python" -c 'import anthropic; print(anthropic.__version__)')"
+# Python packages pinned to a version, each installed when it differs.
+pip_pin() {
+  local dist="$1" version="$2" spec="$3"
+  local have
+  have="$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$dist'))" 2>/dev/null || true)"
+  if [ "$have" != "$version" ]; then
+    log "installing $spec"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "$spec" >&2
+  fi
+}
+pip_pin openai "$OPENAI_SDK_VERSION" "openai==$OPENAI_SDK_VERSION"
+pip_pin httpx "$HTTPX_VERSION" "httpx[http2]==$HTTPX_VERSION"
+pip_pin h2 "$H2_VERSION" "h2==$H2_VERSION"
+
+log "claude $("$CLAUDE" --version | awk '{print $1}'), llm $("$VENV/bin/llm" --version | awk '{print $NF}'), anthropic $("$VENV/bin/python" -c 'import anthropic; print(anthropic.__version__)'), openai $("$VENV/bin/python" -c 'import openai; print(openai.__version__)'), httpx $("$VENV/bin/python" -c 'import httpx, h2; print(httpx.__version__, "h2", h2.__version__)')"

@@ -98,6 +98,8 @@ pub struct Ctx {
     pub reply: Option<Reply>,
     pub response_done: bool,
     pub drain: Option<Drain>,
+    /// An HTTP/2 client's stream, made to outlive its client (see `h2_drain`).
+    pub h2_departure: Option<super::h2_drain::Departure>,
     pub inflight: Option<InflightGuard>,
     pub attempts: Attempts,
     /// The answer's head is on its way to the client: from here on nothing
@@ -194,6 +196,7 @@ impl Ctx {
             reply: None,
             response_done: false,
             drain: None,
+            h2_departure: None,
             inflight: None,
             attempts: Attempts::default(),
             response_started: false,

@@ -14,6 +14,7 @@ mod cached;
 mod ctx;
 mod downstream;
 mod error;
+mod h2_drain;
 mod journal;
 mod respond;
 mod self_revoke;
@@ -176,6 +177,7 @@ impl ProxyHttp for Gateway {
             // Keep reading the provider when the client leaves, so the
             // final usage is still seen (see response_body_filter).
             session.set_abort_on_close(false);
+            ctx.h2_departure = h2_drain::keep_upstream_on_departure(session);
         }
         Ok(false)
     }
@@ -340,10 +342,17 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.is_process_shutting_down() {
+            // Pingora closes a kept-alive HTTP/1 connection of a process
+            // that shuts down as soon as it is idle, which races the
+            // client's next request on it: `Connection: close` tells the
+            // client to open its next one (to the new process) instead.
+            session.set_keepalive(None);
+        }
         let status = upstream_response.status.as_u16();
         ctx.response_started = true;
         attempts::answered(&self.app, ctx, status);
@@ -494,7 +503,11 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         let drain = self.app.request.drain_on_disconnect;
-        if !drain.is_zero() && ctx.drain.is_none() && !content_ended(ctx) && client_left(session) {
+        if !drain.is_zero()
+            && ctx.drain.is_none()
+            && !content_ended(ctx)
+            && client_left(session, ctx)
+        {
             ctx.drain = Some(Drain {
                 until: Instant::now() + drain,
             });
@@ -527,10 +540,12 @@ fn content_ended(ctx: &Ctx) -> bool {
     ctx.meter.as_ref().is_some_and(|m| m.content_ended())
 }
 
-/// Whether the downstream client has gone (HTTP/1: the read side saw EOF).
-fn client_left(session: &Session) -> bool {
-    session
-        .as_downstream()
-        .as_http1()
-        .is_some_and(|s| s.is_half_closed())
+/// Whether the downstream client has gone (HTTP/1: the read side saw EOF;
+/// HTTP/2: its stream was reset or its connection ended).
+fn client_left(session: &Session, ctx: &Ctx) -> bool {
+    ctx.h2_departure.as_ref().is_some_and(|d| d.happened())
+        || session
+            .as_downstream()
+            .as_http1()
+            .is_some_and(|s| s.is_half_closed())
 }

@@ -30,6 +30,7 @@ mod parsers_smoke;
 mod provider_faults;
 mod proxy_basic;
 mod real_clients;
+mod real_clients_tls;
 mod redis_store;
 mod report;
 mod secrets;

@@ -5,7 +5,7 @@
 //! files, and certificates re-read by a graceful upgrade with no failed
 //! request.
 
-use crate::common::client::{anthropic_body, openai_body, Resp};
+use crate::common::client::{anthropic_body, openai_body, send_retrying_unprocessed, Resp};
 use crate::common::fake_provider::anthropic;
 use crate::common::gateway::{path_str, run_cli, GatewayBuilder, Setup};
 use crate::common::pki::{https_builder, https_client, peer_certificate, Pki, ServerFiles};
@@ -29,7 +29,7 @@ struct TlsEnv {
     _certs: TempDir,
 }
 
-fn certs_dir() -> TempDir {
+pub(crate) fn certs_dir() -> TempDir {
     tempfile::Builder::new()
         .prefix("tollgate-tls-")
         .tempdir()
@@ -38,7 +38,7 @@ fn certs_dir() -> TempDir {
 
 /// `listen: [{addr, tls: {cert, key}}]`, and with `client_ca`, `admin_listen`
 /// too (`{addr, tls: {cert, key, client_ca}}`).
-fn tls_listeners(
+pub(crate) fn tls_listeners(
     b: GatewayBuilder,
     server: &ServerFiles,
     client_ca: Option<&Path>,
@@ -400,6 +400,15 @@ fn check_validates_certificate_files() {
 /// A renewed certificate is served after a reload (the graceful upgrade
 /// starts a new process, which reads the files again), with no failed
 /// request while the listeners change hands.
+///
+/// The client resends, as the official SDKs do, only a request the server
+/// never processed (see `send_retrying_unprocessed`). HTTP/2 needs that:
+/// when the old process shuts down, Pingora sends GOAWAY on each of its h2
+/// connections and serves their open streams to the end, but a request
+/// hyper had queued for a stream on such a connection is cancelled unsent,
+/// and a connection the old process accepted in the instant its listener
+/// stopped gets GOAWAY before its first request (hyper-util resends by
+/// itself only on a pooled connection, not on the one the request opened).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_upgrade_serves_the_renewed_certificate() {
     let certs = certs_dir();
@@ -423,19 +432,27 @@ async fn a_graceful_upgrade_serves_the_renewed_certificate() {
         let (stop, token, url, client) = (stop.clone(), token.clone(), url.clone(), client.clone());
         async move {
             let mut outcomes = Vec::new();
+            let mut resent = 0;
             while !stop.load(Ordering::Relaxed) {
-                let sent = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&anthropic_body(&unique("steady"), MODEL, false))
-                    .send()
-                    .await;
+                let (sent, again) = send_retrying_unprocessed(
+                    client.post(&url).bearer_auth(&token).json(&anthropic_body(
+                        &unique("steady"),
+                        MODEL,
+                        false,
+                    )),
+                    false,
+                )
+                .await;
+                resent += again;
                 outcomes.push(match sent {
                     Ok(r) if r.version() == Version::HTTP_2 => r.status().as_u16().to_string(),
                     Ok(r) => format!("{:?}", r.version()),
                     Err(err) => format!("error: {err:?}"),
                 });
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if resent > 0 {
+                eprintln!("{resent} request(s) never processed were sent again");
             }
             outcomes
         }
@@ -495,6 +512,160 @@ async fn a_graceful_upgrade_serves_the_renewed_certificate() {
     drop(certs);
 }
 
+/// Certificate reload under load: six clients at once (three over h2, three
+/// over HTTP/1.1, all TLS; JSON and SSE answers) send requests back to back
+/// while the certificate is renewed and the gateway reloaded; four of them
+/// keep their connections, two open one per request. No request fails
+/// (requests never processed are resent, as in the test above; on a kept-alive
+/// HTTP/1.1 connection also one the old process closed as idle just as the
+/// request was sent), every answered request has exactly one usage record
+/// (so no resent request had been processed), and new connections, over h2
+/// and over HTTP/1.1, see the renewed certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_concurrent_h2_and_http1_traffic_fails_no_request() {
+    let certs = certs_dir();
+    let pki = Pki::new("reload-load");
+    let old = pki.server_ok(certs.path(), "server");
+    let mut e = Env::start(|b| tls_listeners(b, &old, None));
+    let sub = unique("reload-load");
+    let token = e.gw.token(&sub);
+    let url = https(e.gw.setup.proxy_port, "/v1/messages");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let h2 = i % 2 == 0;
+        let stream = i / 2 == 1;
+        // Connections kept (as SDKs do) for all but the first two clients,
+        // which open one per request.
+        let keep = if i / 2 == 0 { 0 } else { 4 };
+        let builder = https_builder(&pki.root_pem, None).pool_max_idle_per_host(keep);
+        let client = if h2 { builder } else { builder.http1_only() }
+            .build()
+            .expect("client");
+        let want = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let (stop, token, url) = (stop.clone(), token.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut resent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (sent, again) = send_retrying_unprocessed(
+                    client.post(&url).bearer_auth(&token).json(&anthropic_body(
+                        &unique("load"),
+                        MODEL,
+                        stream,
+                    )),
+                    !h2 && keep > 0,
+                )
+                .await;
+                resent += again;
+                let outcome = match sent {
+                    Ok(r) if r.version() != want => format!("{:?}", r.version()),
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        match r.bytes().await {
+                            Ok(b) if status != 200 => {
+                                format!("{status}: {}", String::from_utf8_lossy(&b))
+                            }
+                            Ok(b)
+                                if stream
+                                    && !String::from_utf8_lossy(&b).contains("message_stop") =>
+                            {
+                                "a stream cut short".to_string()
+                            }
+                            Ok(_) => "200".to_string(),
+                            Err(err) => format!("body error: {err:?}"),
+                        }
+                    }
+                    Err(err) => format!("error: {err:?}"),
+                };
+                outcomes.push(outcome);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (want, stream, keep, outcomes, resent)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let renewed = pki.server_ok(certs.path(), "server");
+    assert_ne!(renewed.leaf_der, old.leaf_der);
+    let mut new = e.gw.spawn_upgrade();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    e.gw.signal("QUIT");
+    let old_exit = tokio::task::block_in_place(|| e.gw.wait_exit(Duration::from_secs(15)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let upgrade_log = std::fs::read_to_string(e.gw.dir().join("upgrade.err")).unwrap_or_default();
+    assert_eq!(
+        old_exit.and_then(|s| s.code()),
+        Some(0),
+        "old process exit; new process stderr:\n{upgrade_log}"
+    );
+    assert!(
+        new.wait_exit(Duration::ZERO).is_none(),
+        "new process exited: {upgrade_log}"
+    );
+
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    for c in clients {
+        let (version, stream, keep, outcomes, resent) = c.await.expect("client task");
+        let ok = outcomes.iter().filter(|o| o.as_str() == "200").count();
+        eprintln!(
+            "{version:?} stream={stream} pooled={}: {ok} of {} answered, {resent} resent unprocessed",
+            keep > 0,
+            outcomes.len()
+        );
+        assert!(
+            outcomes.len() > 5,
+            "{version:?}: only {} requests",
+            outcomes.len()
+        );
+        answered += ok;
+        failures.extend(
+            outcomes
+                .into_iter()
+                .filter(|o| o.as_str() != "200")
+                .map(|o| format!("{version:?} stream={stream}: {o}")),
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} requests during the reload failed: {failures:#?}\n{upgrade_log}",
+        failures.len()
+    );
+    let records = e.gw.records_for_sub(&sub, answered).await;
+    assert_eq!(
+        records.len(),
+        answered,
+        "one usage record per answered request, none for a resent one"
+    );
+
+    for h2 in [true, false] {
+        let builder = https_builder(&pki.root_pem, None);
+        let fresh = if h2 { builder } else { builder.http1_only() }
+            .build()
+            .expect("client");
+        let after = fresh
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&anthropic_body(&unique("after"), MODEL, false))
+            .send()
+            .await
+            .expect("after the reload");
+        assert_eq!(after.status().as_u16(), 200);
+        assert_eq!(
+            peer_certificate(&after),
+            Some(renewed.leaf_der.clone()),
+            "a new connection (h2: {h2}) sees the renewed certificate"
+        );
+    }
+    drop(certs);
+}
+
 /// An HTTP/2 connection with no open stream is closed after
 /// `client_timeout` (2 s here): idle connections cannot pile up. (A busy one
 /// outlives it: see the SSE test.)
@@ -533,47 +704,109 @@ async fn an_idle_h2_connection_is_closed_after_client_timeout() {
     );
 }
 
-/// Known limit (README): h2 does not drain yet. A client that resets its
-/// stream (RST_STREAM, as reqwest does when the body is dropped) ends the
-/// upstream request, and still gets exactly one record, marked as a
-/// disconnect with incomplete usage. When h2 drains, this test flips.
-#[tokio::test]
-async fn an_h2_reset_mid_stream_ends_upstream_with_one_incomplete_record() {
+/// How an HTTP/2 client leaves in the middle of a stream.
+#[derive(Clone, Copy, Debug)]
+enum H2Leave {
+    /// RST_STREAM(CANCEL) on its stream, as reqwest does when the body is
+    /// dropped; the connection stays.
+    Reset,
+    /// The whole connection is closed, with no frame for the stream.
+    CloseConnection,
+}
+
+/// The client leaves after the first event; the provider then finishes its
+/// stream. As over HTTP/1.1: the gateway keeps reading the provider (writing
+/// nothing), one record with the final usage, marked as a disconnect.
+async fn assert_h2_departure_is_drained(leave: H2Leave) {
     let e = tls_env();
     let sub = unique("h2-leaver");
     let token = e.env.gw.token(&sub);
     let case = unique("h2-leaver");
     let gate = unique("gate");
-    let usage = Usage::new(30, 77, 0, 0);
+    let usage = Usage::new(30, 77, 3, 11);
     let script = anthropic::stream(MODEL, usage)
         .paced(Duration::from_millis(100))
         .gate_after(1, &gate);
     e.env.provider.script(&case, script);
-    let resp = https_client(&e.pki.root_pem, None)
-        .post(proxy("/v1/messages"))
-        .bearer_auth(&token)
-        .json(&anthropic_body(&case, MODEL, true))
-        .send()
-        .await
-        .expect("h2 stream");
-    assert_eq!(resp.version(), Version::HTTP_2);
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("first event")
-        .expect("a chunk")
-        .expect("no error");
-    assert!(String::from_utf8_lossy(&first).contains("message_start"));
-    drop(body);
+    let body = anthropic_body(&case, MODEL, true).to_string();
+    match leave {
+        H2Leave::Reset => {
+            let resp = https_client(&e.pki.root_pem, None)
+                .post(proxy("/v1/messages"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("h2 stream");
+            assert_eq!(resp.version(), Version::HTTP_2);
+            let mut events = resp.bytes_stream();
+            let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("first event")
+                .expect("a chunk")
+                .expect("no error");
+            assert!(String::from_utf8_lossy(&first).contains("message_start"));
+            drop(events);
+        }
+        H2Leave::CloseConnection => {
+            let tls =
+                crate::common::pki::tls_connect(&e.pki.root_pem, e.env.gw.setup.proxy_port, b"h2")
+                    .await;
+            let (mut h2, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+            let conn = tokio::spawn(conn);
+            let req = http::Request::post(proxy("/v1/messages"))
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .header("content-length", body.len())
+                .body(())
+                .expect("request");
+            let (resp, mut send) = h2.send_request(req, false).expect("send request");
+            send.send_data(body.into(), true).expect("send body");
+            let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+                .await
+                .expect("response in time")
+                .expect("response");
+            assert_eq!(resp.status().as_u16(), 200);
+            let mut events = resp.into_body();
+            let first = tokio::time::timeout(Duration::from_secs(10), events.data())
+                .await
+                .expect("first event")
+                .expect("a chunk")
+                .expect("no error");
+            assert!(String::from_utf8_lossy(&first).contains("message_start"));
+            // Ends the task that owns the socket: the TCP connection closes
+            // without any frame about the stream.
+            conn.abort();
+            let _ = conn.await;
+            drop((events, send, h2));
+        }
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     e.env.provider.open_gate(&gate);
 
     let records = e.env.gw.records_for_sub(&sub, 1).await;
-    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(
+        records.len(),
+        1,
+        "exactly one record ({leave:?}): {records:#?}"
+    );
     let r = &records[0];
     assert_eq!(r["client_disconnected"], json!(true), "{r}");
-    assert_eq!(r["usage_complete"], json!(false), "{r}");
+    assert_eq!(
+        r["usage_complete"],
+        json!(true),
+        "drained to the provider's final usage ({leave:?}): {r}"
+    );
+    assert_eq!(r["status"], json!(200), "{r}");
     assert_eq!(r["input_tokens"], json!(usage.input), "{r}");
+    assert_eq!(r["output_tokens"], json!(usage.output), "{r}");
+    assert_eq!(
+        r["cache_creation_input_tokens"],
+        json!(usage.cache_creation),
+        "{r}"
+    );
+    assert_eq!(r["cache_read_input_tokens"], json!(usage.cache_read), "{r}");
     let answered = e
         .env
         .provider
@@ -581,8 +814,75 @@ async fn an_h2_reset_mid_stream_ends_upstream_with_one_incomplete_record() {
         .await;
     assert_eq!(
         answered[0].outcome,
-        crate::common::fake_provider::Outcome::Cut
+        crate::common::fake_provider::Outcome::Completed,
+        "the gateway kept reading the provider's stream to its end ({leave:?})"
     );
+}
+
+#[tokio::test]
+async fn an_h2_reset_mid_stream_is_drained_to_the_final_usage() {
+    assert_h2_departure_is_drained(H2Leave::Reset).await;
+}
+
+#[tokio::test]
+async fn an_h2_connection_closed_mid_stream_is_drained_to_the_final_usage() {
+    assert_h2_departure_is_drained(H2Leave::CloseConnection).await;
+}
+
+/// The h2 drain is bounded like HTTP/1.1's: with `drain_on_disconnect: 1s`
+/// and a provider that needs about 3 s more after the client reset its
+/// stream, the gateway closes the upstream once the drain has run out. One
+/// record, a disconnect with incomplete usage.
+#[tokio::test]
+async fn an_h2_drain_stops_after_drain_on_disconnect() {
+    let certs = certs_dir();
+    let pki = Pki::new("drain-bound");
+    let server = pki.server_ok(certs.path(), "server");
+    let e = Env::start(|b| tls_listeners(b.drain_on_disconnect("1s"), &server, None));
+    let sub = unique("h2-bound");
+    let token = e.gw.token(&sub);
+    let case = unique("h2-bound");
+    let gate = unique("gate");
+    let script = anthropic::stream(MODEL, Usage::new(30, 77, 0, 0))
+        .paced(Duration::from_millis(400))
+        .gate_after(1, &gate);
+    e.provider.script(&case, script);
+    let resp = https_client(&pki.root_pem, None)
+        .post(https(e.gw.setup.proxy_port, "/v1/messages"))
+        .bearer_auth(&token)
+        .json(&anthropic_body(&case, MODEL, true))
+        .send()
+        .await
+        .expect("h2 stream");
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let mut events = resp.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("first event")
+        .expect("a chunk")
+        .expect("no error");
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(events);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    e.provider.open_gate(&gate);
+
+    let records = e.gw.records_for_sub(&sub, 1).await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!(r["client_disconnected"], json!(true), "{r}");
+    assert_eq!(r["usage_complete"], json!(false), "{r}");
+    // Drained for the second it was allowed, not dropped when the client left.
+    assert!(r["duration_ms"].as_u64().is_some_and(|d| d >= 1000), "{r}");
+    let answered = e
+        .provider
+        .wait_answered(&case, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        answered[0].outcome,
+        crate::common::fake_provider::Outcome::Cut,
+        "the upstream was closed when the drain ran out"
+    );
+    drop(certs);
 }
 
 /// `serve -d` (how systemd runs it) with relative certificate paths: the

@@ -150,3 +150,70 @@ pub fn error_message(resp: &Resp) -> String {
         .unwrap_or_default()
         .to_lowercase()
 }
+
+/// Sends a request as the official SDKs do during a server's graceful
+/// restart: a request the server provably never processed is sent again (up
+/// to 3 times); any other failure is returned. Never processed means:
+/// - hyper cancelled it before any byte left (`is_canceled`: hyper hands the
+///   request back unsent, e.g. when its h2 connection got GOAWAY while the
+///   request waited for a stream; hyper-util resends this by itself only on
+///   a pooled connection, not on the one the request had just opened);
+/// - the h2 server refused its stream (`REFUSED_STREAM`), or announced with
+///   GOAWAY a last stream below it (RFC 9113 §6.8: such streams were not
+///   processed and may be resent);
+/// - with `http1_kept_alive` (an HTTP/1.1 client reusing connections): the
+///   server closed the connection before any byte of an answer (end of
+///   file or reset while sending, or an incomplete message). At a graceful
+///   shutdown Pingora closes a kept-alive connection only while it waits
+///   for the next request with none buffered (it reads first), and a request
+///   whose header it has read is served to the end: such a request was never
+///   read. This is HTTP/1.1's keep-alive race (RFC 9112 §9.3.1), which SDKs
+///   resend as a connection error.
+///
+/// The callers check that no request is processed twice (one usage record
+/// per answered request). Returns the response and how many times the
+/// request was sent again.
+pub async fn send_retrying_unprocessed(
+    req: reqwest::RequestBuilder,
+    http1_kept_alive: bool,
+) -> (reqwest::Result<reqwest::Response>, u32) {
+    let mut again = 0;
+    loop {
+        let attempt = req.try_clone().expect("a request body that can be resent");
+        match attempt.send().await {
+            Err(e) if again < 3 && never_processed(&e, http1_kept_alive) => again += 1,
+            other => return (other, again),
+        }
+    }
+}
+
+fn never_processed(e: &reqwest::Error, http1_kept_alive: bool) -> bool {
+    let mut in_hyper = false;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_canceled() || (http1_kept_alive && h.is_incomplete_message()) {
+                return true;
+            }
+            in_hyper = true;
+        }
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote())
+            {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+            if http1_kept_alive
+                && in_hyper
+                && matches!(io.kind(), UnexpectedEof | ConnectionReset | BrokenPipe)
+            {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
