@@ -84,6 +84,84 @@ struct Shared<S> {
     closing: AtomicBool,
     leases: AtomicU64,
     give_back_failures: AtomicU64,
+    /// Day totals of finished requests, added up per subject and day and
+    /// written with one finish each every lease period (see [`Totals`]).
+    totals: Totals,
+    /// Told when a written total fails (the first caller's: every caller
+    /// passes the same).
+    failed: std::sync::OnceLock<FinishFailed>,
+}
+
+/// Finished requests' day totals not yet written to the store. A request's
+/// slot and reservation are settled with its slices at once; only the
+/// totals `GET /admin/usage` reports wait, at most one lease period, so
+/// that a subject's requests in that period cost the store one write.
+#[derive(Default)]
+struct Totals {
+    pending: dashmap::DashMap<SubjectDay, DayTotals>,
+    last_flush_ms: AtomicU64,
+}
+
+impl Totals {
+    fn add(&self, sub: &str, day: &str, t: &DayTotals) {
+        if let Some(mut e) = self.pending.get_mut(&(sub, day) as &dyn TotalsKey) {
+            e.add(t);
+            return;
+        }
+        self.pending
+            .entry((sub.into(), day.into()))
+            .or_default()
+            .add(t);
+    }
+
+    fn take(&self) -> Vec<(SubjectDay, DayTotals)> {
+        let keys: Vec<SubjectDay> =
+            self.pending.iter().map(|e| e.key().clone()).collect();
+        keys.into_iter()
+            .filter_map(|k| self.pending.remove(&k))
+            .collect()
+    }
+}
+
+/// A subject and a day (`YYYY-MM-DD`).
+type SubjectDay = (Box<str>, Box<str>);
+
+/// Looks a `(sub, day)` key up by borrowed strings (no allocation on the
+/// common path, where the subject already has pending totals).
+trait TotalsKey {
+    fn key(&self) -> (&str, &str);
+}
+
+impl TotalsKey for (Box<str>, Box<str>) {
+    fn key(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl TotalsKey for (&str, &str) {
+    fn key(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn TotalsKey + 'a> for (Box<str>, Box<str>) {
+    fn borrow(&self) -> &(dyn TotalsKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn TotalsKey + '_ {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+
+impl Eq for dyn TotalsKey + '_ {}
+
+impl std::hash::Hash for dyn TotalsKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.key().hash(h)
+    }
 }
 
 /// A store that leases (see the module doc) in front of `S`.
@@ -106,6 +184,8 @@ impl<S: LeaseSource> LeasedStore<S> {
                 closing: AtomicBool::new(false),
                 leases: AtomicU64::new(0),
                 give_back_failures: AtomicU64::new(0),
+                totals: Totals::default(),
+                failed: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -291,6 +371,21 @@ impl<S: LeaseSource> LeasedStore<S> {
     }
 }
 
+impl<S: LeaseSource> LeasedStore<S> {
+    /// Keeps a finish that is only day totals for the next write of all
+    /// pending totals (`None`); anything else goes to the store whole.
+    fn hold_totals<'a>(&self, done: Finish<'a>) -> Option<Finish<'a>> {
+        let lone_totals = !done.slot_held && done.reservation.is_none();
+        match done.totals {
+            Some((day, t)) if lone_totals && !self.shared.closing.load(Ordering::Acquire) => {
+                self.shared.totals.add(done.sub, day, t);
+                None
+            }
+            _ => Some(done),
+        }
+    }
+}
+
 fn nothing_left(done: &Finish<'_>) -> bool {
     !done.slot_held && done.reservation.is_none() && done.totals.is_none()
 }
@@ -317,6 +412,42 @@ impl<S: LeaseSource> Shared<S> {
             }
         }
         self.send_back(returns).await;
+        let last = self.totals.last_flush_ms.load(Ordering::Relaxed);
+        if now_ms >= last + self.lease_ms {
+            self.totals.last_flush_ms.store(now_ms, Ordering::Relaxed);
+            self.write_totals().await;
+        }
+    }
+
+    /// Writes the pending day totals, one finish per subject and day (kept
+    /// and replayed by the store like any finish when it is down).
+    async fn write_totals(&self) {
+        let pending = self.totals.take();
+        let failed = self.failed.get().cloned();
+        let mut later = Vec::new();
+        for ((sub, day), t) in &pending {
+            let done = Finish {
+                sub,
+                slot_held: false,
+                reservation: None,
+                actual_tokens: 0,
+                actual_usd: 0.0,
+                totals: Some((day, t)),
+            };
+            let taken = failed
+                .as_ref()
+                .is_some_and(|f| self.inner.finish_early(done, f));
+            if !taken {
+                later.push(done);
+            }
+        }
+        for r in
+            futures_util::future::join_all(later.into_iter().map(|d| self.inner.finish(d))).await
+        {
+            if let Err(e) = r {
+                log::warn!("store lease: day totals not written: {e}");
+            }
+        }
     }
 
     async fn send_back(&self, returns: Vec<LeaseReturn>) {
@@ -401,16 +532,24 @@ impl<S: LeaseSource> Store for LeasedStore<S> {
             .collect();
         self.shared.due.lock().clear();
         self.shared.send_back(returns).await;
+        self.shared.write_totals().await;
         self.shared.inner.close().await;
     }
 
     fn finish_early(&self, done: Finish<'_>, failed: &FinishFailed) -> bool {
+        self.shared.failed.get_or_init(|| failed.clone());
         let rest = self.absorb(done);
+        let Some(rest) = self.hold_totals(rest) else {
+            return true;
+        };
         nothing_left(&rest) || self.shared.inner.finish_early(rest, failed)
     }
 
     async fn finish(&self, done: Finish<'_>) -> Result<(), StoreError> {
         let rest = self.absorb(done);
+        let Some(rest) = self.hold_totals(rest) else {
+            return Ok(());
+        };
         if nothing_left(&rest) {
             return Ok(());
         }

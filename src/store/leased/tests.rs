@@ -247,3 +247,63 @@ async fn close_gives_back_every_slice() {
     }
     assert_eq!(rest, 95);
 }
+
+#[tokio::test]
+async fn day_totals_are_added_up_and_written_once_a_lease_period() {
+    let Some([a, _]) = replicas(Duration::from_millis(200)) else {
+        return;
+    };
+    let sub = subject();
+    let ignore: FinishFailed = Arc::new(|_: &StoreError| {});
+    let one = DayTotals {
+        requests: 1,
+        input_tokens: 10,
+        output_tokens: 5,
+        cost_usd: 0.25,
+        ..Default::default()
+    };
+    for _ in 0..4 {
+        let done = Finish {
+            sub: &sub,
+            slot_held: false,
+            reservation: None,
+            actual_tokens: 0,
+            actual_usd: 0.0,
+            totals: Some(("2100-01-01", &one)),
+        };
+        assert!(a.finish_early(done, &ignore));
+    }
+    // Held here until the period ends; then written as one sum.
+    assert_eq!(a.usage(&sub, "2100-01-01").await.unwrap().requests, 0);
+    a.give_back_ended(now_ms() + 1_000).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut got = DayTotals::default();
+    while std::time::Instant::now() < deadline {
+        got = a.usage(&sub, "2100-01-01").await.unwrap();
+        if got.requests == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (got.requests, got.input_tokens, got.output_tokens),
+        (4, 40, 20)
+    );
+    assert_eq!(got.cost_usd, 1.0);
+    // At shutdown nothing is held back.
+    let done = Finish {
+        sub: &sub,
+        slot_held: false,
+        reservation: None,
+        actual_tokens: 0,
+        actual_usd: 0.0,
+        totals: Some(("2100-01-01", &one)),
+    };
+    assert!(a.finish_early(done, &ignore));
+    a.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while a.usage(&sub, "2100-01-01").await.unwrap().requests != 5 {
+        assert!(std::time::Instant::now() < deadline, "not written at close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
