@@ -465,6 +465,38 @@ mod tests {
         );
     }
 
+    /// `store.lease`: off unless set; at most 1 s; only with Redis.
+    #[test]
+    fn store_lease_is_checked() {
+        let cfg = Config::parse(EXAMPLE).expect("example");
+        assert!(cfg.store.lease.as_duration().is_zero());
+        let with = |store: &str| {
+            let text: String = EXAMPLE
+                .lines()
+                .filter(|l| !l.starts_with("  lease: 0s"))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+                .replace(
+                    "  redis_url: null                 # null: in-process store (one instance)\n",
+                    store,
+                );
+            let cfg = Config::parse(&text).expect("parses");
+            check::check(&cfg)
+                .into_iter()
+                .filter(|p| p.message.starts_with("store.lease"))
+                .map(|p| p.message)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            with("  redis_url: redis://127.0.0.1:6379\n  lease: 1s\n"),
+            Vec::<String>::new()
+        );
+        let too_long = with("  redis_url: redis://127.0.0.1:6379\n  lease: 2s\n");
+        assert!(too_long[0].contains("at most 1000 ms"), "{too_long:?}");
+        let alone = with("  lease: 500ms\n");
+        assert!(alone[0].contains("only for a Redis store"), "{alone:?}");
+    }
+
     /// Without `shield:` or `max_inflight`, today's behaviour: no shield,
     /// no cap. Bad values are named by `check`, or by the parser.
     #[test]

@@ -115,8 +115,7 @@ impl Totals {
     }
 
     fn take(&self) -> Vec<(SubjectDay, DayTotals)> {
-        let keys: Vec<SubjectDay> =
-            self.pending.iter().map(|e| e.key().clone()).collect();
+        let keys: Vec<SubjectDay> = self.pending.iter().map(|e| e.key().clone()).collect();
         keys.into_iter()
             .filter_map(|k| self.pending.remove(&k))
             .collect()
