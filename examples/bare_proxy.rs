@@ -15,8 +15,22 @@
 //! Arguments win over the environment. `BARE_THREADS` (default 2) and
 //! `BARE_KEEPALIVE_POOL` (default Pingora's 128) mirror tollgate's
 //! `server.threads` and `server.upstream_keepalive_pool_size`.
+//!
+//! With `BARE_TLS_CERT` and `BARE_TLS_KEY` (PEM files: the certificate
+//! chain, leaf first, and its private key) the listener serves TLS instead,
+//! through Pingora's rustls `TlsSettings` with ALPN `h2` then `http/1.1`, as
+//! tollgate's TLS listener (`listen: [{ addr, tls: { cert, key } }]`) does;
+//! the upstream stays plain HTTP/1.1. This is the baseline of
+//! `scripts/load.sh`'s `tollgate_tls` target (`bare_tls`):
+//!
+//! ```sh
+//! BARE_TLS_CERT=cert.pem BARE_TLS_KEY=key.pem target/release/examples/bare_proxy 127.0.0.1:6443 127.0.0.1:8000
+//! ```
+//!
+//! Setting only one of the two is an error. Without them, plain TCP as before.
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -48,6 +62,8 @@ struct Args {
     upstream: SocketAddr,
     threads: usize,
     keepalive_pool: Option<usize>,
+    /// Certificate chain and key (PEM) for a TLS listener.
+    tls: Option<(String, String)>,
 }
 
 fn setting(args: &[String], i: usize, env: &str) -> Option<String> {
@@ -57,7 +73,7 @@ fn setting(args: &[String], i: usize, env: &str) -> Option<String> {
 fn parse_args() -> Result<Args, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") || args.len() > 2 {
-        return Err("usage: bare_proxy [LISTEN_ADDR] [UPSTREAM_ADDR] (or BARE_LISTEN, BARE_UPSTREAM; BARE_THREADS, BARE_KEEPALIVE_POOL)".into());
+        return Err("usage: bare_proxy [LISTEN_ADDR] [UPSTREAM_ADDR] (or BARE_LISTEN, BARE_UPSTREAM; BARE_THREADS, BARE_KEEPALIVE_POOL; BARE_TLS_CERT and BARE_TLS_KEY for TLS)".into());
     }
     let listen = setting(&args, 0, "BARE_LISTEN").unwrap_or_else(|| "127.0.0.1:6190".into());
     listen
@@ -83,11 +99,27 @@ fn parse_args() -> Result<Args, String> {
         ),
         Err(_) => None,
     };
+    let tls = match (
+        std::env::var("BARE_TLS_CERT"),
+        std::env::var("BARE_TLS_KEY"),
+    ) {
+        (Ok(cert), Ok(key)) => {
+            // Pingora reads them only when the service starts, and panics on
+            // a bad file: say which one is missing first.
+            for f in [&cert, &key] {
+                std::fs::File::open(f).map_err(|e| format!("TLS file {f:?}: {e}"))?;
+            }
+            Some((cert, key))
+        }
+        (Err(_), Err(_)) => None,
+        _ => return Err("set both BARE_TLS_CERT and BARE_TLS_KEY, or neither".into()),
+    };
     Ok(Args {
         listen,
         upstream,
         threads,
         keepalive_pool,
+        tls,
     })
 }
 
@@ -120,11 +152,28 @@ fn main() -> ExitCode {
             upstream: args.upstream,
         },
     );
-    proxy.add_tcp(&args.listen);
+    match &args.tls {
+        None => proxy.add_tcp(&args.listen),
+        Some((cert, key)) => {
+            let mut tls = match TlsSettings::intermediate(cert, key) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("bare_proxy: TLS settings: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // ALPN h2 then http/1.1: what tollgate's TLS listener offers.
+            tls.enable_h2();
+            proxy.add_tls_with_settings(&args.listen, None, tls);
+        }
+    }
     server.add_service(proxy);
     eprintln!(
-        "bare_proxy: {} -> {} ({} threads)",
-        args.listen, args.upstream, args.threads
+        "bare_proxy: {}{} -> {} ({} threads)",
+        if args.tls.is_some() { "https://" } else { "" },
+        args.listen,
+        args.upstream,
+        args.threads
     );
     server.run_forever()
 }

@@ -21,9 +21,18 @@
 # tollgate_nojournal (in-process store, usage lines on stdout and no
 # journal_dir, so the crash journal is off: what the journal costs),
 # tollgate_guard (in-process store, the request guard on with every
-# built-in over all text, action block: what scanning costs). A
-# target that cannot start (e.g. a build without the Redis store) is
-# reported as n/a instead of failing the run.
+# built-in over all text, action block: what scanning costs),
+# bare_tls (bare_proxy with a TLS listener: BARE_TLS_CERT/BARE_TLS_KEY) and
+# tollgate_tls (the tollgate target's config with the TLS listener form,
+# `listen: [{ addr, tls: { cert, key } }]`): both serve a self-signed
+# certificate for 127.0.0.1 made with openssl once per run (under the run
+# directory), offer ALPN h2 and http/1.1, and wrk drives them over https://
+# (HTTP/1.1 over TLS, keep-alive, so few handshakes): tollgate_tls ÷ bare_tls
+# is the gateway's cost when both sides pay the same TLS cost. The
+# fixed-rate latency runs cover them too (their added latency over direct
+# includes TLS); the profile mode does not. A target that cannot start
+# (e.g. a build without the Redis store) is reported as n/a instead of
+# failing the run.
 #
 # Prints a markdown table and writes it to target/load/results.md; the run's
 # configs, logs and raw numbers stay in target/load/run/. Everything it
@@ -40,8 +49,8 @@ Knobs (environment):
   CONNECTIONS=50 WRK_THREADS=2       wrk load
   USERS=500 TOKENS=2000              reused token pool (token i belongs to user i % USERS)
   FRESH_PCT=1 FRESH_PER_RUN=3000     % of requests with a never-seen token; tokens set aside per run
-  RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE)
-  TARGETS="direct bare tollgate tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard"
+  RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE); LAT_SECONDS=0 skips them
+  TARGETS="direct bare tollgate bare_tls tollgate_tls tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard"
   THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
   MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds after each round
   PER_USER_LABELS=true               metrics.per_user_labels (false only to diagnose its cost)
@@ -71,7 +80,7 @@ FRESH_PER_RUN=${FRESH_PER_RUN:-3000}
 RATE=${RATE:-100}
 LAT_SECONDS=${LAT_SECONDS:-10}
 LAT_REPEATS=${LAT_REPEATS:-1}
-TARGETS=${TARGETS:-direct bare tollgate tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard}
+TARGETS=${TARGETS:-direct bare tollgate bare_tls tollgate_tls tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard}
 THREADS=${THREADS:-2}
 MEM_USERS=${MEM_USERS:-100000}
 MEM_ROUNDS=${MEM_ROUNDS:-1}
@@ -108,6 +117,7 @@ install_missing() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v cmake >/dev/null 2>&1 || need+=(cmake) # pingora's zlib-ng build
+  command -v openssl >/dev/null 2>&1 || need+=(openssl) # the TLS targets' certificate
   if [ "$MODE" = profile ]; then
     case "$PROFILER" in
       callgrind) command -v valgrind >/dev/null 2>&1 || need+=(valgrind) ;;
@@ -225,12 +235,21 @@ cpu_ticks() {
 }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
 
-# smoke NAME ADDR [retries]: one real request through ADDR until it succeeds.
+# tls_opt TARGET: loadtool's TLS option for a target served over https://
+# (the client checks the run's certificate).
+tls_opt() {
+  [ "${SCHEME[$1]:-http}" = https ] && echo "--tls-ca=$TLS_DIR/cert.pem"
+  return 0
+}
+
+# smoke NAME ADDR [retries]: one real request through ADDR until it succeeds
+# (over TLS when SCHEME[NAME] is https).
 smoke() {
-  local addr=$2 tries=${3:-50} i
+  local addr=$2 tries=${3:-50} i tls=()
+  [ -n "$(tls_opt "$1")" ] && tls=("$(tls_opt "$1")")
   for i in $(seq 1 "$tries"); do
-    if "${TOOL[@]}" smoke --addr "$addr" --body "$BODY" --token-file "$RUN/tokens.txt" 2>"$RUN/smoke-$1.err" &&
-      "${TOOL[@]}" smoke --stream --addr "$addr" --body "$BODY" --token-file "$RUN/tokens.txt" 2>>"$RUN/smoke-$1.err"; then
+    if "${TOOL[@]}" smoke "${tls[@]}" --addr "$addr" --body "$BODY" --token-file "$RUN/tokens.txt" 2>"$RUN/smoke-$1.err" &&
+      "${TOOL[@]}" smoke "${tls[@]}" --stream --addr "$addr" --body "$BODY" --token-file "$RUN/tokens.txt" 2>>"$RUN/smoke-$1.err"; then
       return 0
     fi
     sleep 0.2
@@ -374,8 +393,27 @@ start_tollgate() {
   fi
 }
 
+# tls_listen FILE PORT: the config's `listen: 127.0.0.1:PORT` becomes the
+# TLS listener form with the run's certificate.
+tls_listen() {
+  sed -i "s|^listen: 127.0.0.1:$2\$|listen: [{ addr: 127.0.0.1:$2, tls: { cert: $TLS_DIR/cert.pem, key: $TLS_DIR/key.pem } }]|" "$1"
+  grep -q "^listen: \[{ addr: 127.0.0.1:$2, tls:" "$1" || die "could not set the TLS listener in $1"
+}
+
+# make_cert: a self-signed ECDSA P-256 certificate for 127.0.0.1 (and
+# localhost) in $TLS_DIR, valid 30 days (tollgate check warns within 14).
+make_cert() {
+  [ -s "$TLS_DIR/cert.pem" ] && return 0
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >"$TLS_DIR/openssl.log" 2>&1 ||
+    die "openssl could not make the TLS certificate: $(tail -n 3 "$TLS_DIR/openssl.log")"
+}
+
 # ---------------------------------------------------------------- runs
-declare -A ADDR PID
+# SCHEME[target] is https for the TLS targets (unset: http).
+declare -A ADDR PID SCHEME
 
 # run_wrk TARGET REPEAT SECONDS FRESH_PCT FRESH_FIRST: REPEAT 0 is a warm-up.
 run_wrk() {
@@ -389,7 +427,7 @@ run_wrk() {
     BENCH_FRESH=$RUN/fresh.txt BENCH_FRESH_PCT=$fpct BENCH_FRESH_FIRST=$ffirst \
     BENCH_FRESH_COUNT=$FRESH_PER_RUN BENCH_THREADS=$WRK_THREADS \
     wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${secs}s" --timeout 10s -s "$LUA" \
-    "http://${ADDR[$t]}/v1/messages" 2>&1) || die "wrk against $t failed: $out"
+    "${SCHEME[$t]:-http}://${ADDR[$t]}/v1/messages" 2>&1) || die "wrk against $t failed: $out"
   [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
   [[ "$t" = tollgate_redis* ]] && r1=$(cpu_ticks "$REDIS_PID")
   res=$(grep '^BENCH_RESULT ' <<<"$out" | head -n 1 | sed 's/^BENCH_RESULT //')
@@ -426,6 +464,7 @@ warm_up() {
 run_fixed() {
   local t=$1 mode=$2 rep=$3 res stream=()
   [ "$mode" = sse ] && stream=(--stream)
+  [ -n "$(tls_opt "$t")" ] && stream+=("$(tls_opt "$t")")
   res=$("${TOOL[@]}" fixed --addr "${ADDR[$t]}" --body "$BODY" --tokens "$RUN/tokens.txt" \
     --rate "$RATE" --duration "$LAT_SECONDS" "${stream[@]}") || die "fixed-rate run against $t failed"
   res=$(json_add kind=fixed target="$t" mode="$mode" repeat="$rep" <<<"$res")
@@ -467,7 +506,9 @@ export TOLLGATE_BENCH_PROVIDER_KEY=bench-not-a-real-key
 read -r P_NGINX P_BARE P_TG P_TG_ADMIN P_TG_METRICS P_TGR P_TGR_ADMIN P_TGR_METRICS P_REDIS \
   P_MEM P_MEM_ADMIN P_MEM_METRICS P_TGF P_TGF_ADMIN P_TGF_METRICS \
   P_TGL P_TGL_ADMIN P_TGL_METRICS P_PG P_TGN P_TGN_ADMIN P_TGN_METRICS \
-  P_TGG P_TGG_ADMIN P_TGG_METRICS P_TGRL P_TGRL_ADMIN P_TGRL_METRICS <<<"$("${TOOL[@]}" ports 28)"
+  P_TGG P_TGG_ADMIN P_TGG_METRICS P_TGRL P_TGRL_ADMIN P_TGRL_METRICS \
+  P_BARE_TLS P_TGT P_TGT_ADMIN P_TGT_METRICS <<<"$("${TOOL[@]}" ports 32)"
+TLS_DIR=$RUN/tls
 
 # Keys and tokens. Both are kept in target/load/ between runs: minting is RSA
 # signing (1-2 ms a token per core), minutes for the memory test's users.
@@ -505,6 +546,9 @@ tollgate_config "$RUN/tollgate-ledger.yaml" "$P_TGL" "$P_TGL_ADMIN" "$P_TGL_METR
 tollgate_config "$RUN/tollgate-nojournal.yaml" "$P_TGN" "$P_TGN_ADMIN" "$P_TGN_METRICS" null "\"-\""
 tollgate_config "$RUN/tollgate-guard.yaml" "$P_TGG" "$P_TGG_ADMIN" "$P_TGG_METRICS" null \
   "$RUN/usage-tollgate-guard.jsonl" guard
+# The tollgate target's config with the TLS listener form.
+tollgate_config "$RUN/tollgate-tls.yaml" "$P_TGT" "$P_TGT_ADMIN" "$P_TGT_METRICS" null "$RUN/usage-tollgate-tls.jsonl"
+tls_listen "$RUN/tollgate-tls.yaml" "$P_TGT"
 "$TG" check -c "$RUN/tollgate.yaml" >"$RUN/check.log" 2>&1 || die "tollgate check failed: $(cat "$RUN/check.log")"
 "$TG" check -c "$RUN/tollgate-failover.yaml" >>"$RUN/check.log" 2>&1 || die "tollgate check (failover) failed: $(cat "$RUN/check.log")"
 t0=$(date +%s.%N)
@@ -603,7 +647,27 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         PID[tollgate_guard]=$STARTED
         ADDR[tollgate_guard]=127.0.0.1:$P_TGG
         ;;
-      *) die "unknown target $t (direct, bare, tollgate, tollgate_redis, tollgate_redis_lease, tollgate_failover, tollgate_ledger, tollgate_nojournal, tollgate_guard)" ;;
+      bare_tls)
+        make_cert
+        SCHEME[bare_tls]=https
+        start bare_tls env -u RUST_LOG BARE_THREADS="$THREADS" BARE_TLS_CERT="$TLS_DIR/cert.pem" \
+          BARE_TLS_KEY="$TLS_DIR/key.pem" "$BARE" "127.0.0.1:$P_BARE_TLS" "127.0.0.1:$P_NGINX"
+        PID[bare_tls]=$STARTED
+        ADDR[bare_tls]=127.0.0.1:$P_BARE_TLS
+        smoke bare_tls "127.0.0.1:$P_BARE_TLS" ||
+          die "bare_proxy (TLS) did not answer: $(tail -n 5 "$RUN/bare_tls.log") $(tail -n 1 "$RUN/smoke-bare_tls.err")"
+        ;;
+      tollgate_tls)
+        make_cert
+        SCHEME[tollgate_tls]=https
+        "$TG" check -c "$RUN/tollgate-tls.yaml" >>"$RUN/check.log" 2>&1 ||
+          die "tollgate check (TLS) failed: $(tail -n 5 "$RUN/check.log")"
+        start_tollgate tollgate_tls "$RUN/tollgate-tls.yaml" "$P_TGT_ADMIN" "$P_TGT" ||
+          die "tollgate (TLS listener) $UNAVAILABLE; see $RUN/tollgate_tls.log"
+        PID[tollgate_tls]=$STARTED
+        ADDR[tollgate_tls]=127.0.0.1:$P_TGT
+        ;;
+      *) die "unknown target $t (direct, bare, tollgate, bare_tls, tollgate_tls, tollgate_redis, tollgate_redis_lease, tollgate_failover, tollgate_ledger, tollgate_nojournal, tollgate_guard)" ;;
     esac
     ACTIVE+=("$t")
   done
@@ -622,12 +686,16 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     done
   done
 
-  log "latency: ${RATE} req/s for ${LAT_SECONDS}s per target (JSON, then SSE)"
-  for rep in $(seq 1 "$LAT_REPEATS"); do
-    for mode in json sse; do
-      for t in "${ACTIVE[@]}"; do run_fixed "$t" "$mode" "$rep"; done
+  if [ "$LAT_SECONDS" != 0 ]; then
+    log "latency: ${RATE} req/s for ${LAT_SECONDS}s per target (JSON, then SSE)"
+    for rep in $(seq 1 "$LAT_REPEATS"); do
+      for mode in json sse; do
+        for t in "${ACTIVE[@]}"; do run_fixed "$t" "$mode" "$rep"; done
+      done
     done
-  done
+  else
+    log "latency: skipped (LAT_SECONDS=0)"
+  fi
   for t in "${ACTIVE[@]}"; do record_rss "$t"; done
 fi
 

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import statistics
 import sys
 import time
@@ -247,9 +248,23 @@ async def exchange(reader, writer, req):
     return status, bytes(body), t_send, t_first or t_head, t_end, close
 
 
-async def open_conn(addr):
+def tls_context(ca_file):
+    """A client context that trusts only `ca_file` (the run's self-signed
+    certificate) and offers HTTP/1.1 alone (this client speaks nothing else);
+    None for plain TCP."""
+    if not ca_file:
+        return None
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def open_conn(addr, tls=None):
     host, port = split_addr(addr)
-    reader, writer = await asyncio.open_connection(host, port)
+    if tls is not None:
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
+    else:
+        reader, writer = await asyncio.open_connection(host, port)
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -269,8 +284,10 @@ def cmd_smoke(a):
     host, _ = split_addr(a.addr)
     req = build_request(host, a.path, body, token, a.stream)
 
+    tls = tls_context(a.tls_ca)
+
     async def run():
-        r, w = await open_conn(a.addr)
+        r, w = await open_conn(a.addr, tls)
         try:
             return await asyncio.wait_for(exchange(r, w, req), 10)
         finally:
@@ -308,6 +325,7 @@ def cmd_fixed(a):
     host, _ = split_addr(a.addr)
     reqs = [build_request(host, a.path, body, t, a.stream) for t in tokens]
     n = int(a.rate * a.duration)
+    tls = tls_context(a.tls_ca)
 
     async def run():
         idle = []
@@ -317,7 +335,7 @@ def cmd_fixed(a):
         async def one(i, record):
             nonlocal errors
             async with sem:
-                conn = idle.pop() if idle else await open_conn(a.addr)
+                conn = idle.pop() if idle else await open_conn(a.addr, tls)
                 try:
                     status, resp, t0, tf, t1, close = await asyncio.wait_for(
                         exchange(conn[0], conn[1], reqs[i % len(reqs)]), 30
@@ -390,7 +408,16 @@ LABELS = {
     "tollgate_ledger": "tollgate, in-process store + Postgres ledger",
     "tollgate_nojournal": "tollgate, in-process store, crash journal off",
     "tollgate_guard": "tollgate, in-process store + guard (all built-ins, scan all)",
+    "bare_tls": "bare Pingora pass-through, TLS listener",
+    "tollgate_tls": "tollgate, in-process store, TLS listener",
 }
+
+# Each gateway target measured against the baseline that pays the same
+# listener cost: the ratios in the pair table.
+PAIRS = [
+    ("tollgate", "bare", "plain HTTP/1.1"),
+    ("tollgate_tls", "bare_tls", "HTTP/1.1 over TLS (both sides terminate TLS)"),
+]
 
 
 def med(vals):
@@ -434,6 +461,29 @@ def throughput_table(w, targets, thr, unavailable, rss, bare, meta):
             f"{ms(s['p50'])} | {ms(s['p99'])} | {cpu} | "
             f"{ratio(s['rps'], bare.get('rps'))} | {'—' if t == 'direct' else ratio(s['cpu'], bare.get('cpu'))} | "
             f"{fmt(rss[t] / 1024, 1) if t in rss else '—'} | {s['errors']} / {s['requests']} |"
+        )
+    w("")
+    if any(t.endswith("_tls") for t in thr):
+        w(
+            "The ÷ bare columns compare every row with the plain-TCP pass-through, so the TLS rows "
+            "include the cost of TLS itself; tollgate_tls ÷ bare_tls is in the pair table below."
+        )
+        w("")
+
+
+def pair_table(w, thr):
+    rows = [(t, b, what) for t, b, what in PAIRS if thr.get(t) and thr.get(b)]
+    if not rows:
+        return
+    w("#### tollgate ÷ its bare Pingora baseline, pair by pair")
+    w("")
+    w("| pair | listener | req/s | req/s ratio | proxy CPU µs/req | CPU/req ratio |")
+    w("|---|---|---:|---:|---:|---:|")
+    for t, b, what in rows:
+        s, bs = thr[t], thr[b]
+        w(
+            f"| {t} ÷ {b} | {what} | {fmt(s['rps'], 0)} ÷ {fmt(bs['rps'], 0)} | {ratio(s['rps'], bs['rps'])} | "
+            f"{fmt(s['cpu'], 1)} ÷ {fmt(bs['cpu'], 1)} | {ratio(s['cpu'], bs['cpu'])} |"
         )
     w("")
 
@@ -520,6 +570,7 @@ def cmd_report(a):
     bare = thr.get("bare", {})
     if thr or unavailable:
         throughput_table(w, targets, thr, unavailable, rss, bare, meta)
+        pair_table(w, thr)
 
     # fixed rate
     fx = {}
@@ -566,6 +617,9 @@ def cmd_report(a):
                 f"{j.get('errors', 0) + s.get('errors', 0)} / {j.get('ok', 0) + s.get('ok', 0)} |"
             )
         w("")
+        if any(t.endswith("_tls") for t, _ in lat):
+            w("Added latency is over direct (plain TCP): for the TLS rows it includes TLS itself.")
+            w("")
 
     # memory
     mem = [r for r in runs if r["kind"] == "mem"]
@@ -706,6 +760,7 @@ def main():
         s.add_argument("--path", default="/v1/messages")
         s.add_argument("--body", required=True)
         s.add_argument("--stream", action="store_true")
+        s.add_argument("--tls-ca", default="", help="TLS, trusting this CA/certificate file (PEM)")
         s.set_defaults(fn=fn)
         if name == "smoke":
             s.add_argument("--token", default="")
