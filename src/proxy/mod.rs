@@ -17,6 +17,7 @@ mod error;
 mod journal;
 mod respond;
 mod self_revoke;
+mod traced;
 mod upstream;
 
 pub use ctx::Ctx;
@@ -181,7 +182,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Once per attempt: the next deployment of the request's plan.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.proxied = true;
         let p = match attempts::begin(&self.app, ctx) {
             attempts::Begun::Attempt(p) => p,
@@ -193,6 +194,7 @@ impl ProxyHttp for Gateway {
                 ))
             }
         };
+        traced::attempt(&self.app, session.req_header(), ctx, &p);
         if let Err(e) = attempts::authorize(&p, ctx).await {
             let mut err = Error::explain(ErrorType::ConnectError, e);
             err.esource = ErrorSource::Upstream;
@@ -231,6 +233,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        traced::propagate(ctx, upstream_request)?;
         upstream::prepare_request(session.req_header(), upstream_request, ctx)?;
         if journal::due_at_headers(ctx) {
             journal::note(&self.app, ctx, session.req_header().uri.path()).await;
@@ -322,6 +325,7 @@ impl ProxyHttp for Gateway {
             None => None,
         };
         let status = upstream_response.status.as_u16();
+        traced::answered(ctx, status);
         if self.app.router.policy.retry_on.contains(&status) {
             // The deployment cools down even when its answer is the last.
             let retry_after = attempts::retry_after(upstream_response);
