@@ -45,6 +45,6 @@ pub fn answered(ctx: &mut Ctx, status: u16) {
 pub fn finish(app: &App, ctx: &mut Ctx, record: &UsageRecord) {
     if let (Some(t), Some(trace)) = (&app.telemetry, ctx.trace.take()) {
         let kind = ctx.provider().map_or("", |p| p.kind.name());
-        t.finish(trace, record, kind);
+        t.finish(*trace, record, kind);
     }
 }

@@ -118,7 +118,7 @@ impl Telemetry {
 
     /// The request ended with `record`: its spans go to the export queue
     /// (when sampled), without waiting.
-    pub fn finish(&self, trace: Box<RequestTrace>, record: &UsageRecord, kind: &str) {
+    pub fn finish(&self, trace: RequestTrace, record: &UsageRecord, kind: &str) {
         if !trace.sampled() {
             return;
         }
