@@ -116,4 +116,31 @@ mod tests {
             Some("http://c:4318/v1/traces")
         );
     }
+
+    /// The example config has no telemetry; its commented block, uncommented,
+    /// turns it on and passes.
+    #[test]
+    fn telemetry_example_block() {
+        const EXAMPLE: &str = include_str!("../../conf/tollgate.yaml");
+        let cfg = crate::config::Config::parse(EXAMPLE).expect("example parses");
+        assert_eq!(cfg.telemetry, TelemetryConfig::default());
+        let mut inside = false;
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| {
+                inside |= l == "# telemetry:";
+                match l.strip_prefix("# ") {
+                    Some(rest) if inside => rest,
+                    _ => l,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = crate::config::Config::parse(&uncommented).expect("telemetry block parses");
+        assert_eq!(
+            cfg.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert!(cfg.telemetry.problems().is_empty());
+    }
 }
