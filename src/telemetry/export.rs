@@ -318,4 +318,61 @@ mod tests {
         export.offer((0..QUEUE + 5).map(|_| span()).collect());
         assert_eq!(dropped.get(), 5);
     }
+
+    /// A collector that answers 200 to every request; counts the requests.
+    fn collector() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk) else { break };
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    buf.drain(..end + 4 + len);
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            }
+        });
+        (url, seen)
+    }
+
+    /// Spans queued when the process stops are sent before it exits.
+    #[test]
+    fn telemetry_export_flushes_at_shutdown() {
+        let (url, seen) = collector();
+        let dropped = IntCounter::new("t_dropped", "t").expect("counter");
+        let export = Export::new(
+            Target {
+                traces_url: url,
+                service_name: "t".into(),
+            },
+            dropped.clone(),
+        );
+        export.start();
+        export.offer(vec![span(), span()]);
+        export.shutdown(Duration::from_secs(5));
+        assert_eq!(dropped.get(), 0);
+        assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    }
 }

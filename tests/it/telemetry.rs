@@ -278,6 +278,28 @@ async fn telemetry_collector_down_or_hanging_never_blocks_requests() {
     }
 }
 
+/// A collector that never answers cannot hold the process at shutdown.
+#[tokio::test]
+async fn telemetry_hanging_collector_does_not_hold_shutdown() {
+    let hanging = Collector::hanging();
+    let provider = FakeProvider::start();
+    let mut gw = with_collector(GatewayBuilder::for_provider(&provider), &hanging.url()).start();
+    let token = gw.token(&unique("otel-stop"));
+    let resp = post(
+        &gw,
+        &token,
+        &anthropic_body(&unique("otel-stop"), MODEL, false),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    gw.signal("TERM");
+    // 1 s grace + 1 s shutdown timeout (the test config) + at most 2 s for
+    // the spans.
+    let status = gw.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some(), "still running: {}", gw.stderr_log());
+}
+
 /// Without `telemetry:` nothing changes: a client's `traceparent` passes
 /// through untouched, and the drop counter shows 0.
 #[tokio::test]
