@@ -330,8 +330,7 @@ mod tests {
             for mut conn in listener.incoming().flatten() {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut chunk) else { break };
+                while let Ok(n) = conn.read(&mut chunk) {
                     if n == 0 {
                         break;
                     }
