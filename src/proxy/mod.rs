@@ -2,8 +2,9 @@
 //! calls into the modules that own the decisions: `admission` (route,
 //! identity, limits), `body` (the request body's path), `cached` (the
 //! response cache's stage), `upstream` (request
-//! rewriting), `accounting` (records, metrics, settlement), `respond` (the
-//! gateway's own answers).
+//! rewriting), `accounting` (records, metrics, settlement), `traced` (the
+//! request's trace, with telemetry on), `respond` (the gateway's own
+//! answers).
 
 mod accounting;
 mod admission;
