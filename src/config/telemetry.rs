@@ -56,6 +56,16 @@ impl TelemetryConfig {
                     "telemetry.otlp_endpoint: {url:?} is not an http:// or https:// URL \
                      (e.g. http://127.0.0.1:4318)"
                 ));
+            } else if parsed
+                .as_ref()
+                .is_ok_and(|u| u.authority().is_some_and(|a| a.as_str().contains('@')))
+            {
+                // It would be logged with export failures; headers are not.
+                out.push(
+                    "telemetry.otlp_endpoint: must not hold credentials (user:password@); \
+                     give the collector's key in OTEL_EXPORTER_OTLP_HEADERS instead"
+                        .to_string(),
+                );
             }
         }
         if !(0.0..=1.0).contains(&self.sample_ratio) {
@@ -92,7 +102,14 @@ mod tests {
         assert!(with(Some("https://otel.example/"), 0.5)
             .problems()
             .is_empty());
-        for bad in ["127.0.0.1:4318", "ftp://x", "http://", "not a url", ""] {
+        for bad in [
+            "127.0.0.1:4318",
+            "ftp://x",
+            "http://",
+            "not a url",
+            "",
+            "http://user:secret@collector:4318",
+        ] {
             let p = with(Some(bad), 1.0).problems();
             assert!(
                 p.len() == 1 && p[0].starts_with("telemetry.otlp_endpoint"),

@@ -216,10 +216,23 @@ fn send(
         log::warn!(
             "telemetry: exporting {n} span(s) to {} failed: {err}; they are dropped \
              (counted in tollgate_telemetry_dropped_spans_total)",
-            inner.target.traces_url
+            collector(&inner.target.traces_url)
         );
     }
     false
+}
+
+/// The collector as logged: scheme, host and port only (a query string
+/// could hold a key).
+fn collector(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => format!(
+            "{}://{}",
+            u.scheme_str().unwrap_or("http"),
+            u.authority().map_or("", |a| a.as_str())
+        ),
+        Err(_) => "the collector".to_string(),
+    }
 }
 
 fn build_exporter(t: &Target) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
