@@ -74,6 +74,15 @@ fn bench(c: &mut Criterion) {
             t.finish(*trace, &r, "anthropic");
         })
     });
+    // The part before the answer: what an attempt waits for.
+    c.bench_function("telemetry/begin_and_attempt", |b| {
+        b.iter(|| {
+            let mut trace = t.begin(black_box(&headers), Instant::now());
+            t.attempt(&mut trace, "anthropic", "anthropic", model.clone());
+            black_box(trace.upstream_traceparent());
+            trace
+        })
+    });
     t.shutdown(Duration::from_millis(100));
 }
 

@@ -25,8 +25,9 @@ pub fn attempt(app: &App, client: &RequestHeader, ctx: &mut Ctx, p: &Provider) {
     );
 }
 
-/// The attempt's upstream request names the attempt's span as its parent.
-/// Before the request is signed (Bedrock's SigV4 covers its headers).
+/// The attempt's upstream request names the attempt's span as its parent,
+/// in place of the client's. Set before the credential step, so a signer
+/// (Bedrock's SigV4) sees the headers as they will be sent.
 pub fn propagate(ctx: &Ctx, up: &mut RequestHeader) -> Result<()> {
     if let Some(tp) = ctx.trace.as_ref().and_then(|t| t.upstream_traceparent()) {
         up.insert_header("traceparent", tp)?;
