@@ -10,6 +10,7 @@ use crate::providers::Router;
 use crate::shield::AuthShield;
 use crate::sinks::{Ledger, LedgerMetrics, Metrics, ModelLabels, UsageLog};
 use crate::store::{FinishFailed, Store, StoreError, StoreOp};
+use crate::telemetry::Telemetry;
 use crate::usage::{Pricing, UsageRecord};
 use anyhow::Context;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct App {
     pub guard: Option<Guard>,
     /// `shield:`; `None` (the default) when off.
     pub shield: Option<AuthShield>,
+    /// `telemetry:`; `None` (the default) without `otlp_endpoint`, and then
+    /// the request path does no tracing work at all.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// Verifying callers' tokens, and issuing tokens (admin API).
@@ -147,6 +151,7 @@ impl App {
                 .shield
                 .failed_auth_per_ip_per_minute
                 .map(AuthShield::new),
+            telemetry: Telemetry::from_config(&cfg.telemetry)?,
         }))
     }
 

@@ -20,5 +20,6 @@ pub mod server;
 pub mod shield;
 pub mod sinks;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod usage;

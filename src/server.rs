@@ -63,6 +63,9 @@ impl BackgroundService for Housekeeping {
             ledger.start();
         }
         self.app.limits.store.start_background();
+        if let Some(t) = &self.app.telemetry {
+            t.start();
+        }
         if let Some(j) = &self.app.sinks.journal {
             j.start();
         }
@@ -262,6 +265,11 @@ pub fn run(cfg: Config, daemon: bool, upgrade: bool) -> anyhow::Result<()> {
     // take the rest, and the next start writes what it did not.
     if let Some(ledger) = &app.sinks.ledger {
         ledger.flush_at_exit(Duration::from_secs(5));
+    }
+    // Spans are best effort: a collector that does not answer loses them
+    // (counted) rather than delaying the exit.
+    if let Some(t) = &app.telemetry {
+        t.shutdown(Duration::from_secs(2));
     }
     // Every record is written, so every slot is released: this process's
     // journal file goes (nothing for the next process to recover).

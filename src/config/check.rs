@@ -73,6 +73,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
     check_usage(cfg, &mut out);
     out.extend(cfg.cache.problems().into_iter().map(Problem::error));
     out.extend(cfg.shield.problems().into_iter().map(Problem::error));
+    out.extend(cfg.telemetry.problems().into_iter().map(Problem::error));
     out.extend(
         crate::guard::problems(&cfg.guard)
             .into_iter()

@@ -14,6 +14,7 @@ mod log_target;
 mod models;
 pub mod postgres_url;
 mod shield;
+mod telemetry;
 mod usage;
 
 pub use cache::{CacheConfig, CacheScope};
@@ -24,6 +25,7 @@ pub use listen::{ListenEntry, ListenSpec, OneOrMany, TlsConfig};
 pub use log_target::LogTarget;
 pub use models::{DeploymentConfig, DeploymentSpec, ModelConfig, RoutingConfig, Strategy};
 pub use shield::ShieldConfig;
+pub use telemetry::TelemetryConfig;
 pub use usage::{Price, UsageConfig, DEFAULT_JOURNAL_DIR, DEFAULT_SPOOL_DIR};
 
 use crate::identity::Alg;
@@ -78,6 +80,9 @@ pub struct Config {
     /// The pre-authentication shield; off when absent.
     #[serde(default)]
     pub shield: ShieldConfig,
+    /// OpenTelemetry traces; off without `otlp_endpoint`.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The working directory at load time: relative paths in the file are
     /// resolved against it, and made absolute before a daemon fork changes
     /// directory.

@@ -70,6 +70,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
             .or_else(|| used.model.clone()),
         ..of_request(ctx, out.path, status, elapsed)
     };
+    super::traced::finish(app, ctx, &record);
     write_record(app, record);
     app.sinks.metrics.request_finished(
         &provider,

@@ -113,6 +113,9 @@ pub struct Ctx {
     pub journal: Option<crate::journal::Slot>,
     /// Guard rules that matched the request, sorted (the record's `guard`).
     pub guard: Vec<Arc<str>>,
+    /// The request's trace, from its first attempt on; always `None` with
+    /// telemetry off.
+    pub trace: Option<Box<crate::telemetry::RequestTrace>>,
 }
 
 /// The deployments a request tries, and where it stands.
@@ -203,6 +206,7 @@ impl Ctx {
             cache: None,
             journal: None,
             guard: Vec::new(),
+            trace: None,
         }
     }
 

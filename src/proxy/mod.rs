@@ -2,8 +2,9 @@
 //! calls into the modules that own the decisions: `admission` (route,
 //! identity, limits), `body` (the request body's path), `cached` (the
 //! response cache's stage), `upstream` (request
-//! rewriting), `accounting` (records, metrics, settlement), `respond` (the
-//! gateway's own answers).
+//! rewriting), `accounting` (records, metrics, settlement), `traced` (the
+//! request's trace, with telemetry on), `respond` (the gateway's own
+//! answers).
 
 mod accounting;
 mod admission;
@@ -18,6 +19,7 @@ mod h2_drain;
 mod journal;
 mod respond;
 mod self_revoke;
+mod traced;
 mod upstream;
 
 pub use ctx::Ctx;
@@ -183,7 +185,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Once per attempt: the next deployment of the request's plan.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.proxied = true;
         let p = match attempts::begin(&self.app, ctx) {
             attempts::Begun::Attempt(p) => p,
@@ -195,6 +197,7 @@ impl ProxyHttp for Gateway {
                 ))
             }
         };
+        traced::attempt(&self.app, session.req_header(), ctx, &p);
         if let Err(e) = attempts::authorize(&p, ctx).await {
             let mut err = Error::explain(ErrorType::ConnectError, e);
             err.esource = ErrorSource::Upstream;
@@ -233,6 +236,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        traced::propagate(ctx, upstream_request)?;
         upstream::prepare_request(session.req_header(), upstream_request, ctx)?;
         if journal::due_at_headers(ctx) {
             journal::note(&self.app, ctx, session.req_header().uri.path()).await;
@@ -324,6 +328,7 @@ impl ProxyHttp for Gateway {
             None => None,
         };
         let status = upstream_response.status.as_u16();
+        traced::answered(ctx, status);
         if self.app.router.policy.retry_on.contains(&status) {
             // The deployment cools down even when its answer is the last.
             let retry_after = attempts::retry_after(upstream_response);

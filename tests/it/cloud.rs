@@ -841,3 +841,40 @@ async fn the_anthropic_python_sdk_works_through_bedrock_and_vertex() {
         }
     }
 }
+
+/// With `telemetry:` on, Bedrock and Vertex requests are traced like any
+/// other (their `gen_ai.system`, the deployment's model name) and carry a
+/// `traceparent` upstream, which SigV4 and the Vertex token do not mind.
+#[tokio::test]
+async fn cloud_requests_are_traced_with_their_system() {
+    let collector = crate::common::otlp::Collector::start();
+    let url = collector.url();
+    let c =
+        Clouds::start(move |b| b.tweak(move |c| c["telemetry"] = json!({"otlp_endpoint": url})));
+    let token = c.gw.token(&unique("cloud-otel"));
+    for (model, system, upstream) in [
+        ("claude-on-bedrock", "aws.bedrock", BEDROCK_ID),
+        ("claude-on-vertex", "gcp.vertex_ai", VERTEX_ID),
+    ] {
+        let case = unique("cloud-otel");
+        let resp = c
+            .post(&token, &anthropic_body(&case, model, false), &[])
+            .await;
+        assert_eq!(resp.status, 200, "{model}: {}", resp.text());
+        let (span, attempts) = collector.wait_request(&resp.request_id(), 1).await;
+        assert_eq!(span.str("gen_ai.system").as_deref(), Some(system));
+        assert_eq!(span.str("gen_ai.response.model").as_deref(), Some(upstream));
+        assert_eq!(attempts[0].str("gen_ai.system").as_deref(), Some(system));
+        let sent = if system == "aws.bedrock" {
+            only(c.bedrock.requests_for(&case), "one Bedrock request")
+        } else {
+            only(c.vertex.requests_for(&case), "one Vertex request")
+        };
+        assert_eq!(
+            sent.header("traceparent"),
+            Some(format!("00-{}-{}-01", span.trace_id(), attempts[0].span_id()).as_str())
+        );
+    }
+    assert_eq!(c.bedrock.rejections(), vec![], "every signature verified");
+    assert_eq!(c.vertex.rejections(), vec![]);
+}

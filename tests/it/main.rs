@@ -40,5 +40,6 @@ mod store_outage;
 mod store_unreachable;
 mod streaming;
 mod teams;
+mod telemetry;
 mod tls;
 mod usage_records;

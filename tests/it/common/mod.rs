@@ -13,6 +13,7 @@ pub mod fake_provider;
 pub mod gateway;
 pub mod jwt;
 pub mod metrics;
+pub mod otlp;
 pub mod pki;
 pub mod postgres;
 pub mod raw;
