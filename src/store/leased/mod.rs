@@ -15,6 +15,10 @@
 //! is reached. The cost (docs/redis-store.md "Leases"): a subject near a
 //! limit may be refused here while another replica still holds an unused
 //! slice, for at most that slice's life.
+//!
+//! A caller and its team are taken one after the other from their own
+//! slices (the trait's default [`Store::admit_reserve_pair`]): each step is
+//! exact, and a refusal by the team gives back what the caller's took.
 
 mod slice;
 mod source;
@@ -586,18 +590,6 @@ impl<S: LeaseSource> Store for LeasedStore<S> {
                 .await;
         }
         self.take(sub, now_ms, admit, budget).await
-    }
-
-    /// The two scopes one after the other from their slices
-    /// ([`pair::admit_reserve_stepwise`]): each scope's step is exact, and
-    /// a refusal by the team gives back what the caller's took.
-    async fn admit_reserve_pair(
-        &self,
-        user: Scope<'_>,
-        team: Scope<'_>,
-        now_ms: u64,
-    ) -> Result<PairGrant, StoreError> {
-        pair::admit_reserve_stepwise(self, user, team, now_ms).await
     }
 
     async fn unadmit(
