@@ -126,6 +126,51 @@ async fn records(sub: &str, n: usize) -> Vec<Value> {
     got
 }
 
+/// What one script run through the gateway printed, the cases of its JSON
+/// and streaming calls, and its caller's two records (the JSON call's
+/// first).
+struct SdkRun {
+    got: Value,
+    case_json: String,
+    case_stream: String,
+    recs: Vec<Value>,
+}
+
+/// Runs `script` as a new caller (`tag`) with the arguments every script
+/// here takes: the gateway's URL with `path`, the caller's token, `model`,
+/// then `extra`, then a case for the JSON call and one for the streamed call.
+async fn run_sdk(
+    script: &'static str,
+    tag: &str,
+    path: &str,
+    model: &str,
+    extra: &[&str],
+) -> SdkRun {
+    let sub = unique(tag);
+    let token = fx().env.gw.token(&sub);
+    let (case_json, case_stream) = (
+        unique(&format!("{tag}-json")),
+        unique(&format!("{tag}-stream")),
+    );
+    let mut args = vec![base_url(path), token, model.to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend([case_json.clone(), case_stream.clone()]);
+    let got = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_python(script, &args)
+    })
+    .await
+    .expect("python task");
+    let mut recs = records(&sub, 2).await;
+    recs.sort_by_key(|r| r["stream"].as_bool());
+    SdkRun {
+        got,
+        case_json,
+        case_stream,
+        recs,
+    }
+}
+
 /// `messages.create`, then `messages.stream`; each call's text and usage.
 const ANTHROPIC_SCRIPT: &str = r#"
 import json, sys, anthropic
@@ -149,23 +194,12 @@ async fn the_anthropic_python_sdk_over_https() {
     if python().is_none() {
         return;
     }
-    let gw = &fx().env.gw;
-    let sub = unique("py-anthropic");
-    let token = gw.token(&sub);
-    let (case_json, case_stream) = (unique("pa-json"), unique("pa-stream"));
-    let (url, t, cj, cs) = (
-        base_url(""),
-        token.clone(),
-        case_json.clone(),
-        case_stream.clone(),
-    );
-    let got = tokio::task::spawn_blocking(move || {
-        run_python(ANTHROPIC_SCRIPT, &[&url, &t, MODEL, &cj, &cs])
-    })
-    .await
-    .expect("python task");
-    let mut recs = records(&sub, 2).await;
-    recs.sort_by_key(|r| r["stream"].as_bool());
+    let SdkRun {
+        got,
+        case_json,
+        case_stream,
+        recs,
+    } = run_sdk(ANTHROPIC_SCRIPT, "py-anthropic", "", MODEL, &[]).await;
     for (key, case, rec) in [
         ("json", &case_json, &recs[0]),
         ("stream", &case_stream, &recs[1]),
@@ -213,23 +247,12 @@ async fn the_openai_python_sdk_over_https() {
     if python().is_none() {
         return;
     }
-    let gw = &fx().env.gw;
-    let sub = unique("py-openai");
-    let token = gw.token(&sub);
-    let (case_json, case_stream) = (unique("po-json"), unique("po-stream"));
-    let (url, t, cj, cs) = (
-        base_url("/v1"),
-        token.clone(),
-        case_json.clone(),
-        case_stream.clone(),
-    );
-    let got = tokio::task::spawn_blocking(move || {
-        run_python(OPENAI_SCRIPT, &[&url, &t, OMODEL, &cj, &cs])
-    })
-    .await
-    .expect("python task");
-    let mut recs = records(&sub, 2).await;
-    recs.sort_by_key(|r| r["stream"].as_bool());
+    let SdkRun {
+        got,
+        case_json,
+        case_stream,
+        recs,
+    } = run_sdk(OPENAI_SCRIPT, "py-openai", "/v1", OMODEL, &[]).await;
     for (key, case, rec) in [
         ("json", &case_json, &recs[0]),
         ("stream", &case_stream, &recs[1]),
@@ -283,22 +306,13 @@ async fn httpx_over_http2_with_the_test_ca() {
     if python().is_none() {
         return;
     }
-    let f = fx();
-    let sub = unique("py-httpx");
-    let token = f.env.gw.token(&sub);
-    let (case_json, case_stream) = (unique("hx-json"), unique("hx-stream"));
-    let ca = f.ca.to_string_lossy().into_owned();
-    let (url, t, cj, cs) = (
-        base_url(""),
-        token.clone(),
-        case_json.clone(),
-        case_stream.clone(),
-    );
-    let got = tokio::task::spawn_blocking(move || {
-        run_python(HTTPX_SCRIPT, &[&url, &t, MODEL, &ca, &cj, &cs])
-    })
-    .await
-    .expect("python task");
+    let ca = fx().ca.to_string_lossy().into_owned();
+    let SdkRun {
+        got,
+        case_json,
+        case_stream,
+        recs,
+    } = run_sdk(HTTPX_SCRIPT, "py-httpx", "", MODEL, &[&ca]).await;
     for key in ["json", "stream"] {
         assert_eq!(got[key]["status"], json!(200), "{got}");
         assert_eq!(
@@ -326,9 +340,6 @@ async fn httpx_over_http2_with_the_test_ca() {
     assert_eq!(kinds.first(), Some(&"message_start"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"message_stop"), "{kinds:?}");
     let (_, us) = seen(&case_stream);
-
-    let mut recs = records(&sub, 2).await;
-    recs.sort_by_key(|r| r["stream"].as_bool());
     assert_complete_record(&recs[0], u);
     assert_complete_record(&recs[1], us);
     assert_eq!(recs[1]["stream"], json!(true), "{}", recs[1]);
