@@ -2,9 +2,13 @@
 //! cap and its multipliers, `stream`), an input-token estimate, and the
 //! OpenAI usage rewrite. Which fields count depends on the endpoint.
 //!
-//! Bodies can be 10 MB, so they are parsed into a borrowed struct that skips
-//! every other field, never into a whole `serde_json::Value`.
+//! Bodies can be 10 MB, so they are never parsed into a whole
+//! `serde_json::Value`: one scan (`body_scan`) validates the body, finds the
+//! wanted members and counts the estimate's bytes; only those members'
+//! values go through serde_json.
 
+pub use super::body_scan::MEDIA_TOKEN_ESTIMATE;
+use super::body_scan::{self, ScanError, Scanned, FIELDS};
 use super::endpoint::Endpoint;
 use super::openai;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -139,29 +143,45 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     }
 }
 
-/// The fields read, as any JSON type so that a wrong type gets a message
-/// naming the field. Duplicate keys are refused by serde: a second `model`
-/// must not slip past the tier's model allow-list.
-#[derive(Deserialize)]
+/// The wanted members, parsed from the spans the scan found (a few bytes
+/// each, so serde_json's exact number and string rules cost nothing here).
 struct Fields<'a> {
-    #[serde(borrow, default)]
     model: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     max_tokens: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     max_completion_tokens: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     max_output_tokens: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     n: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     best_of: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     stream: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     background: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     temperature: Option<Scalar<'a>>,
+}
+
+impl<'a> Fields<'a> {
+    fn parse(body: &'a [u8], scanned: &Scanned) -> Result<Self, BodyError> {
+        let mut v: [Option<Scalar<'a>>; FIELDS.len()] = Default::default();
+        for (slot, span) in v.iter_mut().zip(&scanned.spans) {
+            if let Some(span) = span {
+                let raw = body.get(span.clone()).unwrap_or_default();
+                *slot = Some(
+                    serde_json::from_slice(raw).map_err(|e| BodyError::NotJson(e.to_string()))?,
+                );
+            }
+        }
+        let [model, max_tokens, max_completion_tokens, max_output_tokens, n, best_of, stream, background, temperature] =
+            v;
+        Ok(Self {
+            model,
+            max_tokens,
+            max_completion_tokens,
+            max_output_tokens,
+            n,
+            best_of,
+            stream,
+            background,
+            temperature,
+        })
+    }
 }
 
 /// Reads what limits need from a request body for `endpoint`. An empty body
@@ -171,17 +191,17 @@ pub fn inspect(endpoint: Endpoint, body: &[u8]) -> Result<RequestInfo, BodyError
     let Some(start) = start else {
         return Ok(RequestInfo::default());
     };
-    // serde would read a struct from an array too; a body must be an object.
     if body[start] != b'{' {
         return match serde_json::from_slice::<IgnoredAny>(body) {
             Ok(_) => Err(BodyError::NotObject),
             Err(e) => Err(BodyError::NotJson(e.to_string())),
         };
     }
-    let f: Fields = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => BodyError::Invalid(e.to_string()),
-        _ => BodyError::NotJson(e.to_string()),
+    let scanned = body_scan::scan(body).map_err(|e| match e {
+        ScanError::Syntax(m) => BodyError::NotJson(m),
+        ScanError::Duplicate(f) => BodyError::Invalid(format!("duplicate field `{f}`")),
     })?;
+    let f = Fields::parse(body, &scanned)?;
     let model = match f.model {
         None | Some(Scalar::Null) => None,
         Some(Scalar::Str(s)) => Some(s.into_owned()),
@@ -214,7 +234,7 @@ pub fn inspect(endpoint: Endpoint, body: &[u8]) -> Result<RequestInfo, BodyError
         max_tokens,
         choices,
         stream,
-        input_estimate: estimate_input_tokens(body),
+        input_estimate: scanned.estimate,
         temperature_zero: matches!(f.temperature, Some(Scalar::U64(0)))
             || matches!(f.temperature, Some(Scalar::F64(t)) if t == 0.0),
     })
@@ -246,30 +266,6 @@ fn cap(field: &'static str, v: Option<Scalar>) -> Result<Option<u64>, BodyError>
     }
 }
 
-/// Prefixes (base64) of the media types billed by size in pixels or seconds
-/// rather than by bytes: PNG, JPEG (also with JSON's optional `\/`), GIF,
-/// RIFF (WebP, WAV). PDFs are deliberately absent: a page costs its text
-/// plus an image, which bytes/3 over-estimates only mildly.
-const MEDIA_MAGIC: [&[u8]; 6] = [
-    b"iVBORw0KGgo",
-    b"/9j/",
-    b"\\/9j\\/",
-    b"R0lGOD",
-    b"UklGR",
-    b"SUQz",
-];
-/// Strings shorter than this are text, whatever they start with.
-const MEDIA_MIN_BYTES: usize = 1024;
-/// Tokens reserved per media blob. Images are resized before tokenizing:
-/// Claude bills at most ~1.6k tokens per image, gpt-4o ~1.5k at high
-/// detail, gpt-4.1-nano ~3.8k; 4096 covers them all.
-const MEDIA_TOKEN_ESTIMATE: u64 = 4096;
-
-/// Keys whose string value carries media data: Anthropic's
-/// `source.data`, OpenAI's `image_url.url`, the Responses API's
-/// `image_url`, audio `data` and `file_data`.
-const MEDIA_KEYS: [&[u8]; 4] = [b"data", b"url", b"image_url", b"file_data"];
-
 /// Input tokens, over-estimated cheaply in one pass over the bytes:
 /// ceil(bytes / 3). BPE tokenizers average about 4 bytes per token on
 /// English and code and about 3 on CJK text, and the body's JSON keys and
@@ -277,77 +273,18 @@ const MEDIA_KEYS: [&[u8]; 4] = [b"data", b"url", b"image_url", b"file_data"];
 /// in under this. The exception is base64 media, billed by pixels not bytes:
 /// a 5 MB photo would otherwise reserve 1.7M tokens and never fit a
 /// per-minute budget; each such string counts the smaller of its bytes/3 and
-/// [`MEDIA_TOKEN_ESTIMATE`]. Only a media field's value qualifies (see
-/// [`MEDIA_KEYS`]): text that merely starts like base64 JPEG is text. The
-/// reservation is settled to the real usage at the end of the response, so
-/// the estimate only decides admission.
+/// [`MEDIA_TOKEN_ESTIMATE`]. Only a media field's value qualifies (`data`,
+/// `url`, `image_url`, `file_data`): text that merely starts like base64
+/// JPEG is text. The reservation is settled to the real usage at the end of
+/// the response, so the estimate only decides admission. [`inspect`] gives
+/// the same figure from the same pass; a body that is not a JSON object
+/// counts all of its bytes.
 pub fn estimate_input_tokens(body: &[u8]) -> u64 {
-    let mut text_bytes = body.len() as u64;
-    let mut media_tokens = 0u64;
-    let mut i = 0;
-    let mut key: &[u8] = b"";
-    // memchr: a 4–5 KB prompt is scanned in well under a microsecond.
-    while let Some(p) = body.get(i..).and_then(|b| memchr::memchr(b'"', b)) {
-        let open = i + p;
-        let start = open + 1;
-        let Some(end) = string_end(body, start) else {
-            break;
-        };
-        let s = &body[start..end];
-        i = end + 1;
-        if next_non_ws(body, i) == Some(b':') {
-            key = s;
-            continue;
-        }
-        let member_value = prev_non_ws(body, open) == Some(b':');
-        if member_value && s.len() >= MEDIA_MIN_BYTES && MEDIA_KEYS.contains(&key) && is_media(s) {
-            let len = s.len() as u64;
-            text_bytes -= len;
-            media_tokens = media_tokens.saturating_add(len.div_ceil(3).min(MEDIA_TOKEN_ESTIMATE));
-        }
+    let all = (body.len() as u64).div_ceil(3);
+    match body.iter().position(|b| !b.is_ascii_whitespace()) {
+        Some(start) if body[start] == b'{' => body_scan::scan(body).map_or(all, |s| s.estimate),
+        _ => all,
     }
-    text_bytes.div_ceil(3).saturating_add(media_tokens)
-}
-
-fn next_non_ws(b: &[u8], from: usize) -> Option<u8> {
-    b.get(from..)?
-        .iter()
-        .copied()
-        .find(|c| !c.is_ascii_whitespace())
-}
-
-fn prev_non_ws(b: &[u8], before: usize) -> Option<u8> {
-    b.get(..before)?
-        .iter()
-        .rev()
-        .copied()
-        .find(|c| !c.is_ascii_whitespace())
-}
-
-/// Index of the closing quote of the string whose contents start at `i`.
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        let p = memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        i += p;
-        if b[i] == b'"' {
-            return Some(i);
-        }
-        i += 2;
-    }
-}
-
-/// Whether a string's contents are base64 media: raw, or a `data:` URL.
-fn is_media(s: &[u8]) -> bool {
-    let payload = if s.starts_with(b"data:") {
-        let head = &s[..s.len().min(128)];
-        match head.windows(7).position(|w| w == b"base64,") {
-            Some(p) => &s[p + 7..],
-            None => return false,
-        }
-    } else {
-        s
-    };
-    MEDIA_MAGIC.iter().any(|m| payload.starts_with(m))
 }
 
 /// `body` with every top-level `model` member's value replaced by `model`
@@ -393,3 +330,7 @@ pub fn rewrite_for_usage(endpoint: Endpoint, body: &[u8], info: &RequestInfo) ->
 #[cfg(test)]
 #[path = "body_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "body_reference.rs"]
+mod reference;

@@ -285,3 +285,149 @@ fn temperature_zero_is_read_whatever_its_spelling() {
         assert_eq!(ok(Messages, body).temperature_zero, zero, "{body}");
     }
 }
+
+mod against_serde {
+    //! The scan against the serde_json reading it replaced
+    //! (`body_reference.rs`), on generated bodies: valid ones built from
+    //! the fields limits read, escapes, media and deep nesting, and the same
+    //! with a few bytes broken. The two must accept the same bodies and
+    //! read the same fields and estimate from them.
+
+    use super::super::reference;
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: [&str; 14] = [
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "n",
+        "best_of",
+        "stream",
+        "background",
+        "temperature",
+        "mod\\u0065l",
+        "data",
+        "url",
+        "messages",
+        "\\ud800x",
+    ];
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            (0u64..5000).prop_map(|n| n.to_string()),
+            Just("-3".to_owned()),
+            Just("0.0".to_owned()),
+            Just("1024.0".to_owned()),
+            Just("1e3".to_owned()),
+            Just("-0.5E-2".to_owned()),
+            Just("1e400".to_owned()),
+            Just("4294967296".to_owned()),
+            Just("\"claude-sonnet-4-5\"".to_owned()),
+            Just("\"a\\\"b\\\\c\\/\\n\\u00e9\"".to_owned()),
+            Just("\"\\ud83d\\ude00\"".to_owned()),
+            Just("\"\\udc00\"".to_owned()),
+            Just("\"héllo ✓\"".to_owned()),
+            (0usize..3).prop_map(|k| format!(
+                "\"{}{}\"",
+                ["iVBORw0KGgo", "data:image/png;base64,/9j/", "plain "][k],
+                "A".repeat(1100)
+            )),
+            "[a-z ]{0,40}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        scalar().prop_recursive(6, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((prop::sample::select(&KEYS[..]), inner), 0..5).prop_map(
+                    |m| {
+                        let members: Vec<String> =
+                            m.iter().map(|(k, v)| format!("\"{k}\" : {v}")).collect();
+                        format!("{{ {} }}", members.join(",\n"))
+                    }
+                ),
+            ]
+        })
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let object = prop::collection::vec((prop::sample::select(&KEYS[..]), value()), 0..7)
+            .prop_map(|m| {
+                let members: Vec<String> = m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!(" {{{}}}\t", members.join(", ")).into_bytes()
+            });
+        let edit = (
+            any::<prop::sample::Index>(),
+            0usize..3,
+            prop::sample::select(b"{}[]\",:\\ \x0c\x01\xff\xc3u0.e-+tfn5".to_vec()),
+        );
+        (object, prop::collection::vec(edit, 0..3)).prop_map(|(mut b, edits)| {
+            for (at, kind, byte) in edits {
+                let i = at.index(b.len() + 1);
+                match kind {
+                    0 => b.insert(i, byte),
+                    1 if i < b.len() => b[i] = byte,
+                    _ if i < b.len() => {
+                        b.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            b
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn accepts_and_reads_what_serde_did(b in body()) {
+            for e in [Messages, ChatCompletions, Completions, Responses] {
+                let new = inspect(e, &b);
+                let old = reference::inspect(e, &b);
+                match (&new, &old) {
+                    (Ok(n), Ok(o)) => prop_assert_eq!(n, o),
+                    (Err(_), Err(_)) => {}
+                    _ => prop_assert!(false, "scan {:?}, serde {:?} on {:?}", new, old,
+                        String::from_utf8_lossy(&b)),
+                }
+                if old.is_ok() {
+                    prop_assert_eq!(estimate_input_tokens(&b), reference::estimate(&b));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_walked_without_recursion() {
+        let depth = 100_000;
+        let body = format!(
+            "{{\"model\":\"m\",\"x\":{}1{}}}",
+            "[{\"a\":".repeat(depth),
+            "}]".repeat(depth)
+        );
+        assert_eq!(ok(Messages, &body).model.as_deref(), Some("m"));
+        let broken = format!("{{\"x\":{}1{}}}", "[".repeat(depth), "]".repeat(depth - 1));
+        assert!(err(Messages, &broken).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        assert_eq!(
+            err(Messages, "{\"model\":\"x\",\n \"n\" 1}"),
+            "request body is not valid JSON: expected `:` at line 2 column 6"
+        );
+        assert!(err(Messages, "{\"a\":\"\x01\"}").contains("control character"));
+        assert!(err(Messages, r#"{"a":"\x"}"#).contains("invalid escape"));
+        assert!(err(Messages, r#"{"a":01}"#).contains("invalid number"));
+        assert!(err(Messages, r#"{"a":[1,]}"#).contains("expected value"));
+        assert!(err(Messages, r#"{"a":1,}"#).contains("key must be a string"));
+        assert!(err(Messages, "\x0c{}").contains("not valid JSON"));
+    }
+}

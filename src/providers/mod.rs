@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod body;
+mod body_scan;
 pub mod endpoint;
 pub mod errors;
 pub mod models;
