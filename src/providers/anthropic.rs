@@ -3,7 +3,9 @@
 
 use super::endpoint::{Endpoint, PathPattern, Route};
 use super::{Dialect, Kind, Provider};
-use crate::usage::{count, has_object_member, token_count, Metered, ReadUsage, Usage};
+use crate::usage::{
+    count, has_object_member, token_count, Members, Metered, Picked, ReadUsage, Usage,
+};
 use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::Value;
@@ -51,15 +53,21 @@ impl Kind for Anthropic {
 /// A Messages API `usage` object; missing or null fields count 0. `None`
 /// when `v` is not an object.
 pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
-    usage_from_fields(
-        v,
-        [
-            "input_tokens",
-            "output_tokens",
-            "cache_creation_input_tokens",
-            "cache_read_input_tokens",
-        ],
-    )
+    usage_from_fields(v.as_object()?, USAGE_FIELDS)
+}
+
+/// A Messages API `usage` object's four counts.
+pub const USAGE_FIELDS: [&str; 4] = [
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+];
+
+/// [`usage_from_json`] on the object's raw bytes, reading only the four
+/// counts (a whole response body's `usage`: no `Value` is built).
+pub fn usage_from_raw(raw: &[u8]) -> Option<ReadUsage> {
+    usage_from_fields(&Picked::from_slice(raw, USAGE_FIELDS)?, USAGE_FIELDS)
 }
 
 /// Bedrock's `amazon-bedrock-invocationMetrics` (on `message_stop`) as
@@ -68,7 +76,7 @@ pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
 /// missing or null ones as 0. `None` when `v` is not an object.
 pub fn usage_from_bedrock_metrics(v: &Value) -> Option<ReadUsage> {
     usage_from_fields(
-        v,
+        v.as_object()?,
         [
             "inputTokenCount",
             "outputTokenCount",
@@ -80,8 +88,10 @@ pub fn usage_from_bedrock_metrics(v: &Value) -> Option<ReadUsage> {
 
 /// The four counts read from these member names (input, output, cache
 /// creation, cache read); missing or null ones count 0.
-fn usage_from_fields(v: &Value, [input, output, write, read]: [&str; 4]) -> Option<ReadUsage> {
-    let o = v.as_object()?;
+fn usage_from_fields(
+    o: &impl Members,
+    [input, output, write, read]: [&str; 4],
+) -> Option<ReadUsage> {
     let mut valid = true;
     let usage = Usage {
         input_tokens: count(o, input, &mut valid),

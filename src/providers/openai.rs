@@ -6,7 +6,9 @@
 use super::endpoint::{Endpoint, PathPattern, Route};
 use super::{Dialect, Kind, Provider};
 use crate::usage::json_scan::{key_is, object_members, skip_ws};
-use crate::usage::{contains, count, has_object_member, Metered, ReadUsage, Usage};
+use crate::usage::{
+    contains, count, has_object_member, Members, Metered, Picked, ReadUsage, Usage,
+};
 use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::Value;
@@ -62,9 +64,29 @@ impl Kind for Openai {
 /// reports `input_tokens` including `input_tokens_details.cached_tokens`.
 /// `None` when `v` is not an object.
 pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
-    let o = v.as_object()?;
+    usage_from_members(v.as_object()?)
+}
+
+/// The members an OpenAI `usage` object is read from.
+pub const USAGE_FIELDS: [&str; 6] = [
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details",
+];
+
+/// [`usage_from_json`] on the object's raw bytes, reading only
+/// [`USAGE_FIELDS`] (a whole response body's `usage`: no `Value` is built
+/// for the rest).
+pub fn usage_from_raw(raw: &[u8]) -> Option<ReadUsage> {
+    usage_from_members(&Picked::from_slice(raw, USAGE_FIELDS)?)
+}
+
+fn usage_from_members(o: &impl Members) -> Option<ReadUsage> {
     let (input, details, output) =
-        if o.contains_key("prompt_tokens") || o.contains_key("completion_tokens") {
+        if o.member("prompt_tokens").is_some() || o.member("completion_tokens").is_some() {
             (
                 "prompt_tokens",
                 "prompt_tokens_details",
@@ -75,7 +97,7 @@ pub fn usage_from_json(v: &Value) -> Option<ReadUsage> {
         };
     let mut valid = true;
     let cached = o
-        .get(details)
+        .member(details)
         .and_then(Value::as_object)
         .map_or(0, |d| count(d, "cached_tokens", &mut valid));
     let usage = Usage {

@@ -4,7 +4,6 @@ use super::json_scan::JsonScanner;
 use super::sse::SseParser;
 use super::Usage;
 use crate::providers::{anthropic, openai, Dialect};
-use serde_json::Value;
 
 /// How the response body is framed, from its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,16 +156,14 @@ impl Meter {
 }
 
 fn json_metered(kind: Dialect, scanner: &JsonScanner) -> Metered {
-    let parse = |key| {
-        scanner
-            .get(key)
-            .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
-    };
-    let read = parse("usage").and_then(|v| match kind {
-        Dialect::Anthropic => anthropic::usage_from_json(&v),
-        Dialect::Openai => openai::usage_from_json(&v),
+    let read = scanner.get("usage").and_then(|raw| match kind {
+        Dialect::Anthropic => anthropic::usage_from_raw(raw),
+        Dialect::Openai => openai::usage_from_raw(raw),
     });
-    let model = parse("model").and_then(|v| v.as_str().map(str::to_owned));
+    // Not a string (or not JSON): no model, as before.
+    let model = scanner
+        .get("model")
+        .and_then(|raw| serde_json::from_slice::<String>(raw).ok());
     Metered {
         usage: read.map(|r| r.usage).unwrap_or_default(),
         usage_seen: read.is_some(),

@@ -6,11 +6,13 @@
 //! `usage` and `model` values of a JSON body).
 
 pub mod json_scan;
+pub mod members;
 pub mod meter;
 pub mod pricing;
 pub mod record;
 pub mod sse;
 
+pub use members::{Members, Picked};
 pub use meter::{BodyKind, Meter, Metered};
 pub use pricing::Pricing;
 pub use record::UsageRecord;
@@ -58,8 +60,8 @@ pub(crate) fn token_count(v: &Value) -> Option<u64> {
 
 /// `o[key]` as a count: 0 when missing or null; 0 and `*valid = false`
 /// when it is not a token count.
-pub(crate) fn count(o: &serde_json::Map<String, Value>, key: &str, valid: &mut bool) -> u64 {
-    match o.get(key) {
+pub(crate) fn count(o: &impl Members, key: &str, valid: &mut bool) -> u64 {
+    match o.member(key) {
         None | Some(Value::Null) => 0,
         Some(v) => token_count(v).unwrap_or_else(|| {
             *valid = false;

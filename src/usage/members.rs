@@ -1,0 +1,155 @@
+//! A few named members of a JSON object, read without building the rest.
+//!
+//! A `usage` object read into a `serde_json::Value` allocates a map, a
+//! string per key and a node per member: about 8k instructions per response
+//! (docs/performance.md, "Round 3"), most of it for members nobody reads
+//! (`service_tier`, `cache_creation`, `server_tool_use`). [`Picked`] keeps
+//! the named members only, each as a `Value` (a number or null costs no
+//! allocation), and skips the rest unparsed; [`Members`] lets the usage
+//! readers take either.
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+
+/// An object's members by name: a whole `serde_json` map, or [`Picked`].
+pub trait Members {
+    fn member(&self, key: &str) -> Option<&Value>;
+}
+
+impl Members for Map<String, Value> {
+    fn member(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+/// The members of one JSON object named in `names` (the last one when a
+/// name repeats, as `serde_json::Map` keeps it).
+#[derive(Debug)]
+pub struct Picked<const N: usize> {
+    names: [&'static str; N],
+    values: [Option<Value>; N],
+}
+
+impl<const N: usize> Members for Picked<N> {
+    fn member(&self, key: &str) -> Option<&Value> {
+        let i = self.names.iter().position(|n| *n == key)?;
+        self.values[i].as_ref()
+    }
+}
+
+impl<const N: usize> Picked<N> {
+    /// `raw`'s members named in `names`. `None` when `raw` is not one JSON
+    /// object, as `serde_json::from_slice::<Value>` and `as_object` would
+    /// say.
+    pub fn from_slice(raw: &[u8], names: [&'static str; N]) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let values = Seed(&names).deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        Some(Self { names, values })
+    }
+}
+
+struct Seed<'n, const N: usize>(&'n [&'static str; N]);
+
+impl<'de, const N: usize> DeserializeSeed<'de> for Seed<'_, N> {
+    type Value = [Option<Value>; N];
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, const N: usize> Visitor<'de> for Seed<'_, N> {
+    type Value = [Option<Value>; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut values: [Option<Value>; N] = std::array::from_fn(|_| None);
+        while let Some(Key(k)) = a.next_key()? {
+            match self.0.iter().position(|n| *n == k) {
+                Some(i) => values[i] = Some(a.next_value()?),
+                None => {
+                    a.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// A member name, borrowed from the input unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+
+    fn via_value(raw: &[u8]) -> Option<[Option<Value>; 3]> {
+        let v: Value = serde_json::from_slice(raw).ok()?;
+        let o = v.as_object()?;
+        Some(NAMES.map(|n| o.get(n).cloned()))
+    }
+
+    #[test]
+    fn reads_named_members_only() {
+        let p = Picked::from_slice(
+            br#"{"a":1,"x":{"deep":[1,2,{"y":"z"}]},"b":null,"\u0063":2.5,"a":3}"#,
+            NAMES,
+        )
+        .unwrap();
+        assert_eq!(p.member("a"), Some(&Value::from(3)));
+        assert_eq!(p.member("b"), Some(&Value::Null));
+        assert_eq!(p.member("c"), Some(&Value::from(2.5)));
+        assert_eq!(p.member("x"), None);
+        for bad in [&b"[1]"[..], b"5", b"{\"a\":1} x", b"{\"a\":}", b"", b"null"] {
+            assert!(Picked::from_slice(bad, NAMES).is_none(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        /// What a whole `Value` would have given, on valid and broken
+        /// objects alike.
+        #[test]
+        fn same_as_a_whole_value(
+            members in prop::collection::vec(
+                (prop::sample::select(&["a", "b", "c", "d", "\\u0061"][..]),
+                 prop::sample::select(&["1", "null", "\"s\"", "[1,{\"a\":2}]", "{\"b\":3}", "-2.5e3", "tru"][..])),
+                0..6),
+            cut in 0usize..4,
+        ) {
+            let body: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+            let mut raw = format!(" {{{}}} ", body.join(",")).into_bytes();
+            raw.truncate(raw.len().saturating_sub(cut));
+            let picked = Picked::from_slice(&raw, NAMES).map(|p| p.values);
+            prop_assert_eq!(picked, via_value(&raw));
+        }
+    }
+}
