@@ -1,6 +1,8 @@
 //! One line of the usage log. Its field names are a public contract (billing
 //! and audit tools read them): never rename one.
 
+mod json_line;
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UsageRecord {
     /// RFC 3339, UTC, millisecond precision.
@@ -49,18 +51,12 @@ pub struct UsageRecord {
 }
 
 impl UsageRecord {
-    /// Appends the record as one JSON line. Serializing these field types
-    /// cannot fail (a non-finite cost is written as `null`); should it ever,
-    /// `out` is left as it was rather than holding half a line.
+    /// Appends the record as one JSON line: the bytes the derived
+    /// `Serialize` gives (a non-finite cost is written as `null`), written
+    /// by hand for speed (`record/json_line.rs`).
     pub fn write_json_line(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        match serde_json::to_writer(&mut *out, self) {
-            Ok(()) => out.push(b'\n'),
-            Err(e) => {
-                out.truncate(start);
-                log::error!("cannot serialize usage record {}: {e}", self.request_id);
-            }
-        }
+        self.write_fields(out);
+        out.push(b'\n');
     }
 
     /// A line of the usage log read back (crash recovery sends a record the
