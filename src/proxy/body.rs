@@ -89,22 +89,20 @@ pub async fn plan(
         ctx.body = BodyPhase::Collecting(BytesMut::new());
         return Ok(Ok(()));
     };
-    let Some(raw) = read_whole(app, session, len).await? else {
+    let Some(Whole { raw, buffered }) = read_whole(app, session, len).await? else {
         return Ok(Err(GatewayError::too_large(app.request.max_body_bytes)));
     };
-    if !raw.is_empty() && session.as_ref().get_retry_buffer().is_none() {
-        // The whole body came with the headers in one read (request headers
-        // near 64 KiB): Pingora would send it nowhere.
+    if !raw.is_empty() && (!buffered || session.as_ref().retry_buffer_truncated()) {
+        // All of the body came in a read before buffering was on: Pingora
+        // would send it nowhere. (Asking Pingora for its buffer instead
+        // would copy it.)
         return Ok(Err(GatewayError::unreplayable()));
     }
     let mut inspected = match admission::inspect_body(app, &raw, ctx, Admit::WithBody).await {
         Ok(inspected) => inspected,
         Err(e) => return Ok(Err(e)),
     };
-    let approved = inspected
-        .rewritten
-        .take()
-        .map_or_else(|| raw.freeze(), Bytes::from);
+    let approved = inspected.rewritten.take().map_or(raw, Bytes::from);
     // The guard's stage belongs here: after inspection, before the cache.
     if cached::look_up(app, &session.req_header().headers, ctx, &approved).await {
         // A hit is a request (requests per minute, concurrency) but spends
@@ -120,19 +118,31 @@ pub async fn plan(
     )
 }
 
+/// A body read whole in `request_filter`.
+struct Whole {
+    raw: Bytes,
+    /// Some of it was read with Pingora's retry buffering on, so the buffer
+    /// holds a tail to replay.
+    buffered: bool,
+}
+
 /// Reads a body of `expected` bytes whole, before any upstream is chosen,
 /// with Pingora's retry buffering on for its last 64 KiB only (a read
 /// returns at most 64 KiB, so the buffer fills without overflowing).
-/// `None` when it turns out larger than `max_body_bytes`.
+/// `None` when it turns out larger than `max_body_bytes`. A body that
+/// arrives in one read (most do) is kept as Pingora gave it, not copied.
 async fn read_whole(
     app: &App,
     session: &mut Session,
     expected: usize,
-) -> pingora::Result<Option<BytesMut>> {
-    let mut buf = BytesMut::with_capacity(expected);
+) -> pingora::Result<Option<Whole>> {
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0usize;
     let mut buffering = false;
+    let mut buffered = false;
     loop {
-        if !buffering && expected.saturating_sub(buf.len()) <= RETRY_BUFFER_LIMIT {
+        if !buffering && expected.saturating_sub(len) <= RETRY_BUFFER_LIMIT {
             session.enable_retry_buffering();
             buffering = true;
         }
@@ -149,12 +159,27 @@ async fn read_whole(
                 .into_down()
             })?;
         let Some(chunk) = read.map_err(|e| e.into_down())? else {
-            return Ok(Some(buf));
+            let raw = joined.map_or(first, BytesMut::freeze);
+            return Ok(Some(Whole { raw, buffered }));
         };
-        if buf.len() + chunk.len() > app.request.max_body_bytes {
+        if chunk.is_empty() {
+            continue;
+        }
+        len += chunk.len();
+        if len > app.request.max_body_bytes {
             return Ok(None);
         }
-        buf.extend_from_slice(&chunk);
+        buffered |= buffering;
+        match &mut joined {
+            Some(buf) => buf.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut buf = BytesMut::with_capacity(expected.max(len));
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&chunk);
+                joined = Some(buf);
+            }
+        }
     }
 }
 
