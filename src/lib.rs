@@ -8,6 +8,7 @@ pub mod app;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod fast_map;
 pub mod guard;
 pub mod identity;
 pub mod journal;

@@ -13,8 +13,8 @@ use super::kind;
 use super::router::served;
 use super::Provider;
 use crate::config::{Config, ProviderConfig, Strategy};
+use crate::fast_map::FastMap;
 use crate::limits::{glob_match, is_glob};
-use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -259,7 +259,7 @@ fn rendezvous(sub: &str, d: &Deployment) -> f64 {
 /// replica learns about a failing deployment from its own requests.
 #[derive(Default)]
 pub struct Cooling {
-    until: DashMap<String, Instant>,
+    until: FastMap<String, Instant>,
 }
 
 impl Cooling {

@@ -95,7 +95,7 @@ struct Inner {
 /// moment the cooldown ends, with nothing ticking meanwhile.
 struct CoolingGauge {
     gauge: IntGaugeVec,
-    until: dashmap::DashMap<String, std::time::Instant>,
+    until: crate::fast_map::FastMap<String, std::time::Instant>,
 }
 
 impl Collector for CoolingGauge {
@@ -280,7 +280,7 @@ impl Metrics {
                 ),
                 &["provider"],
             )?,
-            until: dashmap::DashMap::new(),
+            until: crate::fast_map::FastMap::default(),
         });
 
         let all = || -> Vec<Box<dyn Collector>> {

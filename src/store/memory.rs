@@ -4,7 +4,7 @@
 
 use super::window::*;
 use super::*;
-use dashmap::DashMap;
+use crate::fast_map::FastMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -71,10 +71,10 @@ impl Subject {
 
 #[derive(Default)]
 pub struct MemoryStore {
-    subjects: DashMap<Box<str>, Subject>,
-    revoked_jti: DashMap<Box<str>, u64>,
-    revoked_sub: DashMap<Box<str>, u64>,
-    usage: DashMap<(Box<str>, Box<str>), DayTotals>,
+    subjects: FastMap<Box<str>, Subject>,
+    revoked_jti: FastMap<Box<str>, u64>,
+    revoked_sub: FastMap<Box<str>, u64>,
+    usage: FastMap<(Box<str>, Box<str>), DayTotals>,
     inflight_reservations: AtomicU64,
 }
 
@@ -160,7 +160,7 @@ impl MemoryStore {
 }
 
 /// Keeps the larger of `map[key]` and `v`; true when that changed the map.
-fn raise(map: &DashMap<Box<str>, u64>, key: &str, v: u64) -> bool {
+fn raise(map: &FastMap<Box<str>, u64>, key: &str, v: u64) -> bool {
     match map.entry(key.into()) {
         dashmap::mapref::entry::Entry::Vacant(e) => {
             e.insert(v);

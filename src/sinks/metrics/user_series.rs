@@ -12,7 +12,7 @@
 //! housekeeping sweep. A dropped series that comes back starts again from 0,
 //! which Prometheus reads as a counter reset (`rate`/`increase` stay right).
 
-use dashmap::DashMap;
+use crate::fast_map::FastMap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use super::TokenCounts;
 
 pub(super) struct UserSeries {
-    users: DashMap<Box<str>, User>,
+    users: FastMap<Box<str>, User>,
     descs: [Desc; 3],
 }
 
@@ -64,7 +64,7 @@ impl UserSeries {
             )
         };
         Ok(Self {
-            users: DashMap::new(),
+            users: FastMap::default(),
             descs: [
                 desc(
                     "tollgate_requests_total",

@@ -81,7 +81,7 @@ impl Ord for Due {
 struct Shared<S> {
     inner: S,
     lease_ms: u64,
-    subjects: dashmap::DashMap<Box<str>, Arc<Subject>>,
+    subjects: crate::fast_map::FastMap<Box<str>, Arc<Subject>>,
     due: parking_lot::Mutex<BinaryHeap<Due>>,
     /// Set at shutdown: every slice was given back, and requests go to the
     /// store one by one.
@@ -102,7 +102,7 @@ struct Shared<S> {
 /// that a subject's requests in that period cost the store one write.
 #[derive(Default)]
 struct Totals {
-    pending: dashmap::DashMap<SubjectDay, DayTotals>,
+    pending: crate::fast_map::FastMap<SubjectDay, DayTotals>,
     last_flush_ms: AtomicU64,
 }
 
@@ -182,7 +182,7 @@ impl<S: LeaseSource> LeasedStore<S> {
             shared: Arc::new(Shared {
                 inner,
                 lease_ms,
-                subjects: dashmap::DashMap::new(),
+                subjects: crate::fast_map::FastMap::default(),
                 due: parking_lot::Mutex::new(BinaryHeap::new()),
                 closing: AtomicBool::new(false),
                 leases: AtomicU64::new(0),
