@@ -95,10 +95,12 @@ pub(super) fn serialize_one<T: LogLine>(rec: &T, buf: &mut Vec<u8>) -> bool {
     if buf.last() == Some(&b'\n') && buf.len() > start {
         buf.pop();
     }
-    for b in &mut buf[start..] {
-        if *b == b'\n' {
-            *b = b' ';
-        }
+    // A JSON line never holds a raw newline; this only guards other
+    // `LogLine`s, so it searches (vectorised) rather than visits each byte.
+    let mut from = start;
+    while let Some(p) = memchr::memchr(b'\n', &buf[from..]) {
+        buf[from + p] = b' ';
+        from += p + 1;
     }
     buf.push(b'\n');
     true
