@@ -44,7 +44,10 @@ impl Kind for Anthropic {
         _stream: bool,
     ) -> pingora::Result<()> {
         if !client.headers.contains_key("anthropic-version") {
-            up.insert_header("anthropic-version", "2023-06-01")?;
+            up.insert_header(
+                "anthropic-version",
+                http::HeaderValue::from_static("2023-06-01"),
+            )?;
         }
         Ok(())
     }

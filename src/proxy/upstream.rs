@@ -4,6 +4,7 @@
 use super::ctx::{BodyPhase, Ctx};
 use crate::providers::{Credential, Endpoint};
 use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
@@ -12,15 +13,24 @@ use pingora::prelude::*;
 /// choose (a provider's `organization` / `project` keys); and `Expect`, which
 /// the gateway answers itself since it reads the body first; and the
 /// gateway's own cache directive.
-const REMOVED: [&str; 7] = [
-    "authorization",
-    "x-api-key",
-    "proxy-authorization",
-    "openai-organization",
-    "openai-project",
-    "expect",
-    crate::cache::HEADER,
+static REMOVED: [HeaderName; 7] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    header::EXPECT,
+    HeaderName::from_static(crate::cache::HEADER),
 ];
+
+/// Removes `name` when the request has it. Most requests carry one or two
+/// of [`REMOVED`]: a lookup by a prebuilt name is a hash and a probe, where
+/// Pingora's removal parses the name again for each of its two maps.
+fn remove_if_present(up: &mut RequestHeader, name: &HeaderName) {
+    if up.headers.contains_key(name) {
+        up.remove_header(name);
+    }
+}
 
 pub fn prepare_request(
     client: &RequestHeader,
@@ -31,8 +41,8 @@ pub fn prepare_request(
         return Ok(());
     };
     let (p, endpoint) = (route.provider.clone(), route.endpoint);
-    for name in REMOVED {
-        up.remove_header(name);
+    for name in &REMOVED {
+        remove_if_present(up, name);
     }
     let stream = ctx.info.as_ref().is_some_and(|i| i.stream);
     if let Credential::Header(name, value) = &p.credential {
@@ -41,7 +51,7 @@ pub fn prepare_request(
     p.kind.upstream_headers(client, up, &p, stream)?;
     up.insert_header("host", p.upstream.authority.clone())?;
     // Usage is read from the body: ask for it uncompressed.
-    up.insert_header("accept-encoding", "identity")?;
+    up.insert_header("accept-encoding", HeaderValue::from_static("identity"))?;
     let pq = client
         .uri
         .path_and_query()
@@ -79,7 +89,7 @@ pub fn prepare_request(
     match &ctx.body {
         BodyPhase::Approved(b) => {
             let len = ctx.attempts.body.as_ref().map_or(b.len(), Bytes::len);
-            up.remove_header("transfer-encoding");
+            remove_if_present(up, &header::TRANSFER_ENCODING);
             up.insert_header("content-length", len)?;
         }
         BodyPhase::Collecting(_)
@@ -87,8 +97,8 @@ pub fn prepare_request(
         {
             // The approved body may be rewritten (stream_options), so its
             // length is unknown until the end: send it chunked.
-            up.remove_header("content-length");
-            up.insert_header("transfer-encoding", "chunked")?;
+            remove_if_present(up, &header::CONTENT_LENGTH);
+            up.insert_header("transfer-encoding", HeaderValue::from_static("chunked"))?;
         }
         _ => {}
     }
