@@ -30,32 +30,41 @@ pub fn now_secs() -> u64 {
 /// `time` crate's format-description interpreter costs ten times as much.
 /// Past year 9999 it is the last millisecond of 9999.
 pub fn rfc3339_millis(ms: u64) -> String {
-    const MAX_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
     let ms = ms.min(MAX_MS);
-    let (days, rem) = (ms / DAY_MS, ms % DAY_MS);
-    let (y, m, d) = civil_from_days(days as i64);
-    let (h, min, s, milli) = (
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000,
-    );
+    let rem = ms % DAY_MS;
     let mut b = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut v: u64| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, y as u64);
-    put(5, 2, u64::from(m));
-    put(8, 2, u64::from(d));
-    put(11, 2, h);
-    put(14, 2, min);
-    put(17, 2, s);
-    put(20, 3, milli);
-    // Every byte is an ASCII digit or one of `-T:.Z`.
-    b.iter().map(|&c| c as char).collect()
+    put_day(&mut b, ms / DAY_MS);
+    put_digits(&mut b[11..13], rem / 3_600_000);
+    put_digits(&mut b[14..16], rem / 60_000 % 60);
+    put_digits(&mut b[17..19], rem / 1000 % 60);
+    put_digits(&mut b[20..23], rem % 1000);
+    ascii_string(&b)
+}
+
+/// The last millisecond of year 9999: the four-digit years end there.
+const MAX_MS: u64 = 253_402_300_799_999;
+
+/// Writes `YYYY-MM-DD` of the day count `days` into `b[..10]` (whose dashes
+/// are already there).
+fn put_day(b: &mut [u8], days: u64) {
+    let (y, m, d) = civil_from_days(days as i64);
+    put_digits(&mut b[0..4], y as u64);
+    put_digits(&mut b[5..7], u64::from(m));
+    put_digits(&mut b[8..10], u64::from(d));
+}
+
+/// `v`'s last `out.len()` decimal digits, zero-padded.
+fn put_digits(out: &mut [u8], mut v: u64) {
+    for c in out.iter_mut().rev() {
+        *c = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// One allocation of the exact size; the bytes are ASCII digits and
+/// separators only.
+fn ascii_string(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
@@ -73,19 +82,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// `YYYY-MM-DD` of the UTC day containing `ms` (past year 9999, 9999-12-31).
+/// `YYYY-MM-DD` of the UTC day containing `ms` (past year 9999, 9999-12-31),
+/// written as [`rfc3339_millis`] is: every request keys its day totals.
 pub fn utc_day_string(ms: u64) -> String {
-    let date = i32::try_from(ms / DAY_MS)
-        .ok()
-        .and_then(|d| EPOCH.to_julian_day().checked_add(d))
-        .and_then(|jd| Date::from_julian_day(jd).ok())
-        .unwrap_or(Date::MAX);
-    format!(
-        "{:04}-{:02}-{:02}",
-        date.year(),
-        u8::from(date.month()),
-        date.day()
-    )
+    let mut b = *b"0000-00-00";
+    put_day(&mut b, ms.min(MAX_MS) / DAY_MS);
+    ascii_string(&b)
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` that [`valid_day`] accepts;
@@ -153,6 +155,19 @@ mod tests {
             let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
                 .unwrap();
             proptest::prop_assert_eq!(rfc3339_millis(ms), t.format(f).unwrap());
+        }
+
+        /// The digit writer against the `time` crate's calendar (what
+        /// `utc_day_string` used before), past year 9999 included.
+        #[test]
+        fn utc_day_string_matches_the_time_crate_anywhere(ms in proptest::prelude::any::<u64>()) {
+            let date = i32::try_from(ms / DAY_MS)
+                .ok()
+                .and_then(|d| EPOCH.to_julian_day().checked_add(d))
+                .and_then(|jd| Date::from_julian_day(jd).ok())
+                .unwrap_or(Date::MAX);
+            let want = format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day());
+            proptest::prop_assert_eq!(utc_day_string(ms), want);
         }
     }
 
