@@ -239,6 +239,38 @@ impl Ctx {
 /// A random 128-bit request id, hex encoded. Client-supplied ids are never
 /// trusted or echoed.
 pub fn new_request_id() -> String {
-    let n: u128 = rand::random();
-    format!("req_{n:032x}")
+    request_id_of(rand::random())
+}
+
+/// `req_` and `n` as 32 lowercase hex digits, written without the
+/// formatting machinery (every request makes one).
+fn request_id_of(n: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = *b"req_00000000000000000000000000000000";
+    for (i, c) in b[4..].iter_mut().enumerate() {
+        *c = HEX[(n >> (124 - 4 * i) & 0xf) as usize];
+    }
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn request_ids_are_the_formatted_hex(n in proptest::prelude::any::<u128>()) {
+            proptest::prop_assert_eq!(request_id_of(n), format!("req_{n:032x}"));
+        }
+    }
+
+    #[test]
+    fn request_id_edges() {
+        assert_eq!(request_id_of(0), format!("req_{}", "0".repeat(32)));
+        assert_eq!(request_id_of(u128::MAX), format!("req_{}", "f".repeat(32)));
+        assert_eq!(
+            request_id_of(0xab << 120 | 1),
+            format!("req_ab{}1", "0".repeat(29))
+        );
+    }
 }
