@@ -15,6 +15,9 @@ use std::ops::Range;
 /// Cap on one captured value. A `usage` object is a few hundred bytes; a
 /// value beyond this is a hostile or broken body and is not captured.
 pub const MAX_CAPTURE_BYTES: usize = 64 * 1024;
+/// Room made at once for a captured value: a `usage` object (a few hundred
+/// bytes) then fits without the buffer growing five or six times from empty.
+const CAPTURE_START: usize = 512;
 /// Longer keys are never among the wanted ones.
 const MAX_KEY: usize = 64;
 
@@ -248,6 +251,9 @@ impl JsonScanner {
             None
         };
         self.cur.clear();
+        if self.capture.is_some() {
+            self.cur.reserve(CAPTURE_START);
+        }
         self.cur_overflow = false;
         self.cap(&[b]);
         self.st = match b {
