@@ -4,6 +4,7 @@
 //! (through `store`) → `providers` → `proxy` → `usage` → `sinks`.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod cache;
 pub mod clock;

@@ -8,9 +8,11 @@ use std::process::ExitCode;
 
 // Pingora allocates and frees buffers, headers and futures for every
 // request; with glibc's malloc that was ~15 % of the proxy's CPU
-// (docs/performance.md). mimalloc's per-thread free lists cost a fraction.
+// (docs/performance.md). mimalloc's per-thread free lists cost a fraction;
+// `tollgate::allocator` says why it is not entered through the `mimalloc`
+// crate.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tollgate::allocator::Allocator = tollgate::allocator::Allocator;
 
 fn main() -> ExitCode {
     // A bug must not print a backtrace (or anything it holds) to operators;
