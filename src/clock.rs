@@ -64,7 +64,7 @@ fn put_digits(out: &mut [u8], mut v: u64) {
 /// One allocation of the exact size; the bytes are ASCII digits and
 /// separators only.
 fn ascii_string(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    std::str::from_utf8(b).map_or_else(|_| String::new(), str::to_owned)
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's

@@ -250,7 +250,7 @@ fn request_id_of(n: u128) -> String {
     for (i, c) in b[4..].iter_mut().enumerate() {
         *c = HEX[(n >> (124 - 4 * i) & 0xf) as usize];
     }
-    String::from_utf8_lossy(&b).into_owned()
+    std::str::from_utf8(&b).map_or_else(|_| String::new(), str::to_owned)
 }
 
 #[cfg(test)]
