@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod fast_map;
 pub mod guard;
+pub mod hex;
 pub mod identity;
 pub mod journal;
 pub mod limits;

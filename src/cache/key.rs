@@ -59,12 +59,7 @@ impl Key {
     }
 
     pub fn hex(&self) -> String {
-        use std::fmt::Write as _;
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            let _ = write!(s, "{b:02x}");
-        }
-        s
+        crate::hex::encode(&self.0)
     }
 }
 

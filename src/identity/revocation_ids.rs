@@ -52,19 +52,9 @@ pub(super) fn sha256_hex_parts(input: &str, signature: &str) -> String {
     h.update(input.as_bytes());
     h.update(b".");
     h.update(signature.as_bytes());
-    hex(&h.finalize())
+    crate::hex::encode(&h.finalize())
 }
 
 pub(super) fn sha256_hex(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
-}
-
-fn hex(digest: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for &b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
+    crate::hex::encode(&Sha256::digest(text.as_bytes()))
 }

@@ -242,15 +242,12 @@ pub fn new_request_id() -> String {
     request_id_of(rand::random())
 }
 
-/// `req_` and `n` as 32 lowercase hex digits, written without the
-/// formatting machinery (every request makes one).
+/// `req_` and `n` as 32 lowercase hex digits.
 fn request_id_of(n: u128) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut b = *b"req_00000000000000000000000000000000";
-    for (i, c) in b[4..].iter_mut().enumerate() {
-        *c = HEX[(n >> (124 - 4 * i) & 0xf) as usize];
-    }
-    std::str::from_utf8(&b).map_or_else(|_| String::new(), str::to_owned)
+    let mut id = String::with_capacity(36);
+    id.push_str("req_");
+    crate::hex::push(&mut id, &n.to_be_bytes());
+    id
 }
 
 #[cfg(test)]
