@@ -16,6 +16,7 @@ pub mod identity;
 pub mod journal;
 pub mod limits;
 pub mod oplog;
+pub mod pid;
 pub mod providers;
 pub mod proxy;
 pub mod report;

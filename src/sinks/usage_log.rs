@@ -165,7 +165,7 @@ enum Mode {
 
 impl<T> State<T> {
     fn running_here(&self) -> bool {
-        matches!(self.mode, Mode::Running { pid } if pid == std::process::id())
+        matches!(self.mode, Mode::Running { pid } if pid == crate::pid::current())
     }
 }
 
@@ -364,7 +364,7 @@ impl<T: LogLine> UsageLog<T> {
     }
 
     fn ensure_running(&self, st: &mut MutexGuard<'_, State<T>>) -> Result<(), UsageLogError> {
-        let pid = std::process::id();
+        let pid = crate::pid::current();
         if let Mode::Running { pid: owner } = st.mode {
             if owner == pid {
                 return Ok(());

@@ -200,7 +200,7 @@ impl Ledger {
     }
 
     fn ensure_running(&self, st: &mut State) {
-        let pid = std::process::id();
+        let pid = crate::pid::current();
         if st.spooler_pid != Some(pid) {
             if st.spooler_pid.is_some() {
                 // Forked after starting: the parent's segments are not ours.
@@ -258,7 +258,7 @@ impl Ledger {
         }
         st.accepted += n;
         shared.add_pending(&mut st, n as i64);
-        if st.spooler_pid != Some(std::process::id()) {
+        if st.spooler_pid != Some(crate::pid::current()) {
             self.ensure_running(&mut st);
         }
         drop(st);
