@@ -184,7 +184,7 @@ impl State {
         };
         Some(AdmitBack {
             id: s.id,
-            first_unused: s.used.min(s.granted),
+            used: s.used.min(s.granted),
             requests: s.granted,
             free_slots: s.slots_free,
         })
@@ -489,7 +489,7 @@ mod tests {
             admit,
             Some(AdmitBack {
                 id: 7,
-                first_unused: 1,
+                used: 1,
                 requests: 3,
                 free_slots: 1
             })

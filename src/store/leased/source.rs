@@ -82,8 +82,8 @@ pub struct LeaseReturn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmitBack {
     pub id: u64,
-    /// Requests `first_unused..requests` of the lease were never used.
-    pub first_unused: u64,
+    /// Of the lease's `requests`, how many were used (the rest go back).
+    pub used: u64,
     pub requests: u64,
     pub free_slots: u64,
 }
@@ -101,7 +101,7 @@ impl LeaseReturn {
     /// Nothing to give back.
     pub fn is_empty(&self) -> bool {
         self.admit
-            .is_none_or(|a| a.first_unused >= a.requests && a.free_slots == 0)
+            .is_none_or(|a| a.used >= a.requests && a.free_slots == 0)
             && self.budget.is_none_or(|b| b.tokens == 0 && b.usd <= 0.0)
     }
 }

@@ -67,6 +67,10 @@ impl SubjectKeys {
     pub(super) fn req(&self) -> String {
         format!("{}:req", self.base)
     }
+    /// The sliding log's lease weights (`lua/log.lua`).
+    pub(super) fn req_weights(&self) -> String {
+        format!("{}:reqw", self.base)
+    }
     pub(super) fn conc(&self) -> String {
         format!("{}:conc", self.base)
     }

@@ -13,8 +13,8 @@ use crate::store::{Admission, AdmitLimits, Reserved, StoreError};
 use async_trait::async_trait;
 use fred::prelude::Value;
 
-/// Requests named in one lease (each is a member of the sliding log): bounds
-/// the script's work and its arguments.
+/// Requests taken by one lease: bounds a slice's size (it is one member of
+/// the sliding log whatever its size, `lua/log.lua`).
 pub const MAX_LEASED_REQUESTS: u64 = 512;
 
 /// `lease_return.lua`'s arguments for `r` at `now_ms`.
@@ -23,7 +23,7 @@ fn return_args(r: &LeaseReturn, now_ms: u64) -> Vec<String> {
     match r.admit {
         Some(back) => a.extend([
             format!("{:016x}", back.id),
-            back.first_unused.to_string(),
+            back.used.to_string(),
             back.requests.to_string(),
             back.free_slots.to_string(),
         ]),
@@ -47,7 +47,7 @@ fn return_args(r: &LeaseReturn, now_ms: u64) -> Vec<String> {
 
 fn subject_keys(keys: &Keys, sub: &str) -> Vec<String> {
     let k = keys.subject(sub);
-    vec![k.req(), k.conc(), k.bud()]
+    vec![k.req(), k.conc(), k.bud(), k.req_weights()]
 }
 
 /// `lease.lua`'s keys and arguments.
@@ -201,7 +201,7 @@ mod tests {
             sub: "u".into(),
             admit: Some(AdmitBack {
                 id: 1,
-                first_unused: 2,
+                used: 2,
                 requests: 5,
                 free_slots: 1,
             }),

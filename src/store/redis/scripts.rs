@@ -11,6 +11,8 @@ use fred::types::scripts::Script;
 /// Lua numbers are doubles: integers above 2^53 would round.
 const MAX_LUA_INT: u64 = 1 << 53;
 const BUDGET_LUA: &str = include_str!("lua/budget.lua");
+/// The sliding log's count, shared by every script admitting a request.
+const LOG_LUA: &str = include_str!("lua/log.lua");
 
 #[derive(Clone)]
 pub(super) struct Scripts {
@@ -43,21 +45,21 @@ impl Scripts {
         let lease = include_str!("lua/lease.lua");
         let lease_return = include_str!("lua/lease_return.lua");
         let admit_and_reserve = format!(
-            "{BUDGET_LUA}\n{}{}",
+            "{LOG_LUA}\n{BUDGET_LUA}\n{}{}",
             lua_function("admit", admit),
             lua_function("reserve", reserve)
         );
         Self {
-            admit: Script::from_lua(admit),
+            admit: Script::from_lua(format!("{LOG_LUA}\n{admit}")),
             reserve: Script::from_lua(format!("{BUDGET_LUA}\n{reserve}")),
             admit_reserve: Script::from_lua(format!("{admit_and_reserve}{admit_reserve}")),
             admit_reserve_pair: Script::from_lua(format!("{admit_and_reserve}{pair}")),
             finish: Script::from_lua(format!("{BUDGET_LUA}\n{finish}")),
             lease: Script::from_lua(format!(
-                "{BUDGET_LUA}\n{}{lease}",
+                "{LOG_LUA}\n{BUDGET_LUA}\n{}{lease}",
                 lua_function("lease_return", lease_return)
             )),
-            lease_return: Script::from_lua(format!("{BUDGET_LUA}\n{lease_return}")),
+            lease_return: Script::from_lua(format!("{LOG_LUA}\n{BUDGET_LUA}\n{lease_return}")),
             batch: Script::from_lua(format!(
                 "{admit_and_reserve}{}{}{}{}{}{}",
                 lua_function("admit_reserve", admit_reserve),
@@ -108,7 +110,7 @@ pub(super) fn admit_call(
     let window_start = now_ms as i128 - MINUTE_MS as i128;
     let member = format!("{now_ms}-{:016x}", rand::random::<u64>());
     (
-        vec![k.req(), k.conc()],
+        vec![k.req(), k.conc(), k.req_weights()],
         vec![
             now_ms.to_string(),
             window_start.to_string(),

@@ -1,6 +1,7 @@
 -- Admission: sliding 60 s request log plus a concurrency slot, all or nothing.
+-- Loaded after log.lua.
 -- KEYS[1] sliding log (sorted set: member unique per admission, score = admission ms)
--- KEYS[2] concurrency counter
+-- KEYS[2] concurrency counter  KEYS[3] the log's weights (log.lua)
 -- ARGV[1] now ms            ARGV[2] window start: entries scored at or below it have left
 -- ARGV[3] requests_per_minute, -1 for none
 -- ARGV[4] max_concurrent, -1 for none
@@ -11,8 +12,7 @@ local rpm = tonumber(ARGV[3])
 local maxc = tonumber(ARGV[4])
 local count = 0
 if rpm >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-  count = redis.call('ZCARD', KEYS[1])
+  count = log_count(KEYS[1], KEYS[3], ARGV[2])
   if count >= rpm then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     return {1, oldest[2] or ARGV[1]}

@@ -5,8 +5,8 @@
 -- reserve.lua wrapped as `admit(KEYS, ARGV)` and `reserve(KEYS, ARGV)`.
 -- Standalone or sentinel Redis only (on a cluster the scopes' keys live in
 -- different slots).
--- KEYS[1..2] the caller's admit keys  KEYS[3..4] the team's
--- KEYS[5] the caller's budget hash  KEYS[6] the team's  KEYS[7] in-flight counter
+-- KEYS[1..3] the caller's admit keys  KEYS[4..6] the team's
+-- KEYS[7] the caller's budget hash  KEYS[8] the team's  KEYS[9] in-flight counter
 -- ARGV[1..7] the caller's admit arguments  ARGV[8..14] the team's
 -- ARGV[15] '1' the caller reserves  ARGV[16] '1' the team reserves
 -- ARGV[17..26] the caller's reserve arguments  ARGV[27..36] the team's
@@ -35,11 +35,11 @@ local function unadmit(keys, argv)
 end
 
 local user_admit = slice(1, 7)
-local ua = admit({KEYS[1], KEYS[2]}, user_admit)
+local ua = admit({KEYS[1], KEYS[2], KEYS[3]}, user_admit)
 if ua[1] ~= 0 then
   return {1, ua}
 end
-local ta = admit({KEYS[3], KEYS[4]}, slice(8, 7))
+local ta = admit({KEYS[4], KEYS[5], KEYS[6]}, slice(8, 7))
 if ta[1] ~= 0 then
   unadmit({KEYS[1], KEYS[2]}, user_admit)
   return {2, ta}
@@ -47,7 +47,7 @@ end
 local user_res = ARGV[15] == '1' and slice(17, 10) or nil
 local team_res = ARGV[16] == '1' and slice(27, 10) or nil
 -- Both budgets are checked before either is taken.
-for i, r in ipairs({{user_res, KEYS[5], 3}, {team_res, KEYS[6], 4}}) do
+for i, r in ipairs({{user_res, KEYS[7], 3}, {team_res, KEYS[8], 4}}) do
   if r[1] then
     local b = load_budget(r[2], tonumber(r[1][1]), tonumber(r[1][2]))
     local refused = budget_refusal(b, r[1])
@@ -59,9 +59,9 @@ end
 local ur = false
 local tr = false
 if user_res then
-  ur = reserve({KEYS[5], KEYS[7]}, user_res)
+  ur = reserve({KEYS[7], KEYS[9]}, user_res)
 end
 if team_res then
-  tr = reserve({KEYS[6], KEYS[7]}, team_res)
+  tr = reserve({KEYS[8], KEYS[9]}, team_res)
 end
 return {0, ua, ta, ur, tr}

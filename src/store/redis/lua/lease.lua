@@ -3,13 +3,15 @@
 -- (src/store/leased/, docs/redis-store.md "Leases"). Each part is taken only
 -- when asked for; each is sized by the caller's demand but never more than
 -- half of what remains, so slices shrink near a limit and none is taken once
--- it is reached. Loaded after budget.lua.
+-- it is reached. Loaded after log.lua and budget.lua.
 -- KEYS[1] sliding request log  KEYS[2] concurrency counter  KEYS[3] budget hash
+-- KEYS[4] the log's weights
 -- ARGV[1] now ms  ARGV[2] window start (entries at or below it have left)
 -- ARGV[3] requests_per_minute or -1  ARGV[4] max_concurrent or -1
 --   (both -1: no request part)
--- ARGV[5] lease id  ARGV[6] lease end ms: the score of its requests, so they
---   stay in the window at least 60 s after any use of them
+-- ARGV[5] lease id  ARGV[6] lease end ms: the score of its requests (one
+--   member `<id>*<n>`, log.lua), so they stay in the window at least 60 s
+--   after any use of them
 -- ARGV[7] requests wanted  ARGV[8] slots wanted
 -- ARGV[9] log ttl ms  ARGV[10] slot counter ttl ms
 -- ARGV[11] '1' a budget part follows
@@ -42,9 +44,7 @@ local req_grant = 0
 local req_before = -1
 local slot_grant = 0
 if rpm >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-  local count = redis.call('ZCARD', KEYS[1])
-  req_before = rpm - count
+  req_before = rpm - log_count(KEYS[1], KEYS[4], ARGV[2])
   if req_before < 1 then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     return {1, oldest[2] or ARGV[1]}
@@ -64,13 +64,7 @@ if maxc >= 0 then
   redis.call('SET', KEYS[2], string.format('%d', held + slot_grant), 'PX', ARGV[10])
 end
 if req_grant > 0 then
-  local args = {}
-  for i = 0, req_grant - 1 do
-    args[#args + 1] = ARGV[6]
-    args[#args + 1] = ARGV[5] .. ':' .. i
-  end
-  redis.call('ZADD', KEYS[1], unpack(args))
-  redis.call('PEXPIRE', KEYS[1], ARGV[9])
+  log_add(KEYS[1], KEYS[4], ARGV[6], ARGV[5], req_grant, tonumber(ARGV[9]))
 end
 local budget = false
 if ARGV[11] == '1' then

@@ -1,23 +1,20 @@
 -- The unused part of an ended lease (lease.lua), given back: its unused
 -- requests leave the sliding log, its free slots the concurrency counter, its
 -- unused tokens and dollars the windows they were taken in (when those are
--- still current). Loaded after budget.lua.
+-- still current). Loaded after log.lua and budget.lua.
 -- KEYS[1] sliding request log  KEYS[2] concurrency counter  KEYS[3] budget hash
--- ARGV[1] lease id  ARGV[2] first unused request  ARGV[3] requests granted
+-- KEYS[4] the log's weights
+-- ARGV[1] lease id  ARGV[2] requests used  ARGV[3] requests granted
 --   (both 0: no request part)
 -- ARGV[4] free slots  ARGV[5] slot counter ttl ms
 -- ARGV[6] '1' a budget part: ARGV[7] minute now  ARGV[8] day now
 --   ARGV[9] lease minute  ARGV[10] lease day  ARGV[11] tokens unused
 --   ARGV[12] usd unused
 -- Returns 1.
-local first = tonumber(ARGV[2])
+local used = tonumber(ARGV[2])
 local granted = tonumber(ARGV[3])
-if granted > first then
-  local members = {}
-  for i = first, granted - 1 do
-    members[#members + 1] = ARGV[1] .. ':' .. i
-  end
-  redis.call('ZREM', KEYS[1], unpack(members))
+if granted > used then
+  log_shrink(KEYS[1], KEYS[4], ARGV[1], granted, used)
 end
 local free = tonumber(ARGV[4])
 if free > 0 then

@@ -107,6 +107,7 @@ fn a_subjects_keys_share_one_slot_whatever_its_name() {
         let k = keys.subject(sub);
         let all = [
             k.req(),
+            k.req_weights(),
             k.conc(),
             k.bud(),
             k.usage("2026-11-28"),
@@ -290,5 +291,6 @@ async fn stale_revocations_are_not_trusted() {
 }
 
 mod batch;
+mod log;
 mod outage;
 mod replicas;
