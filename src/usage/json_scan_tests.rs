@@ -160,6 +160,19 @@ proptest! {
         }
     }
 
+    /// The SSE2 search finds what a byte loop finds, at every offset and
+    /// length around its 16-byte blocks.
+    #[test]
+    fn nested_stop_is_the_first_quote_or_bracket(
+        data in proptest::collection::vec(
+            prop_oneof![8 => any::<u8>(), 1 => prop::sample::select(&b"\"{}[]{}[]\x5b\x7b\x3b\xdb\xfb"[..])],
+            0..80),
+        from in 0usize..20,
+    ) {
+        let b = &data[from.min(data.len())..];
+        prop_assert_eq!(nested_stop(b), b.iter().position(|&c| is_nested_stop(c)));
+    }
+
     #[test]
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1024),
                                 points in proptest::collection::vec(any::<usize>(), 0..8)) {
