@@ -13,6 +13,8 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
 
+mod plain;
+
 /// An object's members by name: a whole `serde_json` map, or [`Picked`].
 pub trait Members {
     fn member(&self, key: &str) -> Option<&Value>;
@@ -44,6 +46,9 @@ impl<const N: usize> Picked<N> {
     /// object, as `serde_json::from_slice::<Value>` and `as_object` would
     /// say.
     pub fn from_slice(raw: &[u8], names: [&'static str; N]) -> Option<Self> {
+        if let Some(values) = plain::pick(raw, &names) {
+            return Some(Self { names, values });
+        }
         let mut de = serde_json::Deserializer::from_slice(raw);
         let values = Seed(&names).deserialize(&mut de).ok()?;
         de.end().ok()?;
@@ -130,6 +135,75 @@ mod tests {
         assert_eq!(p.member("x"), None);
         for bad in [&b"[1]"[..], b"5", b"{\"a\":1} x", b"{\"a\":}", b"", b"null"] {
             assert!(Picked::from_slice(bad, NAMES).is_none(), "{bad:?}");
+        }
+    }
+
+    /// serde_json's reading alone, without the plain-shape reader.
+    fn via_serde(raw: &[u8]) -> Option<[Option<Value>; 3]> {
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let values = Seed(&NAMES).deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        Some(values)
+    }
+
+    #[test]
+    fn providers_usage_objects_take_the_plain_reader() {
+        let anthropic = br#"{"input_tokens":1200,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":85,"service_tier":"standard"}"#;
+        let names = ["input_tokens", "output_tokens", "cache_creation_input_tokens"];
+        let v = plain::pick(anthropic, &names).expect("plain shape");
+        assert_eq!(v, [Some(Value::from(1200)), Some(Value::from(85)), Some(Value::from(0))]);
+        let openai = b"{\n  \"prompt_tokens\": 19,\n  \"completion_tokens\": 10,\n  \"total_tokens\": 29,\n  \"prompt_tokens_details\": {\"cached_tokens\": 0, \"audio_tokens\": null},\n  \"completion_tokens_details\": {\"reasoning_tokens\": 0}\n}";
+        let names = ["prompt_tokens", "completion_tokens", "total_tokens"];
+        assert!(plain::pick(openai, &names).is_some());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        /// Whatever the plain reader answers is serde_json's answer; it
+        /// declines (for serde_json to read) anything else.
+        #[test]
+        fn the_plain_reader_agrees_with_serde_json(
+            members in prop::collection::vec(
+                (prop::sample::select(&["a", "b", "c", "d", "\\u0061", "é", "a b"][..]),
+                 prop::sample::select(&[
+                     "1", "0", "00", "01", "12", "18446744073709551615", "18446744073709551616",
+                     "99999999999999999999", "1.0", "1e3", "2E1", "-1", "null", "nul", "true",
+                     "false", "\"s\"", "\"\"", "\"é\"", "\"a\\\"b\"", "[1]", "{}",
+                     "{\"b\":3}", "{\"x\":{\"y\":{\"z\":{}}}}", "{\"a\":1,}", "tru", "1x",
+                 ][..]),
+                 prop::sample::select(&["", " ", "\n\t", "\r"][..])),
+                0..7),
+            cut in 0usize..4,
+        ) {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))
+                .collect();
+            let mut raw = format!(" {{{}}} ", body.join(",")).into_bytes();
+            raw.truncate(raw.len().saturating_sub(cut));
+            if let Some(plain) = plain::pick(&raw, &NAMES) {
+                prop_assert_eq!(Some(plain), via_serde(&raw));
+            }
+            prop_assert_eq!(
+                Picked::from_slice(&raw, NAMES).map(|p| p.values),
+                via_serde(&raw)
+            );
+        }
+
+        /// Any bytes at all, and strings of JSON's own characters: never a
+        /// panic, never an answer serde_json would not give.
+        #[test]
+        fn the_plain_reader_on_any_bytes(
+            raw in prop::collection::vec(any::<u8>(), 0..64),
+            json in prop::collection::vec(
+                prop::sample::select(&b"{}{}\"\"\":,,01 \nabctruefalsnl.e-[]\\"[..]),
+                0..48),
+        ) {
+            for bytes in [&raw, &json] {
+                if let Some(plain) = plain::pick(bytes, &NAMES) {
+                    prop_assert_eq!(Some(plain), via_serde(bytes));
+                }
+            }
         }
     }
 

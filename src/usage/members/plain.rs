@@ -1,0 +1,144 @@
+//! The usual shape of a `usage` object read by hand.
+//!
+//! serde_json's map walk was about 4.3k instructions per response
+//! (callgrind, docs/performance.md round 6): a key decoded and UTF-8
+//! checked per member, a visitor call per value. Providers send usage as a
+//! flat object of ASCII keys and unsigned counts, with an ASCII string or
+//! a small nested object here and there, and this reads exactly that.
+//! Anything else (escapes, non-ASCII, signs, fractions, exponents, arrays,
+//! deep nesting, and every malformed input) is left to serde_json: the
+//! answer here is `None`, "not this shape", never "invalid". So what is
+//! accepted, and what is read, is what serde_json gives for the same bytes
+//! (property-tested in `super::tests`).
+
+use serde_json::Value;
+
+/// Nested objects deeper than this go to serde_json.
+const MAX_DEPTH: usize = 3;
+/// More digits than this may not fit a `u64`: serde_json reads them as a
+/// float.
+const MAX_DIGITS: usize = 19;
+
+/// `raw`'s members named in `names` (the last of a repeated name), when
+/// `raw` is an object of the plain shape; `None` otherwise.
+pub(super) fn pick<const N: usize>(
+    raw: &[u8],
+    names: &[&'static str; N],
+) -> Option<[Option<Value>; N]> {
+    let mut r = Reader { b: raw, i: 0 };
+    let mut values: [Option<Value>; N] = std::array::from_fn(|_| None);
+    r.object(0, Some((names, &mut values)))?;
+    r.ws();
+    (r.i == raw.len()).then_some(values)
+}
+
+type Picks<'p, const N: usize> = Option<(&'p [&'static str; N], &'p mut [Option<Value>; N])>;
+
+struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// A string of printable ASCII without escapes, its contents.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let rest = self.b.get(self.i..)?;
+        let len = memchr::memchr(b'"', rest)?;
+        let s = &rest[..len];
+        if !s.iter().all(|&c| (0x20..0x7f).contains(&c) && c != b'\\') {
+            return None;
+        }
+        self.i += len + 1;
+        Some(s)
+    }
+
+    /// A non-negative integer that fits a `u64`, not followed by a
+    /// fraction or an exponent.
+    fn count(&mut self) -> Option<u64> {
+        let rest = self.b.get(self.i..)?;
+        let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > MAX_DIGITS || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        if let Some(b'.' | b'e' | b'E') = rest.get(digits) {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &d in &rest[..digits] {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        }
+        self.i += digits;
+        Some(n)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i.checked_add(word.len())?;
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'0'..=b'9' => self.count().map(|_| ()),
+            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'{' if depth < MAX_DEPTH => self.object::<0>(depth + 1, None),
+            _ => None,
+        }
+    }
+
+    /// An object; at the top (`picks`), a named member's value must be a
+    /// count or null.
+    fn object<const N: usize>(&mut self, depth: usize, mut picks: Picks<'_, N>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            let wanted = picks.as_mut().and_then(|(names, values)| {
+                let at = names.iter().position(|n| n.as_bytes() == key)?;
+                Some(&mut values[at])
+            });
+            match wanted {
+                Some(slot) => {
+                    *slot = Some(match self.peek()? {
+                        b'n' => {
+                            self.literal(b"null")?;
+                            Value::Null
+                        }
+                        _ => Value::from(self.count()?),
+                    });
+                }
+                None => self.skip_value(depth)?,
+            }
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+}
