@@ -59,13 +59,9 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let rest = self.b.get(self.i..)?;
-        let len = memchr::memchr(b'"', rest)?;
-        let s = &rest[..len];
-        if !s.iter().all(|&c| (0x20..0x7f).contains(&c) && c != b'\\') {
-            return None;
-        }
+        let len = plain_len(rest)?;
         self.i += len + 1;
-        Some(s)
+        Some(&rest[..len])
     }
 
     /// A non-negative integer that fits a `u64`, not followed by a
@@ -139,6 +135,80 @@ impl<'a> Reader<'a> {
                 }
                 _ => return None,
             }
+        }
+    }
+}
+
+/// Not printable ASCII, or `\\`: a string holding one is not plain.
+fn is_special(c: u8) -> bool {
+    !(0x20..0x7f).contains(&c) || c == b'\\'
+}
+
+/// Where the closing quote of a string whose contents start `s` is, when
+/// every byte before it is plain (printable ASCII other than `\\`).
+/// Keys and values are short: one 16-byte SSE2 test usually decides, where
+/// a search for the quote then a check of every byte took two passes.
+fn plain_len(s: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8,
+        };
+        let mut i = 0;
+        // SAFETY: SSE2 is part of the x86_64 baseline; each unaligned load
+        // reads the 16 bytes at `i`, and `i + 16 <= s.len()` keeps them in `s`.
+        unsafe {
+            let quote = _mm_set1_epi8(b'"' as i8);
+            let backslash = _mm_set1_epi8(b'\\' as i8);
+            let del = _mm_set1_epi8(0x7f);
+            let below = _mm_set1_epi8(0x1f);
+            while i + 16 <= s.len() {
+                let v = _mm_loadu_si128(s.as_ptr().add(i).cast::<__m128i>());
+                // `min(v, 0x1f) == v` exactly when v <= 0x1f (unsigned);
+                // bytes from 0x80 up show in movemask(v) itself.
+                let control = _mm_cmpeq_epi8(_mm_min_epu8(v, below), v);
+                let stops = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                    _mm_or_si128(_mm_cmpeq_epi8(v, del), control),
+                );
+                let mask = (_mm_movemask_epi8(stops) | _mm_movemask_epi8(v)) as u32;
+                if mask != 0 {
+                    let at = i + mask.trailing_zeros() as usize;
+                    return (s[at] == b'"').then_some(at);
+                }
+                i += 16;
+            }
+        }
+        let at = i + s[i..].iter().position(|&c| c == b'"' || is_special(c))?;
+        (s[at] == b'"').then_some(at)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let at = s.iter().position(|&c| c == b'"' || is_special(c))?;
+        (s[at] == b'"').then_some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The SSE2 test finds what a byte loop finds, around its blocks.
+        #[test]
+        fn plain_len_is_the_byte_loop(
+            data in prop::collection::vec(
+                prop_oneof![6 => 0x20u8..0x7f, 1 => any::<u8>(), 1 => Just(b'"')], 0..70),
+            from in 0usize..20,
+        ) {
+            let s = &data[from.min(data.len())..];
+            let by_loop = s
+                .iter()
+                .position(|&c| c == b'"' || is_special(c))
+                .filter(|&at| s[at] == b'"');
+            prop_assert_eq!(plain_len(s), by_loop);
         }
     }
 }
