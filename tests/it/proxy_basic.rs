@@ -391,3 +391,67 @@ async fn path_query_and_method_reach_the_provider() {
     assert_eq!(r.method, "POST");
     assert_eq!(r.target, "/v1/messages?beta=true&x=1");
 }
+
+/// A provider that compresses although tollgate asks for `identity` is
+/// decoded before the meter and the client see its body: the client gets
+/// the plain JSON without `content-encoding`, and the record its usage. A
+/// provider that does not compress is passed through untouched (no `vary`
+/// added, no decoder).
+#[tokio::test]
+async fn a_provider_that_compresses_anyway_is_decoded_and_metered() {
+    use flate2::{write::GzEncoder, Compression};
+    use std::io::Write as _;
+    let e = env();
+    let case = unique("gzip-anyway");
+    let plain = anthropic::json("claude-sonnet-4-5", Usage::new(21, 43, 0, 0));
+    let plain_bytes = plain.sent_bytes();
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&plain_bytes).unwrap();
+    let gzipped = gz.finish().unwrap();
+    e.provider.script(
+        &case,
+        crate::common::fake_provider::Script::body(200, "application/json", gzipped)
+            .with_header("content-encoding", "gzip"),
+    );
+    let token = e.gw.token(&unique("gzip-user"));
+    let resp = send(
+        client()
+            .post(e.gw.proxy_url("/v1/messages"))
+            .bearer_auth(&token)
+            .json(&anthropic_body(&case, "claude-sonnet-4-5", false)),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.header("content-encoding"),
+        None,
+        "decoded for the client"
+    );
+    assert_eq!(resp.body, plain_bytes, "the provider's body, decoded");
+    let reqs = e.provider.requests_for(&case);
+    assert_eq!(reqs[0].header("accept-encoding"), Some("identity"));
+    let r = e.gw.record_for_request(&resp.request_id()).await;
+    assert_eq!(
+        (r["input_tokens"].as_u64(), r["output_tokens"].as_u64()),
+        (Some(21), Some(43)),
+        "{r}"
+    );
+
+    let case = unique("identity");
+    let script = anthropic::json("claude-sonnet-4-5", Usage::new(5, 6, 0, 0));
+    e.provider.script(&case, script.clone());
+    let resp = send(
+        client()
+            .post(e.gw.proxy_url("/v1/messages"))
+            .bearer_auth(&token)
+            .json(&anthropic_body(&case, "claude-sonnet-4-5", false)),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.body, script.sent_bytes());
+    assert_eq!(
+        resp.header("vary"),
+        None,
+        "nothing varies on an answer left alone"
+    );
+}
