@@ -110,7 +110,10 @@ fn nested_stop_sse2(b: &[u8]) -> Option<usize> {
             i += 16;
         }
     }
-    b[i..].iter().position(|&c| is_nested_stop(c)).map(|p| i + p)
+    b[i..]
+        .iter()
+        .position(|&c| is_nested_stop(c))
+        .map(|p| i + p)
 }
 
 fn is_ws(b: u8) -> bool {

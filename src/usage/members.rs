@@ -149,9 +149,20 @@ mod tests {
     #[test]
     fn providers_usage_objects_take_the_plain_reader() {
         let anthropic = br#"{"input_tokens":1200,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":85,"service_tier":"standard"}"#;
-        let names = ["input_tokens", "output_tokens", "cache_creation_input_tokens"];
+        let names = [
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+        ];
         let v = plain::pick(anthropic, &names).expect("plain shape");
-        assert_eq!(v, [Some(Value::from(1200)), Some(Value::from(85)), Some(Value::from(0))]);
+        assert_eq!(
+            v,
+            [
+                Some(Value::from(1200)),
+                Some(Value::from(85)),
+                Some(Value::from(0))
+            ]
+        );
         let openai = b"{\n  \"prompt_tokens\": 19,\n  \"completion_tokens\": 10,\n  \"total_tokens\": 29,\n  \"prompt_tokens_details\": {\"cached_tokens\": 0, \"audio_tokens\": null},\n  \"completion_tokens_details\": {\"reasoning_tokens\": 0}\n}";
         let names = ["prompt_tokens", "completion_tokens", "total_tokens"];
         assert!(plain::pick(openai, &names).is_some());
