@@ -33,6 +33,7 @@ use bytes::Bytes;
 use ctx::Drain;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -241,6 +242,13 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
+        // A retried attempt (`routing.retry_on`) decides afresh whether to
+        // decode its answer: the previous attempt's answer, never sent, may
+        // have taken the compression context past its header phase, and a
+        // compressed second answer would then reach the meter undecoded.
+        if !session.upstream_compression.is_header_phase() {
+            session.upstream_compression = ResponseCompressionCtx::new(0, false, false);
+        }
         traced::propagate(ctx, upstream_request)?;
         upstream::prepare_request(session.req_header(), upstream_request, ctx)?;
         if journal::due_at_headers(ctx) {

@@ -162,6 +162,70 @@ async fn a_529_fails_over_to_the_next_deployment() {
     assert!(attempts(&m, "anthropic-2", "ok") >= 1.0);
 }
 
+fn gzipped(script: &Script) -> Script {
+    use flate2::{write::GzEncoder, Compression};
+    use std::io::Write as _;
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&script.sent_bytes()).unwrap();
+    Script::body(script.status, "application/json", gz.finish().unwrap())
+        .with_header("content-encoding", "gzip")
+}
+
+/// Providers that compress although asked for `identity`, and a failover
+/// between two of them: the second answer is decoded for the client and
+/// the meter like a first one, whatever the first was.
+#[tokio::test]
+async fn a_compressed_answer_after_a_compressed_529_is_decoded() {
+    let f = Fleet::start(
+        json!({"claude-sonnet-4-5": {"deployments": ["anthropic", "anthropic-2"]}}),
+        |b| b.tweak(|c| c["routing"]["cooldown"] = json!("0s")),
+    );
+    let token = f.gw.token(&unique("gz-failover"));
+    for first_compressed in [true, false] {
+        let case = unique("gz-529");
+        f.a.script(
+            &case,
+            if first_compressed {
+                gzipped(&overloaded())
+            } else {
+                overloaded()
+            },
+        );
+        let answer = anthropic::json("claude-sonnet-4-5", Usage::new(7, 9, 0, 0));
+        f.b.script(&case, gzipped(&answer));
+        let resp = f
+            .post(
+                "/v1/messages",
+                &token,
+                &anthropic_body(&case, "claude-sonnet-4-5", false),
+            )
+            .await;
+        assert_eq!(
+            resp.status,
+            200,
+            "first compressed {first_compressed}: {}",
+            resp.text()
+        );
+        assert_eq!(
+            resp.header("content-encoding"),
+            None,
+            "first compressed {first_compressed}"
+        );
+        assert_eq!(
+            resp.body,
+            answer.sent_bytes(),
+            "first compressed {first_compressed}"
+        );
+        let r = f.gw.record_for_request(&resp.request_id()).await;
+        assert_eq!(r["attempts"], json!(2), "{r}");
+        assert_eq!(
+            (r["input_tokens"].clone(), r["output_tokens"].clone()),
+            (json!(7), json!(9)),
+            "{r}"
+        );
+    }
+}
+
 /// A refused connection, then 200; a timeout before the response headers,
 /// then 200.
 #[tokio::test]
