@@ -7,14 +7,14 @@
 //! cached here and forgotten in every forked child by a `pthread_atfork`
 //! handler, which runs in the child before `fork` returns there.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 /// 0: not known in this process (never asked, or forked since).
 static PID: AtomicU32 = AtomicU32::new(0);
-static FORGET_IN_CHILD: Once = Once::new();
-/// Whether the handler is registered: without it nothing is cached.
-static ATFORK_OK: AtomicBool = AtomicBool::new(false);
+/// Whether the forgetting handler is registered: without it nothing is
+/// cached.
+static FORGETS_IN_CHILD: OnceLock<bool> = OnceLock::new();
 
 extern "C" fn forget() {
     // Async-signal-safe: one atomic store.
@@ -29,19 +29,18 @@ pub fn current() -> u32 {
     }
     // Registered before the first id is cached, so no fork can happen
     // between caching an id and being able to forget it.
-    FORGET_IN_CHILD.call_once(|| {
+    let forgets = *FORGETS_IN_CHILD.get_or_init(|| {
         // SAFETY: registers a child handler that only does an atomic store;
         // pthread_atfork has no other preconditions. On failure (ENOMEM)
         // nothing is cached, and every call asks the kernel.
         let rc = unsafe { libc::pthread_atfork(None, None, Some(forget)) };
-        if rc == 0 {
-            ATFORK_OK.store(true, Ordering::Relaxed);
-        } else {
+        if rc != 0 {
             log::warn!("pthread_atfork failed ({rc}): the process id is asked for on every use");
         }
+        rc == 0
     });
     let pid = std::process::id();
-    if ATFORK_OK.load(Ordering::Relaxed) {
+    if forgets {
         PID.store(pid, Ordering::Relaxed);
     }
     pid

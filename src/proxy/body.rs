@@ -149,9 +149,8 @@ async fn read_whole(
         // Pingora 0.9 applies the session's read timeout (set to
         // `client_timeout` at the start of `request_filter`) on HTTP/1 only: on
         // HTTP/2 a stalled body would wait for ever, so each read is bounded
-        // here as well (408, as over HTTP/1.1). Only there: a tokio timer
-        // per read cost HTTP/1 requests ~4.8k instructions for a bound they
-        // already had.
+        // here as well (408, as over HTTP/1.1). Only there: on HTTP/1 a
+        // second bound would only add a clock read and a timer per read.
         let read = if session.downstream_session.is_http2() {
             tokio::time::timeout(app.request.client_timeout, session.read_request_body())
                 .await

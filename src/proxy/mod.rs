@@ -244,8 +244,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // A retried attempt (`routing.retry_on`) decides afresh whether to
         // decode its answer: the previous attempt's answer, never sent, may
-        // have taken the compression context past its header phase, and a
-        // compressed second answer would then reach the meter undecoded.
+        // have taken the compression context past its header phase with
+        // that answer's decoder, which broke a compressed second answer.
         if !session.upstream_compression.is_header_phase() {
             session.upstream_compression = ResponseCompressionCtx::new(0, false, false);
         }

@@ -162,15 +162,6 @@ async fn a_529_fails_over_to_the_next_deployment() {
     assert!(attempts(&m, "anthropic-2", "ok") >= 1.0);
 }
 
-fn gzipped(script: &Script) -> Script {
-    use flate2::{write::GzEncoder, Compression};
-    use std::io::Write as _;
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&script.sent_bytes()).unwrap();
-    Script::body(script.status, "application/json", gz.finish().unwrap())
-        .with_header("content-encoding", "gzip")
-}
-
 /// Providers that compress although asked for `identity`, and a failover
 /// between two of them: the second answer is decoded for the client and
 /// the meter like a first one, whatever the first was.
@@ -186,13 +177,13 @@ async fn a_compressed_answer_after_a_compressed_529_is_decoded() {
         f.a.script(
             &case,
             if first_compressed {
-                gzipped(&overloaded())
+                overloaded().gzipped()
             } else {
                 overloaded()
             },
         );
         let answer = anthropic::json("claude-sonnet-4-5", Usage::new(7, 9, 0, 0));
-        f.b.script(&case, gzipped(&answer));
+        f.b.script(&case, answer.gzipped());
         let resp = f
             .post(
                 "/v1/messages",

@@ -399,20 +399,11 @@ async fn path_query_and_method_reach_the_provider() {
 /// added, no decoder).
 #[tokio::test]
 async fn a_provider_that_compresses_anyway_is_decoded_and_metered() {
-    use flate2::{write::GzEncoder, Compression};
-    use std::io::Write as _;
     let e = env();
     let case = unique("gzip-anyway");
     let plain = anthropic::json("claude-sonnet-4-5", Usage::new(21, 43, 0, 0));
     let plain_bytes = plain.sent_bytes();
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&plain_bytes).unwrap();
-    let gzipped = gz.finish().unwrap();
-    e.provider.script(
-        &case,
-        crate::common::fake_provider::Script::body(200, "application/json", gzipped)
-            .with_header("content-encoding", "gzip"),
-    );
+    e.provider.script(&case, plain.gzipped());
     let token = e.gw.token(&unique("gzip-user"));
     let resp = send(
         client()

@@ -169,6 +169,17 @@ impl Script {
         }
     }
 
+    /// This answer's body gzipped, with `Content-Encoding: gzip`: a
+    /// provider that compresses although asked for `identity`.
+    pub fn gzipped(&self) -> Self {
+        use flate2::{write::GzEncoder, Compression};
+        use std::io::Write as _;
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&self.sent_bytes()).expect("gzip into memory");
+        let body = gz.finish().expect("gzip into memory");
+        Self::body(self.status, "application/json", body).with_header("content-encoding", "gzip")
+    }
+
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_ascii_lowercase(), value.into()));
         self
