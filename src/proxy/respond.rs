@@ -7,6 +7,8 @@ use super::error::GatewayError;
 use crate::providers::errors::{error_body, rate_limit_body};
 use crate::providers::Dialect;
 use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::response::Parts as RespParts;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -18,25 +20,64 @@ pub fn dialect(ctx: &Ctx) -> Dialect {
     ctx.provider().map_or(Dialect::Anthropic, |p| p.dialect())
 }
 
+/// The names of the headers every response carries, built once: Pingora's
+/// `insert_header` parses each name again and allocates it (a custom name
+/// is copied), once for each of its two maps.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static CACHE_OUTCOME: HeaderName = HeaderName::from_static(crate::cache::HEADER);
+static RATE_LIMIT: [HeaderName; 4] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+];
+
 /// `x-request-id` on every response, `x-ratelimit-*` once the caller is known.
+///
+/// They go straight into the response's header map, which leaves Pingora's
+/// case map behind: over HTTP/1 the response is then written with the
+/// standard names title-cased and every other name lower-case (what HTTP/2
+/// always does, and what Envoy does by default), instead of in the case the
+/// provider used. Header names are case-insensitive (RFC 9110 5.1).
 pub fn common_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    let reason = (resp.get_reason_phrase() != resp.status.canonical_reason())
+        .then(|| resp.get_reason_phrase().map(str::to_owned))
+        .flatten();
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts: RespParts = std::mem::replace(resp, placeholder).into();
+    let added = add_common(&mut parts.headers, ctx);
+    *resp = ResponseHeader::from(parts);
+    if reason.is_some() {
+        resp.set_reason_phrase(reason.as_deref())?;
+    }
+    added
+}
+
+fn add_common(headers: &mut HeaderMap, ctx: &Ctx) -> Result<()> {
+    let full = |_| Error::explain(ErrorType::InvalidHTTPHeader, "too many response headers");
+    headers.try_reserve(6).map_err(full)?;
+    let id = HeaderValue::from_str(&ctx.request_id)
+        .or_err(ErrorType::InternalError, "request id is not a header value")?;
+    headers.try_insert(&REQUEST_ID, id).map_err(full)?;
     if let Some(c) = &ctx.cache {
-        resp.insert_header(crate::cache::HEADER, c.outcome.label())?;
+        let outcome = HeaderValue::from_static(c.outcome.label());
+        headers.try_insert(&CACHE_OUTCOME, outcome).map_err(full)?;
     }
     if ctx.caller.is_none() {
         return Ok(());
     }
     let r = &ctx.rate;
-    let pairs = [
-        ("x-ratelimit-limit-requests", r.limit_requests),
-        ("x-ratelimit-remaining-requests", r.remaining_requests),
-        ("x-ratelimit-limit-tokens", r.limit_tokens),
-        ("x-ratelimit-remaining-tokens", r.remaining_tokens),
+    let values = [
+        r.limit_requests,
+        r.remaining_requests,
+        r.limit_tokens,
+        r.remaining_tokens,
     ];
-    for (name, v) in pairs {
+    for (name, v) in RATE_LIMIT.iter().zip(values) {
         if let Some(v) = v {
-            resp.insert_header(name, v)?;
+            headers
+                .try_insert(name, HeaderValue::from(v))
+                .map_err(full)?;
         }
     }
     Ok(())
@@ -133,5 +174,42 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
             | TLSHandshakeTimedout,
         ) => Some(GatewayError::provider_unreachable()),
         _ => Some(GatewayError::internal()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_headers_keep_the_answer_and_its_reason() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.set_reason_phrase(Some("Fine")).unwrap();
+        resp.append_header("X-Provider-Thing", "a").unwrap();
+        resp.append_header("x-provider-thing", "b").unwrap();
+        resp.insert_header("x-request-id", "upstream's").unwrap();
+        let ctx = Ctx::new("req_1".into());
+        common_headers(&mut resp, &ctx).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        let things: Vec<_> = resp.headers.get_all("x-provider-thing").iter().collect();
+        assert_eq!(things, ["a", "b"]);
+        // The gateway's id replaces one the provider sent.
+        assert_eq!(resp.headers.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(resp.headers["x-request-id"], "req_1");
+        // No caller yet: no rate-limit headers.
+        assert!(!resp.headers.contains_key("x-ratelimit-limit-requests"));
+        let mut wire = Vec::new();
+        resp.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("x-provider-thing: a\r\n"), "{wire}");
+        assert!(wire.contains("x-request-id: req_1\r\n"), "{wire}");
+    }
+
+    #[test]
+    fn a_canonical_reason_stays_implicit() {
+        let mut resp = ResponseHeader::build(429, None).unwrap();
+        common_headers(&mut resp, &Ctx::new("req_2".into())).unwrap();
+        assert_eq!(resp.get_reason_phrase(), Some("Too Many Requests"));
     }
 }
