@@ -124,7 +124,10 @@ pub trait Kind: Send + Sync {
             provider: p.name.clone(),
         })?;
         value.set_sensitive(true);
-        Ok(Credential::Header(name, value))
+        Ok(Credential::Header(
+            http::HeaderName::from_static(name),
+            value,
+        ))
     }
 
     /// Whether a provider of this kind takes `api_key_env` / `api_key_file`
@@ -159,7 +162,7 @@ pub fn kind(k: ProviderKind) -> &'static dyn Kind {
 /// What authorises a request to a provider.
 pub enum Credential {
     /// A key in a header (`x-api-key`, `authorization: Bearer`, `api-key`).
-    Header(&'static str, HeaderValue),
+    Header(http::HeaderName, HeaderValue),
     /// AWS Signature Version 4 over the exact request sent.
     Aws(bedrock::sign::AwsSigner),
     /// Google OAuth access tokens, from a service account's JWT grant.

@@ -230,7 +230,10 @@ providers:
             name: pc.name.clone(),
             kind: &Vertex,
             upstream: crate::providers::Upstream::from_config(pc, cfg).unwrap(),
-            credential: Credential::Header("authorization", http::HeaderValue::from_static("")),
+            credential: Credential::Header(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_static(""),
+            ),
             routes: pc.routes.clone(),
             organization: None,
             project: None,
