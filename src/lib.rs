@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod allocator;
 pub mod app;
+pub mod byteset;
 pub mod cache;
 pub mod clock;
 pub mod config;

@@ -210,39 +210,8 @@ unsafe fn string_stop_avx2(s: &[u8]) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 fn string_stop_sse2(s: &[u8]) -> usize {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
-    };
-    let mut i = 0;
-    // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are
-    // always available; each unaligned load reads the 16 bytes at `i`, and
-    // `i + 16 <= s.len()` keeps them inside `s`.
-    unsafe {
-        let quote = _mm_set1_epi8(b'"' as i8);
-        let backslash = _mm_set1_epi8(b'\\' as i8);
-        let below = _mm_set1_epi8(0x1f);
-        let hits = |at: usize| {
-            let v = _mm_loadu_si128(s.as_ptr().add(at).cast::<__m128i>());
-            // `min(v, 0x1f) == v` exactly when v <= 0x1f (unsigned).
-            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, below), v);
-            _mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
-                control,
-            )
-        };
-        while i + 16 <= s.len() {
-            let mask = _mm_movemask_epi8(hits(i)) as u32;
-            if mask != 0 {
-                return i + mask.trailing_zeros() as usize;
-            }
-            i += 16;
-        }
-    }
-    i + s[i..]
-        .iter()
-        .position(|&c| stops_string(c))
-        .unwrap_or(s.len() - i)
+    use crate::byteset::{control, eq, first};
+    first(s, |v| eq(v, b'"') | eq(v, b'\\') | control(v), stops_string).unwrap_or(s.len())
 }
 
 #[cfg(not(target_arch = "x86_64"))]

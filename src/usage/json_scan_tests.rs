@@ -173,6 +173,18 @@ proptest! {
         prop_assert_eq!(nested_stop(b), b.iter().position(|&c| is_nested_stop(c)));
     }
 
+    /// Likewise for the end of a key or string (a quote or a backslash).
+    #[test]
+    fn string_stop_is_the_first_quote_or_backslash(
+        data in proptest::collection::vec(
+            prop_oneof![8 => any::<u8>(), 1 => prop::sample::select(&b"\"\\\x22\x5c\xa2\xdc"[..])],
+            0..80),
+        from in 0usize..20,
+    ) {
+        let b = &data[from.min(data.len())..];
+        prop_assert_eq!(string_stop(b), b.iter().position(|&c| is_string_stop(c)));
+    }
+
     #[test]
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1024),
                                 points in proptest::collection::vec(any::<usize>(), 0..8)) {

@@ -149,45 +149,19 @@ fn is_special(c: u8) -> bool {
 /// Keys and values are short: one 16-byte SSE2 test usually decides, where
 /// a search for the quote then a check of every byte took two passes.
 fn plain_len(s: &[u8]) -> Option<usize> {
+    let is_stop = |c: u8| c == b'"' || is_special(c);
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8,
-            _mm_or_si128, _mm_set1_epi8,
-        };
-        let mut i = 0;
-        // SAFETY: SSE2 is part of the x86_64 baseline; each unaligned load
-        // reads the 16 bytes at `i`, and `i + 16 <= s.len()` keeps them in `s`.
-        unsafe {
-            let quote = _mm_set1_epi8(b'"' as i8);
-            let backslash = _mm_set1_epi8(b'\\' as i8);
-            let del = _mm_set1_epi8(0x7f);
-            let below = _mm_set1_epi8(0x1f);
-            while i + 16 <= s.len() {
-                let v = _mm_loadu_si128(s.as_ptr().add(i).cast::<__m128i>());
-                // `min(v, 0x1f) == v` exactly when v <= 0x1f (unsigned);
-                // bytes from 0x80 up show in movemask(v) itself.
-                let control = _mm_cmpeq_epi8(_mm_min_epu8(v, below), v);
-                let stops = _mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
-                    _mm_or_si128(_mm_cmpeq_epi8(v, del), control),
-                );
-                let mask = (_mm_movemask_epi8(stops) | _mm_movemask_epi8(v)) as u32;
-                if mask != 0 {
-                    let at = i + mask.trailing_zeros() as usize;
-                    return (s[at] == b'"').then_some(at);
-                }
-                i += 16;
-            }
-        }
-        let at = i + s[i..].iter().position(|&c| c == b'"' || is_special(c))?;
-        (s[at] == b'"').then_some(at)
-    }
+    let at = {
+        use crate::byteset::{control, eq, first, high};
+        first(
+            s,
+            |v| eq(v, b'"') | eq(v, b'\\') | eq(v, 0x7f) | control(v) | high(v),
+            is_stop,
+        )?
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let at = s.iter().position(|&c| c == b'"' || is_special(c))?;
-        (s[at] == b'"').then_some(at)
-    }
+    let at = s.iter().position(|&c| is_stop(c))?;
+    (s[at] == b'"').then_some(at)
 }
 
 #[cfg(test)]
