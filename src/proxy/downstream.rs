@@ -10,6 +10,15 @@
 //!   regardless of `set_abort_on_close(false)`. With draining on, a reset is
 //!   reported as a normal close and writes after a broken pipe are dropped,
 //!   so the provider's stream is still read to its final usage.
+//! - **A new connection's first request survives a shutdown.** Pingora
+//!   drops a connection whose request has not arrived when its process
+//!   starts shutting down (`handle_new_request` races the read against the
+//!   shutdown notice), which is right for a kept-alive connection between
+//!   requests but not for one just accepted: during a graceful upgrade the
+//!   old process accepts until it hands its listeners over, and a client
+//!   whose request was still on its way got a reset. Here a new HTTP/1
+//!   connection's first request head is read before Pingora sees the
+//!   connection, and given back to Pingora's first reads.
 //!
 //! On TLS listeners the wrapper sees the decrypted stream (Pingora does the
 //! handshake before the app). An HTTP/2 connection (ALPN `h2`) carries
@@ -17,6 +26,7 @@
 //! deadline is off for it; the reset handling stays.
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::apps::ServerApp;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{
@@ -64,7 +74,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         } else if stream.selected_alpn_proto() == Some(ALPN::H2) {
             Box::new(GuardedStream::without_header_deadline(stream, self.drain))
         } else {
-            Box::new(GuardedStream::new(stream, self.header_timeout, self.drain))
+            let mut guarded = GuardedStream::new(stream, self.header_timeout, self.drain);
+            // A client that leaves, resets or trickles past the header
+            // deadline before its first request is complete is closed here,
+            // as Pingora would close it.
+            match guarded.read_first_head().await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return None,
+            }
+            Box::new(guarded)
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -91,7 +109,17 @@ pub struct GuardedStream {
     write_broken: bool,
     /// Off for HTTP/2, whose frames have no header block to time.
     header_deadline: bool,
+    /// Bytes read by [`GuardedStream::read_first_head`], handed to the
+    /// first reads before the connection is read again.
+    early: Option<BytesMut>,
 }
+
+/// How much of a new connection's first request [`GuardedStream::read_first_head`]
+/// reads ahead at most: the head of nearly every request. A larger head is
+/// read on by Pingora (which enforces its own limit).
+const EARLY_MAX: usize = 64 * 1024;
+/// Each read ahead asks for this much.
+const EARLY_CHUNK: usize = 4096;
 
 impl GuardedStream {
     pub fn new(inner: Stream, header_timeout: Duration, drain: bool) -> Self {
@@ -106,7 +134,29 @@ impl GuardedStream {
             drain,
             write_broken: false,
             header_deadline: true,
+            early: None,
         }
+    }
+
+    /// Reads a new connection's first request head (until its end, or
+    /// [`EARLY_MAX`] bytes), under the same header deadline as any read,
+    /// and keeps it for Pingora's first reads. `false` when the client
+    /// closed (or reset, while draining) before sending a byte.
+    pub async fn read_first_head(&mut self) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut early = BytesMut::with_capacity(EARLY_CHUNK);
+        loop {
+            if self.read_buf(&mut early).await? == 0 || !self.in_headers || early.len() >= EARLY_MAX
+            {
+                break;
+            }
+            early.reserve(EARLY_CHUNK);
+        }
+        if early.is_empty() {
+            return Ok(false);
+        }
+        self.early = Some(early);
+        Ok(true)
     }
 
     /// Reset handling only: for HTTP/2 connections.
@@ -234,6 +284,16 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(early) = this.early.as_mut() {
+            // Already scanned for the header end when it was read.
+            let n = early.len().min(buf.remaining());
+            buf.put_slice(&early[..n]);
+            bytes::Buf::advance(early, n);
+            if early.is_empty() {
+                this.early = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -360,14 +420,68 @@ impl GetSocketDigest for GuardedStream {
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        match &self.early {
+            None => self.inner.try_peek(buf).await,
+            Some(early) if early.len() >= buf.len() => {
+                buf.copy_from_slice(&early[..buf.len()]);
+                Ok(true)
+            }
+            // What the connection would show next lies past the bytes
+            // already read ahead.
+            Some(_) => Ok(false),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::HeaderEnd;
+    use super::{GuardedStream, HeaderEnd};
     use proptest::prelude::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn guarded(timeout_ms: u64) -> (GuardedStream, tokio::io::DuplexStream) {
+        let (server, client) = tokio::io::duplex(1 << 20);
+        let stream = GuardedStream::new(Box::new(server), Duration::from_millis(timeout_ms), false);
+        (stream, client)
+    }
+
+    #[tokio::test]
+    async fn a_first_head_read_ahead_is_handed_back_exactly() {
+        let (mut g, mut client) = guarded(5_000);
+        let head = b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n";
+        let writer = tokio::spawn(async move {
+            client.write_all(&head[..20]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(&head[20..]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"body").await.unwrap();
+            client
+        });
+        assert!(g.read_first_head().await.unwrap());
+        assert!(!g.in_headers, "the whole head was read ahead");
+        let mut got = vec![0u8; head.len() + 4];
+        g.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..head.len()], &head[..]);
+        assert_eq!(&got[head.len()..], b"body");
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_a_byte_is_not_handed_over() {
+        let (mut g, client) = guarded(5_000);
+        drop(client);
+        assert!(!g.read_first_head().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_first_head_past_the_deadline_is_refused() {
+        let (mut g, mut client) = guarded(100);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let err = g.read_first_head().await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        drop(client);
+    }
 
     /// The reference: after any leading blank lines, an LF followed by an
     /// empty line (LF, or CR LF).

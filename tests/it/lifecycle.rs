@@ -516,3 +516,60 @@ async fn sigterm_finishes_an_in_flight_stream_and_flushes_its_record() {
     assert_eq!(r["output_tokens"], json!(usage.output), "{r}");
     assert_eq!(r["client_disconnected"], json!(false), "{r}");
 }
+
+/// A connection the gateway accepted before it began to shut down, whose
+/// first request arrives after: the request is answered (with
+/// `Connection: close`), not reset. During a graceful upgrade the old
+/// process accepts until it hands its listeners over, so a client's fresh
+/// connection can land there just before the shutdown starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_accepted_before_sigterm_is_answered() {
+    use crate::common::raw;
+    use tokio::io::AsyncWriteExt;
+    let mut e = Env::start(|b| {
+        b.tweak(|c| {
+            // Connections are served until the grace period ends.
+            c["server"]["grace_period_seconds"] = json!(3);
+            c["server"]["graceful_shutdown_timeout_seconds"] = json!(2);
+        })
+    });
+    let token = e.gw.token(&unique("accepted-early"));
+    let case = unique("accepted-early");
+    let port = e.gw.setup.proxy_port;
+    let mut s = raw::connect(port).await;
+    // Accepted and waiting for its request when the shutdown begins.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = anthropic_body(&case, "claude-sonnet-4-5", false).to_string();
+    let auth = format!("Bearer {token}");
+    let mut request = raw::head(
+        "POST",
+        "/v1/messages",
+        port,
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body.len()),
+    );
+    request.extend_from_slice(body.as_bytes());
+    s.write_all(&request).await.expect("the request is written");
+    let mut acc = Vec::new();
+    let end = raw::read_to_end(&mut s, &mut acc, Duration::from_secs(10)).await;
+    let r = raw::parse_response(&acc).unwrap_or_else(|| {
+        panic!(
+            "no answer on a connection accepted before SIGTERM ({end:?}): {:?}\n{}",
+            String::from_utf8_lossy(&acc),
+            e.gw.stderr_log()
+        )
+    });
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&acc));
+    assert_eq!(r.header("connection"), Some("close"));
+    let exit = e.gw.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        exit.and_then(|x| x.code()),
+        Some(0),
+        "exit status after SIGTERM"
+    );
+}
