@@ -542,18 +542,7 @@ async fn a_request_on_a_connection_accepted_before_sigterm_is_answered() {
     e.gw.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = anthropic_body(&case, "claude-sonnet-4-5", false).to_string();
-    let auth = format!("Bearer {token}");
-    let mut request = raw::head(
-        "POST",
-        "/v1/messages",
-        port,
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body.len()),
-    );
-    request.extend_from_slice(body.as_bytes());
+    let request = raw::post_json("/v1/messages", port, &token, &body);
     s.write_all(&request).await.expect("the request is written");
     let mut acc = Vec::new();
     let end = raw::read_to_end(&mut s, &mut acc, Duration::from_secs(10)).await;

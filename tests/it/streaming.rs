@@ -201,19 +201,8 @@ async fn assert_disconnect_is_drained(reset: bool) {
     e.provider.script(&case, script.clone());
     let token = e.gw.token(&sub);
     let body = anthropic_body(&case, MODEL, true).to_string();
-    let auth = format!("Bearer {token}");
     let port = e.gw.setup.proxy_port;
-    let mut request = raw::head(
-        "POST",
-        "/v1/messages",
-        port,
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body.len()),
-    );
-    request.extend_from_slice(body.as_bytes());
+    let request = raw::post_json("/v1/messages", port, &token, &body);
     let mut stream = raw::connect(port).await;
     stream.write_all(&request).await.expect("write request");
     let mut acc = Vec::new();
@@ -359,19 +348,8 @@ async fn assert_closing_after_the_last_event_is_no_disconnect(openai_api: bool, 
     e.provider.script(&case, script);
     let token = e.gw.token(&sub);
     let body = body.to_string();
-    let auth = format!("Bearer {token}");
     let port = e.gw.setup.proxy_port;
-    let mut request = raw::head(
-        "POST",
-        path,
-        port,
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body.len()),
-    );
-    request.extend_from_slice(body.as_bytes());
+    let request = raw::post_json(path, port, &token, &body);
     let mut stream = raw::connect(port).await;
     stream.write_all(&request).await.expect("write request");
     let mut acc = Vec::new();

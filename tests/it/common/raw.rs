@@ -33,6 +33,23 @@ pub fn head(
     h.into_bytes()
 }
 
+/// A whole HTTP/1.1 `POST` of a JSON `body` with a bearer `token`.
+pub fn post_json(path: &str, port: u16, token: &str, body: &str) -> Vec<u8> {
+    let auth = format!("Bearer {token}");
+    let mut request = head(
+        "POST",
+        path,
+        port,
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body.len()),
+    );
+    request.extend_from_slice(body.as_bytes());
+    request
+}
+
 /// Reads until `acc` contains `needle`; false on EOF, error or timeout.
 pub async fn read_until(
     stream: &mut TcpStream,
