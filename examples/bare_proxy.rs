@@ -28,8 +28,17 @@
 //! ```
 //!
 //! Setting only one of the two is an error. Without them, plain TCP as before.
+//!
+//! With `BARE_READ_BODY=1` each request body is read whole in
+//! `request_filter`, with Pingora's retry buffering on, and the held bytes
+//! are what `request_body_filter` sends upstream: the path tollgate's body
+//! takes so that it is inspected before the provider receives any of it
+//! (`src/proxy/body.rs`), with nothing done to the bytes. The baseline of
+//! `scripts/load.sh`'s `bare_body` target: what Pingora itself charges for
+//! reading a body before proxying it.
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -40,13 +49,62 @@ use std::process::ExitCode;
 
 struct Bare {
     upstream: SocketAddr,
+    read_body: bool,
 }
 
 #[async_trait]
 impl ProxyHttp for Bare {
-    type CTX = ();
+    /// The body read in `request_filter` (`BARE_READ_BODY=1`).
+    type CTX = Option<Bytes>;
 
-    fn new_ctx(&self) -> Self::CTX {}
+    fn new_ctx(&self) -> Self::CTX {
+        None
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<bool> {
+        if !self.read_body {
+            return Ok(false);
+        }
+        // As tollgate's `read_whole` does for a body under 64 KiB: Pingora
+        // sends a body it has already read only by replaying this buffer.
+        session.enable_retry_buffering();
+        let mut first = Bytes::new();
+        let mut joined: Option<BytesMut> = None;
+        while let Some(chunk) = session.read_request_body().await? {
+            match &mut joined {
+                Some(buf) => buf.extend_from_slice(&chunk),
+                None if first.is_empty() => first = chunk,
+                None => {
+                    let mut buf = BytesMut::from(&first[..]);
+                    buf.extend_from_slice(&chunk);
+                    joined = Some(buf);
+                }
+            }
+        }
+        *ctx = Some(joined.map_or(first, BytesMut::freeze));
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        if let Some(held) = ctx {
+            *body = Some(if end_of_stream {
+                held.clone()
+            } else {
+                Bytes::new()
+            });
+        }
+        Ok(())
+    }
 
     async fn upstream_peer(
         &self,
@@ -64,6 +122,7 @@ struct Args {
     keepalive_pool: Option<usize>,
     /// Certificate chain and key (PEM) for a TLS listener.
     tls: Option<(String, String)>,
+    read_body: bool,
 }
 
 fn setting(args: &[String], i: usize, env: &str) -> Option<String> {
@@ -73,7 +132,7 @@ fn setting(args: &[String], i: usize, env: &str) -> Option<String> {
 fn parse_args() -> Result<Args, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") || args.len() > 2 {
-        return Err("usage: bare_proxy [LISTEN_ADDR] [UPSTREAM_ADDR] (or BARE_LISTEN, BARE_UPSTREAM; BARE_THREADS, BARE_KEEPALIVE_POOL; BARE_TLS_CERT and BARE_TLS_KEY for TLS)".into());
+        return Err("usage: bare_proxy [LISTEN_ADDR] [UPSTREAM_ADDR] (or BARE_LISTEN, BARE_UPSTREAM; BARE_THREADS, BARE_KEEPALIVE_POOL; BARE_TLS_CERT and BARE_TLS_KEY for TLS; BARE_READ_BODY=1 to read each body before proxying it)".into());
     }
     let listen = setting(&args, 0, "BARE_LISTEN").unwrap_or_else(|| "127.0.0.1:6190".into());
     listen
@@ -114,12 +173,18 @@ fn parse_args() -> Result<Args, String> {
         (Err(_), Err(_)) => None,
         _ => return Err("set both BARE_TLS_CERT and BARE_TLS_KEY, or neither".into()),
     };
+    let read_body = match std::env::var("BARE_READ_BODY").as_deref() {
+        Ok("1") => true,
+        Ok("0") | Err(_) => false,
+        Ok(v) => return Err(format!("BARE_READ_BODY={v:?}: expected 1 or 0")),
+    };
     Ok(Args {
         listen,
         upstream,
         threads,
         keepalive_pool,
         tls,
+        read_body,
     })
 }
 
@@ -150,6 +215,7 @@ fn main() -> ExitCode {
         &server.configuration,
         Bare {
             upstream: args.upstream,
+            read_body: args.read_body,
         },
     );
     match &args.tls {
@@ -169,11 +235,16 @@ fn main() -> ExitCode {
     }
     server.add_service(proxy);
     eprintln!(
-        "bare_proxy: {}{} -> {} ({} threads)",
+        "bare_proxy: {}{} -> {} ({} threads{})",
         if args.tls.is_some() { "https://" } else { "" },
         args.listen,
         args.upstream,
-        args.threads
+        args.threads,
+        if args.read_body {
+            ", bodies read before proxying"
+        } else {
+            ""
+        }
     );
     server.run_forever()
 }

@@ -11,6 +11,9 @@
 #   DURATION=3 REPEATS=1 LAT_SECONDS=3 scripts/load.sh   # quick check
 #
 # Targets (TARGETS): direct (nginx), bare (examples/bare_proxy.rs),
+# bare_body (bare_proxy with BARE_READ_BODY=1: each body read whole before
+# it is proxied, as tollgate must to inspect it; what Pingora charges for
+# that path alone),
 # tollgate (in-process store), tollgate_redis (private redis-server),
 # tollgate_redis_lease (the same Redis with store.lease: 1s),
 # tollgate_failover (in-process store; every request first meets a
@@ -50,14 +53,17 @@ Knobs (environment):
   USERS=500 TOKENS=2000              reused token pool (token i belongs to user i % USERS)
   FRESH_PCT=1 FRESH_PER_RUN=3000     % of requests with a never-seen token; tokens set aside per run
   RATE=100 LAT_SECONDS=10 LAT_REPEATS=1   fixed-rate latency runs (JSON and SSE); LAT_SECONDS=0 skips them
-  TARGETS="direct bare tollgate bare_tls tollgate_tls tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard"
+  TARGETS="direct bare bare_body tollgate bare_tls tollgate_tls tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard"
   THREADS=2                          server.threads of tollgate = BARE_THREADS of bare_proxy
   MEM_USERS=100000 MEM_ROUNDS=1 MEM_WAIT=0   memory test: users, rounds, idle seconds after each round
   PER_USER_LABELS=true               metrics.per_user_labels (false only to diagnose its cost)
   SKIP_BUILD=0 SKIP_INSTALL=0 NOTE="..."     NOTE is printed above the tables
-  PROFILER=callgrind|perf PROFILE_TARGETS="bare tollgate" PROFILE_SECONDS=20
-  PROFILE_CONNECTIONS=4 PROFILE_WARMUP=10   (callgrind; perf samples at CONNECTIONS);
-  PROFILE_TARGETS may also name tollgate_nojournal, or tollgate_redis / tollgate_redis_lease (start a private redis-server)
+  PROFILER=callgrind|perf|stat PROFILE_TARGETS="bare tollgate" PROFILE_SECONDS=20
+  PROFILE_CONNECTIONS=4 PROFILE_WARMUP=10   (callgrind; perf samples at CONNECTIONS;
+                                     stat counts CPU time, context switches and
+                                     system calls per request, at CONNECTIONS);
+  PERF_RECORD="-e cpu-clock -F 999"  what PROFILER=perf samples (e.g. "-e sched:sched_wakeup -c 1")
+  PROFILE_TARGETS may also name bare_body, tollgate_nojournal, or tollgate_redis / tollgate_redis_lease (start a private redis-server)
 EOF
 }
 
@@ -80,7 +86,7 @@ FRESH_PER_RUN=${FRESH_PER_RUN:-3000}
 RATE=${RATE:-100}
 LAT_SECONDS=${LAT_SECONDS:-10}
 LAT_REPEATS=${LAT_REPEATS:-1}
-TARGETS=${TARGETS:-direct bare tollgate bare_tls tollgate_tls tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard}
+TARGETS=${TARGETS:-direct bare bare_body tollgate bare_tls tollgate_tls tollgate_redis tollgate_redis_lease tollgate_failover tollgate_ledger tollgate_nojournal tollgate_guard}
 THREADS=${THREADS:-2}
 MEM_USERS=${MEM_USERS:-100000}
 MEM_ROUNDS=${MEM_ROUNDS:-1}
@@ -92,6 +98,7 @@ PROFILE_TARGETS=${PROFILE_TARGETS:-bare tollgate}
 PROFILE_SECONDS=${PROFILE_SECONDS:-20}
 PROFILE_CONNECTIONS=${PROFILE_CONNECTIONS:-4}
 PROFILE_WARMUP=${PROFILE_WARMUP:-10}
+PERF_RECORD=${PERF_RECORD:--e cpu-clock -F 999}
 SKIP_BUILD=${SKIP_BUILD:-0}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 NOTE=${NOTE:-}
@@ -121,8 +128,8 @@ install_missing() {
   if [ "$MODE" = profile ]; then
     case "$PROFILER" in
       callgrind) command -v valgrind >/dev/null 2>&1 || need+=(valgrind) ;;
-      perf) command -v perf >/dev/null 2>&1 || need+=(linux-perf) ;;
-      *) die "PROFILER must be callgrind or perf" ;;
+      perf | stat) command -v perf >/dev/null 2>&1 || need+=(linux-perf) ;;
+      *) die "PROFILER must be callgrind, perf or stat" ;;
     esac
   fi
   [ ${#need[@]} -eq 0 ] && return 0
@@ -258,6 +265,14 @@ smoke() {
 }
 
 # json_add KEY=VALUE...: merges numbers/strings into the JSON object on stdin.
+# Requests the fake provider has answered so far (nginx stub_status: the
+# third number of its third line).
+requests_served() {
+  python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().splitlines()[2].split()[2])' \
+    "http://127.0.0.1:$P_NGINX/_status"
+}
+
 json_add() {
   python3 -c '
 import json, sys
@@ -507,7 +522,7 @@ read -r P_NGINX P_BARE P_TG P_TG_ADMIN P_TG_METRICS P_TGR P_TGR_ADMIN P_TGR_METR
   P_MEM P_MEM_ADMIN P_MEM_METRICS P_TGF P_TGF_ADMIN P_TGF_METRICS \
   P_TGL P_TGL_ADMIN P_TGL_METRICS P_PG P_TGN P_TGN_ADMIN P_TGN_METRICS \
   P_TGG P_TGG_ADMIN P_TGG_METRICS P_TGRL P_TGRL_ADMIN P_TGRL_METRICS \
-  P_BARE_TLS P_TGT P_TGT_ADMIN P_TGT_METRICS <<<"$("${TOOL[@]}" ports 32)"
+  P_BARE_TLS P_TGT P_TGT_ADMIN P_TGT_METRICS P_BARE_BODY <<<"$("${TOOL[@]}" ports 33)"
 TLS_DIR=$RUN/tls
 
 # Keys and tokens. Both are kept in target/load/ between runs: minting is RSA
@@ -580,6 +595,14 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         PID[bare]=$STARTED
         ADDR[bare]=127.0.0.1:$P_BARE
         smoke bare "127.0.0.1:$P_BARE" || die "bare_proxy did not answer: $(tail -n 5 "$RUN/bare.log")"
+        ;;
+      bare_body)
+        start bare_body env -u RUST_LOG BARE_THREADS="$THREADS" BARE_READ_BODY=1 "$BARE" \
+          "127.0.0.1:$P_BARE_BODY" "127.0.0.1:$P_NGINX"
+        PID[bare_body]=$STARTED
+        ADDR[bare_body]=127.0.0.1:$P_BARE_BODY
+        smoke bare_body "127.0.0.1:$P_BARE_BODY" ||
+          die "bare_proxy (BARE_READ_BODY=1) did not answer: $(tail -n 5 "$RUN/bare_body.log")"
         ;;
       tollgate)
         start_tollgate tollgate "$RUN/tollgate.yaml" "$P_TG_ADMIN" "$P_TG" ||
@@ -667,7 +690,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         PID[tollgate_tls]=$STARTED
         ADDR[tollgate_tls]=127.0.0.1:$P_TGT
         ;;
-      *) die "unknown target $t (direct, bare, tollgate, bare_tls, tollgate_tls, tollgate_redis, tollgate_redis_lease, tollgate_failover, tollgate_ledger, tollgate_nojournal, tollgate_guard)" ;;
+      *) die "unknown target $t (direct, bare, bare_body, tollgate, bare_tls, tollgate_tls, tollgate_redis, tollgate_redis_lease, tollgate_failover, tollgate_ledger, tollgate_nojournal, tollgate_guard)" ;;
     esac
     ACTIVE+=("$t")
   done
@@ -776,10 +799,16 @@ fi
 # ---------------------------------------------------------------- profile
 if [ "$MODE" = profile ]; then
   for t in $PROFILE_TARGETS; do
+    read_body=0
     case "$t" in
       bare)
         cmd=("$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_NGINX")
         port=$P_BARE ready=""
+        ;;
+      bare_body)
+        cmd=("$BARE" "127.0.0.1:$P_BARE_BODY" "127.0.0.1:$P_NGINX")
+        read_body=1
+        port=$P_BARE_BODY ready=""
         ;;
       tollgate)
         cmd=("$TG" serve -c "$RUN/tollgate.yaml")
@@ -804,15 +833,15 @@ if [ "$MODE" = profile ]; then
           port=$P_TGRL ready="http://127.0.0.1:$P_TGRL_ADMIN/readyz"
         fi
         ;;
-      *) die "PROFILE_TARGETS: bare, tollgate, tollgate_nojournal, tollgate_redis or tollgate_redis_lease, not $t" ;;
+      *) die "PROFILE_TARGETS: bare, bare_body, tollgate, tollgate_nojournal, tollgate_redis or tollgate_redis_lease, not $t" ;;
     esac
     ADDR[$t]=127.0.0.1:$port
     if [ "$PROFILER" = callgrind ]; then
       out_file=$RUN/callgrind.$t.out
-      start "profile-$t" env -u RUST_LOG BARE_THREADS="$THREADS" valgrind --tool=callgrind \
+      start "profile-$t" env -u RUST_LOG BARE_THREADS="$THREADS" BARE_READ_BODY=$read_body valgrind --tool=callgrind \
         --callgrind-out-file="$out_file" "${cmd[@]}"
     else
-      start "profile-$t" env -u RUST_LOG BARE_THREADS="$THREADS" "${cmd[@]}"
+      start "profile-$t" env -u RUST_LOG BARE_THREADS="$THREADS" BARE_READ_BODY=$read_body "${cmd[@]}"
     fi
     pid=$STARTED
     PID[$t]=$pid
@@ -847,13 +876,30 @@ if [ "$MODE" = profile ]; then
         -s "$LUA" "http://127.0.0.1:$port/v1/messages" >"$RUN/profile-$t-wrk.txt" 2>&1) &
       wrk_pid=$!
       sleep 1
-      perf record -e cpu-clock -F 999 -g -p "$pid" -o "$RUN/perf.$t.data" -- sleep "$PROFILE_SECONDS" \
-        >"$RUN/perf-$t.log" 2>&1 || die "perf record failed: $(tail -n 3 "$RUN/perf-$t.log")"
-      wait "$wrk_pid" || true
-      perf report -i "$RUN/perf.$t.data" --stdio --no-children --percent-limit 0.5 \
-        >"$RUN/profile-$t.txt" 2>/dev/null || true
-      res=$(grep '^BENCH_RESULT ' "$RUN/profile-$t-wrk.txt" | sed 's/^BENCH_RESULT //')
-      res=$(json_add kind=profile target="$t" profiler=perf data="$RUN/perf.$t.data" <<<"$res")
+      if [ "$PROFILER" = perf ]; then
+        # shellcheck disable=SC2086 # PERF_RECORD is a list of perf options
+        perf record $PERF_RECORD -g -p "$pid" -o "$RUN/perf.$t.data" -- sleep "$PROFILE_SECONDS" \
+          >"$RUN/perf-$t.log" 2>&1 || die "perf record failed: $(tail -n 3 "$RUN/perf-$t.log")"
+        wait "$wrk_pid" || true
+        perf report -i "$RUN/perf.$t.data" --stdio --no-children --percent-limit 0.5 \
+          >"$RUN/profile-$t.txt" 2>/dev/null || true
+        res=$(grep '^BENCH_RESULT ' "$RUN/profile-$t-wrk.txt" | sed 's/^BENCH_RESULT //')
+        res=$(json_add kind=profile target="$t" profiler=perf data="$RUN/perf.$t.data" <<<"$res")
+      else
+        # Costs callgrind does not count: the kernel's share of a request
+        # (system calls, wake-ups of other threads), per request of the
+        # same window.
+        before=$(requests_served "$t")
+        perf stat -x, -e task-clock,context-switches,cpu-migrations,page-faults,raw_syscalls:sys_enter \
+          --per-thread -p "$pid" -o "$RUN/profile-$t-threads.csv" -- sleep "$PROFILE_SECONDS" \
+          >"$RUN/perf-$t.log" 2>&1 || die "perf stat failed: $(tail -n 3 "$RUN/perf-$t.log")"
+        served=$(($(requests_served "$t") - before))
+        wait "$wrk_pid" || true
+        stat=$("${TOOL[@]}" perf-stat "$RUN/profile-$t-threads.csv" --requests "$served" \
+          --out "$RUN/profile-$t.txt")
+        res=$(grep '^BENCH_RESULT ' "$RUN/profile-$t-wrk.txt" | sed 's/^BENCH_RESULT //')
+        res=$(json_add kind=profile target="$t" profiler=stat stat="$stat" requests="$served" <<<"$res")
+      fi
     fi
     echo "$res" >>"$RUNS"
     if [[ "$t" = tollgate_redis* ]]; then

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import ssl
 import statistics
@@ -109,6 +110,9 @@ http {{
       default_type application/json;
       return 529 '{{"type":"error","error":{{"type":"overloaded_error","message":"Overloaded"}}}}';
     }}
+    # Requests answered so far, for per-request counts over a window
+    # (`PROFILER=stat`).
+    location = /_status {{ stub_status; }}
     location / {{ return 404; }}
   }}
 }}
@@ -401,6 +405,7 @@ def cmd_fixed(a):
 LABELS = {
     "direct": "direct to nginx (no proxy)",
     "bare": "bare Pingora pass-through",
+    "bare_body": "bare Pingora, body read before proxying",
     "tollgate": "tollgate, in-process store",
     "tollgate_redis": "tollgate, Redis store",
     "tollgate_redis_lease": "tollgate, Redis store with leases (store.lease: 1s)",
@@ -416,6 +421,7 @@ LABELS = {
 # listener cost: the ratios in the pair table.
 PAIRS = [
     ("tollgate", "bare", "plain HTTP/1.1"),
+    ("tollgate", "bare_body", "plain HTTP/1.1, against a bare proxy that also reads each body before proxying it"),
     ("tollgate_tls", "bare_tls", "HTTP/1.1 over TLS (both sides terminate TLS)"),
 ]
 
@@ -652,6 +658,21 @@ def cmd_report(a):
         for r in prof:
             if r["target"] == "bare" and r.get("ir") and r["requests"]:
                 base_ir = int(r["ir"]) / r["requests"]
+        stat = [r for r in prof if r.get("stat")]
+        prof = [r for r in prof if not r.get("stat")]
+        if stat:
+            base = next((r["stat"] for r in stat if r["target"] == "bare"), None)
+            w("| target | requests | CPU µs / request | ÷ bare | context switches / request | system calls / request | page faults / request | report |")
+            w("|---|---:|---:|---:|---:|---:|---:|---|")
+            for r in stat:
+                st = r["stat"]
+                w(
+                    f"| {LABELS.get(r['target'], r['target'])} | {r['requests']} | {st['cpu_us']:.1f} | "
+                    f"{ratio(st['cpu_us'], base and base['cpu_us'])} | {st['switches']:.2f} | {st['syscalls']:.2f} | "
+                    f"{st['faults']:.3f} | `{os.path.join(os.path.dirname(a.runs), 'profile-' + r['target'] + '.txt')}` |"
+                )
+            w("")
+    if prof:
         w("| target | profiler | requests | instructions / request | ÷ bare | report |")
         w("|---|---|---:|---:|---:|---|")
         for r in prof:
@@ -732,6 +753,46 @@ def cmd_report(a):
 
 # --------------------------------------------------------------------------
 
+def cmd_perf_stat(a):
+    """Per-request CPU time, context switches, page faults and system calls
+    from `perf stat --per-thread -x,`, by thread name (numbered threads of
+    one kind together). Prints the totals as JSON; writes the table."""
+    events = {"task-clock": "cpu_us", "context-switches": "switches", "cpu-migrations": "migrations",
+              "page-faults": "faults", "raw_syscalls:sys_enter": "syscalls"}
+    groups = {}
+    with open(a.csv, encoding="utf-8") as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) < 4 or parts[0].startswith("#") or parts[3] not in events:
+                continue
+            try:
+                v = float(parts[1])
+            except ValueError:
+                continue
+            name = re.sub(r"-\d+$", "", parts[0])
+            name = re.sub(r"[-_ ]?\d+$", "", name) or name
+            if parts[3] == "task-clock":
+                v *= 1000.0  # msec -> µs
+            g = groups.setdefault(name, dict.fromkeys(events.values(), 0.0))
+            g[events[parts[3]]] += v
+    n = max(a.requests, 1)
+    total = dict.fromkeys(events.values(), 0.0)
+    for g in groups.values():
+        for k, v in g.items():
+            total[k] += v
+    lines = [f"per request, over {a.requests} requests (perf stat --per-thread)", "",
+             f"{'thread':<24} {'CPU µs':>9} {'switches':>9} {'syscalls':>9} {'faults':>8}"]
+    for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["cpu_us"]):
+        if not any(g.values()):
+            continue
+        lines.append(f"{name:<24} {g['cpu_us'] / n:>9.2f} {g['switches'] / n:>9.3f} "
+                     f"{g['syscalls'] / n:>9.3f} {g['faults'] / n:>8.3f}")
+    lines.append(f"{'all':<24} {total['cpu_us'] / n:>9.2f} {total['switches'] / n:>9.3f} "
+                 f"{total['syscalls'] / n:>9.3f} {total['faults'] / n:>8.3f}")
+    with open(a.out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print(json.dumps({k: round(v / n, 3) for k, v in total.items()}))
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -771,6 +832,12 @@ def main():
             s.add_argument("--rate", type=float, default=100)
             s.add_argument("--duration", type=float, default=10)
             s.add_argument("--conns", type=int, default=32)
+
+    s = sub.add_parser("perf-stat")
+    s.add_argument("csv")
+    s.add_argument("--requests", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_perf_stat)
 
     s = sub.add_parser("report")
     s.add_argument("--runs", required=True)
