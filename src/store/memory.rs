@@ -67,6 +67,159 @@ impl Subject {
             && now_ms / MINUTE_MS > self.tok_minute + 1
             && (now_ms / DAY_MS != self.day || (self.day_tokens <= 0 && self.day_usd <= 0.0))
     }
+
+    fn admit(&mut self, now_ms: u64, limits: &AdmitLimits) -> Admission {
+        if let Some(rpm) = limits.requests_per_minute {
+            if self.admitted.len() as u64 >= rpm {
+                let oldest = self.admitted.front().copied().unwrap_or(now_ms);
+                return Admission::Refused(Refusal {
+                    limit: Limit::RequestsPerMinute,
+                    retry_after_secs: requests_retry_after(oldest, now_ms),
+                });
+            }
+        }
+        if let Some(max) = limits.max_concurrent {
+            if self.concurrent >= max {
+                return Admission::Refused(Refusal {
+                    limit: Limit::MaxConcurrent,
+                    retry_after_secs: 1,
+                });
+            }
+            self.concurrent += 1;
+        }
+        let remaining_requests = limits.requests_per_minute.map(|rpm| {
+            self.admitted.push_back(now_ms);
+            rpm.saturating_sub(self.admitted.len() as u64)
+        });
+        Admission::Admitted {
+            remaining_requests,
+            slot_held: limits.max_concurrent.is_some(),
+        }
+    }
+
+    fn reserve(&mut self, now_ms: u64, tokens: u64, usd: f64, limits: &BudgetLimits) -> Reserved {
+        if let Some(tpm) = limits.tokens_per_minute {
+            if self.tokens_in_window(now_ms) + tokens as f64 > tpm as f64 {
+                return Reserved::Refused(Refusal {
+                    limit: Limit::TokensPerMinute,
+                    retry_after_secs: tokens_retry_after(
+                        self.tok_cur,
+                        self.tok_prev,
+                        now_ms,
+                        tpm,
+                        tokens,
+                    ),
+                });
+            }
+        }
+        if let Some(tpd) = limits.tokens_per_day {
+            if (self.day_tokens.max(0) as u64).saturating_add(tokens) > tpd {
+                return Reserved::Refused(Refusal {
+                    limit: Limit::TokensPerDay,
+                    retry_after_secs: until_next_day(now_ms),
+                });
+            }
+        }
+        if let Some(budget) = limits.usd_per_day {
+            if self.day_usd.max(0.0) + usd > budget {
+                return Reserved::Refused(Refusal {
+                    limit: Limit::UsdPerDay,
+                    retry_after_secs: until_next_day(now_ms),
+                });
+            }
+        }
+        let t = i64::try_from(tokens).unwrap_or(i64::MAX);
+        self.tok_cur = self.tok_cur.saturating_add(t);
+        self.day_tokens = self.day_tokens.saturating_add(t);
+        self.day_usd += usd;
+        self.reservations += 1;
+        Reserved::granted(tokens, usd, now_ms, limits, self.tok_cur, self.tok_prev)
+    }
+
+    /// Moves the windows a reservation was counted in (made at
+    /// `reservation.at_ms`) by what the request really used.
+    fn settle(
+        &mut self,
+        now_ms: u64,
+        reservation: &Reservation,
+        actual_tokens: u64,
+        actual_usd: f64,
+    ) {
+        let diff = i64::try_from(actual_tokens)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(reservation.tokens).unwrap_or(i64::MAX));
+        self.roll(now_ms);
+        let res_minute = reservation.at_ms / MINUTE_MS;
+        if res_minute == self.tok_minute {
+            self.tok_cur = self.tok_cur.saturating_add(diff).max(0);
+        } else if res_minute + 1 == self.tok_minute {
+            self.tok_prev = self.tok_prev.saturating_add(diff).max(0);
+        }
+        if reservation.at_ms / DAY_MS == self.day {
+            self.day_tokens = self.day_tokens.saturating_add(diff).max(0);
+            // The difference first: the same f64 steps as the Redis store.
+            let usd_diff = actual_usd - reservation.usd;
+            self.day_usd = (self.day_usd + usd_diff).max(0.0);
+        }
+    }
+}
+
+/// One subject's day totals within the retention. The latest day is
+/// held inline: most subjects have only today, and a map value that owned
+/// a vector would cost every one of them an allocation.
+#[derive(Debug)]
+struct UsageDays {
+    /// The latest day with traffic (`YYYY-MM-DD`), nearly always today.
+    last: (Box<str>, DayTotals),
+    /// Earlier days, oldest first.
+    earlier: Vec<(Box<str>, DayTotals)>,
+}
+
+/// A day's first totals, added to zero as every later addition is (the
+/// Redis store's sum starts from 0 too).
+fn first(totals: &DayTotals) -> DayTotals {
+    let mut t = DayTotals::default();
+    t.add(totals);
+    t
+}
+
+impl UsageDays {
+    fn new(day: &str, totals: &DayTotals) -> Self {
+        Self {
+            last: (day.into(), first(totals)),
+            earlier: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, day: &str, totals: &DayTotals) {
+        if *self.last.0 == *day {
+            self.last.1.add(totals);
+        } else if let Some((_, t)) = self.earlier.iter_mut().find(|(d, _)| **d == *day) {
+            t.add(totals);
+        } else if *day > *self.last.0 {
+            let last = std::mem::replace(&mut self.last, (day.into(), first(totals)));
+            self.earlier.push(last);
+        } else {
+            // A late addition to a day before the latest (a request that
+            // ran across midnight, settled after a newer one).
+            let at = self.earlier.partition_point(|(d, _)| **d < *day);
+            self.earlier.insert(at, (day.into(), first(totals)));
+        }
+    }
+
+    fn get(&self, day: &str) -> DayTotals {
+        std::iter::once(&self.last)
+            .chain(&self.earlier)
+            .find(|(d, _)| **d == *day)
+            .map(|(_, t)| *t)
+            .unwrap_or_default()
+    }
+
+    /// Keeps the days from `oldest` on; whether any is left.
+    fn retain_from(&mut self, oldest: &str) -> bool {
+        self.earlier.retain(|(d, _)| **d >= *oldest);
+        *self.last.0 >= *oldest
+    }
 }
 
 #[derive(Default)]
@@ -74,7 +227,10 @@ pub struct MemoryStore {
     subjects: FastMap<Box<str>, Subject>,
     revoked_jti: FastMap<Box<str>, u64>,
     revoked_sub: FastMap<Box<str>, u64>,
-    usage: FastMap<(Box<str>, Box<str>), DayTotals>,
+    /// Each subject's totals by day (`YYYY-MM-DD`), kept
+    /// [`USAGE_RETENTION_DAYS`]: keyed by subject alone so that adding to
+    /// a day already there looks the subject up without allocating a key.
+    usage: FastMap<Box<str>, UsageDays>,
     inflight_reservations: AtomicU64,
 }
 
@@ -93,64 +249,53 @@ impl MemoryStore {
         f(&mut entry)
     }
 
-    /// [`Store::finish`]'s steps; none can fail in memory.
+    /// [`Store::finish`]'s steps; none can fail in memory. The slot and a
+    /// held reservation are given back under one lookup of the subject.
     fn finish_now(&self, done: Finish<'_>) {
-        if done.slot_held {
-            self.release_slot_now(done.sub);
+        let held = done.reservation.filter(|r| r.held);
+        if done.slot_held || held.is_some() {
+            let mut settled = false;
+            if let Some(mut s) = self.subjects.get_mut(done.sub) {
+                if done.slot_held {
+                    s.concurrent = s.concurrent.saturating_sub(1);
+                }
+                if let Some(r) = &held {
+                    let now_ms = r.at_ms.max(crate::clock::now_ms());
+                    s.settle(now_ms, r, done.actual_tokens, done.actual_usd);
+                    s.reservations = s.reservations.saturating_sub(1);
+                    settled = true;
+                }
+            }
+            if settled {
+                self.inflight_reservations.fetch_sub(1, Ordering::Relaxed);
+            }
         }
-        if let Some(r) = done.reservation {
-            self.settle_now(done.sub, r, done.actual_tokens, done.actual_usd);
+        if let Some(r) = done.reservation.filter(|r| !r.held) {
+            // A charge of usage nothing was reserved for: the subject may
+            // have no state yet.
+            let now_ms = r.at_ms.max(crate::clock::now_ms());
+            self.with_subject(done.sub, now_ms, |s| {
+                s.settle(now_ms, &r, done.actual_tokens, done.actual_usd)
+            });
         }
         if let Some((day, totals)) = done.totals {
             self.add_usage_now(done.sub, day, totals);
         }
     }
 
-    fn release_slot_now(&self, sub: &str) {
-        if let Some(mut s) = self.subjects.get_mut(sub) {
-            s.concurrent = s.concurrent.saturating_sub(1);
-        }
-    }
-
-    fn settle_now(&self, sub: &str, reservation: Reservation, actual_tokens: u64, actual_usd: f64) {
-        let now_ms = reservation.at_ms.max(crate::clock::now_ms());
-        let diff = i64::try_from(actual_tokens)
-            .unwrap_or(i64::MAX)
-            .saturating_sub(i64::try_from(reservation.tokens).unwrap_or(i64::MAX));
-        let usd_diff = actual_usd - reservation.usd;
-        let apply = |s: &mut Subject| {
-            s.roll(now_ms);
-            let res_minute = reservation.at_ms / MINUTE_MS;
-            if res_minute == s.tok_minute {
-                s.tok_cur = s.tok_cur.saturating_add(diff).max(0);
-            } else if res_minute + 1 == s.tok_minute {
-                s.tok_prev = s.tok_prev.saturating_add(diff).max(0);
-            }
-            if reservation.at_ms / DAY_MS == s.day {
-                s.day_tokens = s.day_tokens.saturating_add(diff).max(0);
-                s.day_usd = (s.day_usd + usd_diff).max(0.0);
-            }
-        };
-        if !reservation.held {
-            // A charge of usage nothing was reserved for: the subject may
-            // have no state yet.
-            self.with_subject(sub, now_ms, apply);
+    /// Adds to the subject's totals of `day`, allocating its keys only the
+    /// first time the subject is seen that day.
+    fn add_usage_now(&self, sub: &str, day: &str, totals: &DayTotals) {
+        if let Some(mut days) = self.usage.get_mut(sub) {
+            days.add(day, totals);
             return;
         }
-        let settled = self.subjects.get_mut(sub).map(|mut s| {
-            apply(&mut s);
-            s.reservations = s.reservations.saturating_sub(1);
-        });
-        if settled.is_some() {
-            self.inflight_reservations.fetch_sub(1, Ordering::Relaxed);
+        match self.usage.entry(sub.into()) {
+            dashmap::mapref::entry::Entry::Occupied(mut e) => e.get_mut().add(day, totals),
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                e.insert(UsageDays::new(day, totals));
+            }
         }
-    }
-
-    fn add_usage_now(&self, sub: &str, day: &str, totals: &DayTotals) {
-        self.usage
-            .entry((sub.into(), day.into()))
-            .or_default()
-            .add(totals);
     }
 
     /// Number of subjects with live state (memory tests, metrics).
@@ -184,7 +329,7 @@ impl Store for MemoryStore {
         self.revoked_jti.retain(|_, exp| *exp >= now_s);
         let oldest_day =
             crate::clock::utc_day_string(now_ms.saturating_sub(USAGE_RETENTION_DAYS * DAY_MS));
-        self.usage.retain(|(_, day), _| **day >= *oldest_day);
+        self.usage.retain(|_, days| days.retain_from(&oldest_day));
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -197,34 +342,29 @@ impl Store for MemoryStore {
         now_ms: u64,
         limits: AdmitLimits,
     ) -> Result<Admission, StoreError> {
-        Ok(self.with_subject(sub, now_ms, |s| {
-            if let Some(rpm) = limits.requests_per_minute {
-                if s.admitted.len() as u64 >= rpm {
-                    let oldest = s.admitted.front().copied().unwrap_or(now_ms);
-                    return Admission::Refused(Refusal {
-                        limit: Limit::RequestsPerMinute,
-                        retry_after_secs: requests_retry_after(oldest, now_ms),
-                    });
-                }
-            }
-            if let Some(max) = limits.max_concurrent {
-                if s.concurrent >= max {
-                    return Admission::Refused(Refusal {
-                        limit: Limit::MaxConcurrent,
-                        retry_after_secs: 1,
-                    });
-                }
-                s.concurrent += 1;
-            }
-            let remaining_requests = limits.requests_per_minute.map(|rpm| {
-                s.admitted.push_back(now_ms);
-                rpm.saturating_sub(s.admitted.len() as u64)
-            });
-            Admission::Admitted {
-                remaining_requests,
-                slot_held: limits.max_concurrent.is_some(),
-            }
-        }))
+        Ok(self.with_subject(sub, now_ms, |s| s.admit(now_ms, &limits)))
+    }
+
+    /// One lookup of the subject for both steps, under one shard lock:
+    /// the same effects as [`Store::admit`] then [`Store::reserve`].
+    async fn admit_reserve(
+        &self,
+        sub: &str,
+        now_ms: u64,
+        admit: AdmitLimits,
+        budget: Option<BudgetAsk>,
+    ) -> Result<(Admission, Option<Reserved>), StoreError> {
+        let (admission, reserved) = self.with_subject(sub, now_ms, |s| {
+            let admission = s.admit(now_ms, &admit);
+            let reserved = budget
+                .filter(|_| matches!(admission, Admission::Admitted { .. }))
+                .map(|b| s.reserve(now_ms, b.tokens, b.usd, &b.limits));
+            (admission, reserved)
+        });
+        if matches!(reserved, Some(Reserved::Reserved { .. })) {
+            self.inflight_reservations.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((admission, reserved))
     }
 
     /// Exact: the admission at `now_ms` leaves the window and its slot is
@@ -268,40 +408,7 @@ impl Store for MemoryStore {
         usd: f64,
         limits: BudgetLimits,
     ) -> Result<Reserved, StoreError> {
-        let out = self.with_subject(sub, now_ms, |s| {
-            if let Some(tpm) = limits.tokens_per_minute {
-                if s.tokens_in_window(now_ms) + tokens as f64 > tpm as f64 {
-                    return Reserved::Refused(Refusal {
-                        limit: Limit::TokensPerMinute,
-                        retry_after_secs: tokens_retry_after(
-                            s.tok_cur, s.tok_prev, now_ms, tpm, tokens,
-                        ),
-                    });
-                }
-            }
-            if let Some(tpd) = limits.tokens_per_day {
-                if (s.day_tokens.max(0) as u64).saturating_add(tokens) > tpd {
-                    return Reserved::Refused(Refusal {
-                        limit: Limit::TokensPerDay,
-                        retry_after_secs: until_next_day(now_ms),
-                    });
-                }
-            }
-            if let Some(budget) = limits.usd_per_day {
-                if s.day_usd.max(0.0) + usd > budget {
-                    return Reserved::Refused(Refusal {
-                        limit: Limit::UsdPerDay,
-                        retry_after_secs: until_next_day(now_ms),
-                    });
-                }
-            }
-            let t = i64::try_from(tokens).unwrap_or(i64::MAX);
-            s.tok_cur = s.tok_cur.saturating_add(t);
-            s.day_tokens = s.day_tokens.saturating_add(t);
-            s.day_usd += usd;
-            s.reservations += 1;
-            Reserved::granted(tokens, usd, now_ms, &limits, s.tok_cur, s.tok_prev)
-        });
+        let out = self.with_subject(sub, now_ms, |s| s.reserve(now_ms, tokens, usd, &limits));
         if matches!(out, Reserved::Reserved { .. }) {
             self.inflight_reservations.fetch_add(1, Ordering::Relaxed);
         }
@@ -328,8 +435,7 @@ impl Store for MemoryStore {
     }
 
     async fn usage(&self, sub: &str, day: &str) -> Result<DayTotals, StoreError> {
-        let key: (Box<str>, Box<str>) = (sub.into(), day.into());
-        Ok(self.usage.get(&key).map(|t| *t).unwrap_or_default())
+        Ok(self.usage.get(sub).map(|d| d.get(day)).unwrap_or_default())
     }
 }
 
@@ -545,5 +651,45 @@ mod tests {
             s.usage("u", "2026-11-27").await.unwrap(),
             DayTotals::default()
         );
+    }
+
+    /// Days kept per subject: a new day, a late addition to an earlier one,
+    /// each read back apart, and the retention sweep dropping old days and
+    /// then the subject.
+    #[tokio::test]
+    async fn usage_days_are_kept_apart_and_swept() {
+        let s = MemoryStore::new();
+        let t = |requests| DayTotals {
+            requests,
+            ..Default::default()
+        };
+        s.add_usage("u", "2026-11-27", &t(1)).await.unwrap();
+        s.add_usage("u", "2026-11-29", &t(2)).await.unwrap();
+        s.add_usage("u", "2026-11-28", &t(4)).await.unwrap();
+        s.add_usage("u", "2026-11-27", &t(8)).await.unwrap();
+        s.add_usage("u", "2026-11-29", &t(16)).await.unwrap();
+        s.add_usage("v", "2026-11-29", &t(32)).await.unwrap();
+        let got = |day| {
+            let s = &s;
+            async move { s.usage("u", day).await.unwrap().requests }
+        };
+        assert_eq!(got("2026-11-27").await, 9);
+        assert_eq!(got("2026-11-28").await, 4);
+        assert_eq!(got("2026-11-29").await, 18);
+        assert_eq!(s.usage("v", "2026-11-29").await.unwrap().requests, 32);
+        {
+            let days = s.usage.get("u").unwrap();
+            let order: Vec<&str> = days.earlier.iter().map(|(d, _)| &**d).collect();
+            assert_eq!(order, ["2026-11-27", "2026-11-28"]);
+        }
+        // Retention keeps USAGE_RETENTION_DAYS: a sweep once 2026-11-29
+        // is the oldest day kept drops 11-27 and 11-28, and once 11-30 is,
+        // every day and the subjects with them.
+        let day_ms = |ymd: &str| crate::clock::day_index(ymd).unwrap() * DAY_MS;
+        s.sweep(day_ms("2026-11-29") + USAGE_RETENTION_DAYS * DAY_MS);
+        assert_eq!(got("2026-11-28").await, 0);
+        assert_eq!(got("2026-11-29").await, 18);
+        s.sweep(day_ms("2026-11-30") + USAGE_RETENTION_DAYS * DAY_MS);
+        assert!(s.usage.get("u").is_none() && s.usage.get("v").is_none());
     }
 }
