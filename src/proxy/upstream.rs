@@ -29,11 +29,33 @@ static REMOVED: [HeaderName; 7] = [
 trait Edit {
     fn remove(&mut self, name: &HeaderName);
     fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()>;
+
+    /// Removes every one of `names` (at most 32) present.
+    fn remove_all(&mut self, names: &[HeaderName]) {
+        names.iter().for_each(|n| self.remove(n));
+    }
 }
 
 impl Edit for HeaderMap {
     fn remove(&mut self, name: &HeaderName) {
         HeaderMap::remove(self, name);
+    }
+
+    /// A request carries a handful of names and one or two of `names`:
+    /// comparing its names against the list (a byte for a standard name)
+    /// costs less than hashing each of the list's names to look it up.
+    fn remove_all(&mut self, names: &[HeaderName]) {
+        debug_assert!(names.len() <= 32);
+        let mut found = 0u32;
+        for key in self.keys() {
+            if let Some(i) = names.iter().position(|n| n == key) {
+                found |= 1 << i;
+            }
+        }
+        while found != 0 {
+            HeaderMap::remove(self, &names[found.trailing_zeros() as usize]);
+            found &= found - 1;
+        }
     }
 
     fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()> {
@@ -129,9 +151,7 @@ pub fn prepare_request(
         _ => Framing::AsIs,
     };
     edit_headers(up, |h| {
-        for name in &REMOVED {
-            h.remove(name);
-        }
+        h.remove_all(&REMOVED);
         if let Credential::Header(name, value) = &p.credential {
             h.insert(name, value.clone())?;
         }
@@ -213,9 +233,7 @@ mod tests {
         up.append_header("Authorization", "Bearer client-token")
             .unwrap();
         edit_headers(&mut up, |h| {
-            for name in &REMOVED {
-                h.remove(name);
-            }
+            h.remove_all(&REMOVED);
             h.insert(
                 &HeaderName::from_static("x-api-key"),
                 HeaderValue::from_static("k"),
@@ -271,5 +289,38 @@ mod tests {
         .unwrap();
         assert_eq!(up.send_end_stream(), Some(false));
         assert_eq!(up.version, http::Version::HTTP_2);
+    }
+
+    /// Every value of every listed name goes, whatever the case it came
+    /// in and wherever it stands; other names stay with their values.
+    #[test]
+    fn remove_all_takes_every_listed_name() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("Authorization", "Bearer a"),
+            ("x-client-thing", "1"),
+            ("authorization", "Bearer b"),
+            ("X-Api-Key", "k"),
+            ("openai-project", "p"),
+            ("x-client-thing", "2"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        let mut by_lookup = h.clone();
+        Edit::remove_all(&mut h, &REMOVED);
+        for name in &REMOVED {
+            Edit::remove(&mut by_lookup, name);
+        }
+        assert_eq!(h, by_lookup);
+        assert_eq!(h.len(), 3);
+        assert!(REMOVED.iter().all(|n| !h.contains_key(n)));
+        assert_eq!(
+            h.get_all("x-client-thing").iter().collect::<Vec<_>>(),
+            ["1", "2"]
+        );
     }
 }
