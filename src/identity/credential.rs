@@ -2,9 +2,10 @@
 //! send) or `x-api-key: <jwt>` (Anthropic SDKs before 2.0 and many tools).
 
 use super::AuthError;
-use http::header::{HeaderMap, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
 
-const X_API_KEY: &str = "x-api-key";
+/// Built once: a lookup by `&str` parses the name on every request.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Extracts the client's token from the request headers.
 ///
@@ -18,7 +19,7 @@ pub fn credential(headers: &HeaderMap) -> Result<&str, AuthError> {
         let text = value.to_str().map_err(|_| AuthError::Malformed)?;
         merge(&mut found, bearer(text)?)?;
     }
-    for value in headers.get_all(X_API_KEY) {
+    for value in headers.get_all(&X_API_KEY) {
         let text = value.to_str().map_err(|_| AuthError::Malformed)?;
         merge(&mut found, token_text(text)?)?;
     }

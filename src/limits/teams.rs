@@ -5,7 +5,9 @@
 use super::Tier;
 use crate::config::LimitsConfig;
 use crate::store::team_subject;
-use std::collections::HashMap;
+// foldhash: a tier or team is looked up by name on every request, where
+// std's SipHash costs a few hundred instructions.
+use foldhash::HashMap;
 use std::sync::Arc;
 
 /// The name `limits.teams` gives the limits of every team not listed.

@@ -3,7 +3,9 @@
 use super::glob_match;
 use crate::config::{LimitsConfig, TierConfig};
 use crate::store::{AdmitLimits, BudgetLimits};
-use std::collections::HashMap;
+// foldhash: a tier or team is looked up by name on every request, where
+// std's SipHash costs a few hundred instructions.
+use foldhash::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug)]

@@ -43,15 +43,18 @@ impl Kind for Anthropic {
         _provider: &Provider,
         _stream: bool,
     ) -> pingora::Result<()> {
-        if !client.headers.contains_key("anthropic-version") {
+        if !client.headers.contains_key(&ANTHROPIC_VERSION) {
             up.insert_header(
-                "anthropic-version",
+                ANTHROPIC_VERSION.clone(),
                 http::HeaderValue::from_static("2023-06-01"),
             )?;
         }
         Ok(())
     }
 }
+
+/// Built once: a lookup by `&str` parses the name on every request.
+static ANTHROPIC_VERSION: http::HeaderName = http::HeaderName::from_static("anthropic-version");
 
 /// A Messages API `usage` object; missing or null fields count 0. `None`
 /// when `v` is not an object.

@@ -7,7 +7,9 @@
 
 use crate::config::Config;
 use crate::limits::{glob_match, is_glob};
-use std::collections::HashSet;
+// foldhash: every request's model is looked up, where std's SipHash costs a
+// few hundred instructions.
+use foldhash::{HashSet, HashSetExt};
 
 pub const OTHER: &str = "other";
 
