@@ -179,6 +179,7 @@ impl JsonScanner {
                     i += j;
                     if rest[j] == b'"' {
                         self.st = St::Colon;
+                        i = self.skip_to_value(chunk, i);
                     } else {
                         // Escaped keys are not ones we want.
                         self.key_len = usize::MAX;
@@ -202,6 +203,11 @@ impl JsonScanner {
                     b',' => {
                         self.end_value();
                         self.st = St::Key;
+                        if chunk.get(i + 1) == Some(&b'"') {
+                            self.key_len = 0;
+                            self.st = St::InKey;
+                            i += 1;
+                        }
                     }
                     b'}' => {
                         self.end_value();
@@ -224,7 +230,7 @@ impl JsonScanner {
                     self.st = match (self.st, rest[j]) {
                         (St::Str, b'"') => {
                             self.end_value();
-                            St::Comma
+                            self.skip_to_key(chunk, &mut i)
                         }
                         (St::Str, _) => St::StrEsc,
                         (_, b'"') => St::Nested,
@@ -254,7 +260,7 @@ impl JsonScanner {
                             self.depth -= 1;
                             if self.depth == 0 {
                                 self.end_value();
-                                self.st = St::Comma;
+                                self.st = self.skip_to_key(chunk, &mut i);
                             }
                         }
                     }
@@ -267,6 +273,37 @@ impl JsonScanner {
                 },
             }
             i += 1;
+        }
+    }
+
+    /// After a top-level value whose last byte is `chunk[*i]`: compact
+    /// JSON (what providers send) goes on with `,"`, and then the next
+    /// key's contents are the next state, without a pass of the byte loop
+    /// for the comma and one for the quote. `*i` is left on the quote (the
+    /// loop steps past it). Otherwise the state after a value.
+    #[inline(always)]
+    fn skip_to_key(&mut self, chunk: &[u8], i: &mut usize) -> St {
+        if chunk.get(*i + 1) == Some(&b',') && chunk.get(*i + 2) == Some(&b'"') {
+            self.key_len = 0;
+            *i += 2;
+            St::InKey
+        } else {
+            St::Comma
+        }
+    }
+
+    /// After a top-level key's closing quote at `chunk[i]`: a `:` and the
+    /// value's first byte right after it start the value at once (compact
+    /// JSON), without a pass of the byte loop for each. The index of the
+    /// last byte used.
+    #[inline(always)]
+    fn skip_to_value(&mut self, chunk: &[u8], i: usize) -> usize {
+        match (chunk.get(i + 1), chunk.get(i + 2)) {
+            (Some(b':'), Some(&c)) if !is_ws(c) => {
+                self.start_value(c);
+                i + 2
+            }
+            _ => i,
         }
     }
 

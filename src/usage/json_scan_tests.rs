@@ -185,6 +185,27 @@ proptest! {
         prop_assert_eq!(string_stop(b), b.iter().position(|&c| is_string_stop(c)));
     }
 
+    /// Near-JSON made of JSON's own pieces, valid or not: the scan's
+    /// answer does not depend on where the chunks break, so the shortcuts
+    /// taken when the next bytes are at hand (`,"` after a value, `:` and
+    /// a value's first byte after a key) agree with the byte-by-byte path.
+    #[test]
+    fn token_soup_is_read_the_same_in_any_chunks(
+        tokens in proptest::collection::vec(prop::sample::select(vec![
+            &b"{"[..], b"}", b"[", b"]", b":", b",", b" ", b"\"usage\"", b"\"model\"",
+            b"\"k\"", b"\"s\\\"\"", b"12", b"null", b"true", b"\"",
+        ]), 0..40),
+        points in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let mut data = b"{".to_vec();
+        tokens.iter().for_each(|t| data.extend_from_slice(t));
+        let whole = scan(&data);
+        let parts = split_at_points(&data, points);
+        prop_assert_eq!(scan_chunks(&parts), whole.clone());
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        prop_assert_eq!(scan_chunks(&bytes), whole);
+    }
+
     #[test]
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1024),
                                 points in proptest::collection::vec(any::<usize>(), 0..8)) {
