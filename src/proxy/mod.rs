@@ -145,8 +145,11 @@ fn is_upgrade(req: &RequestHeader) -> bool {
             .get_all(http::header::CONNECTION)
             .iter()
             .any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+                // Compared in place: SDKs send `Connection: keep-alive` on
+                // every request, and a lower-cased copy allocated for each.
+                v.as_bytes()
+                    .windows(b"upgrade".len())
+                    .any(|w| w.eq_ignore_ascii_case(b"upgrade"))
             })
 }
 
@@ -594,4 +597,32 @@ fn client_left(session: &Session, ctx: &Ctx) -> bool {
             .as_downstream()
             .as_http1()
             .is_some_and(|s| s.is_half_closed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &[u8])]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/v1/messages", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), http::HeaderValue::from_bytes(v).unwrap())
+                .unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn upgrades_are_seen_in_any_case_and_place() {
+        assert!(is_upgrade(&req(&[("Upgrade", b"websocket")])));
+        assert!(is_upgrade(&req(&[("Connection", b"keep-alive, Upgrade")])));
+        assert!(is_upgrade(&req(&[("connection", b"UPGRADE")])));
+        assert!(is_upgrade(&req(&[
+            ("Connection", b"keep-alive"),
+            ("Connection", b"upgrade\xff")
+        ])));
+        assert!(!is_upgrade(&req(&[("Connection", b"keep-alive")])));
+        assert!(!is_upgrade(&req(&[("Connection", b"upgrad")])));
+        assert!(!is_upgrade(&req(&[])));
+    }
 }
