@@ -889,11 +889,11 @@ if [ "$MODE" = profile ]; then
         # Costs callgrind does not count: the kernel's share of a request
         # (system calls, wake-ups of other threads), per request of the
         # same window.
-        before=$(requests_served "$t")
+        before=$(requests_served)
         perf stat -x, -e task-clock,context-switches,cpu-migrations,page-faults,raw_syscalls:sys_enter \
           --per-thread -p "$pid" -o "$RUN/profile-$t-threads.csv" -- sleep "$PROFILE_SECONDS" \
           >"$RUN/perf-$t.log" 2>&1 || die "perf stat failed: $(tail -n 3 "$RUN/perf-$t.log")"
-        served=$(($(requests_served "$t") - before))
+        served=$(($(requests_served) - before))
         wait "$wrk_pid" || true
         stat=$("${TOOL[@]}" perf-stat "$RUN/profile-$t-threads.csv" --requests "$served" \
           --out "$RUN/profile-$t.txt")
