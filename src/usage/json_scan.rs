@@ -202,12 +202,7 @@ impl JsonScanner {
                 St::Scalar => match b {
                     b',' => {
                         self.end_value();
-                        self.st = St::Key;
-                        if chunk.get(i + 1) == Some(&b'"') {
-                            self.key_len = 0;
-                            self.st = St::InKey;
-                            i += 1;
-                        }
+                        self.st = self.after_comma(chunk, &mut i);
                     }
                     b'}' => {
                         self.end_value();
@@ -279,16 +274,29 @@ impl JsonScanner {
     /// After a top-level value whose last byte is `chunk[*i]`: compact
     /// JSON (what providers send) goes on with `,"`, and then the next
     /// key's contents are the next state, without a pass of the byte loop
-    /// for the comma and one for the quote. `*i` is left on the quote (the
-    /// loop steps past it). Otherwise the state after a value.
+    /// for the comma and one for the quote (see [`Self::after_comma`]).
+    /// Otherwise the state after a value.
     #[inline(always)]
     fn skip_to_key(&mut self, chunk: &[u8], i: &mut usize) -> St {
-        if chunk.get(*i + 1) == Some(&b',') && chunk.get(*i + 2) == Some(&b'"') {
-            self.key_len = 0;
-            *i += 2;
-            St::InKey
+        if chunk.get(*i + 1) == Some(&b',') {
+            *i += 1;
+            self.after_comma(chunk, i)
         } else {
             St::Comma
+        }
+    }
+
+    /// After the comma at `chunk[*i]` that ends a top-level member: with
+    /// the next key's quote right after it, that key's contents, `*i` left
+    /// on the quote (the loop steps past it); otherwise a key is due.
+    #[inline(always)]
+    fn after_comma(&mut self, chunk: &[u8], i: &mut usize) -> St {
+        if chunk.get(*i + 1) == Some(&b'"') {
+            self.key_len = 0;
+            *i += 1;
+            St::InKey
+        } else {
+            St::Key
         }
     }
 
