@@ -214,7 +214,7 @@ impl JsonScanner {
                     }
                     _ => self.cap(&[b]),
                 },
-                St::Str | St::NestedStr => {
+                St::Str => {
                     let rest = &chunk[i..];
                     let Some(j) = string_stop(rest) else {
                         self.cap(rest);
@@ -222,43 +222,26 @@ impl JsonScanner {
                     };
                     self.cap(&rest[..=j]);
                     i += j;
-                    self.st = match (self.st, rest[j]) {
-                        (St::Str, b'"') => {
-                            self.end_value();
-                            self.skip_to_key(chunk, &mut i)
-                        }
-                        (St::Str, _) => St::StrEsc,
-                        (_, b'"') => St::Nested,
-                        _ => St::NestedStrEsc,
+                    self.st = if rest[j] == b'"' {
+                        self.end_value();
+                        self.skip_to_key(chunk, &mut i)
+                    } else {
+                        St::StrEsc
                     };
                 }
                 St::StrEsc => {
                     self.cap(&[b]);
                     self.st = St::Str;
                 }
-                St::NestedStrEsc => {
-                    self.cap(&[b]);
-                    self.st = St::NestedStr;
-                }
-                St::Nested => {
-                    let rest = &chunk[i..];
-                    let Some(j) = nested_stop(rest) else {
-                        self.cap(rest);
+                St::Nested | St::NestedStr | St::NestedStrEsc => {
+                    let Some(end) = self.walk_nested(chunk, i) else {
+                        self.cap(&chunk[i..]);
                         return;
                     };
-                    self.cap(&rest[..=j]);
-                    i += j;
-                    match rest[j] {
-                        b'"' => self.st = St::NestedStr,
-                        b'{' | b'[' => self.depth = self.depth.saturating_add(1),
-                        _ => {
-                            self.depth -= 1;
-                            if self.depth == 0 {
-                                self.end_value();
-                                self.st = self.skip_to_key(chunk, &mut i);
-                            }
-                        }
-                    }
+                    self.cap(&chunk[i..=end]);
+                    i = end;
+                    self.end_value();
+                    self.st = self.skip_to_key(chunk, &mut i);
                 }
                 St::Comma => match b {
                     b',' => self.st = St::Key,
@@ -269,6 +252,59 @@ impl JsonScanner {
             }
             i += 1;
         }
+    }
+
+    /// Follows a nested value from `chunk[i]` in its own loop, so that the
+    /// stops inside it (a string's quotes and escapes, brackets) do not
+    /// each go back through [`Self::feed`]'s dispatch on the state: that
+    /// jump was mispredicted at nearly every stop (callgrind's branch
+    /// simulation: 60 indirect misses per 1 KB response). The index of the
+    /// value's closing bracket, or `None` when the chunk ends first (the
+    /// state and depth are left for the next chunk).
+    fn walk_nested(&mut self, chunk: &[u8], mut i: usize) -> Option<usize> {
+        let mut st = self.st;
+        loop {
+            match st {
+                St::NestedStrEsc => {
+                    if i >= chunk.len() {
+                        break;
+                    }
+                    i += 1;
+                    st = St::NestedStr;
+                }
+                St::NestedStr => {
+                    let Some(j) = chunk.get(i..).and_then(string_stop) else {
+                        break;
+                    };
+                    i += j;
+                    st = if chunk[i] == b'"' {
+                        St::Nested
+                    } else {
+                        St::NestedStrEsc
+                    };
+                    i += 1;
+                }
+                _ => {
+                    let Some(j) = chunk.get(i..).and_then(nested_stop) else {
+                        break;
+                    };
+                    i += j;
+                    match chunk[i] {
+                        b'"' => st = St::NestedStr,
+                        b'{' | b'[' => self.depth = self.depth.saturating_add(1),
+                        _ => {
+                            self.depth -= 1;
+                            if self.depth == 0 {
+                                return Some(i);
+                            }
+                        }
+                    }
+                    i += 1;
+                }
+            }
+        }
+        self.st = st;
+        None
     }
 
     /// After a top-level value whose last byte is `chunk[*i]`: compact
