@@ -63,6 +63,9 @@ Knobs (environment):
                                      stat counts CPU time, context switches and
                                      system calls per request, at CONNECTIONS);
   PERF_RECORD="-e cpu-clock -F 999"  what PROFILER=perf samples (e.g. "-e sched:sched_wakeup -c 1")
+  CALLGRIND_OPTS=""                  more callgrind options, e.g. "--cache-sim=yes --branch-sim=yes"
+                                     (simulated cache misses and mispredicted branches, where
+                                     the VM has no hardware counters; ~2x slower)
   PROFILE_TARGETS may also name bare_body, tollgate_nojournal, or tollgate_redis / tollgate_redis_lease (start a private redis-server)
 EOF
 }
@@ -99,6 +102,7 @@ PROFILE_SECONDS=${PROFILE_SECONDS:-20}
 PROFILE_CONNECTIONS=${PROFILE_CONNECTIONS:-4}
 PROFILE_WARMUP=${PROFILE_WARMUP:-10}
 PERF_RECORD=${PERF_RECORD:--e cpu-clock -F 999}
+CALLGRIND_OPTS=${CALLGRIND_OPTS:-}
 SKIP_BUILD=${SKIP_BUILD:-0}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 NOTE=${NOTE:-}
@@ -838,8 +842,9 @@ if [ "$MODE" = profile ]; then
     ADDR[$t]=127.0.0.1:$port
     if [ "$PROFILER" = callgrind ]; then
       out_file=$RUN/callgrind.$t.out
+      # shellcheck disable=SC2086 # CALLGRIND_OPTS is a list of options
       start "profile-$t" env -u RUST_LOG BARE_THREADS="$THREADS" BARE_READ_BODY=$read_body valgrind --tool=callgrind \
-        --callgrind-out-file="$out_file" "${cmd[@]}"
+        $CALLGRIND_OPTS --callgrind-out-file="$out_file" "${cmd[@]}"
     else
       start "profile-$t" env -u RUST_LOG BARE_THREADS="$THREADS" BARE_READ_BODY=$read_body "${cmd[@]}"
     fi
@@ -921,7 +926,7 @@ done
 cmd="scripts/load.sh $MODE"
 for k in DURATION REPEATS WARMUP CONNECTIONS WRK_THREADS USERS TOKENS FRESH_PCT FRESH_PER_RUN RATE \
   LAT_SECONDS LAT_REPEATS TARGETS THREADS PER_USER_LABELS MEM_USERS MEM_ROUNDS MEM_WAIT MEM_MAX_SECONDS PROFILER \
-  PROFILE_TARGETS PROFILE_SECONDS PROFILE_CONNECTIONS PROFILE_WARMUP; do
+  PROFILE_TARGETS PROFILE_SECONDS PROFILE_CONNECTIONS PROFILE_WARMUP CALLGRIND_OPTS PERF_RECORD; do
   # Only the knobs set in the environment, so the command reproduces the run.
   if printenv "$k" >/dev/null 2>&1; then cmd="$k=$(printf '%q' "${!k}") $cmd"; fi
 done
