@@ -18,14 +18,22 @@ impl BodyKind {
         let Some(ct) = ct else {
             return BodyKind::Other;
         };
-        let mime = ct.split(';').next().unwrap_or("").trim();
-        let Some((ty, sub)) = mime.split_once('/') else {
+        // Byte by byte: `split` and `split_once` on a 20-byte value cost
+        // ~320 instructions per response in callgrind, for two searches.
+        let b = ct.as_bytes();
+        let mime = b
+            .split(|&c| c == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        let Some(slash) = mime.iter().position(|&c| c == b'/') else {
             return BodyKind::Other;
         };
-        if ty.eq_ignore_ascii_case("text") && sub.eq_ignore_ascii_case("event-stream") {
+        let (ty, sub) = (&mime[..slash], &mime[slash + 1..]);
+        if ty.eq_ignore_ascii_case(b"text") && sub.eq_ignore_ascii_case(b"event-stream") {
             BodyKind::Sse
-        } else if sub.eq_ignore_ascii_case("json")
-            || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+        } else if sub.eq_ignore_ascii_case(b"json")
+            || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json"))
         {
             BodyKind::Json
         } else {
@@ -273,6 +281,15 @@ mod tests {
             Json
         );
         assert_eq!(BodyKind::from_content_type(Some("text/json;x=1")), Json);
+        assert_eq!(
+            BodyKind::from_content_type(Some(" application/json ; charset=utf-8")),
+            Json
+        );
+        assert_eq!(
+            BodyKind::from_content_type(Some("\tapplication/json")),
+            Json
+        );
+        assert_eq!(BodyKind::from_content_type(Some("application")), Other);
         assert_eq!(BodyKind::from_content_type(Some("text/plain")), Other);
         assert_eq!(BodyKind::from_content_type(Some("+json")), Other);
         assert_eq!(
