@@ -204,29 +204,29 @@ unsafe fn string_run_avx2(s: &[u8]) -> usize {
     let backslash = _mm256_set1_epi8(b'\\' as i8);
     let below = _mm256_set1_epi8(0x1f);
     let mut i = 0;
-    'search: loop {
-        while i + 32 <= s.len() {
-            // SAFETY: `i + 32 <= s.len()`: the unaligned load stays inside `s`.
-            let v = unsafe { _mm256_loadu_si256(s.as_ptr().add(i).cast::<__m256i>()) };
-            // `min(v, 0x1f) == v` exactly when v <= 0x1f (unsigned).
-            let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, below), v);
-            let hits = _mm256_or_si256(
-                _mm256_or_si256(_mm256_cmpeq_epi8(v, quote), _mm256_cmpeq_epi8(v, backslash)),
-                control,
-            );
-            let mask = _mm256_movemask_epi8(hits) as u32;
-            if mask != 0 {
-                let p = i + mask.trailing_zeros() as usize;
-                if s[p] == b'\\' && is_short_escape(s.get(p + 1)) {
-                    i = p + 2;
-                    continue 'search;
-                }
-                return p;
-            }
+    while i + 32 <= s.len() {
+        // SAFETY: `i + 32 <= s.len()`: the unaligned load stays inside `s`.
+        let v = unsafe { _mm256_loadu_si256(s.as_ptr().add(i).cast::<__m256i>()) };
+        // `min(v, 0x1f) == v` exactly when v <= 0x1f (unsigned).
+        let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, below), v);
+        let hits = _mm256_or_si256(
+            _mm256_or_si256(_mm256_cmpeq_epi8(v, quote), _mm256_cmpeq_epi8(v, backslash)),
+            control,
+        );
+        let mask = _mm256_movemask_epi8(hits) as u32;
+        if mask == 0 {
             i += 32;
+            continue;
         }
-        return i + string_run_sse2(&s[i..]);
+        let p = i + mask.trailing_zeros() as usize;
+        if s[p] == b'\\' && is_short_escape(s.get(p + 1)) {
+            // The next block starts right after the escape.
+            i = p + 2;
+        } else {
+            return p;
+        }
     }
+    i + string_run_sse2(&s[i..])
 }
 
 #[cfg(target_arch = "x86_64")]
