@@ -514,7 +514,7 @@ impl<'a> Scanner<'a> {
     /// At a backslash inside a string; the index past its escape.
     fn escape(&mut self, at: usize) -> Result<usize, ScanError> {
         match self.b.get(at + 1) {
-            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(at + 2),
+            c if is_short_escape(c) => Ok(at + 2),
             Some(b'u') => {
                 for k in 0..4 {
                     match self.b.get(at + 2 + k) {
