@@ -85,9 +85,26 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// `YYYY-MM-DD` of the UTC day containing `ms` (past year 9999, 9999-12-31),
 /// written as [`rfc3339_millis`] is: every request keys its day totals.
 pub fn utc_day_string(ms: u64) -> String {
+    utc_day(ms).as_str().to_owned()
+}
+
+/// The UTC day of `ms` as `YYYY-MM-DD`, on the stack: each proxied request
+/// names its day for the store's totals, and need not allocate for it.
+#[derive(Clone, Copy)]
+pub struct Day([u8; 10]);
+
+impl Day {
+    pub fn as_str(&self) -> &str {
+        // Digits and dashes only, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or("1970-01-01")
+    }
+}
+
+/// [`utc_day_string`] without the allocation.
+pub fn utc_day(ms: u64) -> Day {
     let mut b = *b"0000-00-00";
     put_day(&mut b, ms.min(MAX_MS) / DAY_MS);
-    ascii_string(&b)
+    Day(b)
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` that [`valid_day`] accepts;

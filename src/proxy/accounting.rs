@@ -7,7 +7,7 @@
 use super::cached;
 use super::ctx::{Ctx, Hold, Lease};
 use crate::app::App;
-use crate::clock::{now_ms, utc_day_string};
+use crate::clock::{now_ms, utc_day};
 use crate::config::Price;
 use crate::sinks::TokenCounts;
 use crate::store::{DayTotals, Finish, Reservation, StoreOp};
@@ -94,8 +94,8 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     if let Some(lease) = ctx.lease.take() {
         let charge = charge(ctx, &lease, &used);
         let totals = day_totals(&u, used.cost);
-        let day = utc_day_string(now_ms());
-        release(app, ctx, lease, charge, Some((&day, &totals))).await;
+        let day = utc_day(now_ms());
+        release(app, ctx, lease, charge, Some((day.as_str(), &totals))).await;
     }
 }
 
@@ -216,8 +216,15 @@ async fn finish_hit(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     // done here.
     if let Some(lease) = ctx.lease.take() {
         let totals = hit_totals();
-        let day = utc_day_string(now_ms());
-        release(app, ctx, lease, Charge::default(), Some((&day, &totals))).await;
+        let day = utc_day(now_ms());
+        release(
+            app,
+            ctx,
+            lease,
+            Charge::default(),
+            Some((day.as_str(), &totals)),
+        )
+        .await;
     }
 }
 
@@ -237,9 +244,9 @@ pub fn settle_hit(app: &App, ctx: &mut Ctx) {
         return;
     };
     let totals = hit_totals();
-    let day = utc_day_string(now_ms());
+    let day = utc_day(now_ms());
     let store = &app.limits.store;
-    let taken = finishes(ctx, lease, Charge::default(), Some((&day, &totals)))
+    let taken = finishes(ctx, lease, Charge::default(), Some((day.as_str(), &totals)))
         .all(|done| store.finish_early(done, &app.sinks.finish_failed));
     if !taken {
         ctx.lease = Some(lease);
@@ -395,11 +402,11 @@ pub fn settle_at_last_byte(app: &App, ctx: &mut Ctx) {
     let used = used(app, ctx);
     let charge = charge(ctx, &lease, &used);
     let totals = day_totals(&used.metered.usage, used.cost);
-    let day = utc_day_string(now_ms());
+    let day = utc_day(now_ms());
     let store = &app.limits.store;
     // A store takes every finish early or none (it declines only before its
     // connection ever started), so the first answers for all.
-    let taken = finishes(ctx, lease, charge, Some((&day, &totals)))
+    let taken = finishes(ctx, lease, charge, Some((day.as_str(), &totals)))
         .all(|done| store.finish_early(done, &app.sinks.finish_failed));
     if !taken {
         // The store wants it done in `logging`.
