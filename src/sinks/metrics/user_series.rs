@@ -128,10 +128,11 @@ impl UserSeries {
         let row = match at {
             Some(i) => &mut u.rows[i],
             None => {
+                let [provider, model, team] = self.shared([provider, model, team]);
                 u.rows.push(Row {
-                    provider: self.label(provider),
-                    model: self.label(model),
-                    team: self.label(team),
+                    provider,
+                    model,
+                    team,
                     status,
                     requests: 0,
                     billed: false,
@@ -156,17 +157,10 @@ impl UserSeries {
         }
     }
 
-    /// The shared copy of a label value (a new one past [`SHARED_LABELS`]).
-    fn label(&self, value: &str) -> Arc<str> {
+    /// The shared copies of a row's label values, under one lock.
+    fn shared<const N: usize>(&self, values: [&str; N]) -> [Arc<str>; N] {
         let mut set = self.labels.lock();
-        if let Some(v) = set.get(value) {
-            return v.clone();
-        }
-        let v: Arc<str> = value.into();
-        if set.len() < SHARED_LABELS {
-            set.insert(v.clone());
-        }
-        v
+        values.map(|value| label(&mut set, value))
     }
 
     /// Forgets users not seen for `idle_ms`; returns how many were dropped.
@@ -186,6 +180,18 @@ impl UserSeries {
     pub(super) fn users(&self) -> usize {
         self.users.len()
     }
+}
+
+/// The shared copy of a label value (a new one past [`SHARED_LABELS`]).
+fn label(set: &mut foldhash::HashSet<Arc<str>>, value: &str) -> Arc<str> {
+    if let Some(v) = set.get(value) {
+        return v.clone();
+    }
+    let v: Arc<str> = value.into();
+    if set.len() < SHARED_LABELS {
+        set.insert(v.clone());
+    }
+    v
 }
 
 fn pair(name: &str, value: &str) -> LabelPair {
@@ -332,11 +338,12 @@ mod tests {
     fn label_values_past_the_bound_are_not_kept() {
         let s = series();
         for i in 0..SHARED_LABELS + 10 {
-            s.label(&format!("v{i}"));
+            s.shared([format!("v{i}").as_str()]);
         }
         assert_eq!(s.labels.lock().len(), SHARED_LABELS);
         // Still a correct value, only not shared.
-        assert_eq!(&*s.label("beyond"), "beyond");
+        let [beyond] = s.shared(["beyond"]);
+        assert_eq!(&*beyond, "beyond");
         assert_eq!(s.labels.lock().len(), SHARED_LABELS);
     }
 }
