@@ -64,7 +64,13 @@ fn put_digits(out: &mut [u8], mut v: u64) {
 /// One allocation of the exact size; the bytes are ASCII digits and
 /// separators only.
 fn ascii_string(b: &[u8]) -> String {
-    std::str::from_utf8(b).map_or_else(|_| String::new(), str::to_owned)
+    ascii(b).to_owned()
+}
+
+/// The text of bytes this module wrote (ASCII digits and separators), so
+/// the empty fallback is never taken.
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("")
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
@@ -95,8 +101,7 @@ pub struct Day([u8; 10]);
 
 impl Day {
     pub fn as_str(&self) -> &str {
-        // Digits and dashes only, so this never falls back.
-        std::str::from_utf8(&self.0).unwrap_or("1970-01-01")
+        ascii(&self.0)
     }
 }
 
