@@ -47,7 +47,7 @@ fn meter(kind: Dialect, body: BodyKind, bytes: &[u8], chunk: usize) -> tollgate:
     for c in bytes.chunks(chunk) {
         m.feed(c);
     }
-    m.finish()
+    m.finish().clone()
 }
 
 fn sse(c: &mut Criterion) {

@@ -11,6 +11,7 @@ use crate::clock::{now_ms, utc_day};
 use crate::config::Price;
 use crate::sinks::TokenCounts;
 use crate::store::{DayTotals, Finish, Reservation, StoreOp};
+use crate::usage::meter::NOTHING;
 use crate::usage::{Metered, Pricing, Usage, UsageRecord};
 
 pub struct Outcome<'a> {
@@ -26,17 +27,13 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     if ctx.cache.as_ref().is_some_and(|c| c.served) {
         return finish_hit(app, ctx, out).await;
     }
-    let provider = ctx
-        .provider()
-        .map_or("none", |p| p.name.as_str())
-        .to_string();
     let status = ctx.status.unwrap_or(out.fallback_status);
     if !ctx.proxied || ctx.refusal.is_some() {
         if let (Some(slot), Some(j)) = (ctx.journal.take(), &app.sinks.journal) {
             j.cancel(slot);
         }
         app.sinks.metrics.request_refused(
-            &provider,
+            provider_name(ctx),
             app.sinks.model_labels.label(ctx.model().unwrap_or("")),
             status,
             ctx.sub(),
@@ -49,11 +46,12 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
     }
 
     let used = used(app, ctx);
-    let u = used.metered.usage;
+    let u = used.usage;
     let elapsed = ctx.started.elapsed();
+    // Each name is copied once, into the record; the metrics read them there.
+    let model = answered_model(ctx).map(str::to_owned);
     let record = UsageRecord {
-        provider: provider.clone(),
-        model: used.model.clone(),
+        provider: provider_name(ctx).to_owned(),
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
         cache_creation_input_tokens: u.cache_creation_input_tokens,
@@ -62,21 +60,19 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         client_disconnected: out.client_disconnected || ctx.drain.is_some(),
         usage_complete: used.complete,
         attempts: u32::try_from(ctx.attempts.tried()).unwrap_or(u32::MAX),
-        upstream_model: ctx
-            .attempts
-            .upstream_model
-            .as_deref()
-            .map(str::to_string)
-            .or_else(|| used.model.clone()),
+        upstream_model: match ctx.attempts.upstream_model.as_deref() {
+            Some(sent) => Some(sent.to_owned()),
+            None => model.clone(),
+        },
+        model,
         ..of_request(ctx, out.path, status, elapsed)
     };
     super::traced::finish(app, ctx, &record);
-    write_record(app, record);
     app.sinks.metrics.request_finished(
-        &provider,
+        &record.provider,
         app.sinks
             .model_labels
-            .label(used.model.as_deref().unwrap_or("")),
+            .label(record.model.as_deref().unwrap_or("")),
         status,
         ctx.sub(),
         ctx.team().map_or("", |t| t.name.as_str()),
@@ -90,6 +86,7 @@ pub async fn finish(app: &App, ctx: &mut Ctx, out: Outcome<'_>) {
         elapsed,
         ctx.ttfb,
     );
+    write_record(app, record);
     // Settled at the last byte already, unless the response never ended.
     if let Some(lease) = ctx.lease.take() {
         let charge = charge(ctx, &lease, &used);
@@ -107,8 +104,8 @@ pub fn cache_answer(app: &App, ctx: &mut Ctx) {
     }
     let used = used(app, ctx);
     let answer = cached::Answer {
-        usage: used.metered.usage,
-        model: used.metered.model.clone(),
+        usage: used.usage,
+        model: metered(ctx).model.clone(),
         upstream_model: ctx.attempts.upstream_model.as_deref().map(str::to_string),
         provider: ctx.provider().map_or("", |p| p.name.as_str()).to_string(),
     };
@@ -254,24 +251,41 @@ pub fn settle_hit(app: &App, ctx: &mut Ctx) {
 }
 
 /// What a proxied request used, as far as the provider's answer showed.
+/// Plain numbers: the names stay where they are ([`answered_model`],
+/// [`metered`]) until the record copies them.
+#[derive(Clone, Copy)]
 struct Used {
-    metered: Metered,
-    /// The model the client asked for, else the one the provider named.
-    model: Option<String>,
+    usage: Usage,
     cost: f64,
     /// The record's `usage_complete`: the provider's whole answer and its
     /// final, valid usage were seen.
     complete: bool,
 }
 
+/// What the meter saw, once [`used`] has finished it.
+fn metered(ctx: &Ctx) -> &Metered {
+    ctx.meter
+        .as_ref()
+        .and_then(|m| m.finished())
+        .unwrap_or(&NOTHING)
+}
+
+/// The model the client asked for, else the one the provider named.
+fn answered_model(ctx: &Ctx) -> Option<&str> {
+    ctx.model().or(metered(ctx).model.as_deref())
+}
+
+fn provider_name(ctx: &Ctx) -> &str {
+    ctx.provider().map_or("none", |p| p.name.as_str())
+}
+
 /// Reads the meter (final once the response ended; reading it twice gives
 /// the same answer) and prices what it saw.
 fn used(app: &App, ctx: &mut Ctx) -> Used {
-    let metered = ctx.meter.as_mut().map(|m| m.finish()).unwrap_or_default();
-    let model = ctx
-        .model()
-        .map(str::to_string)
-        .or_else(|| metered.model.clone());
+    if let Some(m) = ctx.meter.as_mut() {
+        m.finish();
+    }
+    let metered = metered(ctx);
     // The answering deployment's model: its own name when it renamed.
     let sent = ctx.attempts.upstream_model.as_deref().or(ctx.model());
     let price: Option<&Price> = app.pricing.price_for(metered.model.as_deref(), sent);
@@ -294,8 +308,7 @@ fn used(app: &App, ctx: &mut Ctx) -> Used {
         !metered.stream_error
     };
     Used {
-        metered,
-        model,
+        usage: metered.usage,
         cost,
         complete,
     }
@@ -316,7 +329,7 @@ struct Charge {
 /// attempt reached a provider and went unanswered is not.
 fn charge(ctx: &Ctx, lease: &Lease, used: &Used) -> Charge {
     let seen = Charge {
-        tokens: used.metered.usage.total(),
+        tokens: used.usage.total(),
         usd: used.cost,
     };
     if used.complete || !(ctx.reached || ctx.attempts.unanswered) {
@@ -401,7 +414,7 @@ pub fn settle_at_last_byte(app: &App, ctx: &mut Ctx) {
     };
     let used = used(app, ctx);
     let charge = charge(ctx, &lease, &used);
-    let totals = day_totals(&used.metered.usage, used.cost);
+    let totals = day_totals(&used.usage, used.cost);
     let day = utc_day(now_ms());
     let store = &app.limits.store;
     // A store takes every finish early or none (it declines only before its

@@ -141,13 +141,25 @@ impl Meter {
     }
 
     /// The result, at the end of the body or when it was cut short. Calling
-    /// it again returns the same result.
-    pub fn finish(&mut self) -> Metered {
-        if let Some(r) = &self.result {
-            return r.clone();
+    /// it again returns the same result. Lent, not cloned: the request's end
+    /// reads it twice (at the last byte and in `logging`), and a copy would
+    /// allocate its model name each time.
+    pub fn finish(&mut self) -> &Metered {
+        if self.result.is_none() {
+            let r = self.compute();
+            self.result = Some(r);
         }
+        self.result.as_ref().unwrap_or(&NOTHING)
+    }
+
+    /// The result once [`Meter::finish`] has run.
+    pub fn finished(&self) -> Option<&Metered> {
+        self.result.as_ref()
+    }
+
+    fn compute(&mut self) -> Metered {
         self.ended_at_finish = self.content_ended();
-        let r = match &mut self.inner {
+        match &mut self.inner {
             Inner::Sse(parser, state) => {
                 parser.finish(|name, data| state.on_event(name, data));
                 match state {
@@ -157,11 +169,23 @@ impl Meter {
             }
             Inner::Json(scanner) => json_metered(self.kind, scanner),
             Inner::Other => Metered::default(),
-        };
-        self.result = Some(r.clone());
-        r
+        }
     }
 }
+
+/// What a response without a meter used: nothing seen.
+pub static NOTHING: Metered = Metered {
+    usage: Usage {
+        input_tokens: 0,
+        output_tokens: 0,
+        cache_creation_input_tokens: 0,
+        cache_read_input_tokens: 0,
+    },
+    usage_seen: false,
+    complete: false,
+    model: None,
+    stream_error: false,
+};
 
 fn json_metered(kind: Dialect, scanner: &JsonScanner) -> Metered {
     let read = scanner.get("usage").and_then(|raw| match kind {
@@ -196,8 +220,8 @@ mod tests {
         for c in chunks {
             m.feed(c);
         }
-        let r = m.finish();
-        assert_eq!(m.finish(), r);
+        let r = m.finish().clone();
+        assert_eq!(m.finish(), &r);
         r
     }
 
@@ -384,9 +408,9 @@ mod tests {
     fn feed_after_finish_is_ignored() {
         let mut m = Meter::new(Dialect::Anthropic, BodyKind::Json);
         m.feed(br#"{"usage":{"input_tokens":1}}"#);
-        let r = m.finish();
+        let r = m.finish().clone();
         m.feed(br#"{"usage":{"input_tokens":5}}"#);
-        assert_eq!(m.finish(), r);
+        assert_eq!(m.finish(), &r);
     }
 
     fn crlf(s: &[u8]) -> Vec<u8> {
