@@ -75,12 +75,25 @@ fn add_common(headers: &mut HeaderMap, ctx: &Ctx) -> Result<()> {
     ];
     for (name, v) in RATE_LIMIT.iter().zip(values) {
         if let Some(v) = v {
-            headers
-                .try_insert(name, HeaderValue::from(v))
-                .map_err(full)?;
+            headers.try_insert(name, header_number(v)).map_err(full)?;
         }
     }
     Ok(())
+}
+
+/// A number as a header value, in one allocation of its digits. http's
+/// `From<u64>` formats into a 20-byte buffer whose freezing allocates a
+/// second block to share it (its length is not its capacity): two
+/// allocations and two frees for each of a request's five numeric headers
+/// (the four rate-limit values and the upstream `content-length`). The
+/// checked `from_maybe_shared` would validate the digits byte by byte,
+/// which callgrind measured dearer than the allocation it saves.
+pub fn header_number(v: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = Bytes::copy_from_slice(digits.format(v).as_bytes());
+    // SAFETY: itoa writes ASCII digits only: valid UTF-8 (the function's one
+    // requirement) and visible ASCII, what a header value may hold.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(digits) }
 }
 
 pub fn error_response(err: &GatewayError, ctx: &Ctx) -> Result<(ResponseHeader, Bytes)> {
@@ -180,6 +193,15 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_header_values_of_their_digits() {
+        for v in [0, 7, 1_000, 4_294_967_296, u64::MAX] {
+            let h = header_number(v);
+            assert_eq!(h, HeaderValue::from(v));
+            assert_eq!(h.to_str().unwrap(), v.to_string());
+        }
+    }
 
     #[test]
     fn common_headers_keep_the_answer_and_its_reason() {

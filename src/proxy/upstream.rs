@@ -2,6 +2,7 @@
 //! credential swapped for the provider's, and headers fit for accounting.
 
 use super::ctx::{BodyPhase, Ctx};
+use super::respond::header_number;
 use crate::providers::{Credential, Endpoint};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -164,7 +165,7 @@ pub fn prepare_request(
         match framing {
             Framing::Length(len) => {
                 h.remove(&header::TRANSFER_ENCODING);
-                h.insert(&header::CONTENT_LENGTH, HeaderValue::from(len))
+                h.insert(&header::CONTENT_LENGTH, header_number(len as u64))
             }
             Framing::Chunked => {
                 h.remove(&header::CONTENT_LENGTH);
