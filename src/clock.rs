@@ -30,15 +30,57 @@ pub fn now_secs() -> u64 {
 /// `time` crate's format-description interpreter costs ten times as much.
 /// Past year 9999 it is the last millisecond of 9999.
 pub fn rfc3339_millis(ms: u64) -> String {
+    rfc3339_stamp(ms).as_str().to_owned()
+}
+
+/// [`rfc3339_millis`] on the stack.
+#[derive(Clone, Copy)]
+pub struct Stamp([u8; 24]);
+
+impl Stamp {
+    pub fn as_str(&self) -> &str {
+        ascii(&self.0)
+    }
+}
+
+/// [`rfc3339_millis`] without the allocation. The text up to the second
+/// changes once a second, and each request stamps twice (its journal entry
+/// and its record): each thread keeps the last second it wrote and only
+/// writes the milliseconds when the second is the same.
+pub fn rfc3339_stamp(ms: u64) -> Stamp {
     let ms = ms.min(MAX_MS);
-    let rem = ms % DAY_MS;
+    let secs = ms / 1000;
     let mut b = *b"0000-00-00T00:00:00.000Z";
-    put_day(&mut b, ms / DAY_MS);
-    put_digits(&mut b[11..13], rem / 3_600_000);
-    put_digits(&mut b[14..16], rem / 60_000 % 60);
-    put_digits(&mut b[17..19], rem / 1000 % 60);
-    put_digits(&mut b[20..23], rem % 1000);
-    ascii_string(&b)
+    let head = LAST_SECOND.with(|last| {
+        let (at, head) = last.get();
+        if at == secs {
+            return head;
+        }
+        let head = second_text(secs);
+        last.set((secs, head));
+        head
+    });
+    b[..19].copy_from_slice(&head);
+    put_digits(&mut b[20..23], ms % 1000);
+    Stamp(b)
+}
+
+thread_local! {
+    /// The second [`rfc3339_stamp`] wrote last on this thread, and its
+    /// text. `u64::MAX` is past [`MAX_MS`]'s seconds: never a hit.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; 19])> =
+        const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch.
+fn second_text(secs: u64) -> [u8; 19] {
+    let rem = secs % (DAY_MS / 1000);
+    let mut b = *b"0000-00-00T00:00:00";
+    put_day(&mut b, secs / (DAY_MS / 1000));
+    put_digits(&mut b[11..13], rem / 3600);
+    put_digits(&mut b[14..16], rem / 60 % 60);
+    put_digits(&mut b[17..19], rem % 60);
+    b
 }
 
 /// The last millisecond of year 9999: the four-digit years end there.
@@ -59,12 +101,6 @@ fn put_digits(out: &mut [u8], mut v: u64) {
         *c = b'0' + (v % 10) as u8;
         v /= 10;
     }
-}
-
-/// One allocation of the exact size; the bytes are ASCII digits and
-/// separators only.
-fn ascii_string(b: &[u8]) -> String {
-    ascii(b).to_owned()
 }
 
 /// The text of bytes this module wrote (ASCII digits and separators), so
@@ -165,6 +201,24 @@ mod tests {
             assert_eq!(rfc3339_millis(ms), t.format(f).unwrap(), "{ms}");
         }
         assert_eq!(rfc3339_millis(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    /// Consecutive stamps on one thread reuse the second's text: across a
+    /// second, a minute, a day and a leap day's end they still match.
+    #[test]
+    fn stamps_in_a_row_match_the_time_crate() {
+        use time::macros::format_description;
+        let f = format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        for start in [951_868_799_990u64, 1_764_287_999_995, 59_990] {
+            for ms in (start..start + 20).chain([start, start + 3_600_000, start]) {
+                let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                    .unwrap();
+                assert_eq!(rfc3339_stamp(ms).as_str(), t.format(f).unwrap(), "{ms}");
+            }
+        }
+        assert_eq!(rfc3339_stamp(u64::MAX).as_str(), "9999-12-31T23:59:59.999Z");
     }
 
     proptest::proptest! {

@@ -5,8 +5,8 @@
 
 use super::ctx::{BodyPhase, Ctx, Hold};
 use crate::app::App;
+use crate::clock::{now_ms, rfc3339_stamp};
 use crate::journal::{Entry, Held, Reserved};
-use crate::usage::UsageRecord;
 use std::borrow::Cow;
 
 /// Whether the request's entry is due at its first attempt's headers (a
@@ -25,9 +25,10 @@ pub async fn note(app: &App, ctx: &mut Ctx, path: &str) {
         return;
     };
     let lease = ctx.lease.unwrap_or_default();
+    let stamp = rfc3339_stamp(now_ms());
     let entry = Entry {
         request_id: Cow::Borrowed(&ctx.request_id),
-        ts: Cow::Owned(UsageRecord::now_rfc3339()),
+        ts: Cow::Borrowed(stamp.as_str()),
         sub: Cow::Borrowed(ctx.sub()),
         role: ctx
             .identity()
