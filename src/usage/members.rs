@@ -15,6 +15,8 @@ use std::fmt;
 
 mod plain;
 
+pub(crate) use plain::plain_string;
+
 /// An object's members by name: a whole `serde_json` map, or [`Picked`].
 pub trait Members {
     fn member(&self, key: &str) -> Option<&Value>;

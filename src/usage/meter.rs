@@ -193,9 +193,7 @@ fn json_metered(kind: Dialect, scanner: &JsonScanner) -> Metered {
         Dialect::Openai => openai::usage_from_raw(raw),
     });
     // Not a string (or not JSON): no model, as before.
-    let model = scanner
-        .get("model")
-        .and_then(|raw| serde_json::from_slice::<String>(raw).ok());
+    let model = scanner.get("model").and_then(json_text);
     Metered {
         usage: read.map(|r| r.usage).unwrap_or_default(),
         usage_seen: read.is_some(),
@@ -205,10 +203,57 @@ fn json_metered(kind: Dialect, scanner: &JsonScanner) -> Metered {
     }
 }
 
+/// The text of a JSON string, as `serde_json::from_slice::<String>` reads
+/// it. A model name is printable ASCII without escapes, so its bytes are
+/// its text: serde_json's deserializer (~440 instructions a response) is
+/// left the strings that need decoding or refusing.
+fn json_text(raw: &[u8]) -> Option<String> {
+    match super::members::plain_string(raw) {
+        Some(text) => Some(text.to_owned()),
+        None => serde_json::from_slice::<String>(raw).ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the bytes, the text is serde_json's.
+        #[test]
+        fn json_text_is_serde_jsons(
+            inner in prop::collection::vec(
+                prop_oneof![6 => 0x20u8..0x7f, 1 => any::<u8>(), 1 => Just(b'\\'), 1 => Just(b'"')],
+                0..24,
+            ),
+            quoted in any::<bool>(),
+        ) {
+            let raw = if quoted { [&b"\""[..], &inner, b"\""].concat() } else { inner };
+            prop_assert_eq!(json_text(&raw), serde_json::from_slice::<String>(&raw).ok());
+        }
+    }
+
+    #[test]
+    fn json_text_reads_names_and_escapes() {
+        assert_eq!(
+            json_text(br#""claude-sonnet-4-5""#).as_deref(),
+            Some("claude-sonnet-4-5")
+        );
+        assert_eq!(json_text(br#""a\"b""#).as_deref(), Some("a\"b"));
+        assert_eq!(json_text(br#""\u00e9t\u00e9""#).as_deref(), Some("été"));
+        assert_eq!(json_text("\"ét\u{e9}\"".as_bytes()).as_deref(), Some("été"));
+        for refused in [
+            &br#""a"b""#[..],
+            b"\"a\nb\"",
+            b"\"",
+            b"7",
+            b"null",
+            b"\"\xff\"",
+        ] {
+            assert_eq!(json_text(refused), None, "{refused:?}");
+        }
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -139,6 +139,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The contents of `raw` when it is one JSON string of printable ASCII
+/// without escapes (a model name, say): then its bytes are its text.
+/// `None` otherwise, for serde_json to read.
+pub(crate) fn plain_string(raw: &[u8]) -> Option<&str> {
+    let rest = raw.strip_prefix(b"\"")?;
+    let len = plain_len(rest)?;
+    if len + 1 != rest.len() {
+        return None;
+    }
+    std::str::from_utf8(&rest[..len]).ok()
+}
+
 /// Not printable ASCII, or `\\`: a string holding one is not plain.
 fn is_special(c: u8) -> bool {
     !(0x20..0x7f).contains(&c) || c == b'\\'
