@@ -33,15 +33,19 @@ pub fn rfc3339_millis(ms: u64) -> String {
     rfc3339_stamp(ms).as_str().to_owned()
 }
 
-/// [`rfc3339_millis`] on the stack.
+/// Text this module wrote (ASCII digits and separators), on the stack: the
+/// request path names its day and stamps its time without allocating.
 #[derive(Clone, Copy)]
-pub struct Stamp([u8; 24]);
+pub struct Text<const N: usize>([u8; N]);
 
-impl Stamp {
+impl<const N: usize> Text<N> {
     pub fn as_str(&self) -> &str {
         ascii(&self.0)
     }
 }
+
+/// [`rfc3339_millis`] on the stack.
+pub type Stamp = Text<24>;
 
 /// [`rfc3339_millis`] without the allocation. The text up to the second
 /// changes once a second, and each request stamps twice (its journal entry
@@ -62,7 +66,7 @@ pub fn rfc3339_stamp(ms: u64) -> Stamp {
     });
     b[..19].copy_from_slice(&head);
     put_digits(&mut b[20..23], ms % 1000);
-    Stamp(b)
+    Text(b)
 }
 
 thread_local! {
@@ -131,21 +135,14 @@ pub fn utc_day_string(ms: u64) -> String {
 }
 
 /// The UTC day of `ms` as `YYYY-MM-DD`, on the stack: each proxied request
-/// names its day for the store's totals, and need not allocate for it.
-#[derive(Clone, Copy)]
-pub struct Day([u8; 10]);
-
-impl Day {
-    pub fn as_str(&self) -> &str {
-        ascii(&self.0)
-    }
-}
+/// names its day for the store's totals.
+pub type Day = Text<10>;
 
 /// [`utc_day_string`] without the allocation.
 pub fn utc_day(ms: u64) -> Day {
     let mut b = *b"0000-00-00";
     put_day(&mut b, ms.min(MAX_MS) / DAY_MS);
-    Day(b)
+    Text(b)
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` that [`valid_day`] accepts;
